@@ -1,0 +1,3 @@
+"""meshscope: what happened to this request, hop by hop, in an Envoy / Istio mesh."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,21 @@
+"""The record model: the only thing meshscope's components share (see DESIGN.md, "Records")."""
+
+from meshscope.model.access import AccessRecord
+from meshscope.model.alert import Alert
+from meshscope.model.exchange import Connection, Exchange
+from meshscope.model.flow import HOP_KINDS, Flow, Hop
+from meshscope.model.ids import normalize_request_id, record_id
+from meshscope.model.record import Record, register_nested
+from meshscope.model.span import Span
+
+register_nested(Exchange, conn=Connection)
+register_nested(Flow, hops=Hop)
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    cls.kind: cls for cls in (AccessRecord, Span, Exchange, Flow, Alert)
+}
+
+__all__ = [
+    "AccessRecord", "Alert", "Connection", "Exchange", "Flow", "Hop", "HOP_KINDS", "Record",
+    "RECORD_TYPES", "Span", "normalize_request_id", "record_id",
+]

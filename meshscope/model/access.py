@@ -1,0 +1,68 @@
+"""AccessRecord: one entry of an Envoy access log (HTTP or TCP), as the collector received it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meshscope.model.ids import normalize_request_id, record_id
+from meshscope.model.record import Record
+
+
+@dataclass(slots=True, kw_only=True)
+class AccessRecord(Record):
+    kind = "access"
+
+    start_time: float  # epoch seconds
+    protocol: str = "HTTP"  # "HTTP" or "TCP"
+    duration_ms: float | None = None
+    # which proxy logged it
+    node_id: str = ""
+    node_cluster: str = ""
+    log_name: str = ""
+    # request identity
+    request_id: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    parent_span_id: str | None = None
+    sampled: str | None = None
+    # HTTP
+    method: str | None = None
+    scheme: str | None = None
+    authority: str | None = None
+    path: str | None = None
+    route_name: str | None = None
+    user_agent: str | None = None
+    x_forwarded_for: str | None = None
+    response_code: int | None = None
+    response_flags: list[str] = field(default_factory=list)
+    response_code_details: str | None = None
+    attempt_count: int | None = None
+    # upstream / addresses ("ip:port")
+    upstream_cluster: str | None = None
+    upstream_host: str | None = None
+    upstream_failure_reason: str | None = None
+    downstream_remote: str | None = None
+    downstream_local: str | None = None
+    upstream_local: str | None = None
+    # TLS
+    sni: str | None = None
+    tls_version: str | None = None
+    ja3: str | None = None
+    # volume and timings
+    request_bytes: int | None = None
+    response_bytes: int | None = None
+    upstream_duration_ms: float | None = None  # time to last upstream byte received
+
+    @property
+    def request_id_norm(self) -> str | None:
+        return normalize_request_id(self.request_id)
+
+    @property
+    def retried(self) -> bool:
+        return (self.attempt_count or 1) > 1 or "URX" in self.response_flags
+
+    def compute_id(self) -> str:
+        return record_id(
+            "access", self.node_id, self.log_name, self.protocol, f"{self.start_time:.6f}",
+            self.downstream_remote, self.upstream_local, self.request_id, self.path,
+        )

@@ -1,0 +1,75 @@
+"""Exchange: one HTTP request/response or TLS handshake seen in a packet capture."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meshscope.model.ids import normalize_request_id, record_id
+from meshscope.model.record import Record
+
+
+@dataclass(slots=True, kw_only=True)
+class Connection:
+    """The TCP connection an exchange travelled on, as one capture point saw it."""
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    capture: str = ""  # capture file (or upload) it was seen in
+    interface: str | None = None  # interface name or index when the capture records it
+    client_isn: int | None = None  # initial sequence numbers: kept across a NAT hop
+    server_isn: int | None = None
+    syn_time: float | None = None
+    handshake_seen: bool = False
+
+    @property
+    def key(self) -> tuple[str, int, str, int]:
+        return (self.src, self.sport, self.dst, self.dport)
+
+
+@dataclass(slots=True, kw_only=True)
+class Exchange(Record):
+    kind = "exchange"
+
+    exchange_type: str  # "http" or "tls"
+    conn: Connection
+    index: int = 0  # position on its connection (0, 1, 2 … for keep-alive)
+    request_time: float | None = None
+    response_time: float | None = None
+    # HTTP
+    method: str | None = None
+    uri: str | None = None
+    host: str | None = None
+    http_version: str | None = None
+    status: int | None = None
+    reason: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # identifying request headers, lower-cased
+    response_headers: dict[str, str] = field(default_factory=dict)
+    request_body_bytes: int = 0
+    response_body_bytes: int = 0
+    # Istio peer metadata (decoded x-envoy-peer-metadata)
+    peer_workload: str | None = None
+    peer_namespace: str | None = None
+    # TLS
+    sni: str | None = None
+    alpn: list[str] = field(default_factory=list)
+    tls_offered_versions: list[str] = field(default_factory=list)
+    tls_version: str | None = None  # chosen by the ServerHello
+    # damage seen on this exchange (gaps, truncation)
+    damage: list[str] = field(default_factory=list)
+
+    @property
+    def request_id(self) -> str | None:
+        return self.headers.get("x-request-id")
+
+    @property
+    def request_id_norm(self) -> str | None:
+        return normalize_request_id(self.request_id)
+
+    def compute_id(self) -> str:
+        c = self.conn
+        return record_id(
+            "exchange", c.capture, c.interface, c.src, c.sport, c.dst, c.dport, c.syn_time,
+            self.exchange_type, self.index, self.request_time,
+        )

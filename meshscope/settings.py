@@ -1,0 +1,95 @@
+"""Configuration: one YAML file plus MESHSCOPE_* environment variables; defaults run embedded on loopback.
+
+Precedence: defaults < YAML file (``--config`` or MESHSCOPE_CONFIG) < environment variables.
+An environment variable is the field name upper-cased: ``MESHSCOPE_API_PORT=8080``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass(slots=True, kw_only=True)
+class Settings:
+    host: str = "127.0.0.1"
+    data_dir: Path = Path("data")
+    # ports (DESIGN.md conventions)
+    api_port: int = 8000
+    zipkin_port: int = 9411
+    als_port: int = 18000
+    envoy_admin_port: int = 15000
+    proxy_port: int = 15001
+    demo_upstream_port: int = 18080
+    # bus and store: "memory" + "sqlite" embedded; "kafka" + "elasticsearch" scale-out
+    bus: str = "memory"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_topic_prefix: str = "meshscope."
+    store: str = "sqlite"
+    sqlite_path: Path | None = None  # default: data_dir / "meshscope.db"
+    elasticsearch_url: str = "http://127.0.0.1:9200"
+    elasticsearch_index_prefix: str = "meshscope-"
+    retention_days: int = 7
+    # alerts
+    alert_rules: Path | None = None  # default: the bundled pipelines/default_rules.yaml
+    alert_webhooks: list[str] = field(default_factory=list)
+    # API
+    api_token: str | None = None  # required for every endpoint but health when bound beyond loopback
+    upload_max_bytes: int = 2 * 1024**3
+    upload_max_count: int = 1000
+    # proxies whose admin API the collector reads for loss accounting ("127.0.0.1:15000")
+    proxy_admins: list[str] = field(default_factory=list)
+
+    @property
+    def db_path(self) -> Path:
+        return self.sqlite_path or (self.data_dir / "meshscope.db")
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Build Settings from defaults, the YAML file and MESHSCOPE_* variables (clear error on bad input)."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, object] = {}
+    path = path or env.get("MESHSCOPE_CONFIG")
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config {path}: expected a mapping at the top level")
+        values.update(loaded)
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    for name in fields:
+        key = "MESHSCOPE_" + name.upper()
+        if key in env:
+            values[name] = env[key]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+    defaults = Settings()
+    return Settings(**{k: _coerce(getattr(defaults, k), fields[k].type, v) for k, v in values.items()})
+
+
+def _coerce(default: object, annotation: object, value: object) -> object:
+    ann = str(annotation)
+    if value is None:
+        return None
+    if "list" in ann:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return list(value)  # type: ignore[arg-type]
+    if "Path" in ann:
+        return Path(str(value))
+    if ann.startswith("int") or isinstance(default, int):
+        try:
+            return int(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"expected a whole number, got {value!r}") from exc
+    return str(value)

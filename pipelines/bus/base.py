@@ -1,0 +1,49 @@
+"""The bus interface: publish records with acknowledgement; consume them in batches, at least once."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from meshscope.model import Record
+
+
+class BusUnavailable(Exception):
+    """The bus did not acknowledge (down, slow past the timeout): the caller keeps the records."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """Records consumed from one topic; call ``commit()`` only after the store acknowledged them."""
+
+    topic: str
+    records: list[Record]
+    _commit: object = field(default=None, repr=False)
+
+    async def commit(self) -> None:
+        if self._commit is not None:
+            await self._commit()  # type: ignore[misc]
+
+
+class Bus(abc.ABC):
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect (a no-op for the in-process bus)."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Flush and disconnect."""
+
+    @abc.abstractmethod
+    async def publish(self, topic: str, records: Sequence[Record]) -> None:
+        """Return once the bus has acknowledged every record; raise BusUnavailable otherwise."""
+
+    @abc.abstractmethod
+    def consume(self, topic: str, group: str, max_batch: int = 1000) -> AsyncIterator[Batch]:
+        """Yield batches for a consumer group; uncommitted batches are delivered again."""
+
+    async def __aenter__(self) -> Bus:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

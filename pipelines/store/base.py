@@ -1,0 +1,121 @@
+"""The store interface: a writer (idempotent by record id) and a reader for the API (Zipkin's
+SpanConsumer / SpanStore split). Request ids are matched normalised (meshscope.model.ids)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from meshscope.model import AccessRecord, Alert, Exchange, Flow, Record, Span
+
+
+class StoreUnavailable(Exception):
+    """The store did not acknowledge a write or answer a read; nothing was lost, retry later."""
+
+
+@dataclass(slots=True, kw_only=True)
+class AccessQuery:
+    start: float | None = None  # epoch seconds, inclusive
+    end: float | None = None  # exclusive
+    status_class: int | None = None  # 2, 4, 5 … (response_code // 100)
+    upstream_cluster: str | None = None
+    authority: str | None = None
+    node_id: str | None = None
+    limit: int = 100
+    cursor: str | None = None  # opaque, from the previous Page
+
+
+@dataclass(slots=True)
+class Page:
+    items: list
+    next_cursor: str | None = None
+    total: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class WindowAggregate:
+    """Counts for one group in one time window (for alerts, dashboards and /metrics)."""
+
+    window_start: float
+    group: dict[str, str]
+    count: int = 0
+    count_5xx: int = 0
+    count_retried: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class StoreWriter(abc.ABC):
+    @abc.abstractmethod
+    async def write(self, records: Sequence[Record]) -> None:
+        """Store records of any kind; a record whose id is already stored is not duplicated.
+        Raise StoreUnavailable (nothing partially acknowledged) or ValueError for refused records."""
+
+
+class StoreReader(abc.ABC):
+    @abc.abstractmethod
+    async def access_by_request_id(self, request_id: str) -> list[AccessRecord]: ...
+
+    @abc.abstractmethod
+    async def spans_by_trace_id(self, trace_id: str) -> list[Span]: ...
+
+    @abc.abstractmethod
+    async def spans_by_request_id(self, request_id: str) -> list[Span]: ...
+
+    @abc.abstractmethod
+    async def exchanges_by_request_id(self, request_id: str) -> list[Exchange]: ...
+
+    @abc.abstractmethod
+    async def flows_by_request_id(self, request_id: str) -> list[Flow]: ...
+
+    @abc.abstractmethod
+    async def list_access(self, query: AccessQuery) -> Page: ...
+
+    @abc.abstractmethod
+    async def aggregates(
+        self, start: float, end: float, window_s: float, group_by: Sequence[str]
+    ) -> list[WindowAggregate]:
+        """Per-window count, 5xx count and retried count grouped by fields of AccessRecord
+        (e.g. ("upstream_cluster",), ("route_name",), ("authority",))."""
+
+    @abc.abstractmethod
+    async def alerts(
+        self, rule: str | None = None, group_key: str | None = None, state: str | None = None,
+        start: float | None = None, end: float | None = None, limit: int = 100,
+    ) -> list[Alert]: ...
+
+    # Zipkin v2 read API
+    @abc.abstractmethod
+    async def service_names(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def span_names(self, service: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def remote_service_names(self, service: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def find_traces(
+        self, service: str | None, span_name: str | None, end_ts_ms: int, lookback_ms: int,
+        min_duration_us: int | None, max_duration_us: int | None, tags: dict[str, str | None],
+        limit: int,
+    ) -> list[list[Span]]: ...
+
+    @abc.abstractmethod
+    async def node_ids(self) -> list[dict]:
+        """Every proxy that has sent records: node id, cluster, record count, first/last seen."""
+
+
+class Store(StoreWriter, StoreReader, abc.ABC):
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections, create schema / index templates."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Close connections."""
+
+    async def __aenter__(self) -> Store:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

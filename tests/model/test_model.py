@@ -1,0 +1,31 @@
+"""The record model: deterministic ids, JSON round trips, request-id normalisation."""
+
+from meshscope.model import AccessRecord, Connection, Exchange, Flow, Hop, Span, normalize_request_id
+
+
+def test_envoy_sampling_digit_is_normalised():
+    raw = ["4c3f9e1a-2b7d-4e11-8a9f-0d3c5b6a7e81", "4c3f9e1a-2b7d-9e11-8a9f-0d3c5b6a7e81",
+           "4C3F9E1A-2B7D-AE11-8A9F-0D3C5B6A7E81", "4c3f9e1a-2b7d-be11-8a9f-0d3c5b6a7e81"]
+    assert {normalize_request_id(r) for r in raw} == {"4c3f9e1a-2b7d-4e11-8a9f-0d3c5b6a7e81"}
+    assert normalize_request_id("not-a-uuid") == "not-a-uuid"
+    assert normalize_request_id(None) is None
+
+
+def test_same_record_same_id_and_json_round_trip():
+    a = AccessRecord(start_time=1700000000.123456, node_id="gw", request_id="r1", path="/x")
+    b = AccessRecord(start_time=1700000000.123456, node_id="gw", request_id="r1", path="/x")
+    assert a.id == b.id and len(a.id) == 32
+    assert AccessRecord.from_json(a.to_json()) == a
+    assert AccessRecord(start_time=1.0, node_id="other").id != a.id
+
+
+def test_nested_records_round_trip():
+    e = Exchange(exchange_type="tls", conn=Connection(src="10.0.0.1", sport=1, dst="10.0.0.2", dport=443),
+                 sni="shop.example")
+    assert Exchange.from_json(e.to_json()) == e
+    f = Flow(hops=[Hop(kind="nat-dnat", src="a:1", dst="b:2", nodeport=30000)], request_id="r")
+    back = Flow.from_dict(f.to_dict())
+    assert back == f and isinstance(back.hops[0], Hop)
+    s = Span(trace_id="t", span_id="s", tags={"guid:x-request-id": "4c3f9e1a-2b7d-9e11-8a9f-0d3c5b6a7e81"})
+    assert s.request_id_norm == "4c3f9e1a-2b7d-4e11-8a9f-0d3c5b6a7e81"
+    assert Span.from_json(s.to_json()) == s
