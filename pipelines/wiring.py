@@ -1,0 +1,50 @@
+"""The one place where configuration picks implementations: which bus and which store to run.
+
+Implementations are imported lazily, so the embedded pair never imports aiokafka or elasticsearch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from meshscope.errors import UserError
+from meshscope.settings import Settings
+from pipelines.bus.base import Bus
+from pipelines.store.base import Store
+
+BUSES = {"memory": "pipelines.bus.memory:MemoryBus", "kafka": "pipelines.bus.kafka:KafkaBus"}
+STORES = {
+    "sqlite": "pipelines.store.sqlite:SqliteStore",
+    "elasticsearch": "pipelines.store.elasticsearch:ElasticsearchStore",
+}
+
+
+def _load(kind: str, choices: dict[str, str], name: str) -> type:
+    target = choices.get(name)
+    if target is None:
+        raise UserError(f"unknown {kind} {name!r}: choose one of {', '.join(sorted(choices))}")
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def make_bus(settings: Settings) -> Bus:
+    """The bus named by ``settings.bus``: "memory" (in-process) or "kafka" (aiokafka)."""
+    cls = _load("bus", BUSES, settings.bus)
+    if settings.bus == "memory":
+        return cls()
+    return cls.from_settings(settings)
+
+
+def make_store(settings: Settings) -> Store:
+    """The store named by ``settings.store``: "sqlite" (WAL file) or "elasticsearch".
+
+    A store class builds itself with ``from_settings(settings)`` when it has one; otherwise it is
+    given its location (the SQLite path, or the Elasticsearch URL and index prefix).
+    """
+    cls = _load("store", STORES, settings.store)
+    if hasattr(cls, "from_settings"):
+        return cls.from_settings(settings)
+    if settings.store == "sqlite":
+        settings.db_path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(settings.db_path)
+    return cls(settings.elasticsearch_url, index_prefix=settings.elasticsearch_index_prefix)
