@@ -1,0 +1,196 @@
+"""The Kafka bus (scale-out, aiokafka): one topic per record kind, keyed so a request stays in order.
+
+Producer: ``acks="all"`` and a short linger so sends are batched; ``publish`` returns only once every
+record is acknowledged. Consumers form a group with auto-commit off; ``Batch.commit`` commits the
+batch's offsets, which the indexer calls only after the store acknowledged it (at-least-once; the
+records' deterministic ids make a redelivery harmless). A lost broker raises BusUnavailable; the
+clients reconnect by themselves when it returns, and topics are created again if it forgot them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+from meshscope.model import Record
+from meshscope.settings import Settings
+from pipelines.bus.base import Batch, Bus, BusUnavailable
+from pipelines.topics import RECORD_OF, TOPIC_OF, partition_key
+
+log = logging.getLogger(__name__)
+
+
+class KafkaBus(Bus):
+    """A Bus over Kafka-protocol brokers (Apache Kafka, Tansu, Redpanda …)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic_prefix: str = "meshscope.",
+        partitions: int = 3,
+        replication: int = 1,
+        linger_ms: int = 5,
+        request_timeout_s: float = 10.0,
+        idempotence: bool = False,
+        client_id: str = "meshscope",
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic_prefix = topic_prefix
+        self.partitions = partitions
+        self.replication = replication
+        self.linger_ms = linger_ms
+        self.request_timeout_s = request_timeout_s
+        # Off by default: a broker that restarts without its state (Tansu memory storage) forgets
+        # producer ids, and duplicates are already harmless because record ids are deterministic.
+        self.idempotence = idempotence
+        self.client_id = client_id
+        self._producer: AIOKafkaProducer | None = None
+        self._topics_ready: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KafkaBus:
+        return cls(settings.kafka_bootstrap, topic_prefix=settings.kafka_topic_prefix)
+
+    def topic_name(self, topic: str) -> str:
+        return self.topic_prefix + topic
+
+    async def start(self) -> None:
+        """Connect the producer and create the record topics if missing."""
+        await self._ensure_producer()
+        await self.ensure_topics(TOPIC_OF.values())
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await producer.stop()
+            except KafkaError as exc:  # flushing to a lost broker: the caller was never acknowledged
+                log.warning("kafka producer stop: %s", exc)
+
+    async def ensure_topics(self, topics) -> None:
+        """Create the given bus topics (prefixed) with the configured partition count if missing."""
+        wanted = [t for t in topics if t not in self._topics_ready]
+        if not wanted:
+            return
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap, client_id=self.client_id,
+            request_timeout_ms=int(self.request_timeout_s * 1000),
+        )
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            new = [
+                NewTopic(self.topic_name(t), self.partitions, self.replication)
+                for t in wanted if self.topic_name(t) not in existing
+            ]
+            if new:
+                try:
+                    await admin.create_topics(new)
+                except TopicAlreadyExistsError:
+                    pass  # another worker won the race
+        except (KafkaError, OSError) as exc:
+            raise BusUnavailable(f"kafka {self.bootstrap}: cannot create topics: {exc}") from exc
+        finally:
+            await admin.close()
+        self._topics_ready.update(wanted)
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all",
+                    linger_ms=self.linger_ms, max_batch_size=256 * 1024,
+                    enable_idempotence=self.idempotence,
+                    request_timeout_ms=int(self.request_timeout_s * 1000),
+                )
+                try:
+                    await producer.start()
+                except (KafkaError, OSError) as exc:
+                    await producer.stop()
+                    raise BusUnavailable(f"kafka {self.bootstrap} unreachable: {exc}") from exc
+                self._producer = producer
+            return self._producer
+
+    async def publish(self, topic: str, records: Sequence[Record]) -> None:
+        """Send every record keyed by request / trace id; return when all are acknowledged."""
+        if not records:
+            return
+        producer = await self._ensure_producer()
+        try:
+            await self.ensure_topics([topic])
+            name = self.topic_name(topic)
+            futures = [
+                await producer.send(name, value=r.to_json(), key=partition_key(r)) for r in records
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), self.request_timeout_s * 2)
+        except UnknownTopicOrPartitionError as exc:
+            self._topics_ready.discard(topic)  # the broker forgot it (restarted without state)
+            raise BusUnavailable(f"kafka topic {topic!r} missing: {exc}") from exc
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self._topics_ready.clear()
+            raise BusUnavailable(f"kafka {self.bootstrap} did not acknowledge: {exc!r}") from exc
+
+    async def consume(self, topic: str, group: str, max_batch: int = 1000) -> AsyncIterator[Batch]:
+        """Yield batches for the consumer group; commit offsets only through Batch.commit()."""
+        record_type = RECORD_OF[topic]
+        consumer = await self._start_consumer(topic, group, max_batch)
+        try:
+            while True:
+                try:
+                    fetched = await consumer.getmany(timeout_ms=200, max_records=max_batch)
+                except KafkaError as exc:
+                    log.warning("kafka fetch from %s failed: %s; retrying", self.topic_name(topic), exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                if not fetched:
+                    continue
+                records: list[Record] = []
+                offsets: dict[TopicPartition, int] = {}
+                for tp, messages in fetched.items():
+                    for m in messages:
+                        try:
+                            records.append(record_type.from_json(m.value))
+                        except (ValueError, TypeError) as exc:
+                            # not a record of this topic: skipping it is the only way forward
+                            log.error("kafka %s offset %d: undecodable record skipped: %s", tp, m.offset, exc)
+                    offsets[tp] = messages[-1].offset + 1
+                yield Batch(topic, records, _commit=_committer(consumer, offsets))
+        finally:
+            await consumer.stop()
+
+    async def _start_consumer(self, topic: str, group: str, max_batch: int) -> AIOKafkaConsumer:
+        while True:
+            try:
+                await self.ensure_topics([topic])
+                consumer = AIOKafkaConsumer(
+                    self.topic_name(topic), bootstrap_servers=self.bootstrap, group_id=group,
+                    client_id=self.client_id, enable_auto_commit=False, auto_offset_reset="earliest",
+                    max_poll_records=max_batch, request_timeout_ms=int(self.request_timeout_s * 1000),
+                    fetch_max_wait_ms=100,
+                )
+                try:
+                    await consumer.start()
+                except (KafkaError, OSError):
+                    await consumer.stop()
+                    raise
+                return consumer
+            except (KafkaError, OSError, BusUnavailable) as exc:
+                # a consumer waits for the broker rather than failing the pipeline
+                log.warning("kafka consumer for %s waiting for broker: %s", self.topic_name(topic), exc)
+                await asyncio.sleep(1.0)
+
+
+def _committer(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]):
+    async def commit() -> None:
+        try:
+            await consumer.commit(offsets)
+        except (KafkaError, OSError) as exc:
+            raise BusUnavailable(f"kafka commit failed (batch will be redelivered): {exc}") from exc
+
+    return commit
