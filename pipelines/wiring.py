@@ -38,13 +38,9 @@ def make_bus(settings: Settings) -> Bus:
 def make_store(settings: Settings) -> Store:
     """The store named by ``settings.store``: "sqlite" (WAL file) or "elasticsearch".
 
-    A store class builds itself with ``from_settings(settings)`` when it has one; otherwise it is
-    given its location (the SQLite path, or the Elasticsearch URL and index prefix).
+    A store class is built with ``from_settings(settings)`` when it has one, else ``cls(settings)``.
     """
     cls = _load("store", STORES, settings.store)
     if hasattr(cls, "from_settings"):
         return cls.from_settings(settings)
-    if settings.store == "sqlite":
-        settings.db_path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(settings.db_path)
-    return cls(settings.elasticsearch_url, index_prefix=settings.elasticsearch_index_prefix)
+    return cls(settings)
