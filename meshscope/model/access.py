@@ -52,6 +52,11 @@ class AccessRecord(Record):
     request_bytes: int | None = None
     response_bytes: int | None = None
     upstream_duration_ms: float | None = None  # time to last upstream byte received
+    # added by the collector (additive): HTTP version, cipher, stream and connection detail
+    protocol_version: str | None = None  # "HTTP/1.1", "HTTP/2", ...
+    tls_cipher: int | None = None  # IANA cipher suite number
+    stream_id: str | None = None
+    connection_termination_details: str | None = None
 
     @property
     def request_id_norm(self) -> str | None:

@@ -1,0 +1,101 @@
+"""Envoy's gRPC AccessLogService (``StreamAccessLogs``) on grpc.aio: entries → AccessRecords → publisher.
+
+The method is registered with raw-bytes requests so a malformed message is answered with a clear
+INVALID_ARGUMENT for that stream alone (grpc's own deserializer would only say "Exception
+deserializing request"). Each message is published before the next is read, so a slow bus slows the
+reading of the stream (backpressure) instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.service.accesslog.v3 import als_pb2
+from google.protobuf.message import DecodeError
+
+from collector.access_entries import LogSource, message_records
+from collector.publisher import Publisher
+from pipelines.topics import ACCESS
+
+log = logging.getLogger(__name__)
+
+SERVICE = "envoy.service.accesslog.v3.AccessLogService"
+StreamAccessLogsMessage = als_pb2.StreamAccessLogsMessage
+_EMPTY_RESPONSE = als_pb2.StreamAccessLogsResponse().SerializeToString()
+
+
+class AccessLogServicer:
+    """Receives access-log streams; counts what arrived per proxy (node id) for loss accounting."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self.arrived: Counter[str] = Counter()  # node id -> entries received and made safe
+        self.streams_failed: Counter[str] = Counter()  # node id ("" before an identifier) -> streams
+
+    async def stream_access_logs(self, requests: AsyncIterator[bytes],
+                                 context: grpc.aio.ServicerContext) -> bytes:
+        """Handle one stream: the identifier from its first message applies to every entry."""
+        source: LogSource | None = None
+        metrics = self.publisher.metrics
+        async for raw in requests:
+            try:
+                message = StreamAccessLogsMessage.FromString(raw)
+            except DecodeError as exc:
+                metrics.rejected.labels("als", "malformed").inc()
+                self.streams_failed[source.node_id if source else ""] += 1
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"malformed StreamAccessLogsMessage ({len(raw)} bytes): {exc}")
+            if source is None:
+                if not message.HasField("identifier"):
+                    metrics.rejected.labels("als", "no_identifier").inc()
+                    self.streams_failed[""] += 1
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "the first StreamAccessLogsMessage of a stream must carry an identifier")
+                ident = message.identifier
+                source = LogSource(ident.node.id, ident.node.cluster, ident.log_name)
+            records = message_records(message, source)
+            if records:
+                protocol = "tcp" if records[0].protocol == "TCP" else "http"
+                await self.publisher.submit(ACCESS, records, protocol)
+                self.arrived[source.node_id] += len(records)
+        return _EMPTY_RESPONSE
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service registration for a grpc.aio server (requests arrive as bytes)."""
+        method = grpc.stream_unary_rpc_method_handler(self.stream_access_logs)
+        return grpc.method_handlers_generic_handler(SERVICE, {"StreamAccessLogs": method})
+
+
+class AccessLogServer:
+    """A grpc.aio server carrying the AccessLogService on host:port (port 0 picks a free one)."""
+
+    def __init__(self, servicer: AccessLogServicer, host: str, port: int) -> None:
+        self.servicer = servicer
+        self.host = host
+        self.port = port
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        # Envoy keeps one long-lived stream per logger; keepalive notices dead peers
+        self._server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ])
+        self._server.add_generic_rpc_handlers((self.servicer.handler(),))
+        bound = self._server.add_insecure_port(f"{self.host}:{self.port}")
+        if not bound:
+            raise OSError(f"cannot bind the access-log gRPC server to {self.host}:{self.port}")
+        self.port = bound
+        await self._server.start()
+        log.info("access-log service on %s:%d", self.host, self.port)
+        return self.port
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None

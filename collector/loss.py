@@ -1,0 +1,73 @@
+"""Loss accounting: what each proxy says it logged versus what reached the collector.
+
+Envoy counts an entry in ``access_logs.grpc_access_log.logs_written`` when it enters the logger's
+buffer, not when it is delivered, and a collector that is down loses entries without
+``logs_dropped`` moving (only the access-log cluster's ``upstream_cx_connect_fail`` shows it). So the
+gap per proxy is ``written - dropped - arrived``, reported with the connect failures beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import httpx
+
+LOGS_WRITTEN = "access_logs.grpc_access_log.logs_written"
+LOGS_DROPPED = "access_logs.grpc_access_log.logs_dropped"
+ALS_CLUSTER = "meshscope_als"  # the cluster name proxy/ gives the collector's gRPC endpoint
+
+
+@dataclass(slots=True)
+class ProxyLoss:
+    """One proxy's account. ``gap`` > 0: entries Envoy buffered that never arrived (nor were counted
+    as dropped); it is only meaningful once Envoy has flushed (its buffer flush interval)."""
+
+    admin: str
+    node_id: str | None
+    reachable: bool
+    written: int = 0
+    dropped: int = 0
+    connect_failures: int = 0
+    arrived: int = 0
+    gap: int = 0
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+async def _proxy_stats(client: httpx.AsyncClient, admin: str) -> tuple[str | None, dict[str, int]]:
+    """The proxy's node id (admin /server_info) and its counters (admin /stats?format=json)."""
+    base = admin if admin.startswith("http") else f"http://{admin}"
+    info = (await client.get(f"{base}/server_info")).raise_for_status().json()
+    node_id = (info.get("node") or {}).get("id") or info.get("command_line_options", {}).get("service_node")
+    stats = (await client.get(f"{base}/stats", params={"format": "json", "usedonly": ""})).raise_for_status()
+    counters = {s["name"]: int(s["value"]) for s in stats.json().get("stats", [])
+                if "name" in s and isinstance(s.get("value"), int)}
+    return node_id, counters
+
+
+async def account_one(client: httpx.AsyncClient, admin: str, arrived: Mapping[str, int]) -> ProxyLoss:
+    """The account of one proxy reached through its admin address ("host:port")."""
+    try:
+        node_id, counters = await _proxy_stats(client, admin)
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        return ProxyLoss(admin=admin, node_id=None, reachable=False, error=f"admin unreachable: {exc}")
+    written = counters.get(LOGS_WRITTEN, 0)
+    dropped = counters.get(LOGS_DROPPED, 0)
+    got = arrived.get(node_id or "", 0)
+    return ProxyLoss(
+        admin=admin, node_id=node_id, reachable=True, written=written, dropped=dropped,
+        connect_failures=counters.get(f"cluster.{ALS_CLUSTER}.upstream_cx_connect_fail", 0),
+        arrived=got, gap=max(written - dropped - got, 0),
+    )
+
+
+async def account(proxy_admins: list[str], arrived: Mapping[str, int],
+                  timeout: float = 2.0) -> list[ProxyLoss]:
+    """Per-proxy loss for every admin address; ``arrived`` maps node id → entries the collector received
+    (``Collector.servicer.arrived``). Unreachable proxies are reported, never raised."""
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        return list(await asyncio.gather(*(account_one(client, a, arrived) for a in proxy_admins)))

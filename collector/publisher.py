@@ -1,0 +1,185 @@
+"""Records from the receivers to the bus, durably: acknowledged by the bus, or fsync'ed to the spool.
+
+``submit`` returns only once its records are safe (bus ack or spool fsync), so a receiver that awaits
+it acknowledges nothing it could still lose. When the bus fails, the publisher switches to the spool
+(new records queue behind the spooled ones, keeping their order) and a replay task drains the spool
+into the bus once it answers again. Memory is bounded by ``max_inflight`` records and disk by the
+spool's size: past either, ``submit`` waits (the gRPC stream stops being read) or, with
+``wait=False``, raises Backpressure (the Zipkin receiver answers 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from collector.spool import Spool, SpoolFull
+from meshscope.model import Record
+from pipelines.bus.base import Bus, BusUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class Backpressure(Exception):
+    """The collector is holding as much as it may: the sender should retry later."""
+
+
+class PublisherMetrics:
+    """The collector's Prometheus counters, in a registry of its own (several collectors per process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.received = Counter("meshscope_collector_received", "records received", ["protocol"], registry=r)
+        self.published = Counter("meshscope_collector_published", "records acknowledged by the bus",
+                                 ["protocol"], registry=r)
+        self.spooled = Counter("meshscope_collector_spooled", "records written to the disk spool",
+                               ["protocol"], registry=r)
+        self.rejected = Counter("meshscope_collector_rejected", "messages or requests refused (bad input, "
+                                "backpressure)", ["protocol", "reason"], registry=r)
+        self.replayed = Counter("meshscope_collector_replayed", "spooled records replayed to the bus",
+                                registry=r)
+        self.spool_bytes = Gauge("meshscope_collector_spool_bytes", "spooled bytes not yet replayed",
+                                 registry=r)
+        self.inflight = Gauge("meshscope_collector_inflight", "records held in memory", registry=r)
+
+
+class Publisher:
+    """Publishes record batches to a Bus with acknowledgement, spooling to disk when it cannot."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        spool_dir: Path,
+        *,
+        metrics: PublisherMetrics | None = None,
+        max_inflight: int = 50_000,
+        max_spool_bytes: int = 1024**3,
+        publish_timeout: float = 5.0,
+        retry_interval: float = 0.5,
+    ) -> None:
+        self.bus = bus
+        self.spool = Spool(spool_dir, max_bytes=max_spool_bytes)
+        self.metrics = metrics or PublisherMetrics()
+        self.max_inflight = max_inflight
+        self.publish_timeout = publish_timeout
+        self.retry_interval = retry_interval
+        self._inflight = 0
+        self._room = asyncio.Condition()
+        self._spool_lock = asyncio.Lock()
+        self._spool_wake = asyncio.Event()
+        self._replayer: asyncio.Task | None = None
+        if self.spool:
+            self._spool_wake.set()  # records left by a previous run: replay them first
+
+    async def start(self) -> None:
+        self._replayer = asyncio.create_task(self._replay_loop(), name="collector-spool-replay")
+
+    async def stop(self) -> None:
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+        self.spool.close()
+
+    @property
+    def degraded(self) -> bool:
+        """True while records wait in the spool (the bus was down or slow)."""
+        return bool(self.spool)
+
+    async def submit(self, topic: str, records: Sequence[Record], protocol: str, *,
+                     wait: bool = True) -> None:
+        """Return once every record is acknowledged by the bus or fsync'ed to the spool."""
+        if not records:
+            return
+        n = len(records)
+        self.metrics.received.labels(protocol).inc(n)
+        await self._reserve(n, protocol, wait)
+        try:
+            if not self.spool:
+                try:
+                    await asyncio.wait_for(self.bus.publish(topic, records), self.publish_timeout)
+                    self.metrics.published.labels(protocol).inc(n)
+                    return
+                except (BusUnavailable, TimeoutError) as exc:
+                    log.warning("bus did not acknowledge %d %s records (%s): spooling", n, topic, exc)
+            await self._to_spool(topic, list(records), protocol, wait)
+        finally:
+            await self._release(n)
+
+    # ---- memory bound ------------------------------------------------------------------------
+    async def _reserve(self, n: int, protocol: str, wait: bool) -> None:
+        async with self._room:
+            # one batch larger than the whole bound still passes alone, else it could never go
+            if self._inflight and self._inflight + n > self.max_inflight:
+                if not wait:
+                    self.metrics.rejected.labels(protocol, "backpressure").inc()
+                    raise Backpressure(f"{self._inflight} records in flight (limit {self.max_inflight})")
+                await self._room.wait_for(
+                    lambda: self._inflight == 0 or self._inflight + n <= self.max_inflight)
+            self._inflight += n
+            self.metrics.inflight.set(self._inflight)
+
+    async def _release(self, n: int) -> None:
+        async with self._room:
+            self._inflight -= n
+            self.metrics.inflight.set(self._inflight)
+            self._room.notify_all()
+
+    # ---- spool -------------------------------------------------------------------------------
+    async def _to_spool(self, topic: str, records: list[Record], protocol: str, wait: bool) -> None:
+        while True:
+            try:
+                async with self._spool_lock:
+                    await asyncio.to_thread(self.spool.append, topic, records)
+                break
+            except SpoolFull as exc:
+                if not wait:
+                    self.metrics.rejected.labels(protocol, "spool_full").inc()
+                    raise Backpressure(str(exc)) from exc
+                await asyncio.sleep(self.retry_interval)  # the replay task frees room
+        self.metrics.spooled.labels(protocol).inc(len(records))
+        self.metrics.spool_bytes.set(self.spool.pending_bytes)
+        self._spool_wake.set()
+
+    async def _replay_loop(self) -> None:
+        """Drain the spool into the bus in order; back off while the bus refuses."""
+        while True:
+            await self._spool_wake.wait()
+            try:
+                async with self._spool_lock:
+                    batch = await asyncio.to_thread(self.spool.read)
+                if batch is None:
+                    self._spool_wake.clear()
+                    if self.spool:  # only a torn tail or an unfinished writer segment left
+                        self._spool_wake.set()
+                        await asyncio.sleep(self.retry_interval)
+                    continue
+                try:
+                    await asyncio.wait_for(self.bus.publish(batch.topic, batch.records), self.publish_timeout)
+                except (BusUnavailable, TimeoutError) as exc:
+                    log.info("spool replay waiting for the bus: %s", exc)
+                    await asyncio.sleep(self.retry_interval)
+                    continue
+                async with self._spool_lock:
+                    await asyncio.to_thread(self.spool.commit, batch)
+                self.metrics.replayed.inc(len(batch.records))
+                self.metrics.spool_bytes.set(self.spool.pending_bytes)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bad spool line must not kill replay forever; keep trying, loudly
+                log.exception("spool replay failed")
+                await asyncio.sleep(self.retry_interval)
+
+    async def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until the spool is empty (for shutdown and tests); False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.spool and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        return not self.spool

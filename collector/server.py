@@ -1,0 +1,97 @@
+"""The collector as one startable object: ALS gRPC server + Zipkin receiver + durable publisher.
+
+``Collector(settings, bus)`` runs inside any asyncio program (``meshscope collector`` and
+``meshscope up`` both embed it); the caller owns the bus and starts/stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+
+from collector.als_server import AccessLogServer, AccessLogServicer
+from collector.loss import ProxyLoss, account
+from collector.publisher import Publisher, PublisherMetrics
+from collector.zipkin_receiver import make_app
+from meshscope.settings import Settings
+from pipelines.bus.base import Bus
+
+log = logging.getLogger(__name__)
+
+
+class Collector:
+    """Receives Envoy access logs (gRPC, settings.als_port) and Zipkin spans (HTTP, settings.zipkin_port)."""
+
+    def __init__(self, settings: Settings, bus: Bus, *, max_inflight: int = 50_000,
+                 max_spool_bytes: int = 1024**3, publish_timeout: float = 5.0) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.metrics = PublisherMetrics()
+        self.publisher = Publisher(bus, settings.data_dir / "spool", metrics=self.metrics,
+                                   max_inflight=max_inflight, max_spool_bytes=max_spool_bytes,
+                                   publish_timeout=publish_timeout)
+        self.servicer = AccessLogServicer(self.publisher)
+        self.als = AccessLogServer(self.servicer, settings.host, settings.als_port)
+        self.app = make_app(self.publisher, health=self.health)
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task | None = None
+
+    @property
+    def als_port(self) -> int:
+        return self.als.port
+
+    @property
+    def zipkin_port(self) -> int:
+        return self.settings.zipkin_port
+
+    async def start(self) -> None:
+        """Start the publisher's replay, the gRPC server and the HTTP receiver; return once both listen."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.publisher.start()
+        await self.als.start()
+        config = uvicorn.Config(self.app, host=self.settings.host, port=self.settings.zipkin_port,
+                                log_level="warning", access_log=False, lifespan="off")
+        self._http = uvicorn.Server(config)
+        self._http.install_signal_handlers = lambda: None  # the embedding program owns signals
+        self._http_task = asyncio.create_task(self._http.serve(), name="collector-zipkin-http")
+        while not self._http.started:
+            if self._http_task.done():
+                await self.stop()
+                raise OSError(f"the Zipkin receiver could not listen on {self.settings.host}:"
+                              f"{self.settings.zipkin_port}")
+            await asyncio.sleep(0.02)
+        log.info("collector: access logs on %s:%d, spans on %s:%d", self.settings.host, self.als_port,
+                 self.settings.host, self.zipkin_port)
+
+    async def stop(self) -> None:
+        """Stop receiving, then stop the publisher (spooled records stay on disk for the next run)."""
+        if self._http is not None:
+            self._http.should_exit = True
+        if self._http_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._http_task, 5)
+        await self.als.stop()
+        await self.publisher.stop()
+
+    def health(self) -> dict:
+        """/healthz body: 'degraded' while records wait in the spool for the bus."""
+        return {
+            "status": "degraded" if self.publisher.degraded else "ok",
+            "spool_bytes": self.publisher.spool.pending_bytes,
+            "access_entries_by_proxy": dict(self.servicer.arrived),
+        }
+
+    async def loss(self, proxy_admins: list[str] | None = None) -> list[ProxyLoss]:
+        """The per-proxy loss report for settings.proxy_admins (or the admins given)."""
+        admins = self.settings.proxy_admins if proxy_admins is None else proxy_admins
+        return await account(admins, self.servicer.arrived)
+
+    async def __aenter__(self) -> Collector:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
