@@ -51,6 +51,9 @@ class Exchange(Record):
     # Istio peer metadata (decoded x-envoy-peer-metadata)
     peer_workload: str | None = None
     peer_namespace: str | None = None
+    # the same, from the response's x-envoy-peer-metadata (the upstream workload that answered)
+    server_peer_workload: str | None = None
+    server_peer_namespace: str | None = None
     # TLS
     sni: str | None = None
     alpn: list[str] = field(default_factory=list)

@@ -1,0 +1,254 @@
+"""Streaming pcap / pcapng reader: yields one CaptureRecord per packet, never the whole file.
+
+Hand-written on struct (rather than dpkt.pcap / dpkt.pcapng) because meshscope needs, per packet,
+the pcapng interface it came from, and needs damage (truncation, absurd record lengths) reported
+instead of raised; it also reads in large chunks, which is the fastest way through a big file."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from meshscope.errors import CaptureError
+
+PCAP_MAGICS = {  # magic as read little-endian -> (byte order, timestamp divisor)
+    0xA1B2C3D4: ("<", 1e6), 0xD4C3B2A1: (">", 1e6),
+    0xA1B23C4D: ("<", 1e9), 0x4D3CB2A1: (">", 1e9),
+}
+PCAPNG_SHB = 0x0A0D0D0A
+PCAPNG_BOM = 0x1A2B3C4D
+MAX_RECORD = 1 << 20  # no real link layer carries more; tcpdump's largest snaplen is 256 KiB
+MAX_BLOCK = 16 << 20  # pcapng blocks beyond this are damage, not data
+CHUNK = 1 << 22
+MAX_DAMAGE = 50
+
+
+class CaptureRecord(NamedTuple):
+    """One captured frame: time (s), link type, interface (name/index or None), bytes, wire length."""
+
+    ts: float
+    linktype: int
+    interface: str | None
+    data: bytes
+    orig_len: int
+
+
+@dataclass(slots=True)
+class ReadStats:
+    """What the reader saw: filled while iterating."""
+
+    format: str = ""
+    link_types: set[int] = field(default_factory=set)
+    packets: int = 0
+    bytes: int = 0
+    offset: int = 0
+    truncated: bool = False
+    damage: list[str] = field(default_factory=list)
+
+    def add_damage(self, text: str) -> None:
+        if len(self.damage) < MAX_DAMAGE:
+            self.damage.append(text)
+
+
+def sniff_format(path: Path) -> str:
+    """'pcap' or 'pcapng' from the file's magic; CaptureError (one line) for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CaptureError(f"{path}: cannot read capture: {e.strerror or e}") from None
+    if not head:
+        raise CaptureError(f"{path}: empty file, not a capture")
+    if len(head) < 4:
+        raise CaptureError(f"{path}: only {len(head)} bytes, not a capture")
+    magic = struct.unpack("<I", head)[0]
+    if magic in PCAP_MAGICS:
+        return "pcap"
+    if magic == PCAPNG_SHB:
+        return "pcapng"
+    raise CaptureError(f"{path}: not a pcap or pcapng file (magic {head.hex()})")
+
+
+class _Chunks:
+    """A read-ahead window over a file, so each record costs a slice, not a read() call."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.buf = b""
+        self.pos = 0
+        self.base = 0  # file offset of buf[0]
+
+    def need(self, n: int) -> bool:
+        """Make buf[pos:pos+n] available; False at end of file."""
+        if self.pos + n <= len(self.buf):
+            return True
+        self.base += self.pos
+        self.buf = self.buf[self.pos:] + self.f.read(max(CHUNK, n))
+        self.pos = 0
+        return n <= len(self.buf)
+
+    @property
+    def offset(self) -> int:
+        return self.base + self.pos
+
+    def left(self) -> int:
+        return len(self.buf) - self.pos
+
+
+def read_capture(path: Path, stats: ReadStats | None = None,
+                 progress: Callable[[int], None] | None = None) -> Iterator[CaptureRecord]:
+    """Stream the records of a pcap or pcapng file; damage goes to ``stats``, never raised mid-file."""
+    stats = stats if stats is not None else ReadStats()
+    fmt = sniff_format(path)
+    stats.format = fmt
+    with open(path, "rb") as f:
+        chunks = _Chunks(f)
+        reader = _read_pcap if fmt == "pcap" else _read_pcapng
+        yield from reader(path, chunks, stats, progress)
+        stats.offset = chunks.offset
+
+
+def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator[CaptureRecord]:
+    if not c.need(24):
+        raise CaptureError(f"{path}: pcap header cut short ({c.left()} of 24 bytes)")
+    magic = struct.unpack_from("<I", c.buf, 0)[0]
+    order, divisor = PCAP_MAGICS[magic]
+    _vmaj, _vmin, _tz, _sig, _snaplen, linktype = struct.unpack_from(order + "HHiIII", c.buf, 4)
+    linktype &= 0xFFFF  # upper bits carry FCS flags, not the link type
+    stats.link_types.add(linktype)
+    c.pos = 24
+    rec = struct.Struct(order + "IIII")
+    unpack = rec.unpack_from
+    packets = 0
+    nbytes = 0
+    next_progress = 0
+    try:
+        while True:
+            if not c.need(16):
+                if c.left():
+                    stats.truncated = True
+                    stats.add_damage(f"file ends inside a record header at byte {c.offset}")
+                break
+            sec, frac, incl, orig = unpack(c.buf, c.pos)
+            if incl > MAX_RECORD:
+                stats.add_damage(f"record at byte {c.offset} claims {incl} bytes; stopped reading there")
+                break
+            if not c.need(16 + incl):
+                stats.truncated = True
+                stats.add_damage(f"file ends inside a {incl}-byte record at byte {c.offset}")
+                break
+            start = c.pos + 16
+            c.pos = start + incl
+            packets += 1
+            nbytes += incl
+            if progress is not None and c.base + c.pos >= next_progress:
+                progress(c.base + c.pos)
+                next_progress = c.base + c.pos + CHUNK
+            yield CaptureRecord(sec + frac / divisor, linktype, None, c.buf[start:c.pos], orig)
+    finally:
+        stats.packets += packets
+        stats.bytes += nbytes
+
+
+@dataclass(slots=True)
+class _Interface:
+    linktype: int
+    name: str
+    ts_unit: float
+
+
+def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator[CaptureRecord]:
+    order = "<"
+    ifaces: list[_Interface] = []
+    packets = 0
+    nbytes = 0
+    next_progress = 0
+    try:
+        while True:
+            if not c.need(12):
+                if c.left():
+                    stats.truncated = True
+                    stats.add_damage(f"file ends inside a block header at byte {c.offset}")
+                break
+            btype = struct.unpack_from("<I", c.buf, c.pos)[0]
+            if btype == PCAPNG_SHB:
+                bom = struct.unpack_from("<I", c.buf, c.pos + 8)[0]
+                if bom == PCAPNG_BOM:
+                    order = "<"
+                elif bom == 0x4D3C2B1A:
+                    order = ">"
+                else:
+                    stats.add_damage(f"section header at byte {c.offset} has a bad byte-order mark")
+                    break
+                ifaces = []  # interface ids are per section
+            btype, blen = struct.unpack_from(order + "II", c.buf, c.pos)
+            if blen < 12 or blen % 4 or blen > MAX_BLOCK:
+                stats.add_damage(f"block at byte {c.offset} claims length {blen}; stopped reading there")
+                break
+            if not c.need(blen):
+                stats.truncated = True
+                stats.add_damage(f"file ends inside a {blen}-byte block at byte {c.offset}")
+                break
+            start = c.pos
+            c.pos += blen
+            body = c.buf[start + 8:start + blen - 4]
+            if progress is not None and c.base + c.pos >= next_progress:
+                progress(c.base + c.pos)
+                next_progress = c.base + c.pos + CHUNK
+            try:
+                if btype == 1:  # Interface Description Block
+                    ifaces.append(_parse_idb(body, order, len(ifaces)))
+                    stats.link_types.add(ifaces[-1].linktype)
+                    continue
+                if btype == 6:  # Enhanced Packet Block
+                    if_id, ts_hi, ts_lo, caplen, orig = struct.unpack_from(order + "IIIII", body, 0)
+                elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
+                    if_id, ts_hi, ts_lo, orig = 0, 0, 0, struct.unpack_from(order + "I", body, 0)[0]
+                    caplen = min(orig, len(body) - 4)
+                    data = body[4:4 + caplen]
+                elif btype == 2:  # obsolete Packet Block
+                    if_id, _drops, ts_hi, ts_lo, caplen, orig = struct.unpack_from(order + "HHIIII", body, 0)
+                else:
+                    continue  # name resolution, statistics, custom blocks: nothing for us
+                if btype != 3:
+                    if 20 + caplen > len(body):
+                        stats.add_damage(f"packet block at byte {c.base + start} overruns its block")
+                        continue
+                    data = body[20:20 + caplen]
+                if if_id >= len(ifaces):
+                    stats.add_damage(f"packet at byte {c.base + start} names unknown interface {if_id}")
+                    continue
+            except struct.error:
+                stats.add_damage(f"block type {btype} at byte {c.base + start} is too short")
+                continue
+            iface = ifaces[if_id]
+            packets += 1
+            nbytes += len(data)
+            yield CaptureRecord(((ts_hi << 32) | ts_lo) * iface.ts_unit, iface.linktype, iface.name,
+                                data, orig)
+    finally:
+        stats.packets += packets
+        stats.bytes += nbytes
+
+
+def _parse_idb(body: bytes, order: str, index: int) -> _Interface:
+    """Link type, name (if_name option, else the interface's index) and timestamp unit."""
+    linktype, _res, _snaplen = struct.unpack_from(order + "HHI", body, 0)
+    name = str(index)
+    ts_unit = 1e-6
+    pos = 8
+    while pos + 4 <= len(body):
+        code, olen = struct.unpack_from(order + "HH", body, pos)
+        value = body[pos + 4:pos + 4 + olen]
+        pos += 4 + ((olen + 3) & ~3)
+        if code == 0:
+            break
+        if code == 2 and value:  # if_name
+            name = value.rstrip(b"\0").decode("utf-8", "replace") or name
+        elif code == 9 and value:  # if_tsresol
+            r = value[0]
+            ts_unit = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0 ** -r
+    return _Interface(linktype, name, ts_unit)

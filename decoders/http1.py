@@ -1,0 +1,315 @@
+"""HTTP/1.x message heads from one direction of a reassembled TCP stream.
+
+Incremental: bytes come in as they are reassembled; a head is buffered (bounded) until its blank
+line, then bodies are skipped by Content-Length or chunked framing without being kept. After a
+gap that cannot be skipped by framing, the parser hunts for the next message start. Hand-written
+rather than h11: h11 rejects exactly the damaged, pipelined, mid-stream traffic captures contain."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+MAX_HEAD = 64 * 1024  # a head larger than this is garbage, not HTTP
+MAX_LINE = 4096  # chunk-size and trailer lines
+METHODS = frozenset(b"GET POST PUT DELETE HEAD OPTIONS PATCH CONNECT TRACE PROPFIND PROPPATCH MKCOL "
+                    b"COPY MOVE LOCK UNLOCK PURGE".split())
+REQUEST_START = re.compile(rb"(?:%s) [!-~]+ HTTP/1\.[019]\r?\n" % b"|".join(sorted(METHODS)))
+RESPONSE_START = re.compile(rb"HTTP/1\.[019] \d{3}")
+_HUNT_KEEP = 64  # bytes kept between chunks while hunting, so a start line split across them is found
+
+HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, UNTIL_CLOSE, HUNT, DEAD = range(9)
+
+
+@dataclass(slots=True)
+class HttpHead:
+    """A request or response head: start line parts and headers (names lower-cased, in order)."""
+
+    is_request: bool
+    method: str | None
+    uri: str | None
+    version: str
+    status: int | None
+    reason: str | None
+    headers: list[tuple[str, str]]
+    ts: float
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+def looks_like_request(data: bytes) -> bool:
+    """Whether a stream starts like an HTTP/1.x request (method and a space)."""
+    sp = data.find(b" ", 0, 16)
+    return sp > 0 and bytes(data[:sp]) in METHODS
+
+
+def looks_like_response(data: bytes) -> bool:
+    return data.startswith(b"HTTP/1.")
+
+
+def parse_head(raw: bytes, is_request: bool, ts: float) -> HttpHead | None:
+    """Parse a head (without the blank line); None when the start line is not HTTP/1.x."""
+    lines = raw.split(b"\n")
+    start = lines[0].rstrip(b"\r").decode("latin-1")
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name and name[-1:] not in (b" ", b"\t"):
+            headers.append((name.decode("latin-1").lower(), value.strip().decode("latin-1")))
+        elif headers and line[:1] in (b" ", b"\t"):  # obsolete line folding
+            k, v = headers[-1]
+            headers[-1] = (k, v + " " + line.strip().decode("latin-1"))
+    if is_request:
+        parts = start.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or parts[0].encode() not in METHODS:
+            return None
+        return HttpHead(True, parts[0], parts[1], parts[2], None, None, headers, ts)
+    parts = start.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit() or len(parts[1]) != 3:
+        return None
+    return HttpHead(False, None, None, parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "",
+                    headers, ts)
+
+
+class HttpStreamParser:
+    """Requests (client side) or responses (server side) of one connection, fed in order.
+
+    ``on_head(head)`` returns whether the message may carry a body (False for the response to
+    HEAD, 1xx, 204, 304); ``on_end(body_bytes, ts)`` follows each message; ``on_damage(text)``
+    reports gaps and garbage."""
+
+    __slots__ = ("is_request", "on_head", "on_end", "on_damage", "state", "buf", "scan_from",
+                 "remaining", "body_bytes", "head_ts")
+
+    def __init__(self, is_request: bool, on_head: Callable[[HttpHead], bool],
+                 on_end: Callable[[int, float], None], on_damage: Callable[[str], None],
+                 hunting: bool = False) -> None:
+        self.is_request = is_request
+        self.on_head = on_head
+        self.on_end = on_end
+        self.on_damage = on_damage
+        self.state = HUNT if hunting else HEAD
+        self.buf = bytearray()
+        self.scan_from = 0
+        self.remaining = 0
+        self.body_bytes = 0
+        self.head_ts = 0.0
+
+    # -- input -----------------------------------------------------------------------------------
+    def feed(self, data: bytes, ts: float) -> None:
+        while data:
+            st = self.state
+            if st == BODY or st == CHUNK_DATA:
+                take = min(self.remaining, len(data))
+                self.remaining -= take
+                self.body_bytes += take
+                data = data[take:] if take < len(data) else b""
+                if not self.remaining:
+                    if st == BODY:
+                        self._end(ts)
+                    else:
+                        self.state = CHUNK_END
+            elif st == UNTIL_CLOSE:
+                self.body_bytes += len(data)
+                return
+            elif st == DEAD:
+                return
+            else:
+                self.buf += data
+                data = self._parse_buffer(ts)
+
+    def gap(self, nbytes: int, ts: float) -> None:
+        """Bytes lost from the capture: skip them inside a framed body, otherwise resynchronise."""
+        st = self.state
+        if (st == BODY or st == CHUNK_DATA) and nbytes <= self.remaining:
+            self.remaining -= nbytes
+            self.body_bytes += nbytes
+            self.on_damage(f"{nbytes} bytes lost inside a body (framing kept)")
+            if not self.remaining:
+                if st == BODY:
+                    self._end(ts)
+                else:
+                    self.state = CHUNK_END
+            return
+        if st == UNTIL_CLOSE:
+            self.body_bytes += nbytes
+            self.on_damage(f"{nbytes} bytes lost inside a body (framing kept)")
+            return
+        if st == DEAD:
+            return
+        self.on_damage(f"{nbytes} bytes lost; resynchronising at the next message")
+        if st in (BODY, CHUNK_DATA, CHUNK_SIZE, CHUNK_END, TRAILERS):
+            self._end(ts)
+        self.buf.clear()
+        self.scan_from = 0
+        self.state = HUNT
+
+    def close(self, ts: float) -> None:
+        """The stream ended: a body delimited by the close is complete; anything else is cut."""
+        if self.state == UNTIL_CLOSE:
+            self._end(ts)
+        elif self.state in (BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS):
+            self.on_damage("connection ended inside a body")
+            self._end(ts)
+        elif self.state == HEAD and self.buf.strip():
+            self.on_damage("connection ended inside a head")
+        self.state = DEAD
+        self.buf.clear()
+
+    # -- states that need buffering --------------------------------------------------------------
+    def _parse_buffer(self, ts: float) -> bytes:
+        """Parse buffered heads and framing lines; returns what is left once a body starts."""
+        while self.buf:
+            st = self.state
+            if st == BODY or st == CHUNK_DATA:
+                rest = bytes(self.buf)
+                self.buf.clear()
+                return rest
+            if st == UNTIL_CLOSE:
+                self.body_bytes += len(self.buf)
+                self.buf.clear()
+                return b""
+            if st == DEAD:
+                self.buf.clear()
+                return b""
+            if st == HEAD:
+                if not self._parse_head(ts):
+                    return b""
+            elif st == HUNT:
+                if not self._hunt():
+                    return b""
+            else:  # CHUNK_SIZE, CHUNK_END, TRAILERS: line based
+                end = self.buf.find(b"\n")
+                if end < 0:
+                    if len(self.buf) > MAX_LINE:
+                        self.on_damage("chunked framing broken (line too long)")
+                        self._end(ts)
+                        self.state = HUNT
+                        continue
+                    return b""
+                line = bytes(self.buf[:end]).strip()
+                del self.buf[:end + 1]
+                if st == CHUNK_END:
+                    if line:
+                        self.on_damage("chunked framing broken (no CRLF after chunk)")
+                        self._end(ts)
+                        self.state = HUNT
+                        self.buf[:0] = line
+                        continue
+                    self.state = CHUNK_SIZE
+                elif st == CHUNK_SIZE:
+                    try:
+                        size = int(line.split(b";", 1)[0], 16)
+                    except ValueError:
+                        self.on_damage("chunked framing broken (bad chunk size)")
+                        self._end(ts)
+                        self.state = HUNT
+                        continue
+                    if size < 0:
+                        size = 0
+                    if size == 0:
+                        self.state = TRAILERS
+                    else:
+                        self.remaining = size
+                        self.state = CHUNK_DATA
+                elif not line:  # TRAILERS ends at an empty line
+                    self._end(ts)
+        return b""
+
+    def _parse_head(self, ts: float) -> bool:
+        buf = self.buf
+        if self.scan_from == 0:
+            # tolerate blank lines between messages (RFC 9112 section 2.2)
+            while buf[:2] == b"\r\n" or buf[:1] == b"\n":
+                del buf[:2 if buf[:1] == b"\r" else 1]
+            if not buf:
+                return False
+            if not (looks_like_request(buf[:16]) if self.is_request else looks_like_response(buf[:16])) \
+                    and len(buf) >= 16:
+                self.on_damage("stream is not HTTP/1.x where a message should start; resynchronising")
+                self.state = HUNT
+                return True
+            self.head_ts = ts
+        end = buf.find(b"\r\n\r\n", max(0, self.scan_from - 3))
+        sep = 4
+        if end < 0:
+            end = buf.find(b"\n\n", max(0, self.scan_from - 1))
+            sep = 2
+        if end < 0:
+            self.scan_from = len(buf)
+            if len(buf) > MAX_HEAD:
+                self.on_damage(f"head longer than {MAX_HEAD} bytes; resynchronising")
+                buf.clear()
+                self.scan_from = 0
+                self.state = HUNT
+            return False
+        raw = bytes(buf[:end])
+        del buf[:end + sep]
+        self.scan_from = 0
+        head = parse_head(raw, self.is_request, self.head_ts)
+        if head is None:
+            self.on_damage("unparseable start line; resynchronising")
+            self.state = HUNT
+            return True
+        self.body_bytes = 0
+        body_allowed = self.on_head(head)
+        self._start_body(head, body_allowed, ts)
+        return True
+
+    def _start_body(self, head: HttpHead, body_allowed: bool, ts: float) -> None:
+        if self.state == DEAD:  # on_head ended the stream (protocol switch)
+            return
+        te = head.header("transfer-encoding")
+        cl = head.header("content-length")
+        if not body_allowed:
+            self._end(ts)
+        elif te is not None and "chunked" in te.lower():
+            self.state = CHUNK_SIZE
+        elif cl is not None:
+            try:
+                length = int(cl.split(",")[0].strip())
+            except ValueError:
+                length = -1
+            if length < 0:
+                self.on_damage(f"bad content-length {cl!r}; resynchronising")
+                self._end(ts)
+                self.state = HUNT
+            elif length == 0:
+                self._end(ts)
+            else:
+                self.remaining = length
+                self.state = BODY
+        elif self.is_request:
+            self._end(ts)
+        else:
+            self.state = UNTIL_CLOSE
+
+    def _hunt(self) -> bool:
+        """Look for the next message start; drop what precedes it."""
+        pattern = REQUEST_START if self.is_request else RESPONSE_START
+        m = pattern.search(self.buf)
+        if m is None:
+            if len(self.buf) > _HUNT_KEEP:
+                del self.buf[:-_HUNT_KEEP]
+            return False
+        del self.buf[:m.start()]
+        self.state = HEAD
+        self.scan_from = 0
+        return True
+
+    def _end(self, ts: float) -> None:
+        self.state = HEAD
+        self.scan_from = 0
+        body = self.body_bytes
+        self.body_bytes = 0
+        self.on_end(body, ts)
+
+    def stop(self) -> None:
+        """Stop parsing this direction (protocol switched, e.g. 101 or CONNECT)."""
+        self.state = DEAD
+        self.buf.clear()
