@@ -41,6 +41,10 @@ class Bus(abc.ABC):
     def consume(self, topic: str, group: str, max_batch: int = 1000) -> AsyncIterator[Batch]:
         """Yield batches for a consumer group; uncommitted batches are delivered again."""
 
+    def lag(self, topic: str, group: str) -> int | None:
+        """Records on the topic the group has not committed yet (None when the bus cannot tell)."""
+        return None
+
     async def __aenter__(self) -> Bus:
         await self.start()
         return self

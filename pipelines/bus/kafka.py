@@ -51,6 +51,7 @@ class KafkaBus(Bus):
         self.client_id = client_id
         self._producer: AIOKafkaProducer | None = None
         self._topics_ready: set[str] = set()
+        self._lags: dict[tuple[str, str], int] = {}
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -160,9 +161,16 @@ class KafkaBus(Bus):
                             # not a record of this topic: skipping it is the only way forward
                             log.error("kafka %s offset %d: undecodable record skipped: %s", tp, m.offset, exc)
                     offsets[tp] = messages[-1].offset + 1
+                self._lags[(topic, group)] = sum(
+                    max(0, (consumer.highwater(tp) or 0) - offset) for tp, offset in offsets.items()
+                )
                 yield Batch(topic, records, _commit=_committer(consumer, offsets))
         finally:
             await consumer.stop()
+
+    def lag(self, topic: str, group: str) -> int | None:
+        """Records behind the high-water mark on the partitions of this process's last batch."""
+        return self._lags.get((topic, group))
 
     async def _start_consumer(self, topic: str, group: str, max_batch: int) -> AIOKafkaConsumer:
         while True:

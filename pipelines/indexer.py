@@ -1,0 +1,206 @@
+"""The indexer: moves records bus → store in batches, and runs the alert engine as they pass.
+
+One consumer per topic in the ``meshscope-indexer`` group. A batch is committed on the bus only
+after the store acknowledged it (at-least-once; deterministic ids make redelivery harmless), and the
+next batch is not fetched before that, so a slow store backs the bus up to the publisher. A store
+that is down is retried with exponential backoff; records the store refuses (ValueError) are split
+out and appended to the dead-letter file ``<data_dir>/deadletter/<topic>.jsonl``.
+``Pipeline`` bundles indexer, alert engine and outbox for ``meshscope pipeline`` and ``meshscope up``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+from prometheus_client import Counter, Gauge, Histogram
+
+from meshscope.model import AccessRecord, Record
+from meshscope.settings import Settings
+from pipelines.alerts.engine import AlertEngine
+from pipelines.alerts.notify import WebhookNotifier
+from pipelines.alerts.outbox import AlertOutbox
+from pipelines.alerts.rules import Rule, load_rules
+from pipelines.bus.base import Bus, BusUnavailable
+from pipelines.store.base import StoreUnavailable, StoreWriter
+from pipelines.topics import ACCESS, SPANS
+
+log = logging.getLogger("meshscope.indexer")
+
+GROUP = "meshscope-indexer"
+INDEXED = Counter("meshscope_indexer_records", "Records written to the store", ["topic"])
+FAILURES = Counter("meshscope_indexer_store_failures", "Store writes that failed and were retried", ["topic"])
+DEADLETTERED = Counter("meshscope_indexer_deadlettered", "Records the store refused (dead-lettered)",
+                       ["topic"])
+LAG = Gauge("meshscope_indexer_lag_records", "Records on the bus not yet committed by the indexer", ["topic"])
+AGE = Gauge("meshscope_indexer_record_age_seconds", "Wall time minus the newest indexed record's time",
+            ["topic"])
+RATE = Gauge("meshscope_indexer_records_per_second", "Indexing throughput over the last batches", ["topic"])
+BATCH_SECONDS = Histogram("meshscope_indexer_batch_seconds", "Time to store one batch", ["topic"])
+
+
+class Indexer:
+    """Consume ``topics`` from the bus and write them to the store; feed access records to ``engine``."""
+
+    def __init__(self, bus: Bus, store: StoreWriter, deadletter_dir: Path, *,
+                 topics: Sequence[str] = (ACCESS, SPANS), group: str = GROUP, max_batch: int = 5000,
+                 engine: AlertEngine | None = None, outbox: AlertOutbox | None = None,
+                 max_backoff: float = 30.0) -> None:
+        self.bus = bus
+        self.store = store
+        self.deadletter_dir = Path(deadletter_dir)
+        self.topics = list(topics)
+        self.group = group
+        self.max_batch = max_batch
+        self.engine = engine
+        self.outbox = outbox
+        self.max_backoff = max_backoff
+        self.stats = {"indexed": 0, "batches": 0, "store_failures": 0, "deadlettered": 0,
+                      "commit_failures": 0}
+
+    async def run(self) -> None:
+        """Index every topic until cancelled."""
+        await asyncio.gather(*(self.run_topic(t) for t in self.topics))
+
+    async def run_topic(self, topic: str) -> None:
+        rate_from, rate_count = time.monotonic(), 0
+        async for batch in self.bus.consume(topic, self.group, self.max_batch):
+            started = time.monotonic()
+            await self.write(topic, batch.records)
+            if self.engine is not None and topic == ACCESS:
+                self.engine.observe(batch.records)
+                if self.outbox is not None:
+                    self.outbox.put(self.engine.evaluate())
+            try:
+                await batch.commit()
+            except BusUnavailable as exc:  # stored already: a redelivery is deduplicated by id
+                self.stats["commit_failures"] += 1
+                log.warning("commit of %d %s records failed: %s", len(batch.records), topic, exc)
+            done = time.monotonic()
+            BATCH_SECONDS.labels(topic).observe(done - started)
+            self.stats["batches"] += 1
+            rate_count += len(batch.records)
+            if done - rate_from >= 1.0:
+                RATE.labels(topic).set(rate_count / (done - rate_from))
+                rate_from, rate_count = done, 0
+            self._gauge_lag(topic, batch.records)
+
+    def _gauge_lag(self, topic: str, records: Sequence[Record]) -> None:
+        lag = self.bus.lag(topic, self.group)
+        if lag is not None:
+            LAG.labels(topic).set(lag)
+        if records and isinstance(records[-1], AccessRecord):
+            AGE.labels(topic).set(max(0.0, time.time() - records[-1].start_time))
+
+    async def write(self, topic: str, records: Sequence[Record]) -> None:
+        """Store records, retrying with exponential backoff while the store is unavailable and
+        dead-lettering the ones it refuses; returns once every record is stored or dead-lettered."""
+        delay = 0.1
+        while True:
+            try:
+                await self._write_or_split(topic, records)
+                INDEXED.labels(topic).inc(len(records))
+                self.stats["indexed"] += len(records)
+                return
+            except StoreUnavailable as exc:
+                self.stats["store_failures"] += 1
+                FAILURES.labels(topic).inc()
+                log.warning("store unavailable (%d %s records held, retry in %.1f s): %s",
+                            len(records), topic, delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_backoff)
+
+    async def _write_or_split(self, topic: str, records: Sequence[Record]) -> None:
+        """A refused batch is halved until the refused records are found; the rest is stored."""
+        try:
+            await self.store.write(records)
+        except ValueError as exc:
+            if len(records) == 1:
+                self._deadletter(topic, records[0], exc)
+                return
+            half = len(records) // 2
+            await self._write_or_split(topic, records[:half])
+            await self._write_or_split(topic, records[half:])
+
+    def _deadletter(self, topic: str, record: Record, error: Exception) -> None:
+        self.deadletter_dir.mkdir(parents=True, exist_ok=True)
+        entry = {"time": time.time(), "topic": topic, "kind": record.kind, "error": str(error),
+                 "record": record.to_dict()}
+        with open(self.deadletter_dir / f"{topic}.jsonl", "ab") as out:
+            out.write(orjson.dumps(entry) + b"\n")
+        self.stats["deadlettered"] += 1
+        DEADLETTERED.labels(topic).inc()
+        log.error("store refused %s record %s (dead-lettered): %s", topic, record.id, error)
+
+
+def read_deadletters(deadletter_dir: Path, topic: str) -> list[dict]:
+    """The dead-lettered entries of a topic, oldest first (for inspection and replay)."""
+    path = Path(deadletter_dir) / f"{topic}.jsonl"
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+class Pipeline:
+    """Indexer + alert engine + alert outbox over a bus and a store the caller owns (started already).
+
+    ``meshscope pipeline`` runs one on its own; ``meshscope up`` embeds one next to the collector and
+    the API, sharing their bus and store.
+    """
+
+    def __init__(self, settings: Settings, bus: Bus, store: StoreWriter, *,
+                 rules: Sequence[Rule] | None = None, group: str = GROUP, max_batch: int = 5000,
+                 tick: float = 0.5) -> None:
+        self.settings = settings
+        self.engine = AlertEngine(load_rules(settings.alert_rules) if rules is None else rules)
+        self.notifier = WebhookNotifier(settings.alert_webhooks)
+        self.indexer = Indexer(bus, store, Path(settings.data_dir) / "deadletter", group=group,
+                               max_batch=max_batch, engine=self.engine)
+        self.outbox = AlertOutbox(self.indexer.write, self.notifier)
+        self.indexer.outbox = self.outbox
+        self.tick = tick
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        """Start indexing, the alert timer and the outbox in the running loop."""
+        if self._tasks:
+            return
+        self._tasks = [
+            asyncio.create_task(self.indexer.run(), name="meshscope-indexer"),
+            asyncio.create_task(self.outbox.run(), name="meshscope-alert-outbox"),
+            asyncio.create_task(self._ticker(), name="meshscope-alert-tick"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(_report_crash)
+
+    async def _ticker(self) -> None:
+        """Close windows without new records: resolutions and quiet-time spikes need the clock too."""
+        while True:
+            await asyncio.sleep(self.tick)
+            self.outbox.put(self.engine.evaluate())
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.notifier.aclose()
+
+    async def __aenter__(self) -> Pipeline:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def _report_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped: %r", task.get_name(), task.exception(), exc_info=task.exception())
