@@ -1,0 +1,62 @@
+"""Flows as plain text: one header line per flow, one line per hop with the evidence that links it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from meshscope.model import Exchange, Flow, Hop
+
+
+def _who(endpoint: str, name: str | None) -> str:
+    return f"{name} ({endpoint})" if name else endpoint
+
+
+def _ms(a: float | None, b: float | None) -> str:
+    return f"{(b - a) * 1000:.1f} ms" if a is not None and b is not None else "?"
+
+
+def hop_line(n: int, hop: Hop) -> str:
+    """`  2 l7-proxy   gw (10.10.0.6:46612) → webapp (10.10.0.9:8080)  by x-request-id, …`"""
+    ev = hop.evidence
+    parts = [f"{n:>3} {hop.kind:<15} {_who(hop.src, hop.src_name)} → {_who(hop.dst, hop.dst_name)}"]
+    if hop.kind.startswith("nat-"):
+        parts.append(f"NodePort {hop.nodeport}" if hop.nodeport else "")
+        parts.append(f"pre {ev.get('pre')} / post {ev.get('post')}")
+        isn = f" client ISN {ev['client_isn']}" if ev.get("client_isn") is not None else ""
+        parts.append(f"matched by {ev.get('match')}{isn}")
+        caps = ", ".join(ev.get("captures", []))
+        parts.append("same capture" if ev.get("same_capture") else f"captures {caps}")
+    else:
+        parts.append(f"from {ev.get('downstream')}" if ev.get("downstream") else "")
+        parts.append(f"matched by {', '.join(ev.get('matched_by', []))}")
+        if hop.sni:
+            parts.append(f"SNI {hop.sni}")
+        if hop.request_ids:
+            parts.append("x-request-id " + " / ".join(hop.request_ids))
+        if ev.get("x_forwarded_for"):
+            parts.append(f"xff {ev['x_forwarded_for']}")
+        if hop.retries:
+            parts.append(f"retries {hop.retries}")
+    if hop.start is not None and hop.end is not None:
+        parts.append(f"{_ms(hop.start, hop.end)}")
+    return "  ".join(p for p in parts if p)
+
+
+def flow_lines(flow: Flow, exchanges: Mapping[str, Exchange]) -> list[str]:
+    root = exchanges.get(flow.exchange_ids[0]) if flow.exchange_ids else None
+    if root is None:
+        what = ""
+    elif root.exchange_type == "tls":
+        what = f"TLS SNI {root.sni or '-'}"
+    else:
+        status = root.status if root.status is not None else "?"
+        what = f"{root.method} {root.host or ''}{root.uri or ''} → {status}"
+    rid = f"  x-request-id {flow.request_id}" if flow.request_id else ""
+    head = (f"flow {flow.id[:12]}  {what}  {flow.client} → {flow.server}  {len(flow.hops)} hops  "
+            f"{_ms(flow.start, flow.end)}{rid}")
+    return [head] + [hop_line(i, h) for i, h in enumerate(flow.hops, 1)]
+
+
+def render_text(flows: Iterable[Flow], exchanges: Mapping[str, Exchange]) -> str:
+    """All flows, blank line between them."""
+    return "\n".join("\n".join(flow_lines(f, exchanges)) + "\n" for f in flows)

@@ -1,0 +1,86 @@
+"""Flow graph as an SVG sequence diagram (hand-written SVG: no drawing library needed).
+
+One column per host, arrows in time order: handshakes grey, ClientHellos purple, requests blue,
+responses dashed green, NAT rewrites orange and dashed, proxy hops as notes on the proxy's column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from xml.sax.saxutils import escape
+
+from decoders.sequence import Message, Sequence, build_sequence
+from meshscope.model import Exchange, Flow
+
+COL_W = 210
+ROW_H = 26
+TOP = 70
+LEFT = 90
+STYLE = {
+    "handshake": ("#888888", ""),
+    "hello": ("#7b3fb5", ""),
+    "request": ("#1f5fbf", ""),
+    "response": ("#2e8b57", "6,4"),
+    "nat": ("#d2691e", "3,3"),
+    "note": ("#444444", ""),
+}
+
+
+def render_svg(flows: Iterable[Flow], exchanges: Mapping[str, Exchange], max_flows: int = 20) -> str:
+    """The flows' sequence diagram as an SVG document."""
+    return sequence_svg(build_sequence(flows, exchanges, max_flows))
+
+
+def sequence_svg(seq: Sequence) -> str:
+    cols = {p: LEFT + COL_W // 2 + i * COL_W for i, p in enumerate(seq.participants)}
+    rows: list[str] = []
+    y = TOP + 20
+    current = -1
+    for m in seq.messages:
+        if m.flow != current:
+            current = m.flow
+            y += ROW_H
+            title = escape(seq.titles[m.flow])
+            rows.append(f'<text x="8" y="{y}" class="flow">flow {m.flow + 1}: {title}</text>')
+            y += ROW_H // 2
+        y += ROW_H
+        rows.append(_message(m, cols, y, seq.starts[m.flow]))
+    height = y + ROW_H * 2
+    width = max(LEFT + COL_W * max(len(cols), 1) + 20, 600)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        "<style>.flow{font-weight:bold;font-size:13px}.head{font-weight:bold}.t{fill:#666;font-size:10px}"
+        ".lbl{paint-order:stroke;stroke:#fff;stroke-width:3px}</style>",
+        "<defs>" + "".join(
+            f'<marker id="a-{k}" markerWidth="10" markerHeight="8" refX="9" refY="4" orient="auto">'
+            f'<path d="M0,0 L10,4 L0,8 z" fill="{c}"/></marker>' for k, (c, _) in STYLE.items()) + "</defs>",
+        f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
+    ]
+    for p, x in cols.items():
+        parts.append(f'<line x1="{x}" y1="{TOP}" x2="{x}" y2="{height - ROW_H}" stroke="#bbb"/>')
+        parts.append(f'<rect x="{x - COL_W // 2 + 8}" y="{TOP - 36}" width="{COL_W - 16}" height="30" rx="4" '
+                     f'fill="#eef3fb" stroke="#6b8cc7"/>')
+        name = seq.labels.get(p)
+        lines = [(name, "head", TOP - 24), (p, "t", TOP - 11)] if name else [(p, "head", TOP - 17)]
+        for text, cls, ty in lines:
+            parts.append(f'<text x="{x}" y="{ty}" text-anchor="middle" class="{cls}">{escape(text)}</text>')
+    parts += rows
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def _message(m: Message, cols: dict[str, int], y: int, start: float) -> str:
+    color, dash = STYLE[m.style]
+    x1, x2 = cols[m.src], cols[m.dst]
+    ms = f'<text x="8" y="{y}" class="t">+{(m.t - start) * 1000:.1f} ms</text>'
+    label = escape(m.label)
+    if m.style == "note" or x1 == x2:
+        return (ms + f'<rect x="{x1 - COL_W // 2 + 14}" y="{y - 14}" width="{COL_W - 28}" height="18" rx="3" '
+                f'fill="#fff8dc" stroke="{color}"/>'
+                f'<text x="{x1}" y="{y - 1}" text-anchor="middle">{label}</text>')
+    dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+    mid = (x1 + x2) // 2
+    return (ms + f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" stroke="{color}" stroke-width="1.5"'
+            f'{dash_attr} marker-end="url(#a-{m.style})"/>'
+            f'<text x="{mid}" y="{y - 4}" text-anchor="middle" class="lbl" fill="{color}">{label}</text>')

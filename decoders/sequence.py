@@ -1,0 +1,162 @@
+"""A flow as a sequence of messages between hosts: what the SVG and Mermaid flow graphs draw.
+
+One column per host (workload name where known), and in time order: TCP handshakes, TLS
+ClientHellos (with SNI) and ServerHellos, HTTP requests and responses, NAT rewrites and proxy hops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from meshscope.model import Exchange, Flow, Hop
+
+MAX_LABEL = 48
+
+
+@dataclass(slots=True)
+class Message:
+    t: float
+    src: str  # participant key (ip)
+    dst: str
+    label: str
+    style: str  # "handshake", "hello", "request", "response", "nat", "note"
+    flow: int = 0  # which flow (index in the diagram) it belongs to
+
+
+@dataclass(slots=True)
+class Sequence:
+    participants: list[str] = field(default_factory=list)  # ips in order of first appearance
+    labels: dict[str, str] = field(default_factory=dict)  # ip → workload name, where known
+
+    def title(self, ip: str) -> str:
+        name = self.labels.get(ip)
+        return f"{name} ({ip})" if name else ip
+    messages: list[Message] = field(default_factory=list)
+    titles: list[str] = field(default_factory=list)  # one per flow
+    starts: list[float] = field(default_factory=list)
+
+
+def _ip(endpoint: str) -> str:
+    host = endpoint.rsplit(":", 1)[0]
+    return host.strip("[]")
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
+
+
+def flow_title(flow: Flow, root: Exchange | None) -> str:
+    what = ""
+    if root is not None:
+        what = f"{root.method} {root.uri}" if root.exchange_type == "http" else f"TLS {root.sni or ''}"
+    rid = f"  x-request-id {flow.request_id}" if flow.request_id else ""
+    return f"{_short(what)}{rid}".strip()
+
+
+def build_sequence(flows: Iterable[Flow], exchanges: Mapping[str, Exchange], max_flows: int = 20) -> Sequence:
+    """The messages of (at most max_flows) flows, flow after flow, each in time order."""
+    seq = Sequence()
+    for n, flow in enumerate(flows):
+        if n >= max_flows:
+            break
+        root = exchanges.get(flow.exchange_ids[0]) if flow.exchange_ids else None
+        seq.titles.append(flow_title(flow, root))
+        seq.starts.append(flow.start or 0.0)
+        msgs = _flow_messages(flow, exchanges, seq.labels)
+        msgs.sort(key=lambda m: m.t)
+        for m in msgs:
+            m.flow = n
+            for p in (m.src, m.dst):
+                if p not in seq.participants:
+                    seq.participants.append(p)
+        seq.messages += msgs
+    return seq
+
+
+def _flow_messages(flow: Flow, exchanges: Mapping[str, Exchange], labels: dict[str, str]) -> list[Message]:
+    msgs: list[Message] = []
+    ends: dict[str, tuple[str, str]] = {}  # exchange id → (sender ip, receiver ip) across NAT
+    drawn_syn: set[str] = set()
+    for hop in flow.hops:
+        _name(labels, hop)
+        if hop.kind.startswith("nat-"):
+            msgs += _nat_messages(hop, exchanges, drawn_syn, labels)
+            for xid in hop.exchange_ids:
+                ends[xid] = (_ip(hop.src), _ip(hop.dst))
+        else:
+            proxy = _ip(hop.src)
+            what = hop.kind + (f" ×{hop.retries + 1} attempts" if hop.retries else "")
+            if hop.sni:
+                what += f" SNI {hop.sni}"
+            # the note goes before the upstream connection's handshake
+            up = exchanges.get(hop.exchange_ids[1]) if len(hop.exchange_ids) > 1 else None
+            t = min(x for x in (hop.start, up and up.conn.syn_time, float("inf")) if x is not None)
+            msgs.append(Message(t - 1e-6 if t != float("inf") else 0.0, proxy, proxy, what, "note"))
+    for xid in dict.fromkeys(flow.exchange_ids):
+        ex = exchanges.get(xid)
+        if ex is None or (xid in ends and xid != _first_mirror(flow, xid)):
+            continue
+        src, dst = ends.get(xid, (ex.conn.src, ex.conn.dst))
+        msgs += _exchange_messages(ex, src, dst, xid in drawn_syn)
+    return msgs
+
+
+def _first_mirror(flow: Flow, xid: str) -> str:
+    """Of the copies of one request on the two sides of a NAT, draw only the first."""
+    for hop in flow.hops:
+        if xid in hop.exchange_ids and hop.kind.startswith("nat-"):
+            return hop.exchange_ids[0]
+    return xid
+
+
+def _name(labels: dict[str, str], hop: Hop) -> None:
+    for endpoint, name in ((hop.src, hop.src_name), (hop.dst, hop.dst_name)):
+        if name:
+            labels[_ip(endpoint)] = name
+
+
+def _nat_messages(hop: Hop, exchanges: Mapping[str, Exchange], drawn_syn: set[str],
+                  labels: dict[str, str]) -> list[Message]:
+    pre = exchanges.get(hop.exchange_ids[0]) if hop.exchange_ids else None
+    ev = hop.evidence
+    node = _ip(ev.get("pre", "").split(" → ")[-1]) if ev.get("pre") else _ip(hop.dst)
+    if hop.nodeport:
+        labels.setdefault(node, "node")
+    t = hop.start or 0.0
+    out = []
+    if pre is not None and pre.index == 0 and pre.conn.handshake_seen:
+        out.append(Message(pre.conn.syn_time or t, _ip(hop.src), node,
+                           f"TCP handshake → {ev.get('pre', '').split(' → ')[-1]}", "handshake"))
+        drawn_syn.update(hop.exchange_ids)
+    label = "DNAT" if ev.get("dnat") else ""
+    if ev.get("snat"):
+        label = (label + "+SNAT" if label else "SNAT") + f" src→{ev.get('source_rewritten_to', '')}"
+    if hop.nodeport:
+        label += f" NodePort {hop.nodeport} → {ev.get('destination_rewritten_to', hop.dst)}"
+    out.append(Message(hop.end or t, node, _ip(hop.dst), _short(label.strip()), "nat"))
+    return out
+
+
+def _exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> list[Message]:
+    out = []
+    c = ex.conn
+    if ex.index == 0 and c.handshake_seen and not syn_drawn:
+        out.append(Message(c.syn_time or ex.request_time or 0.0, src, dst, f"TCP handshake → :{c.dport}",
+                           "handshake"))
+    t0 = ex.request_time or c.syn_time or 0.0
+    if ex.exchange_type == "tls":
+        alpn = f" ALPN {','.join(ex.alpn)}" if ex.alpn else ""
+        out.append(Message(t0, src, dst, _short(f"ClientHello SNI {ex.sni or '-'}{alpn}"), "hello"))
+        if ex.tls_version:
+            out.append(Message(ex.response_time or t0, dst, src, f"ServerHello {ex.tls_version}", "response"))
+        return out
+    rid = ex.request_id
+    label = f"{ex.method or '?'} {ex.uri or ''}"
+    if rid and len(rid) > 14:  # enough of the id to tell requests apart, and its sampling digit
+        label += f" rid {rid[:8]}…v{rid[14]}"
+    out.append(Message(t0, src, dst, _short(label), "request"))
+    if ex.status is not None:
+        status = f"{ex.status} {ex.reason or ''}".strip()
+        out.append(Message(ex.response_time or t0, dst, src, status, "response"))
+    return out
