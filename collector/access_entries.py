@@ -43,7 +43,7 @@ RESPONSE_FLAGS: dict[str, str] = {
     "dns_resolution_failure": "DF",
     "downstream_remote_reset": "DR",
 }
-_FLAG_ITEMS = tuple(RESPONSE_FLAGS.items())
+_FLAG_OF = {**RESPONSE_FLAGS, "unauthorized_details": "UAEX"}
 
 _METHODS = {v: k for k, v in base_pb2.RequestMethod.items()}
 _METHODS[0] = None
@@ -65,10 +65,8 @@ class LogSource:
 
 def response_flags(flags) -> list[str]:
     """The ResponseFlags booleans as Envoy's short strings, in Envoy's order."""
-    out = [short for name, short in _FLAG_ITEMS if getattr(flags, name)]
-    if flags.HasField("unauthorized_details"):
-        out.append("UAEX")
-    return out
+    # ListFields() yields only the flags that are set (proto3 drops false bools), in field order
+    return [_FLAG_OF[f.name] for f, _ in flags.ListFields() if f.name in _FLAG_OF]
 
 
 def _address(addr) -> str | None:

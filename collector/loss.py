@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass
 
 import httpx
 
-LOGS_WRITTEN = "access_logs.grpc_access_log.logs_written"
-LOGS_DROPPED = "access_logs.grpc_access_log.logs_dropped"
-ALS_CLUSTER = "meshscope_als"  # the cluster name proxy/ gives the collector's gRPC endpoint
+from proxy.admin import AsyncAdminClient, access_log_counts, cluster_stat
+from proxy.telemetry import ALS_CLUSTER
 
 
 @dataclass(slots=True)
@@ -38,29 +37,30 @@ class ProxyLoss:
         return asdict(self)
 
 
-async def _proxy_stats(client: httpx.AsyncClient, admin: str) -> tuple[str | None, dict[str, int]]:
-    """The proxy's node id (admin /server_info) and its counters (admin /stats?format=json)."""
-    base = admin if admin.startswith("http") else f"http://{admin}"
-    info = (await client.get(f"{base}/server_info")).raise_for_status().json()
+async def _proxy_stats(admin: str, timeout: float) -> tuple[str | None, dict[str, int | float]]:
+    """The proxy's node id (admin /server_info) and its counters and gauges (admin /stats)."""
+    async with AsyncAdminClient(admin, timeout=timeout) as client:
+        stats = await client.stats()
+    # AsyncAdminClient has no server_info(); the node id is one plain GET away
+    base = admin if "://" in admin else f"http://{admin}"
+    async with httpx.AsyncClient(timeout=timeout) as http:
+        info = (await http.get(f"{base}/server_info")).raise_for_status().json()
     node_id = (info.get("node") or {}).get("id") or info.get("command_line_options", {}).get("service_node")
-    stats = (await client.get(f"{base}/stats", params={"format": "json", "usedonly": ""})).raise_for_status()
-    counters = {s["name"]: int(s["value"]) for s in stats.json().get("stats", [])
-                if "name" in s and isinstance(s.get("value"), int)}
-    return node_id, counters
+    return node_id, stats
 
 
-async def account_one(client: httpx.AsyncClient, admin: str, arrived: Mapping[str, int]) -> ProxyLoss:
+async def account_one(admin: str, arrived: Mapping[str, int], timeout: float = 2.0) -> ProxyLoss:
     """The account of one proxy reached through its admin address ("host:port")."""
     try:
-        node_id, counters = await _proxy_stats(client, admin)
+        node_id, counters = await _proxy_stats(admin, timeout)
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         return ProxyLoss(admin=admin, node_id=None, reachable=False, error=f"admin unreachable: {exc}")
-    written = counters.get(LOGS_WRITTEN, 0)
-    dropped = counters.get(LOGS_DROPPED, 0)
+    counts = access_log_counts(counters)
+    written, dropped = counts["logs_written"], counts["logs_dropped"]
     got = arrived.get(node_id or "", 0)
     return ProxyLoss(
         admin=admin, node_id=node_id, reachable=True, written=written, dropped=dropped,
-        connect_failures=counters.get(f"cluster.{ALS_CLUSTER}.upstream_cx_connect_fail", 0),
+        connect_failures=cluster_stat(counters, ALS_CLUSTER, "upstream_cx_connect_fail"),
         arrived=got, gap=max(written - dropped - got, 0),
     )
 
@@ -69,5 +69,4 @@ async def account(proxy_admins: list[str], arrived: Mapping[str, int],
                   timeout: float = 2.0) -> list[ProxyLoss]:
     """Per-proxy loss for every admin address; ``arrived`` maps node id → entries the collector received
     (``Collector.servicer.arrived``). Unreachable proxies are reported, never raised."""
-    async with httpx.AsyncClient(timeout=timeout) as client:
-        return list(await asyncio.gather(*(account_one(client, a, arrived) for a in proxy_admins)))
+    return list(await asyncio.gather(*(account_one(a, arrived, timeout) for a in proxy_admins)))
