@@ -18,7 +18,8 @@ def identify(message, node_id: str = "node-a", cluster: str = "gw", log_name: st
     message.identifier.log_name = log_name
 
 
-def http_message(n: int, *, first: bool = True, node_id: str = "node-a", start: int = 0) -> als_pb2.StreamAccessLogsMessage:
+def http_message(n: int, *, first: bool = True, node_id: str = "node-a",
+                 start: int = 0) -> als_pb2.StreamAccessLogsMessage:
     """n HTTP entries with request ids ``req-<start+i>``; the identifier only when ``first``."""
     m = als_pb2.StreamAccessLogsMessage()
     if first:

@@ -43,7 +43,8 @@ async def _raw_stream(port: int, chunks: list[bytes]) -> grpc.aio.AioRpcError:
 async def test_identifier_of_first_message_applies_to_the_whole_stream(running, access_reader):
     collector, _ = running
     await asyncio.gather(
-        _stream(collector.als_port, [http_message(3, node_id="node-a"), http_message(2, first=False, start=3)]),
+        _stream(collector.als_port,
+                [http_message(3, node_id="node-a"), http_message(2, first=False, start=3)]),
         _stream(collector.als_port, [http_message(4, node_id="node-b", start=100)]),
     )
     records = await access_reader.wait_for(9)
@@ -106,7 +107,8 @@ async def test_stream_cut_mid_message(running, access_reader):
     finally:
         sock.close()  # cut: the second message never completes
     await asyncio.sleep(0.3)
-    assert sorted(r.request_id for r in records) == ["req-0", "req-1"]  # the whole message, nothing of the cut one
+    # the whole message, nothing of the cut one
+    assert sorted(r.request_id for r in records) == ["req-0", "req-1"]
     await _stream(collector.als_port, [http_message(1, node_id="node-d", start=9)])
     records = await access_reader.wait_for(3)
     assert sorted(r.request_id for r in records) == ["req-0", "req-1", "req-9"]
