@@ -157,7 +157,7 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator[C
 class _Interface:
     linktype: int
     name: str
-    ts_unit: float
+    ts_div: int  # ticks per second (10**k or 2**k), kept integral so times round the same as pcap's
 
 
 def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator[CaptureRecord]:
@@ -227,8 +227,8 @@ def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator
             iface = ifaces[if_id]
             packets += 1
             nbytes += len(data)
-            yield CaptureRecord(((ts_hi << 32) | ts_lo) * iface.ts_unit, iface.linktype, iface.name,
-                                data, orig)
+            sec, frac = divmod((ts_hi << 32) | ts_lo, iface.ts_div)
+            yield CaptureRecord(sec + frac / iface.ts_div, iface.linktype, iface.name, data, orig)
     finally:
         stats.packets += packets
         stats.bytes += nbytes
@@ -238,7 +238,7 @@ def _parse_idb(body: bytes, order: str, index: int) -> _Interface:
     """Link type, name (if_name option, else the interface's index) and timestamp unit."""
     linktype, _res, _snaplen = struct.unpack_from(order + "HHI", body, 0)
     name = str(index)
-    ts_unit = 1e-6
+    ts_div = 1_000_000
     pos = 8
     while pos + 4 <= len(body):
         code, olen = struct.unpack_from(order + "HH", body, pos)
@@ -250,5 +250,5 @@ def _parse_idb(body: bytes, order: str, index: int) -> _Interface:
             name = value.rstrip(b"\0").decode("utf-8", "replace") or name
         elif code == 9 and value:  # if_tsresol
             r = value[0]
-            ts_unit = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0 ** -r
-    return _Interface(linktype, name, ts_unit)
+            ts_div = 2 ** min(r & 0x7F, 64) if r & 0x80 else 10 ** min(r, 19)
+    return _Interface(linktype, name, ts_div)

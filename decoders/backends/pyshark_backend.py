@@ -1,0 +1,86 @@
+"""The pyshark backend: tshark dissects every frame (link layer, IP, TCP; it also selects the wanted
+segments with a display filter), pyshark hands us its fields, and the shared connection table does
+the rest. Slowest by far; its value is that Wireshark's dissectors, not ours, read the headers.
+
+tshark's own TCP reassembly is switched off so each frame's payload arrives as captured; the
+file's framing (truncation, damage) is also checked with the shared reader, so the report reads
+the same as the other backends'."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyshark
+from pyshark.capture.capture import TSharkCrashException
+
+from decoders.backends.segment_backend import Segment, SegmentBackend
+from decoders.capture_file import ReadStats, read_capture
+from meshscope.errors import CaptureError
+
+DISPLAY_FILTER = "tcp.len > 0 or tcp.flags.syn == 1 or tcp.flags.fin == 1 or tcp.flags.reset == 1"
+PREFS = {"tcp.desegment_tcp_streams": "FALSE", "tcp.relative_sequence_numbers": "FALSE",
+         "tcp.analyze_sequence_numbers": "FALSE", "tcp.check_checksum": "FALSE"}
+# tshark would otherwise dissect payloads we parse ourselves (and reassemble them across frames)
+DISABLED = ("http", "tls", "http2")
+
+
+def _epoch(text: str) -> float:
+    """frame.time_epoch ("sec.nanoseconds") as the shared reader computes pcap times."""
+    sec, _, frac = text.partition(".")
+    frac = (frac + "000000000")[:9]
+    return int(sec) + int(frac) / 1e9
+
+
+class PysharkBackend(SegmentBackend):
+    name = "pyshark"
+
+    def segments(self, path: Path, stats: ReadStats,
+                 progress: Callable[[int], None] | None) -> Iterator[Segment]:
+        for _ in read_capture(path, stats, progress):  # framing and damage, for the report
+            pass
+        params = []
+        for proto in DISABLED:
+            params += ["--disable-protocol", proto]
+        loop = asyncio.new_event_loop()  # pyshark drives tshark with asyncio; keep it to ourselves
+        cap = pyshark.FileCapture(str(path), keep_packets=False, use_json=True, display_filter=DISPLAY_FILTER,
+                                  override_prefs=PREFS, custom_parameters=params, eventloop=loop)
+        try:
+            for pkt in cap:
+                seg = _segment(pkt)
+                if seg is not None:
+                    yield seg
+        except TSharkCrashException:
+            if not stats.truncated and not stats.damage:  # tshark's complaint is news to us
+                raise CaptureError(f"{path}: tshark could not read this capture") from None
+        finally:
+            cap.close()
+            loop.close()
+
+
+def _segment(pkt) -> Segment | None:
+    layers = {layer.layer_name: layer for layer in pkt.layers}
+    tcp = layers.get("tcp")
+    ip = layers.get("ip") or layers.get("ipv6")
+    if tcp is None or ip is None:
+        return None
+    if ip.layer_name == "ip" and (str(ip.flags_tree.mf) == "1" or int(ip.frag_offset)):
+        return None  # an IP fragment: the other backends skip them too
+    frame = pkt.frame_info
+    payload_hex = getattr(tcp, "payload", None)
+    payload = bytes.fromhex(payload_hex.replace(":", "")) if payload_hex else b""
+    sll = layers.get("sll")
+    ifindex = getattr(sll, "ifindex", None) if sll is not None else None
+    if ifindex is not None:
+        interface = str(int(ifindex))
+    else:
+        interface = getattr(frame, "interface_name", None) or getattr(frame, "interface_id", None)
+        interface = str(interface) if interface is not None else None
+    wire, captured = int(frame.len), int(frame.cap_len)
+    return (_epoch(frame.time_epoch), ip.src, int(tcp.srcport), ip.dst, int(tcp.dstport),
+            int(tcp.seq_raw), int(tcp.ack_raw), int(tcp.flags, 16) & 0xFF, payload,
+            wire - captured if wire > captured else 0, interface)
+
+
+BACKEND = PysharkBackend
