@@ -1,0 +1,103 @@
+"""The FastAPI application: ``create_app(settings, store=None)`` wires the routers, the store (opened
+in the lifespan through pipelines.wiring.make_store), the upload worker and the bearer-token guard."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from meshscope.api import alerts, metrics, pcaps, proxies, records, traces, zipkin
+from meshscope.api.schemas import ErrorBody, Health
+from meshscope.api.security import BearerTokenMiddleware, required_token
+from meshscope.api.uploads import UploadRejected, Uploads
+from meshscope.errors import UserError
+from meshscope.settings import Settings
+from pipelines.store.base import Store, StoreUnavailable
+
+log = logging.getLogger("meshscope.api")
+STATIC = Path(__file__).parent / "static"
+ERRORS = {400: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+
+
+def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
+    """The API over ``settings``; with ``store`` given (already started) the caller owns it, otherwise
+    the app opens the configured store at start-up and closes it at shut-down. Raises UserError when
+    bound beyond loopback without an api_token."""
+    token = required_token(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        owned = store is None
+        if owned:
+            from pipelines.wiring import make_store
+
+            app.state.store = make_store(settings)
+            await app.state.store.start()
+        else:
+            app.state.store = store
+        app.state.uploads = Uploads(settings, app.state.store)
+        await app.state.uploads.start()
+        try:
+            yield
+        finally:
+            await app.state.uploads.stop()
+            if owned:
+                await app.state.store.stop()
+
+    app = FastAPI(
+        title="meshscope",
+        version="0.1.0",
+        lifespan=lifespan,
+        responses=ERRORS,
+        description="What happened to this request, hop by hop? Envoy access logs, Zipkin spans and "
+        "packet captures joined by request id.",
+    )
+    app.state.settings = settings
+    if token is not None:
+        app.add_middleware(BearerTokenMiddleware, token=token)
+    _install_error_handlers(app)
+    for module in (pcaps, traces, alerts, records, proxies, zipkin, metrics):
+        app.include_router(module.router)
+
+    @app.get("/healthz", response_model=Health, tags=["service"])
+    async def healthz(request: Request) -> Health:
+        """Liveness: answers without a token; says which store is configured."""
+        return Health(status="ok", store=request.app.state.settings.store)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/ui", include_in_schema=False)
+    async def ui() -> RedirectResponse:
+        return RedirectResponse("/")
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Bad input answers 4xx JSON; a store that is down answers 503; nothing crashes the server."""
+
+    @app.exception_handler(UploadRejected)
+    async def rejected(_: Request, exc: UploadRejected) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    @app.exception_handler(UserError)
+    async def user_error(_: Request, exc: UserError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(ValueError)
+    async def value_error(_: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("store unavailable: %s", exc)
+        return JSONResponse({"detail": f"store unavailable: {exc}"}, status_code=503)

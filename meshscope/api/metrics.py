@@ -1,0 +1,99 @@
+"""``/metrics`` for Prometheus: records ingested per kind, per-cluster request / 5xx / retried counters
+(from the store's aggregates, so every API replica reports the same totals), alert counts, uploads."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from meshscope.api.deps import store_of
+from pipelines.store.base import Store
+
+router = APIRouter(tags=["service"])
+KINDS = ("access", "span", "exchange", "flow", "alert")
+MAX_ALERTS = 10_000
+
+# every metric this endpoint exports (dashboards/ tests check their queries against it)
+METRIC_NAMES = (
+    "meshscope_ingested_records_total",
+    "meshscope_requests_total",
+    "meshscope_responses_5xx_total",
+    "meshscope_requests_retried_total",
+    "meshscope_alert_events_total",
+    "meshscope_alerts_firing",
+    "meshscope_proxies",
+    "meshscope_uploads_total",
+)
+
+
+class _Snapshot:
+    """A prometheus_client collector over figures gathered once per scrape."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self):
+        return iter(self.metrics)
+
+
+async def gather(store: Store, upload_counters: dict[str, int]) -> list[Metric]:
+    """Read the figures from the store (one aggregate over all stored records, grouped by cluster)."""
+    ingested = CounterMetricFamily("meshscope_ingested_records", "Records stored, by kind", labels=["kind"])
+    for kind in KINDS:
+        ingested.add_metric([kind], await store.count(kind))
+    now = time.time() + 1
+    aggs = await store.aggregates(0.0, now, now, ("upstream_cluster",))
+    totals: dict[str, list[int]] = {}
+    for a in aggs:
+        t = totals.setdefault(a.group.get("upstream_cluster") or "", [0, 0, 0])
+        t[0] += a.count
+        t[1] += a.count_5xx
+        t[2] += a.count_retried
+    requests = CounterMetricFamily(
+        "meshscope_requests", "Access records per upstream cluster", labels=["cluster"]
+    )
+    errors = CounterMetricFamily(
+        "meshscope_responses_5xx", "5xx responses per upstream cluster", labels=["cluster"]
+    )
+    retried = CounterMetricFamily(
+        "meshscope_requests_retried", "Retried requests per upstream cluster", labels=["cluster"]
+    )
+    for cluster, (n, n5, nr) in sorted(totals.items()):
+        requests.add_metric([cluster], n)
+        errors.add_metric([cluster], n5)
+        retried.add_metric([cluster], nr)
+    alerts = await store.alerts(limit=MAX_ALERTS)
+    events = CounterMetricFamily(
+        "meshscope_alert_events", "Alert firings and resolutions stored", labels=["rule", "state"]
+    )
+    for (rule, state), n in sorted(Counter((a.rule, a.state) for a in alerts).items()):
+        events.add_metric([rule, state], n)
+    latest: dict[tuple[str, str], str] = {}
+    for a in sorted(alerts, key=lambda a: a.last_seen):
+        latest[(a.rule, a.group_key)] = a.state
+    firing = GaugeMetricFamily(
+        "meshscope_alerts_firing", "Groups whose latest alert state is firing", labels=["rule"]
+    )
+    for rule, n in sorted(Counter(r for (r, _), s in latest.items() if s == "firing").items()):
+        firing.add_metric([rule], n)
+    proxies = GaugeMetricFamily(
+        "meshscope_proxies", "Proxies that have sent records", value=len(await store.node_ids())
+    )
+    uploads = CounterMetricFamily("meshscope_uploads", "Capture uploads by outcome", labels=["result"])
+    for result, n in sorted(upload_counters.items()):
+        uploads.add_metric([result], n)
+    return [ingested, requests, errors, retried, events, firing, proxies, uploads]
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(request: Request, store: Annotated[Store, Depends(store_of)]) -> Response:
+    """Prometheus text exposition."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(await gather(store, request.app.state.uploads.counters)))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,113 @@
+"""Capture uploads: ``POST /api/pcaps`` (raw body or multipart, several files analysed together),
+their status and damage report, flows and flow graph."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import Response
+
+from meshscope.api.deps import uploads_of
+from meshscope.api.schemas import ErrorBody, UploadFlows, UploadStatus
+from meshscope.api.uploads import Uploads
+
+router = APIRouter(prefix="/api/pcaps", tags=["captures"])
+UploadId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="the id POST /api/pcaps returned")]
+SVG_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"}
+
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "one capture as the raw body, or several as multipart file parts (analysed together)",
+        "content": {
+            "application/vnd.tcpdump.pcap": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=UploadStatus,
+    openapi_extra=UPLOAD_BODY,
+    responses={413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 429: {"model": ErrorBody}},
+)
+async def upload(request: Request, uploads: Annotated[Uploads, Depends(uploads_of)]) -> dict:
+    """Store the capture(s) and queue their analysis; answers at once with the new upload's id."""
+    return await uploads.receive(
+        request.headers.get("content-type", ""), request.headers.get("content-length"), request.stream()
+    )
+
+
+@router.get("", response_model=list[UploadStatus])
+async def list_uploads(
+    uploads: Annotated[Uploads, Depends(uploads_of)],
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[dict]:
+    """The most recent uploads, newest first."""
+    return uploads.list(limit)
+
+
+def _status(uploads: Uploads, upload_id: str) -> dict:
+    status = uploads.status(upload_id)
+    if status is None:
+        raise HTTPException(404, f"no upload {upload_id}")
+    return status
+
+
+def _finished(uploads: Uploads, upload_id: str) -> dict:
+    status = _status(uploads, upload_id)
+    if status["state"] != "done":
+        detail = status.get("error") or f"upload {upload_id} is {status['state']}"
+        raise HTTPException(409 if status["state"] != "failed" else 422, detail)
+    return status
+
+
+@router.get("/{upload_id}", response_model=UploadStatus, responses={404: {"model": ErrorBody}})
+async def get_upload(upload_id: UploadId, uploads: Annotated[Uploads, Depends(uploads_of)]) -> dict:
+    """State (queued, analysing, done, failed), counts and each capture's damage report."""
+    return _status(uploads, upload_id)
+
+
+@router.get(
+    "/{upload_id}/flows",
+    response_model=UploadFlows,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+async def get_flows(upload_id: UploadId, uploads: Annotated[Uploads, Depends(uploads_of)]) -> dict:
+    """The flows and exchanges found in the upload (409 while it is still being analysed)."""
+    _finished(uploads, upload_id)
+    analysis = uploads.analysis(upload_id) or {}
+    return {"id": upload_id, "flows": analysis.get("flows", []), "exchanges": analysis.get("exchanges", [])}
+
+
+@router.get(
+    "/{upload_id}/graph.svg",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/svg+xml": {}}},
+        404: {"model": ErrorBody},
+        409: {"model": ErrorBody},
+        422: {"model": ErrorBody},
+        501: {"model": ErrorBody},
+    },
+)
+async def get_graph(upload_id: UploadId, uploads: Annotated[Uploads, Depends(uploads_of)]) -> Response:
+    """The upload's flow graph as SVG (a sequence diagram, one column per host)."""
+    _finished(uploads, upload_id)
+    svg = uploads.graph(upload_id)
+    if svg is None:
+        raise HTTPException(501, "no flow graph renderer in this build")
+    return Response(svg, media_type="image/svg+xml", headers=SVG_HEADERS)

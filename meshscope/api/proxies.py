@@ -1,0 +1,36 @@
+"""``GET /api/proxies``: every proxy that has sent records, with its access-log loss accounting
+(written and dropped by the proxy's own admin stats, received by our store)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from collector.loss import account
+from meshscope.api.deps import settings_of, store_of
+from meshscope.api.schemas import ProxyInfo, ProxyList, ProxyLossInfo
+from meshscope.settings import Settings
+from pipelines.store.base import Store
+
+router = APIRouter(prefix="/api/proxies", tags=["proxies"])
+
+
+@router.get("", response_model=ProxyList)
+async def list_proxies(
+    store: Annotated[Store, Depends(store_of)],
+    settings: Annotated[Settings, Depends(settings_of)],
+) -> ProxyList:
+    """Proxies by node id; ``loss`` is filled for those whose admin address is in settings.proxy_admins."""
+    nodes = await store.node_ids()
+    arrived = {n["node_id"]: n["records"] for n in nodes}
+    losses = await account(settings.proxy_admins, arrived) if settings.proxy_admins else []
+    by_node = {loss.node_id: loss for loss in losses if loss.node_id in arrived}
+    items = [
+        ProxyInfo(
+            **n, loss=ProxyLossInfo(**by_node[n["node_id"]].to_dict()) if n["node_id"] in by_node else None
+        )
+        for n in nodes
+    ]
+    unmatched = [ProxyLossInfo(**loss.to_dict()) for loss in losses if loss.node_id not in arrived]
+    return ProxyList(items=items, unmatched_admins=unmatched)

@@ -1,0 +1,129 @@
+"""Response models of the API (the OpenAPI schema); records themselves are the model's dataclasses."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from meshscope.model import AccessRecord, Alert, Exchange, Flow
+
+
+class ErrorBody(BaseModel):
+    detail: str | list = Field(description="what was wrong with the request")
+
+
+class Health(BaseModel):
+    status: str
+    store: str
+
+
+class UploadedFile(BaseModel):
+    name: str = Field(description="the client's file name, for display only")
+    stored: str = Field(description="the name meshscope stored it under (generated)")
+    size: int
+    format: str | None
+
+
+class CaptureSummary(BaseModel):
+    name: str
+    capture: str
+    format: str
+    link_types: list[str]
+    packets: int
+    bytes: int
+    connections: int
+    exchanges: int
+    damage: list[str] = Field(description="what was damaged in the capture (truncation, gaps …)")
+    truncated: bool
+
+
+class UploadStatus(BaseModel):
+    id: str
+    state: str = Field(description="queued, analysing, done or failed")
+    created: float
+    finished: float | None = None
+    files: list[UploadedFile]
+    bytes: int
+    error: str | None = None
+    counts: dict[str, int] | None = None
+    captures: list[CaptureSummary] = []
+
+
+class UploadFlows(BaseModel):
+    id: str
+    flows: list[Flow]
+    exchanges: list[Exchange]
+
+
+class RecordsPage(BaseModel):
+    items: list[AccessRecord]
+    next_cursor: str | None = None
+
+
+class AlertList(BaseModel):
+    items: list[Alert]
+
+
+class ProxyLossInfo(BaseModel):
+    admin: str
+    node_id: str | None
+    reachable: bool
+    written: int = Field(description="entries the proxy says it logged (logs_written)")
+    dropped: int = Field(description="entries the proxy says it dropped (logs_dropped)")
+    connect_failures: int
+    arrived: int = Field(description="records of this proxy in meshscope's store")
+    gap: int = Field(description="written - dropped - arrived: entries lost without a count")
+    error: str | None = None
+
+
+class ProxyInfo(BaseModel):
+    node_id: str
+    node_cluster: str | None = None
+    records: int = Field(description="records received from this proxy")
+    first_seen: float | None = None
+    last_seen: float | None = None
+    loss: ProxyLossInfo | None = Field(None, description="from the proxy's admin stats, when configured")
+
+
+class ProxyList(BaseModel):
+    items: list[ProxyInfo]
+    unmatched_admins: list[ProxyLossInfo] = Field(
+        default=[], description="configured admin addresses whose node has sent no records"
+    )
+
+
+class ZipkinEndpoint(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    serviceName: str | None = None
+    ipv4: str | None = None
+    ipv6: str | None = None
+    port: int | None = None
+
+
+class ZipkinAnnotation(BaseModel):
+    timestamp: int
+    value: str
+
+
+class ZipkinSpan(BaseModel):
+    """A span in Zipkin's JSON v2 shape."""
+
+    traceId: str
+    id: str
+    parentId: str | None = None
+    name: str | None = None
+    kind: str | None = None
+    timestamp: int | None = None
+    duration: int | None = None
+    localEndpoint: ZipkinEndpoint | None = None
+    remoteEndpoint: ZipkinEndpoint | None = None
+    annotations: list[ZipkinAnnotation] | None = None
+    tags: dict[str, str] | None = None
+    debug: bool | None = None
+    shared: bool | None = None
+
+
+class DependencyLink(BaseModel):
+    parent: str
+    child: str
+    callCount: int
+    errorCount: int = 0

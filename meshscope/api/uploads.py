@@ -1,0 +1,432 @@
+"""Uploaded captures: streamed to ``data_dir/pcaps/<id>/`` under size and count limits, sniffed for
+pcap/pcapng magic, analysed in a worker process, results kept in the store and the upload's folder.
+
+Each upload folder holds the capture files (named from the generated id, never from the request),
+``status.json`` (state, sizes, counts, damage report) and, once analysed, ``analysis.json`` and
+``graph.svg``. A restart resumes every upload that was still queued or being analysed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from decoders.capture_file import PCAP_MAGICS, PCAPNG_SHB
+from meshscope.errors import UserError
+from meshscope.settings import Settings
+from pipelines.store.base import StoreWriter
+
+log = logging.getLogger("meshscope.api.uploads")
+
+UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_FILES_PER_UPLOAD = 16
+WRITE_BATCH = 2000
+UNFINISHED = ("queued", "analysing")
+
+
+class UploadRejected(Exception):
+    """An upload refused with an HTTP status and a message for the person who sent it."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def capture_format(head: bytes) -> str | None:
+    """ "pcap" or "pcapng" from a file's first four bytes, else None."""
+    if len(head) < 4:
+        return None
+    magic = struct.unpack("<I", head[:4])[0]
+    if magic in PCAP_MAGICS:
+        return "pcap"
+    if magic == PCAPNG_SHB:
+        return "pcapng"
+    return None
+
+
+def display_name(name: str | None, index: int) -> str:
+    """The client's file name, for display only: no directories, printable, short."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable())[:120]
+    return base or f"capture-{index + 1}"
+
+
+class CaptureFiles:
+    """Writes the files of one upload, enforcing the byte and file limits and checking each file's magic."""
+
+    def __init__(self, folder: Path, upload_id: str, max_bytes: int) -> None:
+        self.folder = folder
+        self.upload_id = upload_id
+        self.max_bytes = max_bytes
+        self.total = 0
+        self.files: list[dict[str, Any]] = []
+        self._fh = None
+        self._head = b""
+
+    def open(self, client_name: str | None) -> None:
+        self.close()
+        index = len(self.files)
+        if index >= MAX_FILES_PER_UPLOAD:
+            raise UploadRejected(400, f"at most {MAX_FILES_PER_UPLOAD} captures per upload")
+        stored = f"{self.upload_id[:12]}-{index + 1}.cap"
+        self.files.append(
+            {"name": display_name(client_name, index), "stored": stored, "size": 0, "format": None}
+        )
+        self._fh = open(self.folder / stored, "wb")  # noqa: SIM115 - closed in close()
+        self._head = b""
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._fh is None:
+            raise UploadRejected(400, "capture data outside a file part")
+        self.total += len(data)
+        if self.total > self.max_bytes:
+            raise UploadRejected(413, f"upload larger than the limit of {self.max_bytes} bytes")
+        current = self.files[-1]
+        if current["format"] is None:
+            self._head += data[:4]
+            if len(self._head) >= 4:
+                self._sniff(current)
+        current["size"] += len(data)
+        self._fh.write(data)
+
+    def _sniff(self, current: dict[str, Any]) -> None:
+        fmt = capture_format(self._head)
+        if fmt is None:
+            raise UploadRejected(
+                415, f"{current['name']}: not a pcap or pcapng capture (starts with {self._head[:4].hex()})"
+            )
+        current["format"] = fmt
+
+    def close(self) -> None:
+        """Finish the current file: an empty or too short file is refused."""
+        if self._fh is None:
+            return
+        self._fh.close()
+        self._fh = None
+        current = self.files[-1]
+        if current["size"] == 0:
+            raise UploadRejected(400, f"{current['name']}: empty file")
+        if current["format"] is None:
+            raise UploadRejected(
+                415, f"{current['name']}: too short to be a capture ({current['size']} bytes)"
+            )
+
+    def abort(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class MultipartCaptures:
+    """Feeds a multipart/form-data body to CaptureFiles part by part, never holding a whole file.
+    Parts without a file name (plain form fields) are read and ignored."""
+
+    def __init__(self, boundary: bytes, files: CaptureFiles) -> None:
+        self.files = files
+        self._field = b""
+        self._value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._in_file = False
+        self._pending: list[tuple[str, Any]] = []  # callbacks cannot raise cleanly: replay after each chunk
+        self.parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+            },
+        )
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+        self._in_file = False
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field = self._value = b""
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        if b"filename" in params:
+            self._in_file = True
+            self._pending.append(("open", params[b"filename"].decode("utf-8", "replace")))
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            self._pending.append(("write", bytes(data[start:end])))
+
+    def _part_end(self) -> None:
+        if self._in_file:
+            self._pending.append(("close", None))
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self.parser.write(chunk)
+        except Exception as exc:  # python-multipart raises its own errors on a malformed body
+            raise UploadRejected(400, f"malformed multipart body: {exc}") from exc
+        pending, self._pending = self._pending, []
+        for op, arg in pending:
+            getattr(self.files, op)(*(() if arg is None else (arg,)))
+
+    def finish(self) -> None:
+        self.parser.finalize()
+        self.feed(b"")
+
+
+def run_analysis(paths: list[str]) -> dict[str, Any]:
+    """In the worker process: decode and stitch the captures, render the graph; plain data back."""
+    from decoders.analyze import analyze
+
+    analysis = analyze(paths)
+    return {"analysis": analysis, "svg": render_svg(analysis)}
+
+
+def render_svg(analysis: Any) -> str:
+    """The flow graph of an analysis as SVG (the decoders' sequence-diagram renderer)."""
+    from decoders.graph_svg import render_svg as draw
+
+    return draw(analysis.flows, analysis.by_id())
+
+
+class Uploads:
+    """The upload folders under ``data_dir/pcaps`` and the worker process that analyses them."""
+
+    def __init__(self, settings: Settings, writer: StoreWriter) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.root = Path(settings.data_dir) / "pcaps"
+        self._pool: ProcessPoolExecutor | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.counters = {"uploads": 0, "rejected": 0, "analysed": 0, "failed": 0}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        # spawn, not fork: the server process runs threads (SQLite, uvicorn) that fork would copy mid-work
+        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        for folder in sorted(self.root.iterdir()):
+            status = self.status(folder.name)
+            if status and status["state"] in UNFINISHED:
+                log.info("resuming analysis of upload %s", folder.name)
+                self._schedule(folder.name)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    # -- folders and status --------------------------------------------------------------------
+    def folder(self, upload_id: str) -> Path | None:
+        if not UPLOAD_ID.match(upload_id):
+            return None
+        folder = self.root / upload_id
+        return folder if folder.is_dir() else None
+
+    def status(self, upload_id: str) -> dict[str, Any] | None:
+        folder = self.folder(upload_id)
+        if folder is None:
+            return None
+        try:
+            return orjson.loads((folder / "status.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def _save_status(self, upload_id: str, status: dict[str, Any]) -> None:
+        path = self.root / upload_id / "status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(status))
+        os.replace(tmp, path)
+
+    def _update(self, upload_id: str, **changes: Any) -> dict[str, Any]:
+        status = self.status(upload_id) or {}
+        status.update(changes)
+        self._save_status(upload_id, status)
+        return status
+
+    def analysis(self, upload_id: str) -> dict[str, Any] | None:
+        folder = self.folder(upload_id)
+        if folder is None or not (folder / "analysis.json").is_file():
+            return None
+        return orjson.loads((folder / "analysis.json").read_bytes())
+
+    def graph(self, upload_id: str) -> str | None:
+        folder = self.folder(upload_id)
+        if folder is None or not (folder / "graph.svg").is_file():
+            return None
+        return (folder / "graph.svg").read_text()
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        statuses = [self.status(f.name) for f in self.root.iterdir() if UPLOAD_ID.match(f.name)]
+        done = [s for s in statuses if s]
+        return sorted(done, key=lambda s: s.get("created", 0), reverse=True)[:limit]
+
+    # -- receiving -----------------------------------------------------------------------------
+    async def receive(
+        self, content_type: str, content_length: str | None, body: AsyncIterator[bytes]
+    ) -> dict[str, Any]:
+        """Stream one upload to disk and queue its analysis; the status is returned at once."""
+        limit = self.settings.upload_max_bytes
+        try:
+            if content_length is not None and int(content_length) > limit + 64 * 1024:
+                raise UploadRejected(413, f"upload larger than the limit of {limit} bytes")
+        except ValueError:
+            raise UploadRejected(400, "bad Content-Length") from None
+        stored = sum(1 for f in self.root.iterdir() if UPLOAD_ID.match(f.name))
+        if stored >= self.settings.upload_max_count:
+            raise UploadRejected(
+                429, f"{stored} captures stored, the limit is {self.settings.upload_max_count}"
+            )
+        upload_id = uuid.uuid4().hex
+        folder = self.root / upload_id
+        folder.mkdir()
+        files = CaptureFiles(folder, upload_id, limit)
+        try:
+            await self._stream(content_type, body, files)
+            if not files.files:
+                raise UploadRejected(
+                    400, "no capture in the request (send a pcap/pcapng body or a file part)"
+                )
+        except BaseException as exc:
+            files.abort()
+            shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(exc, UploadRejected):
+                self.counters["rejected"] += 1
+            raise
+        status = {
+            "id": upload_id,
+            "state": "queued",
+            "created": time.time(),
+            "finished": None,
+            "files": files.files,
+            "bytes": files.total,
+            "error": None,
+            "counts": None,
+            "captures": [],
+        }
+        self._save_status(upload_id, status)
+        self.counters["uploads"] += 1
+        self._schedule(upload_id)
+        return status
+
+    async def _stream(self, content_type: str, body: AsyncIterator[bytes], files: CaptureFiles) -> None:
+        ctype, params = parse_options_header(content_type or "")
+        if ctype == b"multipart/form-data":
+            boundary = params.get(b"boundary")
+            if not boundary:
+                raise UploadRejected(400, "multipart body without a boundary")
+            multipart = MultipartCaptures(boundary, files)
+            async for chunk in body:
+                multipart.feed(chunk)
+            try:
+                multipart.finish()
+            except UploadRejected:
+                raise
+            except Exception as exc:
+                raise UploadRejected(400, f"malformed multipart body: {exc}") from exc
+            files.close()
+            return
+        files.open(None)
+        async for chunk in body:
+            files.write(chunk)
+        files.close()
+
+    # -- analysis --------------------------------------------------------------------------------
+    def _schedule(self, upload_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._analyse(upload_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _analyse(self, upload_id: str) -> None:
+        status = self.status(upload_id)
+        if status is None or self._pool is None:
+            return
+        folder = self.root / upload_id
+        paths = [str(folder / f["stored"]) for f in status["files"]]
+        self._update(upload_id, state="analysing")
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, run_analysis, paths)
+            analysis = result["analysis"]
+            await self._write_records([*analysis.exchanges, *analysis.flows])
+        except asyncio.CancelledError:
+            raise
+        except UserError as exc:
+            self.counters["failed"] += 1
+            self._update(upload_id, state="failed", error=str(exc), finished=time.time())
+            return
+        except Exception as exc:  # the worker died or the store refused: reported, never a crash
+            log.exception("analysis of upload %s failed", upload_id)
+            self.counters["failed"] += 1
+            self._update(upload_id, state="failed", error=f"analysis failed: {exc}", finished=time.time())
+            return
+        (folder / "analysis.json").write_bytes(analysis.to_json())
+        if result["svg"] is not None:
+            (folder / "graph.svg").write_text(result["svg"])
+        captures = [self._capture_summary(r, status["files"]) for r in analysis.reports]
+        self.counters["analysed"] += 1
+        self._update(
+            upload_id,
+            state="done",
+            finished=time.time(),
+            captures=captures,
+            counts={
+                "exchanges": len(analysis.exchanges),
+                "flows": len(analysis.flows),
+                "packets": sum(r.packets for r in analysis.reports),
+                "duplicates": analysis.duplicates,
+            },
+        )
+
+    @staticmethod
+    def _capture_summary(report: Any, files: list[dict[str, Any]]) -> dict[str, Any]:
+        """A capture's report with the client's file name beside the stored one."""
+        names = {f["stored"]: f["name"] for f in files}
+        return {
+            "name": names.get(report.capture, report.capture),
+            "capture": report.capture,
+            "format": report.format,
+            "link_types": list(report.link_types),
+            "packets": report.packets,
+            "bytes": report.bytes,
+            "connections": report.connections,
+            "exchanges": report.exchanges,
+            "damage": list(report.damage),
+            "truncated": report.truncated,
+        }
+
+    async def _write_records(self, records: Sequence[Any]) -> None:
+        for i in range(0, len(records), WRITE_BATCH):
+            await self.writer.write(records[i : i + WRITE_BATCH])
+
+    async def wait_idle(self, timeout: float = 60.0) -> None:
+        """Wait until no analysis is running (tests, shutdown)."""
+        if self._tasks:
+            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), timeout)
