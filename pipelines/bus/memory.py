@@ -13,6 +13,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 from meshscope.model import Record
 from pipelines.bus.base import Batch, Bus, BusUnavailable
@@ -22,6 +23,7 @@ from pipelines.bus.base import Batch, Bus, BusUnavailable
 class _TopicLog:
     """One topic: records from offset ``base`` on, and each group's committed offset."""
 
+    name: str
     records: deque = field(default_factory=deque)
     base: int = 0
     committed: dict[str, int] = field(default_factory=dict)
@@ -51,9 +53,7 @@ class _TopicLog:
 
     def slice(self, start: int, count: int) -> list[Record]:
         i = start - self.base
-        if i == 0 and count >= len(self.records):
-            return list(self.records)
-        return [self.records[j] for j in range(i, min(i + count, len(self.records)))]
+        return list(islice(self.records, i, i + count))
 
 
 class MemoryBus(Bus):
@@ -67,7 +67,7 @@ class MemoryBus(Bus):
     def _log(self, topic: str) -> _TopicLog:
         log = self._topics.get(topic)
         if log is None:
-            log = self._topics[topic] = _TopicLog()
+            log = self._topics[topic] = _TopicLog(topic)
         return log
 
     async def publish(self, topic: str, records: Sequence[Record]) -> None:
@@ -89,11 +89,15 @@ class MemoryBus(Bus):
             log.records.extend(records)
             log.changed.notify_all()
 
-    async def consume(self, topic: str, group: str, max_batch: int = 1000) -> AsyncIterator[Batch]:
-        """Yield batches from the group's committed offset on; wait for records when caught up."""
+    def consume(self, topic: str, group: str, max_batch: int = 1000) -> AsyncIterator[Batch]:
+        """Join the group now (so records are held for it) and yield batches from its committed
+        offset on, waiting for records when caught up."""
         log = self._log(topic)
         if group not in log.committed:
             log.committed[group] = log.base  # a new group starts at the oldest record still held
+        return self._batches(log, group, max_batch)
+
+    async def _batches(self, log: _TopicLog, group: str, max_batch: int) -> AsyncIterator[Batch]:
         position = log.committed[group]
         while True:
             async with log.changed:
@@ -103,7 +107,7 @@ class MemoryBus(Bus):
                 records = log.slice(position, max_batch)
             end = position + len(records)
             position = end
-            yield Batch(topic, records, _commit=self._committer(log, group, end))
+            yield Batch(log.name, records, _commit=self._committer(log, group, end))
 
     def _committer(self, log: _TopicLog, group: str, end: int):
         async def commit() -> None:

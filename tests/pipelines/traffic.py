@@ -1,0 +1,60 @@
+"""Test traffic for the pipeline suites: access records as Envoy would log them, and a real webhook
+receiver (an HTTP server on loopback) that keeps what it was sent."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from meshscope.model import AccessRecord
+
+
+def access(n: int, *, cluster: str = "catalog", code: int = 200, t: float | None = None,
+           attempts: int = 1, flags: tuple[str, ...] = (), tag: str = "r") -> AccessRecord:
+    """The n-th access record of a run: unique request id ``{tag}-{n}``, deterministic id."""
+    return AccessRecord(
+        start_time=time.time() if t is None else t, node_id="gateway~10.10.0.6", node_cluster="gateway",
+        log_name="als", request_id=f"{tag}-{n:08d}", trace_id=f"{n:016x}", method="GET",
+        authority=f"{cluster}.mesh", path=f"/items/{n}", route_name=f"route-{cluster}",
+        response_code=code, response_flags=list(flags), attempt_count=attempts,
+        upstream_cluster=cluster, upstream_host="10.10.0.8:3000", downstream_remote="172.18.0.1:57536",
+        duration_ms=3.0,
+    )
+
+
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 collecting the JSON bodies POSTed to it (Alertmanager webhooks)."""
+
+    def __init__(self) -> None:
+        self.payloads: list[dict] = []
+        self.arrived: list[float] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                receiver.payloads.append(json.loads(body))
+                receiver.arrived.append(time.monotonic())
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> WebhookReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def alerts(self, status: str | None = None) -> list[dict]:
+        """Every alert of every payload received, optionally of one status."""
+        return [a for p in self.payloads for a in p["alerts"] if status is None or a["status"] == status]
