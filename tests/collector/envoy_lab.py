@@ -25,7 +25,8 @@ def lab_routes(upstream_port: int, cert_dir: Path) -> Routes:
             {"name": "ingress", "port": http_port, "address": "127.0.0.1", "virtual_hosts": [{
                 "name": "app", "domains": [APP_HOST, f"{APP_HOST}:*"],
                 "routes": [
-                    {"prefix": "/flaky", "cluster": "httpbin", "retry": {"retry_on": "5xx", "num_retries": 3}},
+                    {"prefix": "/flaky", "cluster": "httpbin",
+                     "retry": {"retry_on": "5xx", "num_retries": 3}},
                     {"prefix": "/delay", "cluster": "httpbin", "timeout": "1s"},
                     {"prefix": "/", "cluster": "httpbin"},
                 ],
