@@ -16,14 +16,22 @@ from decoders.proxy_hops import ProxyLink
 from meshscope.model import Exchange, Flow, Hop, normalize_request_id
 
 
+def _workload(name: str | None, namespace: str | None) -> str | None:
+    return f"{namespace}/{name}" if name and namespace else name
+
+
 def workload_names(legs: Iterable[Leg]) -> dict[str, str]:
-    """ip → "namespace/workload" from the Istio peer metadata a host sent with its requests."""
+    """ip → "namespace/workload" from the Istio peer metadata a host sent with its requests (naming
+    the sender) or its responses (naming the receiver)."""
     names: dict[str, str] = {}
     for leg in legs:
         for ex in leg.exchanges:
-            if ex.peer_workload and leg.sender not in names:
-                names[leg.sender] = f"{ex.peer_namespace}/{ex.peer_workload}" if ex.peer_namespace \
-                    else ex.peer_workload
+            client = _workload(ex.peer_workload, ex.peer_namespace)
+            server = _workload(ex.server_peer_workload, ex.server_peer_namespace)
+            if client:
+                names.setdefault(leg.sender, client)
+            if server:
+                names.setdefault(leg.receiver, server)
     return names
 
 

@@ -1,0 +1,106 @@
+"""`meshscope pcap analyze FILE [FILE…]`: stitched flows from tcpdump captures (text, JSON, SVG, Mermaid)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from meshscope.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="pcap_command", metavar="ACTION", required=True)
+    a = sub.add_parser("analyze", help="decode captures and print the end-to-end flows",
+                       description="Decode captures (analysed together: the two sides of a NAT may be in "
+                                   "two files) and print the end-to-end flows.")
+    a.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng capture")
+    a.add_argument("--json", action="store_true", help="print captures, flows and exchanges as JSON")
+    a.add_argument("--svg", metavar="OUT", help="write the flow graph (SVG sequence diagram) to OUT")
+    a.add_argument("--mermaid", action="store_true", help="print the flow graph as a Mermaid sequenceDiagram")
+    a.add_argument("--backend", default="dpkt", choices=("dpkt", "scapy", "pyshark"),
+                   help="decoder backend (default: dpkt, the fastest)")
+    a.add_argument("--max-flows", type=int, default=20, metavar="N",
+                   help="flows drawn in --svg/--mermaid (default 20)")
+    a.add_argument("--all", action="store_true",
+                   help="text: also list single-connection flows (no NAT or proxy hop)")
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30) -> None:
+        self.stream, self.width, self.last = stream, width, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.1 and done < total:
+            return
+        self.last = now
+        frac = done / total if total else 1.0
+        bar = "#" * int(frac * self.width)
+        self.stream.write(f"\rdecoding [{bar:<{self.width}}] {frac:6.1%} {done / 1e6:8.1f} MB")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\r" + " " * (self.width + 40) + "\r")
+        self.stream.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from decoders.analyze import analyze
+
+    bar = ProgressBar() if sys.stderr.isatty() else None
+    try:
+        result = analyze([Path(f) for f in args.files], backend=args.backend, progress=bar)
+    except UserError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot analyse {' '.join(args.files)}: {exc}") from None
+    except Exception as exc:  # never a traceback for a bad capture: one line, non-zero exit
+        raise UserError(f"cannot analyse {' '.join(args.files)}: {type(exc).__name__}: {exc}") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    return _emit(result, args)
+
+
+def _emit(result, args: argparse.Namespace) -> int:
+    from decoders.flow_text import render_text
+
+    exchanges = result.by_id()
+    if args.svg:
+        from decoders.graph_svg import render_svg
+
+        try:
+            Path(args.svg).write_text(render_svg(_drawn(result.flows), exchanges, args.max_flows))
+        except OSError as exc:
+            raise UserError(f"cannot write {args.svg}: {exc.strerror or exc}") from None
+    out = sys.stdout
+    if args.json:
+        out.buffer.write(result.to_json() + b"\n")
+    elif args.mermaid:
+        from decoders.graph_mermaid import render_mermaid
+
+        out.write(render_mermaid(_drawn(result.flows), exchanges, args.max_flows))
+    else:
+        shown = result.flows if args.all else [f for f in result.flows if f.hops]
+        out.write(render_text(shown, exchanges))
+        out.write(_summary(result, len(result.flows) - len(shown)))
+    for r in result.reports:
+        for line in r.damage[:5]:
+            print(f"meshscope: {r.capture}: {line}", file=sys.stderr)
+    return 0
+
+
+def _drawn(flows):
+    """Flows with hops first: they are what a flow graph is for."""
+    return sorted(flows, key=lambda f: (not f.hops, f.start or 0.0))
+
+
+def _summary(result, hidden: int) -> str:
+    caps = ", ".join(f"{r.capture} ({r.packets} packets, {r.exchanges} exchanges)" for r in result.reports)
+    more = f"; {hidden} single-connection flows not shown (--all)" if hidden else ""
+    return (f"{len(result.flows)} flows, {len(result.exchanges)} exchanges, "
+            f"{result.duplicates} copies folded{more}\ncaptures: {caps}\n")
