@@ -95,8 +95,10 @@ class AlertEngine:
         now = self.now() if now is None else now
         out: list[Alert] = []
         for state in self._states:
-            last = math.floor(now / state.width)
-            cur_from, ref_from = last - state.span + 1, last - 2 * state.span + 1
+            # the bucket holding `now` is partial, so the current window is that bucket and the
+            # `span` before it: it always covers [now - timeframe, now]
+            cur_from = math.floor(now / state.width) - state.span
+            ref_from = cur_from - state.span
             for name in list(state.groups):
                 group = state.groups[name]
                 cur = [0, 0]
