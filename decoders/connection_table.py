@@ -124,7 +124,9 @@ class _Dialogue:
         if self.done:
             return
         if self.protocol == "http":
-            (self.client if from_client else self.server).gap(nbytes, ts)  # type: ignore[union-attr]
+            kept = (self.client if from_client else self.server).gap(nbytes, ts)  # type: ignore[union-attr]
+            if not kept:
+                self._lost_message(from_client, ts)
         elif self.protocol == "tls":
             side = self.client if from_client else self.server
             if not side.done and not side.failed:  # type: ignore[union-attr]
@@ -142,6 +144,20 @@ class _Dialogue:
         else:
             (self.client_damage if from_client else self.server_damage).append(text)
         self.table.note_damage(self.tc.conn, text)
+
+    def _lost_message(self, from_client: bool, ts: float) -> None:
+        """A gap swallowed (at least) one message start. Assume one, so that the messages after
+        it still pair up: a lost request gets a placeholder its response can pair with; a lost
+        response releases the oldest request waiting for one."""
+        if from_client:
+            ex = self._new_exchange("http", None)  # type: ignore[arg-type]
+            ex.damage.append("request lost in a gap")
+            self.requesting = None
+            self.pending.append(ex)
+        elif self.pending:
+            ex = self.pending.popleft()
+            ex.damage.append("response lost in a gap")
+            self._emit(ex)
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _new_exchange(self, kind: str, ts: float) -> Exchange:

@@ -123,8 +123,9 @@ class HttpStreamParser:
                 self.buf += data
                 data = self._parse_buffer(ts)
 
-    def gap(self, nbytes: int, ts: float) -> None:
-        """Bytes lost from the capture: skip them inside a framed body, otherwise resynchronise."""
+    def gap(self, nbytes: int, ts: float) -> bool:
+        """Bytes lost from the capture: skip them inside a framed body (True), otherwise
+        resynchronise at the next message start (False: a message start was probably lost)."""
         st = self.state
         if (st == BODY or st == CHUNK_DATA) and nbytes <= self.remaining:
             self.remaining -= nbytes
@@ -135,19 +136,20 @@ class HttpStreamParser:
                     self._end(ts)
                 else:
                     self.state = CHUNK_END
-            return
+            return True
         if st == UNTIL_CLOSE:
             self.body_bytes += nbytes
             self.on_damage(f"{nbytes} bytes lost inside a body (framing kept)")
-            return
+            return True
         if st == DEAD:
-            return
+            return True
         self.on_damage(f"{nbytes} bytes lost; resynchronising at the next message")
         if st in (BODY, CHUNK_DATA, CHUNK_SIZE, CHUNK_END, TRAILERS):
             self._end(ts)
         self.buf.clear()
         self.scan_from = 0
         self.state = HUNT
+        return False
 
     def close(self, ts: float) -> None:
         """The stream ended: a body delimited by the close is complete; anything else is cut."""

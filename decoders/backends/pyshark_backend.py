@@ -8,7 +8,6 @@ the same as the other backends'."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -43,9 +42,8 @@ class PysharkBackend(SegmentBackend):
         params = []
         for proto in DISABLED:
             params += ["--disable-protocol", proto]
-        loop = asyncio.new_event_loop()  # pyshark drives tshark with asyncio; keep it to ourselves
         cap = pyshark.FileCapture(str(path), keep_packets=False, use_json=True, display_filter=DISPLAY_FILTER,
-                                  override_prefs=PREFS, custom_parameters=params, eventloop=loop)
+                                  override_prefs=PREFS, custom_parameters=params)
         try:
             for pkt in cap:
                 seg = _segment(pkt)
@@ -55,8 +53,10 @@ class PysharkBackend(SegmentBackend):
             if not stats.truncated and not stats.damage:  # tshark's complaint is news to us
                 raise CaptureError(f"{path}: tshark could not read this capture") from None
         finally:
-            cap.close()
-            loop.close()
+            try:
+                cap.close()
+            except TSharkCrashException:
+                pass  # tshark exits non-zero on a damaged file; the shared reader has reported it
 
 
 def _segment(pkt) -> Segment | None:
@@ -75,8 +75,10 @@ def _segment(pkt) -> Segment | None:
     if ifindex is not None:
         interface = str(int(ifindex))
     else:
-        interface = getattr(frame, "interface_name", None) or getattr(frame, "interface_id", None)
-        interface = str(interface) if interface is not None else None
+        iface_id = getattr(frame, "interface_id", None)  # pcapng only; its name sits in a subtree
+        tree = getattr(frame, "interface_id_tree", None)
+        name = getattr(tree, "interface_name", None) if tree is not None else None
+        interface = str(name) if name else (str(iface_id) if iface_id is not None else None)
     wire, captured = int(frame.len), int(frame.cap_len)
     return (_epoch(frame.time_epoch), ip.src, int(tcp.srcport), ip.dst, int(tcp.dstport),
             int(tcp.seq_raw), int(tcp.ack_raw), int(tcp.flags, 16) & 0xFF, payload,
