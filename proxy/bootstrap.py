@@ -12,6 +12,7 @@ from proxy.telemetry import (
     HCM_TYPE,
     TCP_PROXY_TYPE,
     CollectorTarget,
+    add_runtime_layer,
     collector_clusters,
     duration,
     http_access_log,
@@ -38,10 +39,12 @@ def build_bootstrap(
     log_name: str = "meshscope",
     sampling: float = 100.0,
     flush_interval: float = 0.1,
+    span_flush_interval: float = 0.2,
 ) -> dict:
     """The Envoy v3 bootstrap for `routes`. With a `collector`, every HTTP connection manager gets
     the HTTP gRPC access logger and the Zipkin tracer and every tcp_proxy the TCP gRPC access
-    logger; `collector=None` builds a proxy without telemetry. `admin_port` defaults to the
+    logger; `collector=None` builds a proxy without telemetry. Access logs are flushed every
+    `flush_interval` s, spans every `span_flush_interval` s. `admin_port` defaults to the
     routes file's `admin_port` (0 lets Envoy pick one; `EnvoyProcess` reads it back)."""
     telemetry = _Telemetry(collector, log_name, sampling, flush_interval)
     clusters = [
@@ -56,7 +59,7 @@ def build_bootstrap(
     ]
     if collector is not None:
         clusters += collector_clusters(collector)
-    return {
+    bootstrap = {
         "node": {"id": node_id, "cluster": node_cluster},
         "admin": {
             "address": socket_address(admin_address, routes.admin_port if admin_port is None else admin_port)
@@ -66,6 +69,9 @@ def build_bootstrap(
             "clusters": clusters,
         },
     }
+    if collector is not None:
+        add_runtime_layer(bootstrap, span_flush_interval)
+    return bootstrap
 
 
 def dump_yaml(bootstrap: dict) -> str:

@@ -138,9 +138,9 @@ async def serve(host: str = "127.0.0.1", port: int = 18080, app: FastAPI | None 
 class DemoUpstream:
     """The demo upstream in a background thread: ``with DemoUpstream(port=p) as up: up.seen()``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 18080) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 18080, app: FastAPI | None = None) -> None:
         self.host, self.port = host, port
-        self.app = create_app()
+        self.app = app or create_app()
         self._server = _server(host, port, self.app)
         self._thread: threading.Thread | None = None
 

@@ -20,6 +20,7 @@ from proxy.telemetry import (
     TCP_PROXY_TYPE,
     ZIPKIN_CLUSTER,
     CollectorTarget,
+    add_runtime_layer,
     collector_clusters,
     http_access_log,
     socket_address,
@@ -65,6 +66,7 @@ def inject_telemetry(
     log_name: str = "meshscope",
     sampling: float = 100.0,
     flush_interval: float = 0.1,
+    span_flush_interval: float = 0.2,
     node_id: str = "meshscope-proxy",
     node_cluster: str = "meshscope",
     admin_port: int | None = None,
@@ -94,6 +96,7 @@ def inject_telemetry(
         c for c in _as_list(static.get("clusters"), "static_resources.clusters") if c.get("name") not in ours
     ]
     static["clusters"] = clusters + collector_clusters(collector)
+    add_runtime_layer(config, span_flush_interval)
     node = config.setdefault("node", {})
     node.setdefault("id", node_id)
     node.setdefault("cluster", node_cluster)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,8 @@ import httpx
 
 from meshscope.errors import UserError
 from proxy.admin import AdminClient
+
+_LOG_PREFIX = re.compile(r"^\[[^\]]*\]\[\d+\]\[(\w+)\]\[[\w-]+\] \[[^\]]*\] ")
 
 
 class EnvoyError(UserError):
@@ -205,14 +208,15 @@ class EnvoyProcess:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> EnvoyProcess:
-        return self.start()
+        # an Envoy already started with start() may still be handed to `with` for the cleanup
+        return self if self.process is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
         self.cleanup()
 
     async def __aenter__(self) -> EnvoyProcess:
-        return await asyncio.to_thread(self.start)
+        return self if self.process is not None else await asyncio.to_thread(self.start)
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.stop)
@@ -230,7 +234,8 @@ class EnvoyProcess:
 
 def _reason(text: str) -> str:
     """Envoy's error lines first (they carry the reason), else the last lines, on one line."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # drop Envoy's "[time][thread][level][logger] [file:line] " prefix, keep the level
+    lines = [_LOG_PREFIX.sub(r"\1: ", ln.strip()) for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "[error]" in ln or "[critical]" in ln or "rror" in ln]
     chosen = errors[-5:] if errors else lines[-5:]
     return " | ".join(chosen)[:2000]
