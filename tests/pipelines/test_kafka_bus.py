@@ -1,0 +1,118 @@
+"""KafkaBus against a real Tansu broker: topics and keys, group commits, broker loss and return."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from meshscope.model import Span
+from pipelines.bus.base import BusUnavailable
+from pipelines.bus.kafka import KafkaBus
+from tests.pipelines.traffic import access
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+async def raw_messages(bootstrap: str, topic: str, partitions: int, expected: int) -> list:
+    """Every message of a topic read straight off the broker (no group)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        messages: list = []
+        deadline = time.monotonic() + 20
+        while len(messages) < expected and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                messages += batch
+        return messages
+    finally:
+        await consumer.stop()
+
+
+async def test_records_keyed_by_request_and_trace_id_on_prefixed_topics(tansu):
+    bus = KafkaBus(tansu.bootstrap, topic_prefix="t1.", partitions=3)
+    await bus.start()
+    try:
+        records = [access(i % 20, t=1_800_000_000 + i) for i in range(100)]  # 20 request ids, 5 each
+        spans = [Span(trace_id=f"{i % 4:032x}", span_id=f"{i:016x}", name="get", timestamp=1, duration=1)
+                 for i in range(12)]
+        await bus.publish("access", records)
+        await bus.publish("spans", spans)
+        messages = await raw_messages(tansu.bootstrap, "t1.access", 3, 100)
+        span_messages = await raw_messages(tansu.bootstrap, "t1.spans", 3, 12)
+    finally:
+        await bus.stop()
+    assert sorted(m.value for m in messages) == sorted(r.to_json() for r in records)
+    partition_of: dict[bytes, set[int]] = {}
+    for m in messages:
+        partition_of.setdefault(m.key, set()).add(m.partition)
+    assert set(partition_of) == {f"r-{i:08d}".encode() for i in range(20)}
+    assert all(len(p) == 1 for p in partition_of.values())  # one request stays in one partition, in order
+    assert len({p for ps in partition_of.values() for p in ps}) > 1  # and requests spread over partitions
+    assert {m.key for m in span_messages} == {f"{i:032x}".encode() for i in range(4)}
+
+
+async def test_group_gets_uncommitted_batches_again_committed_ones_not(tansu):
+    bus = KafkaBus(tansu.bootstrap, topic_prefix="t2.")
+    await bus.start()
+    try:
+        await bus.publish("access", [access(i) for i in range(30)])
+
+        async def one_batch(commit: bool):
+            consumer = bus.consume("access", "indexer", max_batch=1000)
+            try:
+                got = []
+                while len(got) < 30:
+                    batch = await asyncio.wait_for(anext(consumer), 30)
+                    got += batch.records
+                    if commit:
+                        await batch.commit()
+                return got
+            finally:
+                await consumer.aclose()
+
+        first = await one_batch(commit=False)  # a consumer that dies before the store acknowledged
+        again = await one_batch(commit=True)
+        assert sorted(r.id for r in again) == sorted(r.id for r in first)
+        assert {r.request_id for r in again} == {f"r-{i:08d}" for i in range(30)}
+        await bus.publish("access", [access(100)])
+        after = await one_batch_new(bus)
+        assert [r.request_id for r in after] == ["r-00000100"]  # only what was never committed
+    finally:
+        await bus.stop()
+
+
+async def one_batch_new(bus: KafkaBus):
+    consumer = bus.consume("access", "indexer")
+    try:
+        return (await asyncio.wait_for(anext(consumer), 30)).records
+    finally:
+        await consumer.aclose()
+
+
+async def test_broker_loss_is_bus_unavailable_and_the_bus_reconnects(tansu):
+    bus = KafkaBus(tansu.bootstrap, topic_prefix="t3.", request_timeout_s=2)
+    await bus.start()
+    try:
+        await bus.publish("access", [access(1)])
+        tansu.stop()
+        started = time.monotonic()
+        with pytest.raises(BusUnavailable):
+            await bus.publish("access", [access(2)])
+        assert time.monotonic() - started < 10
+        tansu.start()  # memory storage: a new, empty broker on the same port
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await bus.publish("access", [access(3)])
+                break
+            except BusUnavailable:
+                assert time.monotonic() < deadline, "the bus never reconnected"
+                await asyncio.sleep(0.5)
+        messages = await raw_messages(tansu.bootstrap, "t3.access", 3, 1)
+        assert [m.key for m in messages] == [b"r-00000003"]
+    finally:
+        await bus.stop()
