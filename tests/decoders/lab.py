@@ -243,3 +243,18 @@ def _cluster(name: str, ip: str, port: int) -> dict:
     return {"name": name, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
         "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
             "address": ip, "port_value": port}}}}]}]}}
+
+
+def make_sample(out: Path) -> list[dict]:
+    """Record the lab's traffic with `tcpdump -i any` on the node into out (the bundled sample)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, Lab(Path(tmp)) as lab:
+        cap = lab.capture("node", "any", out)
+        rows = lab.traffic()
+        Lab.stop_capture(cap)
+    return rows
+
+
+if __name__ == "__main__":  # python -m tests.decoders.lab decoders/samples/nodeport-lab.pcap
+    print(json.dumps(make_sample(Path(sys.argv[1])), indent=1))
