@@ -106,7 +106,8 @@ def http_response(status: int = 200, body: bytes = b"ok", chunked: bool = False,
 
 
 def tls_hellos(
-    sni: str = "shop.example.com", alpn: tuple[str, ...] = ("h2", "http/1.1")
+    sni: str = "shop.example.com", alpn: tuple[str, ...] = ("h2", "http/1.1"),
+    server_max: ssl.TLSVersion | None = None,
 ) -> tuple[bytes, bytes]:
     """A real ClientHello (OpenSSL's, via the ssl module) and the real server's first flight."""
     with tempfile.TemporaryDirectory() as d:
@@ -114,6 +115,8 @@ def tls_hellos(
         sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         sctx.load_cert_chain(cert, key)
         sctx.set_alpn_protocols(list(alpn))
+        if server_max is not None:
+            sctx.maximum_version = server_max
     cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     cctx.check_hostname = False
     cctx.verify_mode = ssl.CERT_NONE

@@ -1,0 +1,58 @@
+"""dpkt, scapy and pyshark (tshark) give the same Exchanges and reports on the same captures."""
+
+from __future__ import annotations
+
+import pytest
+
+from decoders.read import read_exchanges
+from tests.conftest import need_binary
+from tests.decoders.canonical import canonical
+from tests.decoders.capture_builders import (
+    LINKS,
+    Conversation,
+    corner_cases,
+    http_request,
+    http_response,
+    write,
+)
+
+CASES = ["keepalive", "pipelined", "retrans", "lost", "midstream", "tls_split", "ipv6_rst", "multi_iface",
+         "snaplen"] + [f"link_{link}" for link in LINKS]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    cases = corner_cases(d)
+    for link in LINKS:
+        c = Conversation(cport=41000).handshake()
+        c.send(True, http_request("GET", f"/{link}", x_request_id=f"link-{link}"))
+        c.send(False, http_response(200, b"linked"))
+        cases[f"link_{link}"] = write(d / f"link_{link}.pcap", c.close().packets, link)
+    return cases
+
+
+def decode(path, backend):
+    stream, report = read_exchanges(path, backend)
+    return [canonical(e) for e in stream], report
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_scapy_agrees_with_dpkt(corpus, case):
+    ours, rep = decode(corpus[case], "dpkt")
+    theirs, rep2 = decode(corpus[case], "scapy")
+    assert ours, "every corpus capture holds at least one exchange"
+    assert theirs == ours
+    assert (rep2.packets, rep2.connections, rep2.exchanges, rep2.truncated, rep2.damage) == \
+        (rep.packets, rep.connections, rep.exchanges, rep.truncated, rep.damage)
+
+
+@pytest.mark.tshark
+@pytest.mark.parametrize("case", CASES)
+def test_pyshark_agrees_with_dpkt(corpus, case):
+    need_binary("tshark")
+    ours, rep = decode(corpus[case], "dpkt")
+    theirs, rep2 = decode(corpus[case], "pyshark")
+    assert theirs == ours
+    assert (rep2.packets, rep2.connections, rep2.exchanges, rep2.truncated, rep2.damage) == \
+        (rep.packets, rep.connections, rep.exchanges, rep.truncated, rep.damage)
