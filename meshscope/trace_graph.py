@@ -14,11 +14,17 @@ def _ip(address: str | None) -> str | None:
     return address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
 
 
+def proxy_name(node_id: str) -> str:
+    """The workload part of an Istio node id (``sidecar~10.0.0.9~webapp-1.shop~shop.svc…`` → webapp-1)."""
+    parts = node_id.split("~")
+    return parts[2].split(".")[0] if len(parts) >= 3 and parts[2] else node_id
+
+
 def _hop_messages(hop: TraceHop, labels: dict[str, str]) -> list[Message]:
     """A proxy hop as messages: downstream → proxy, the proxy's note, proxy → upstream and the answers."""
     record = hop.record
     proxy = _ip(record.downstream_local) or hop.node_id or "proxy"
-    labels.setdefault(proxy, f"{hop.role} {hop.node_id.split('~')[-1] or hop.node_id}"[:40])
+    labels[proxy] = f"{hop.role} {proxy_name(hop.node_id)}"[:40]  # a proxy's name beats a cluster name
     client = _ip(record.downstream_remote) or "client"
     upstream = _ip(hop.upstream_host) or hop.upstream_cluster or "upstream"
     if hop.upstream_cluster and upstream != hop.upstream_cluster:

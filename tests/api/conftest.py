@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,9 @@ def write_records(settings: Settings, records: list) -> None:
     async def go() -> None:
         async with SqliteStore(settings) as store:
             await store.write(records)
-    asyncio.run(go())
+    # in a thread of its own: the calling thread may already run an event loop (playwright's sync API)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, go()).result()
 
 
 def lab_records(t0: float = NOW) -> list:
