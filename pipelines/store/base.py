@@ -113,6 +113,15 @@ class Store(StoreWriter, StoreReader, abc.ABC):
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Close connections."""
 
+    @abc.abstractmethod
+    async def apply_retention(self, now: float | None = None) -> int:
+        """Delete records older than settings.retention_days (by each record's own time); return
+        how many records (SQLite) or indices (Elasticsearch) went. The pipeline calls it periodically."""
+
+    @abc.abstractmethod
+    async def count(self, kind: str) -> int:
+        """How many records of one kind ("access", "span", "exchange", "flow", "alert") are stored."""
+
     async def __aenter__(self) -> Store:
         await self.start()
         return self

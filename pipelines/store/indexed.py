@@ -1,0 +1,101 @@
+"""What both stores index for each record kind (derived once, here), plus the opaque page cursor."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import orjson
+
+from meshscope.model import (
+    RECORD_TYPES,
+    AccessRecord,
+    Alert,
+    Exchange,
+    Flow,
+    Record,
+    Span,
+    normalize_request_id,
+)
+
+# AccessRecord fields a caller may group aggregates by (both stores keep them as plain columns / keywords)
+GROUP_FIELDS = (
+    "upstream_cluster", "route_name", "authority", "node_id", "node_cluster", "method", "protocol",
+)
+
+
+def record_time(record: Record) -> float | None:
+    """The record's own time in epoch seconds: what retention and time-based indices go by."""
+    if isinstance(record, AccessRecord):
+        return record.start_time
+    if isinstance(record, Span):
+        return record.timestamp / 1e6 if record.timestamp is not None else None
+    if isinstance(record, Exchange):
+        return record.request_time or record.response_time or record.conn.syn_time
+    if isinstance(record, Flow):
+        return record.start
+    if isinstance(record, Alert):
+        return record.last_seen
+    raise ValueError(f"not a stored record kind: {type(record).__name__}")
+
+
+def flow_request_ids(flow: Flow) -> list[str]:
+    """Every normalised request id a flow carries (its own and each hop's), without repeats."""
+    ids = [flow.request_id, *(rid for hop in flow.hops for rid in hop.request_ids)]
+    return list(dict.fromkeys(n for n in map(normalize_request_id, ids) if n))
+
+
+def service_of(endpoint: dict | None) -> str | None:
+    """Zipkin matches service names case-insensitively: keep them lower-cased for queries."""
+    name = (endpoint or {}).get("serviceName")
+    return name.lower() if name else None
+
+
+def check_kinds(records: list[Record] | tuple[Record, ...]) -> None:
+    """Refuse (ValueError) a batch holding anything but the five record kinds, before writing any of it."""
+    for r in records:
+        if RECORD_TYPES.get(getattr(r, "kind", None)) is not type(r):
+            raise ValueError(f"refused: not a meshscope record: {type(r).__name__}")
+        if not r.id:
+            raise ValueError(f"refused: {r.kind} record without an id")
+
+
+def since(now: float | None, retention_days: int) -> float:
+    """The retention cutoff in epoch seconds: records older than this are deleted."""
+    return (time.time() if now is None else now) - retention_days * 86400.0
+
+
+def encode_cursor(*key: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> list:
+    """Decode a cursor from a previous Page; a damaged one is a ValueError (the API answers 400)."""
+    try:
+        key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"invalid cursor: {cursor!r}") from exc
+    if not isinstance(key, list):
+        raise ValueError(f"invalid cursor: {cursor!r}")
+    return key
+
+
+def check_group_by(group_by: tuple[str, ...] | list[str]) -> list[str]:
+    bad = [g for g in group_by if g not in GROUP_FIELDS]
+    if bad:
+        raise ValueError(f"cannot group by {', '.join(bad)}; choose from {', '.join(GROUP_FIELDS)}")
+    return list(group_by)
+
+
+def span_query_terms(span: Span) -> list[str]:
+    """Terms for Zipkin's annotationQuery (as Zipkin's own Elasticsearch storage keeps in ``_q``):
+    ``key`` and ``key=value`` for every tag, and every annotation value."""
+    terms = [t for k, v in span.tags.items() for t in (k, f"{k}={v}")]
+    terms += [a["value"] for a in span.annotations if isinstance(a.get("value"), str)]
+    return list(dict.fromkeys(terms))
+
+
+def tag_terms(tags: dict[str, str | None]) -> list[str]:
+    """The query side of span_query_terms: every term must be present on one span."""
+    return [k if v is None else f"{k}={v}" for k, v in tags.items()]

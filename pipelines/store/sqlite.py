@@ -1,0 +1,440 @@
+"""SqliteStore: the embedded store, one SQLite file in WAL mode.
+
+Every record is kept whole as JSON (orjson) next to the columns the readers query, under its
+deterministic id with INSERT OR IGNORE, so a replayed batch is never duplicated. sqlite3 blocks,
+so all work runs on dedicated threads: one writer connection (each batch one transaction) and
+one reader connection (WAL lets it read while the writer writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import orjson
+
+from meshscope.model import AccessRecord, Alert, Exchange, Flow, Record, Span, normalize_request_id
+from meshscope.settings import Settings
+from pipelines.store.base import AccessQuery, Page, Store, StoreUnavailable, WindowAggregate
+from pipelines.store.indexed import (
+    check_group_by,
+    check_kinds,
+    decode_cursor,
+    encode_cursor,
+    flow_request_ids,
+    record_time,
+    service_of,
+    since,
+    span_query_terms,
+    tag_terms,
+)
+
+T = TypeVar("T")
+
+# Tables first, indexes last: benchmarks/bench_store.py bulk-loads a large file between the two.
+TABLES = """
+CREATE TABLE IF NOT EXISTS access (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, start_time REAL NOT NULL,
+    request_id_norm TEXT, trace_id TEXT, response_code INTEGER, upstream_cluster TEXT,
+    route_name TEXT, authority TEXT, node_id TEXT, node_cluster TEXT, method TEXT, protocol TEXT,
+    retried INTEGER NOT NULL, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS span (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, trace_id TEXT NOT NULL, request_id_norm TEXT,
+    service TEXT, remote_service TEXT, name TEXT, ts INTEGER, duration INTEGER, q TEXT,
+    doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS exchange (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, request_id_norm TEXT, time REAL,
+    doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS flow (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, start REAL, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS flow_request (
+    request_id_norm TEXT NOT NULL, flow_id TEXT NOT NULL, PRIMARY KEY (request_id_norm, flow_id))
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alert (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, rule TEXT NOT NULL, group_key TEXT NOT NULL,
+    state TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS node (
+    node_id TEXT PRIMARY KEY, node_cluster TEXT, records INTEGER NOT NULL,
+    first_seen REAL, last_seen REAL);
+"""
+INDEXES = """
+CREATE INDEX IF NOT EXISTS access_rid ON access (request_id_norm) WHERE request_id_norm IS NOT NULL;
+CREATE INDEX IF NOT EXISTS access_trace ON access (trace_id) WHERE trace_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS access_time ON access (start_time);
+-- 2xx/3xx queries are served as well by the time index: only error codes are worth an entry
+CREATE INDEX IF NOT EXISTS access_code ON access (response_code, start_time) WHERE response_code >= 400;
+CREATE INDEX IF NOT EXISTS access_cluster ON access (upstream_cluster, start_time);
+CREATE INDEX IF NOT EXISTS span_trace ON span (trace_id);
+CREATE INDEX IF NOT EXISTS span_rid ON span (request_id_norm) WHERE request_id_norm IS NOT NULL;
+CREATE INDEX IF NOT EXISTS span_service ON span (service, ts);
+CREATE INDEX IF NOT EXISTS span_ts ON span (ts);
+CREATE INDEX IF NOT EXISTS span_names ON span (service, name);
+CREATE INDEX IF NOT EXISTS span_remote ON span (service, remote_service);
+CREATE INDEX IF NOT EXISTS exchange_rid ON exchange (request_id_norm) WHERE request_id_norm IS NOT NULL;
+CREATE INDEX IF NOT EXISTS exchange_time ON exchange (time);
+CREATE INDEX IF NOT EXISTS flow_start ON flow (start);
+CREATE INDEX IF NOT EXISTS alert_seen ON alert (last_seen);
+CREATE INDEX IF NOT EXISTS alert_rule ON alert (rule, group_key, last_seen);
+"""
+
+ACCESS_COLUMNS = (
+    "id", "start_time", "request_id_norm", "trace_id", "response_code", "upstream_cluster",
+    "route_name", "authority", "node_id", "node_cluster", "method", "protocol", "retried", "doc",
+)
+
+
+def _insert(table: str, columns: Sequence[str]) -> str:
+    return f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+def access_row(r: AccessRecord) -> tuple:
+    """The access table row of a record, in ACCESS_COLUMNS order (also used by the benchmark)."""
+    retried = (r.attempt_count or 1) > 1 or "URX" in r.response_flags
+    return (
+        r.id, r.start_time, normalize_request_id(r.request_id), r.trace_id and r.trace_id.lower(),
+        r.response_code, r.upstream_cluster, r.route_name, r.authority, r.node_id, r.node_cluster,
+        r.method, r.protocol, retried, orjson.dumps(r),
+    )
+
+
+def _span_row(s: Span) -> tuple:
+    return (
+        s.id, s.trace_id.lower(), s.request_id_norm, service_of(s.local_endpoint),
+        service_of(s.remote_endpoint), s.name and s.name.lower(), s.timestamp, s.duration,
+        orjson.dumps(span_query_terms(s)).decode(), orjson.dumps(s),
+    )
+
+
+def _exchange_row(e: Exchange) -> tuple:
+    return (e.id, e.request_id_norm, record_time(e), orjson.dumps(e))
+
+
+def _flow_row(f: Flow) -> tuple:
+    return (f.id, f.start, orjson.dumps(f))
+
+
+def _alert_row(a: Alert) -> tuple:
+    return (a.id, a.rule, a.group_key, a.state, a.first_seen, a.last_seen, orjson.dumps(a))
+
+
+# kind -> (insert statement, row builder); flows also get one flow_request row per request id
+_WRITES: dict[str, tuple[str, Callable[[Any], tuple]]] = {
+    "access": (_insert("access", ACCESS_COLUMNS), access_row),
+    "span": (_insert("span", ("id", "trace_id", "request_id_norm", "service", "remote_service", "name",
+                              "ts", "duration", "q", "doc")), _span_row),
+    "exchange": (_insert("exchange", ("id", "request_id_norm", "time", "doc")), _exchange_row),
+    "flow": (_insert("flow", ("id", "start", "doc")), _flow_row),
+    "alert": (_insert("alert", ("id", "rule", "group_key", "state", "first_seen", "last_seen", "doc")),
+              _alert_row),
+}
+_FLOW_REQUEST = _insert("flow_request", ("request_id_norm", "flow_id"))
+# node accounting from the access rows this transaction really inserted (seq above the previous
+# maximum), so a replay never inflates the counts; cheaper than a per-row trigger
+_NODE_UPSERT = """
+INSERT INTO node SELECT node_id, max(node_cluster), count(*), min(start_time), max(start_time)
+    FROM access WHERE seq > ? GROUP BY node_id
+ON CONFLICT (node_id) DO UPDATE SET records = records + excluded.records,
+    node_cluster = excluded.node_cluster, first_seen = min(first_seen, excluded.first_seen),
+    last_seen = max(last_seen, excluded.last_seen)"""
+
+# (table, time column, seconds per unit) for retention
+_RETENTION = (("access", "start_time", 1.0), ("span", "ts", 1e-6), ("exchange", "time", 1.0),
+              ("flow", "start", 1.0), ("alert", "last_seen", 1.0))
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection tuned for this store: WAL, synchronous=NORMAL (durable at each checkpoint),
+    explicit transactions (isolation_level=None)."""
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute("PRAGMA cache_size=-131072")  # 128 MiB of page cache
+    conn.execute("PRAGMA mmap_size=1073741824")
+    # fewer, larger checkpoints: each one syncs the database file, the main cost of small batches
+    conn.execute("PRAGMA wal_autocheckpoint=20000")
+    return conn
+
+
+class SqliteStore(Store):
+    """The embedded Store: settings.db_path, records older than settings.retention_days removable
+    with apply_retention()."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.path = settings.db_path
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._wconn = await self._on(self._writer, self._open_writer)
+        self._rconn = await self._on(self._reader, connect, str(self.path))
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = connect(str(self.path))
+        conn.executescript(TABLES + INDEXES)
+        return conn
+
+    async def stop(self) -> None:
+        for conn, pool in ((self._wconn, self._writer), (self._rconn, self._reader)):
+            if conn is not None:
+                await self._on(pool, conn.close)
+        self._wconn = self._rconn = None
+
+    async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        except (sqlite3.IntegrityError, sqlite3.InterfaceError) as exc:
+            raise ValueError(f"refused by the store: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+
+    def _conn(self, writer: bool) -> sqlite3.Connection:
+        conn = self._wconn if writer else self._rconn
+        if conn is None:
+            raise StoreUnavailable("SqliteStore is not started")
+        return conn
+
+    # -- writer ------------------------------------------------------------------------------
+    async def write(self, records: Sequence[Record]) -> None:
+        check_kinds(records)
+        if records:
+            await self._on(self._writer, self._write, records)
+
+    def _write(self, records: Sequence[Record]) -> None:
+        by_kind: dict[str, list[Record]] = defaultdict(list)
+        for r in records:
+            by_kind[r.kind].append(r)
+        try:  # build every row before the transaction: a bad record refuses the whole batch
+            rows = {kind: [_WRITES[kind][1](r) for r in rs] for kind, rs in by_kind.items()}
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"refused: malformed record: {exc}") from exc
+        flow_requests = [(rid, f.id) for f in by_kind.get("flow", ()) for rid in flow_request_ids(f)]
+        conn = self._conn(writer=True)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if "access" in rows:
+                before = conn.execute("SELECT coalesce(max(seq), 0) FROM access").fetchone()[0]
+            for kind, kind_rows in rows.items():
+                conn.executemany(_WRITES[kind][0], kind_rows)
+            if "access" in rows:
+                conn.execute(_NODE_UPSERT, (before,))
+            if flow_requests:
+                conn.executemany(_FLOW_REQUEST, flow_requests)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def apply_retention(self, now: float | None = None) -> int:
+        cutoff = since(now, self.settings.retention_days)
+        return await self._on(self._writer, self._retain, cutoff)
+
+    def _retain(self, cutoff: float) -> int:
+        conn = self._conn(writer=True)
+        deleted = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table, column, unit in _RETENTION:
+                deleted += conn.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff / unit,)).rowcount
+            conn.execute("DELETE FROM flow_request WHERE flow_id NOT IN (SELECT id FROM flow)")
+            # node accounting follows what is still stored
+            conn.execute("DELETE FROM node")
+            conn.execute(
+                "INSERT INTO node SELECT node_id, max(node_cluster), count(*), min(start_time),"
+                " max(start_time) FROM access GROUP BY node_id"
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return deleted
+
+    # -- reader ------------------------------------------------------------------------------
+    async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return await self._on(self._reader, lambda: self._conn(writer=False).execute(sql, params).fetchall())
+
+    async def _docs(self, cls: type[T], sql: str, params: Sequence[Any]) -> list[T]:
+        return [cls.from_json(row[0]) for row in await self._query(sql, params)]  # type: ignore[attr-defined]
+
+    async def count(self, kind: str) -> int:
+        """How many records of one kind are stored (tests and the pipeline's progress report)."""
+        if kind not in _WRITES:
+            raise ValueError(f"unknown record kind {kind!r}")
+        return (await self._query(f"SELECT count(*) FROM {kind}"))[0][0]
+
+    async def access_by_request_id(self, request_id: str) -> list[AccessRecord]:
+        return await self._docs(
+            AccessRecord, "SELECT doc FROM access WHERE request_id_norm = ? ORDER BY start_time, seq",
+            (normalize_request_id(request_id),),
+        )
+
+    async def spans_by_trace_id(self, trace_id: str) -> list[Span]:
+        return await self._docs(
+            Span, "SELECT doc FROM span WHERE trace_id = ? ORDER BY ts, seq", (trace_id.lower(),)
+        )
+
+    async def spans_by_request_id(self, request_id: str) -> list[Span]:
+        return await self._docs(
+            Span, "SELECT doc FROM span WHERE request_id_norm = ? ORDER BY ts, seq",
+            (normalize_request_id(request_id),),
+        )
+
+    async def exchanges_by_request_id(self, request_id: str) -> list[Exchange]:
+        return await self._docs(
+            Exchange, "SELECT doc FROM exchange WHERE request_id_norm = ? ORDER BY time, seq",
+            (normalize_request_id(request_id),),
+        )
+
+    async def flows_by_request_id(self, request_id: str) -> list[Flow]:
+        return await self._docs(
+            Flow,
+            "SELECT f.doc FROM flow_request r JOIN flow f ON f.id = r.flow_id"
+            " WHERE r.request_id_norm = ? ORDER BY f.start, f.seq",
+            (normalize_request_id(request_id),),
+        )
+
+    async def list_access(self, query: AccessQuery) -> Page:
+        """Newest first; the cursor is the (start_time, seq) of the last item (keyset paging)."""
+        if query.limit < 1:
+            raise ValueError("limit must be at least 1")
+        where, params = _access_filters(query)
+        if query.cursor:
+            key = decode_cursor(query.cursor)
+            where.append("(start_time, seq) < (?, ?)")
+            params += key[:2]
+        sql = (
+            "SELECT seq, start_time, doc FROM access"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY start_time DESC, seq DESC LIMIT ?"
+        )
+        rows = await self._query(sql, [*params, query.limit + 1])
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        cursor = encode_cursor(rows[-1][1], rows[-1][0]) if more else None
+        return Page([AccessRecord.from_json(r[2]) for r in rows], cursor)
+
+    async def aggregates(
+        self, start: float, end: float, window_s: float, group_by: Sequence[str]
+    ) -> list[WindowAggregate]:
+        """Windows aligned on multiples of window_s since the epoch (as date_histogram does)."""
+        if window_s <= 0:
+            raise ValueError("window_s must be positive")
+        groups = check_group_by(group_by)
+        cols = "".join(f", coalesce({g}, '')" for g in groups)
+        sql = (
+            f"SELECT CAST(start_time / ? AS INTEGER) AS w{cols}, count(*),"
+            " sum(response_code BETWEEN 500 AND 599), sum(retried)"
+            f" FROM access WHERE start_time >= ? AND start_time < ? GROUP BY w{cols} ORDER BY w{cols}"
+        )
+        rows = await self._query(sql, (window_s, start, end))
+        n = len(groups)
+        return [
+            WindowAggregate(
+                window_start=row[0] * window_s, group=dict(zip(groups, row[1 : 1 + n], strict=True)),
+                count=row[n + 1], count_5xx=row[n + 2] or 0, count_retried=row[n + 3] or 0,
+            )
+            for row in rows
+        ]
+
+    async def alerts(
+        self, rule: str | None = None, group_key: str | None = None, state: str | None = None,
+        start: float | None = None, end: float | None = None, limit: int = 100,
+    ) -> list[Alert]:
+        where, params = [], []
+        for column, value in (("rule", rule), ("group_key", group_key), ("state", state)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if start is not None:
+            where.append("last_seen >= ?")
+            params.append(start)
+        if end is not None:
+            where.append("first_seen < ?")
+            params.append(end)
+        sql = "SELECT doc FROM alert" + (" WHERE " + " AND ".join(where) if where else "")
+        return await self._docs(Alert, sql + " ORDER BY last_seen DESC, seq DESC LIMIT ?", [*params, limit])
+
+    # -- Zipkin v2 read API --------------------------------------------------------------------
+    async def service_names(self) -> list[str]:
+        rows = await self._query("SELECT DISTINCT service FROM span WHERE service IS NOT NULL ORDER BY 1")
+        return [r[0] for r in rows]
+
+    async def span_names(self, service: str) -> list[str]:
+        rows = await self._query(
+            "SELECT DISTINCT name FROM span WHERE service = ? AND name IS NOT NULL ORDER BY 1",
+            (service.lower(),),
+        )
+        return [r[0] for r in rows]
+
+    async def remote_service_names(self, service: str) -> list[str]:
+        rows = await self._query(
+            "SELECT DISTINCT remote_service FROM span"
+            " WHERE service = ? AND remote_service IS NOT NULL ORDER BY 1",
+            (service.lower(),),
+        )
+        return [r[0] for r in rows]
+
+    async def find_traces(
+        self, service: str | None, span_name: str | None, end_ts_ms: int, lookback_ms: int,
+        min_duration_us: int | None, max_duration_us: int | None, tags: dict[str, str | None],
+        limit: int,
+    ) -> list[list[Span]]:
+        """Traces with at least one span matching every condition, newest first."""
+        where = ["ts >= ?", "ts <= ?"]
+        params: list[Any] = [(end_ts_ms - lookback_ms) * 1000, end_ts_ms * 1000]
+        for column, value in (("service", service), ("name", span_name)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value.lower())
+        if min_duration_us is not None:
+            where.append("duration >= ?")
+            params.append(min_duration_us)
+        if max_duration_us is not None:
+            where.append("duration <= ?")
+            params.append(max_duration_us)
+        for term in tag_terms(tags):
+            where.append("EXISTS (SELECT 1 FROM json_each(span.q) WHERE value = ?)")
+            params.append(term)
+        ids = await self._query(
+            f"SELECT trace_id FROM span WHERE {' AND '.join(where)}"
+            " GROUP BY trace_id ORDER BY max(ts) DESC LIMIT ?",
+            [*params, limit],
+        )
+        traces = [await self.spans_by_trace_id(row[0]) for row in ids]
+        return [t for t in traces if t]
+
+    async def node_ids(self) -> list[dict]:
+        keys = ("node_id", "node_cluster", "records", "first_seen", "last_seen")
+        rows = await self._query(f"SELECT {', '.join(keys)} FROM node ORDER BY node_id")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def _access_filters(query: AccessQuery) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if query.start is not None:
+        where.append("start_time >= ?")
+        params.append(query.start)
+    if query.end is not None:
+        where.append("start_time < ?")
+        params.append(query.end)
+    if query.status_class is not None:
+        where.append("response_code BETWEEN ? AND ?")
+        params += [query.status_class * 100, query.status_class * 100 + 99]
+    for column in ("upstream_cluster", "authority", "node_id"):
+        value = getattr(query, column)
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    return where, params
