@@ -56,7 +56,9 @@ class PysharkBackend(SegmentBackend):
             try:
                 cap.close()
             except TSharkCrashException:
-                pass  # tshark exits non-zero on a damaged file; the shared reader has reported it
+                # tshark exits non-zero on a damaged file, which the shared reader has reported;
+                # forget the process so pyshark's __del__ does not raise the same again
+                cap._running_processes.clear()
 
 
 def _segment(pkt) -> Segment | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from decoders.backends.base import Backend, CaptureReport
 from decoders.capture_file import ReadStats, sniff_format
 from decoders.connection_table import DEFAULT_MAX_CONNECTIONS, ConnectionSummary, ConnectionTable
-from decoders.link_layers import linktype_name
+from decoders.link_layers import SUPPORTED_LINKTYPES, linktype_name
 from meshscope.model import Exchange
 
 # (ts, src, sport, dst, dport, seq, ack, flags, payload, missing, interface), as ConnectionTable.segment
@@ -70,6 +70,8 @@ class SegmentBackend(Backend):
         r.packets, r.bytes, r.truncated = stats.packets, stats.bytes, stats.truncated
         r.connections = table.connections
         r.damage = list(stats.damage) + list(table.damage)
+        for lt in sorted(stats.link_types - SUPPORTED_LINKTYPES):
+            r.damage.append(f"link type {linktype_name(lt)} is not supported; its packets were skipped")
         if table.damage_count > len(table.damage):
             r.damage.append(f"… and {table.damage_count - len(table.damage)} more damaged places")
         if table.evicted:
