@@ -28,13 +28,22 @@ def lab_captures(folder: Path, rid: str, t0: float) -> tuple[Path, Path]:
     pod_side = client_leg(GATEWAY, 8080)
     for p in pod_side.packets:
         p.time += 0.0002  # after the DNAT
-    up = Conversation(client=GATEWAY, server=WEBAPP, cport=46612, sport=8080, cisn=33333, sisn=44444,
-                      t=t0 + 0.0045)
+    up = Conversation(
+        client=GATEWAY, server=WEBAPP, cport=46612, sport=8080, cisn=33333, sisn=44444, t=t0 + 0.0045
+    )
     up.handshake()
-    up.send(True, http_request("GET", "/catalog", host="shop.local", x_request_id=upstream_rid,
-                               x_forwarded_for=CLIENT, x_envoy_attempt_count="1"))
+    up.send(
+        True,
+        http_request(
+            "GET",
+            "/catalog",
+            host="shop.local",
+            x_request_id=upstream_rid,
+            x_forwarded_for=CLIENT,
+            x_envoy_attempt_count="1",
+        ),
+    )
     up.send(False, response)
     up.close()
     pod_packets = sorted(pod_side.packets + up.packets, key=lambda p: p.time)
-    return (write(folder / "node-eth0.pcap", node_side.packets),
-            write(folder / "pod-veth.pcap", pod_packets))
+    return (write(folder / "node-eth0.pcap", node_side.packets), write(folder / "pod-veth.pcap", pod_packets))

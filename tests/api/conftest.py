@@ -46,8 +46,9 @@ class RunningApi:
 def serve(settings: Settings) -> RunningApi:
     """Start the app on a free loopback port and wait until it answers."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on")
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -79,9 +80,11 @@ def api(api_settings) -> Iterator[RunningApi]:
 
 def write_records(settings: Settings, records: list) -> None:
     """Write records through a second SqliteStore on the same file, as the pipeline would."""
+
     async def go() -> None:
         async with SqliteStore(settings) as store:
             await store.write(records)
+
     # in a thread of its own: the calling thread may already run an event loop (playwright's sync API)
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, go()).result()
@@ -90,31 +93,79 @@ def write_records(settings: Settings, records: list) -> None:
 def lab_records(t0: float = NOW) -> list:
     """One request through the ingress gateway and the webapp sidecar, its spans, and an alert."""
     gateway = AccessRecord(
-        start_time=t0, duration_ms=12.5, node_id="router~10.10.0.6~istio-ingressgateway~istio-system",
-        node_cluster="istio-ingressgateway", log_name="als", request_id=RID_GW, trace_id=TRACE,
-        span_id="48485a3953bb6124", method="GET", authority="shop.local", path="/catalog",
-        response_code=200, upstream_cluster="outbound|8080||webapp", upstream_host="10.10.0.9:8080",
-        downstream_remote="172.18.0.1:57536", downstream_local="10.10.0.6:8080",
-        upstream_local="10.10.0.6:46612", attempt_count=1,
+        start_time=t0,
+        duration_ms=12.5,
+        node_id="router~10.10.0.6~istio-ingressgateway~istio-system",
+        node_cluster="istio-ingressgateway",
+        log_name="als",
+        request_id=RID_GW,
+        trace_id=TRACE,
+        span_id="48485a3953bb6124",
+        method="GET",
+        authority="shop.local",
+        path="/catalog",
+        response_code=200,
+        upstream_cluster="outbound|8080||webapp",
+        upstream_host="10.10.0.9:8080",
+        downstream_remote="172.18.0.1:57536",
+        downstream_local="10.10.0.6:8080",
+        upstream_local="10.10.0.6:46612",
+        attempt_count=1,
     )
     sidecar = AccessRecord(
-        start_time=t0 + 0.004, duration_ms=7.0, node_id="sidecar~10.10.0.9~webapp-1~shop",
-        node_cluster="webapp", log_name="als", request_id=RID_SC, trace_id=TRACE, span_id="0000000000000002",
-        method="GET", authority="shop.local", path="/catalog", response_code=200,
-        upstream_cluster="inbound|8080||", upstream_host="127.0.0.1:8080",
-        downstream_remote="10.10.0.6:46612", downstream_local="10.10.0.9:8080", attempt_count=1,
+        start_time=t0 + 0.004,
+        duration_ms=7.0,
+        node_id="sidecar~10.10.0.9~webapp-1~shop",
+        node_cluster="webapp",
+        log_name="als",
+        request_id=RID_SC,
+        trace_id=TRACE,
+        span_id="0000000000000002",
+        method="GET",
+        authority="shop.local",
+        path="/catalog",
+        response_code=200,
+        upstream_cluster="inbound|8080||",
+        upstream_host="127.0.0.1:8080",
+        downstream_remote="10.10.0.6:46612",
+        downstream_local="10.10.0.9:8080",
+        attempt_count=1,
     )
     spans = [
-        Span(trace_id=TRACE, span_id="48485a3953bb6124", name="shop.local:80/*", span_kind="CLIENT",
-             timestamp=int(t0 * 1e6), duration=12500, local_endpoint={"serviceName": "istio-ingressgateway"},
-             remote_endpoint={"serviceName": "webapp"}, tags={"guid:x-request-id": RID_GW, "http.method": "GET"}),
-        Span(trace_id=TRACE, span_id="0000000000000002", parent_id="48485a3953bb6124",
-             name="webapp.shop.svc.cluster.local:8080/*", span_kind="SERVER", timestamp=int((t0 + 0.004) * 1e6),
-             duration=7000, local_endpoint={"serviceName": "webapp", "ipv4": "10.10.0.9"},
-             tags={"guid:x-request-id": RID_SC, "http.status_code": "200"}),
+        Span(
+            trace_id=TRACE,
+            span_id="48485a3953bb6124",
+            name="shop.local:80/*",
+            span_kind="CLIENT",
+            timestamp=int(t0 * 1e6),
+            duration=12500,
+            local_endpoint={"serviceName": "istio-ingressgateway"},
+            remote_endpoint={"serviceName": "webapp"},
+            tags={"guid:x-request-id": RID_GW, "http.method": "GET"},
+        ),
+        Span(
+            trace_id=TRACE,
+            span_id="0000000000000002",
+            parent_id="48485a3953bb6124",
+            name="webapp.shop.svc.cluster.local:8080/*",
+            span_kind="SERVER",
+            timestamp=int((t0 + 0.004) * 1e6),
+            duration=7000,
+            local_endpoint={"serviceName": "webapp", "ipv4": "10.10.0.9"},
+            tags={"guid:x-request-id": RID_SC, "http.status_code": "200"},
+        ),
     ]
-    alert = Alert(rule="5xx-spike", group_key="upstream_cluster=catalog", state="firing", window_s=60,
-                  observed=42, baseline=1, first_seen=t0 - 30, last_seen=t0, sample_request_ids=[RID])
+    alert = Alert(
+        rule="5xx-spike",
+        group_key="upstream_cluster=catalog",
+        state="firing",
+        window_s=60,
+        observed=42,
+        baseline=1,
+        first_seen=t0 - 30,
+        last_seen=t0,
+        sample_request_ids=[RID],
+    )
     return [gateway, sidecar, *spans, alert]
 
 

@@ -21,8 +21,9 @@ def env(data_dir):
 
 
 def meshscope(env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "meshscope.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "meshscope.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_trace_text_json_and_svg(env, tmp_path):
@@ -40,17 +41,24 @@ def test_trace_text_json_and_svg(env, tmp_path):
 
 
 def test_records_and_alerts(env):
-    r = meshscope(env, "records", "--json", "--status-class", "2", "--authority", "shop.local", "--limit", "1")
+    r = meshscope(
+        env, "records", "--json", "--status-class", "2", "--authority", "shop.local", "--limit", "1"
+    )
     body = json.loads(r.stdout)
     assert [x["request_id"] for x in body["items"]] == [RID_SC] and body["next_cursor"]
-    nxt = json.loads(meshscope(env, "records", "--json", "--limit", "1", "--status-class", "2",
-                               "--cursor", body["next_cursor"]).stdout)
+    nxt = json.loads(
+        meshscope(
+            env, "records", "--json", "--limit", "1", "--status-class", "2", "--cursor", body["next_cursor"]
+        ).stdout
+    )
     assert [x["request_id"] for x in nxt["items"]] == [RID_GW] and nxt["next_cursor"] is None
     text = meshscope(env, "records", "--start", "1h")
     assert text.returncode == 0 and text.stdout.count("shop.local/catalog") == 2
     assert meshscope(env, "records", "--start", "yesterday-ish").returncode == 2
     alerts = meshscope(env, "alerts", "--state", "firing")
-    assert "5xx-spike" in alerts.stdout and "upstream_cluster=catalog" in alerts.stdout and RID in alerts.stdout
+    assert (
+        "5xx-spike" in alerts.stdout and "upstream_cluster=catalog" in alerts.stdout and RID in alerts.stdout
+    )
     assert json.loads(meshscope(env, "alerts", "--json", "--rule", "other").stdout) == {"items": []}
 
 

@@ -10,8 +10,10 @@ from tests.api.conftest import NOW, RID, serve, wait_done
 
 def upload_lab(client: httpx.Client, tmp_path) -> dict:
     node, pod = lab_captures(tmp_path, RID, NOW)
-    files = [("file", ("node eth0.pcap", node.read_bytes(), "application/vnd.tcpdump.pcap")),
-             ("file", ("../../etc/pod.pcap", pod.read_bytes(), "application/octet-stream"))]
+    files = [
+        ("file", ("node eth0.pcap", node.read_bytes(), "application/vnd.tcpdump.pcap")),
+        ("file", ("../../etc/pod.pcap", pod.read_bytes(), "application/octet-stream")),
+    ]
     r = client.post("/api/pcaps", files=files, data={"note": "two capture points"})
     assert r.status_code == 202, r.text
     return r.json()
@@ -39,7 +41,9 @@ def test_two_captures_of_one_nat_hop_become_one_flow(api, tmp_path):
     # stored files are named from the generated id, never from the request
     folder = api.settings.data_dir / "pcaps" / accepted["id"]
     assert sorted(p.name for p in folder.iterdir() if p.suffix == ".cap") == [
-        f"{accepted['id'][:12]}-1.cap", f"{accepted['id'][:12]}-2.cap"]
+        f"{accepted['id'][:12]}-1.cap",
+        f"{accepted['id'][:12]}-2.cap",
+    ]
 
 
 def test_raw_body_upload_and_damage_report(api, tmp_path):
@@ -61,16 +65,38 @@ def test_bad_uploads_get_clear_4xx_json(api, tmp_path):
             (dict(content=b"GET / HTTP/1.1\r\n\r\n" * 10), 415, "not a pcap or pcapng"),
             (dict(content=b""), 400, "empty file"),
             (dict(files=[("file", ("empty.pcap", b"", "application/octet-stream"))]), 400, "empty file"),
-            (dict(files=[("file", ("short.pcap", b"\xd4\xc3", "application/octet-stream"))]), 415, "too short"),
-            (dict(content=b"--x\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n--x--\r\n",
-                  headers={"content-type": "multipart/form-data; boundary=x"}), 400, "no capture"),
-            (dict(content=b"\xd4\xc3\xb2\xa1", headers={"content-type": "multipart/form-data"}), 400,
-             "boundary"),
-            (dict(content=b"--x\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\nzz",
-                  headers={"content-type": "multipart/form-data; boundary=x"}), 415, None),
+            (
+                dict(files=[("file", ("short.pcap", b"\xd4\xc3", "application/octet-stream"))]),
+                415,
+                "too short",
+            ),
+            (
+                dict(
+                    content=b'--x\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n--x--\r\n',
+                    headers={"content-type": "multipart/form-data; boundary=x"},
+                ),
+                400,
+                "no capture",
+            ),
+            (
+                dict(content=b"\xd4\xc3\xb2\xa1", headers={"content-type": "multipart/form-data"}),
+                400,
+                "boundary",
+            ),
+            (
+                dict(
+                    content=b'--x\r\nContent-Disposition: form-data; name="f"; filename="a"\r\n\r\nzz',
+                    headers={"content-type": "multipart/form-data; boundary=x"},
+                ),
+                415,
+                None,
+            ),
             (dict(content=b"x" * 300_000), 413, "limit"),
-            (dict(files=[("file", ("big.pcap", node.read_bytes() * 400, "application/octet-stream"))]), 413,
-             "limit"),
+            (
+                dict(files=[("file", ("big.pcap", node.read_bytes() * 400, "application/octet-stream"))]),
+                413,
+                "limit",
+            ),
         ]
         for kwargs, code, words in cases:
             r = c.post("/api/pcaps", **kwargs)

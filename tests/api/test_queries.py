@@ -38,8 +38,10 @@ def test_trace_found_whatever_sampling_digit(seeded, asked):
 def test_trace_joins_uploaded_capture_and_draws_one_graph(seeded, tmp_path):
     node, pod = lab_captures(tmp_path, RID, NOW)
     with seeded.client() as c:
-        up = c.post("/api/pcaps", files=[("file", ("node.pcap", node.read_bytes())),
-                                         ("file", ("pod.pcap", pod.read_bytes()))]).json()
+        up = c.post(
+            "/api/pcaps",
+            files=[("file", ("node.pcap", node.read_bytes())), ("file", ("pod.pcap", pod.read_bytes()))],
+        ).json()
         assert wait_done(c, up["id"])["state"] == "done"
         t = c.get(f"/api/traces/{RID_SC}").json()
         assert len(t["hops"]) == 2 and len(t["spans"]) == 2
@@ -60,9 +62,14 @@ def test_unknown_trace_is_404(api):
 def test_records_paging_and_filters(api):
     base = NOW - 100
     records = [
-        AccessRecord(start_time=base + i, node_id=f"sidecar~10.0.0.{i % 2}~a~b", request_id=f"r{i}",
-                     authority="shop.local" if i % 3 else "api.local", response_code=503 if i % 4 == 0 else 200,
-                     upstream_cluster="catalog" if i % 2 else "webapp")
+        AccessRecord(
+            start_time=base + i,
+            node_id=f"sidecar~10.0.0.{i % 2}~a~b",
+            request_id=f"r{i}",
+            authority="shop.local" if i % 3 else "api.local",
+            response_code=503 if i % 4 == 0 else 200,
+            upstream_cluster="catalog" if i % 2 else "webapp",
+        )
         for i in range(25)
     ]
     write_records(api.settings, records)
@@ -82,7 +89,9 @@ def test_records_paging_and_filters(api):
         assert {r["request_id"] for r in cat} == {f"r{i}" for i in range(25) if i % 2 and not i % 3}
         window = c.get("/api/records", params={"start": base + 5, "end": base + 8}).json()["items"]
         assert [r["request_id"] for r in window] == ["r7", "r6", "r5"]
-        node = c.get("/api/records", params={"node_id": "sidecar~10.0.0.1~a~b", "limit": 1000}).json()["items"]
+        node = c.get("/api/records", params={"node_id": "sidecar~10.0.0.1~a~b", "limit": 1000}).json()[
+            "items"
+        ]
         assert len(node) == 12
         bad = c.get("/api/records", params={"cursor": "!!!not-a-cursor"})
         assert bad.status_code == 400 and "cursor" in bad.json()["detail"]
@@ -92,21 +101,35 @@ def test_records_paging_and_filters(api):
 def test_alerts_filters(seeded):
     from meshscope.model import Alert
 
-    write_records(seeded.settings, [
-        Alert(rule="retry-spike", group_key="upstream_cluster=webapp", state="resolved", window_s=60,
-              observed=1, first_seen=NOW - 4000, last_seen=NOW - 3500),
-    ])
+    write_records(
+        seeded.settings,
+        [
+            Alert(
+                rule="retry-spike",
+                group_key="upstream_cluster=webapp",
+                state="resolved",
+                window_s=60,
+                observed=1,
+                first_seen=NOW - 4000,
+                last_seen=NOW - 3500,
+            ),
+        ],
+    )
     with seeded.client() as c:
         everything = c.get("/api/alerts").json()["items"]
         assert [a["rule"] for a in everything] == ["5xx-spike", "retry-spike"]
         firing = c.get("/api/alerts", params={"state": "firing"}).json()["items"]
         assert [(a["rule"], a["group_key"], a["sample_request_ids"]) for a in firing] == [
-            ("5xx-spike", "upstream_cluster=catalog", [RID])]
+            ("5xx-spike", "upstream_cluster=catalog", [RID])
+        ]
         assert c.get("/api/alerts", params={"rule": "retry-spike"}).json()["items"][0]["state"] == "resolved"
-        assert c.get("/api/alerts", params={"group": "upstream_cluster=catalog"}).json()["items"][0]["rule"] \
+        assert (
+            c.get("/api/alerts", params={"group": "upstream_cluster=catalog"}).json()["items"][0]["rule"]
             == "5xx-spike"
+        )
         assert [a["rule"] for a in c.get("/api/alerts", params={"start": NOW - 100}).json()["items"]] == [
-            "5xx-spike"]
+            "5xx-spike"
+        ]
         assert c.get("/api/alerts", params={"state": "bogus"}).status_code == 422
 
 
@@ -115,15 +138,25 @@ def test_zipkin_read_api_shapes(seeded):
     with seeded.client() as c:
         assert c.get("/api/v2/services").json() == ["istio-ingressgateway", "webapp"]
         assert c.get("/api/v2/spans", params={"serviceName": "webapp"}).json() == [
-            "webapp.shop.svc.cluster.local:8080/*"]
-        assert c.get("/api/v2/remoteServices", params={"serviceName": "istio-ingressgateway"}).json() == ["webapp"]
-        traces = c.get("/api/v2/traces", params={"serviceName": "webapp", "endTs": end, "lookback": 3_600_000}).json()
+            "webapp.shop.svc.cluster.local:8080/*"
+        ]
+        assert c.get("/api/v2/remoteServices", params={"serviceName": "istio-ingressgateway"}).json() == [
+            "webapp"
+        ]
+        traces = c.get(
+            "/api/v2/traces", params={"serviceName": "webapp", "endTs": end, "lookback": 3_600_000}
+        ).json()
         assert len(traces) == 1 and len(traces[0]) == 2
         span = next(s for s in traces[0] if s["kind"] == "SERVER")
         assert span == {
-            "traceId": TRACE, "id": "0000000000000002", "parentId": "48485a3953bb6124",
-            "name": "webapp.shop.svc.cluster.local:8080/*", "kind": "SERVER", "timestamp": int((NOW + 0.004) * 1e6),
-            "duration": 7000, "localEndpoint": {"serviceName": "webapp", "ipv4": "10.10.0.9"},
+            "traceId": TRACE,
+            "id": "0000000000000002",
+            "parentId": "48485a3953bb6124",
+            "name": "webapp.shop.svc.cluster.local:8080/*",
+            "kind": "SERVER",
+            "timestamp": int((NOW + 0.004) * 1e6),
+            "duration": 7000,
+            "localEndpoint": {"serviceName": "webapp", "ipv4": "10.10.0.9"},
             "tags": {"guid:x-request-id": RID_SC, "http.status_code": "200"},
         }
         q = {"endTs": end, "lookback": 3_600_000}
@@ -131,23 +164,37 @@ def test_zipkin_read_api_shapes(seeded):
         assert c.get("/api/v2/traces", params=q | {"annotationQuery": "http.method=POST"}).json() == []
         assert len(c.get("/api/v2/traces", params=q | {"minDuration": 10000}).json()) == 1
         assert c.get("/api/v2/traces", params=q | {"minDuration": 20000}).json() == []
-        assert c.get("/api/v2/traces", params={"endTs": int((NOW - 3600) * 1000), "lookback": 60_000}).json() == []
-        assert len(c.get("/api/v2/traces", params=q | {"serviceName": "istio-ingressgateway",
-                                                       "remoteServiceName": "webapp"}).json()) == 1
+        assert (
+            c.get("/api/v2/traces", params={"endTs": int((NOW - 3600) * 1000), "lookback": 60_000}).json()
+            == []
+        )
+        assert (
+            len(
+                c.get(
+                    "/api/v2/traces",
+                    params=q | {"serviceName": "istio-ingressgateway", "remoteServiceName": "webapp"},
+                ).json()
+            )
+            == 1
+        )
         assert len(c.get(f"/api/v2/trace/{TRACE}").json()) == 2
         assert len(c.get(f"/api/v2/trace/{TRACE.upper()}").json()) == 2
         assert c.get("/api/v2/trace/0123456789abcdef").status_code == 404
         many = c.get("/api/v2/traceMany", params={"traceIds": f"{TRACE},0123456789abcdef"}).json()
         assert [len(t) for t in many] == [2]
         deps = c.get("/api/v2/dependencies", params={"endTs": end, "lookback": 3_600_000}).json()
-        assert deps == [{"parent": "istio-ingressgateway", "child": "webapp", "callCount": 1, "errorCount": 0}]
+        assert deps == [
+            {"parent": "istio-ingressgateway", "child": "webapp", "callCount": 1, "errorCount": 0}
+        ]
 
 
 def test_proxies_with_loss_accounting(seeded):
     with seeded.client() as c:
         items = c.get("/api/proxies").json()["items"]
     assert {p["node_id"]: p["records"] for p in items} == {
-        "router~10.10.0.6~istio-ingressgateway~istio-system": 1, "sidecar~10.10.0.9~webapp-1~shop": 1}
+        "router~10.10.0.6~istio-ingressgateway~istio-system": 1,
+        "sidecar~10.10.0.9~webapp-1~shop": 1,
+    }
     assert all(p["loss"] is None for p in items)  # no admin addresses configured
 
 
@@ -165,15 +212,27 @@ def test_proxies_report_unreachable_admins(data_dir):
 
 
 def test_metrics_per_cluster(seeded):
-    write_records(seeded.settings, [
-        AccessRecord(start_time=time.time(), node_id="n", request_id=f"m{i}", response_code=500 if i < 3 else 200,
-                     upstream_cluster="catalog", attempt_count=2 if i == 0 else 1)
-        for i in range(5)
-    ])
+    write_records(
+        seeded.settings,
+        [
+            AccessRecord(
+                start_time=time.time(),
+                node_id="n",
+                request_id=f"m{i}",
+                response_code=500 if i < 3 else 200,
+                upstream_cluster="catalog",
+                attempt_count=2 if i == 0 else 1,
+            )
+            for i in range(5)
+        ],
+    )
     with seeded.client() as c:
         text = c.get("/metrics").text
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
     assert samples[("meshscope_requests_total", (("cluster", "catalog"),))] == 5
     assert samples[("meshscope_responses_5xx_total", (("cluster", "catalog"),))] == 3
     assert samples[("meshscope_requests_retried_total", (("cluster", "catalog"),))] == 1

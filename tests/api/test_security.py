@@ -10,8 +10,19 @@ from meshscope.errors import UserError
 from tests.api.conftest import serve, settings_for
 
 TOKEN = "s3cret-token-for-tests"
-PATHS = ["/api/records", "/api/alerts", "/api/proxies", "/api/pcaps", "/api/v2/services", "/metrics", "/",
-         "/openapi.json", "/docs", "/api/traces/abc", "/static/app.js"]
+PATHS = [
+    "/api/records",
+    "/api/alerts",
+    "/api/proxies",
+    "/api/pcaps",
+    "/api/v2/services",
+    "/metrics",
+    "/",
+    "/openapi.json",
+    "/docs",
+    "/api/traces/abc",
+    "/static/app.js",
+]
 
 
 def test_loopback_detection():
