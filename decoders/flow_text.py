@@ -15,31 +15,33 @@ def _ms(a: float | None, b: float | None) -> str:
     return f"{(b - a) * 1000:.1f} ms" if a is not None and b is not None else "?"
 
 
-def hop_line(n: int, hop: Hop) -> str:
-    """`  2 l7-proxy   gw (10.10.0.6:46612) → webapp (10.10.0.9:8080)  by x-request-id, …`"""
+def hop_lines(n: int, hop: Hop) -> list[str]:
+    """Two lines per hop: what it is (kind, endpoints, NodePort/SNI/retries, time), then its evidence."""
     ev = hop.evidence
-    parts = [f"{n:>3} {hop.kind:<15} {_who(hop.src, hop.src_name)} → {_who(hop.dst, hop.dst_name)}"]
-    if hop.kind.startswith("nat-"):
-        parts.append(f"NodePort {hop.nodeport}" if hop.nodeport else "")
-        parts.append(f"pre {ev.get('pre')} / post {ev.get('post')}")
-        isn = f" client ISN {ev['client_isn']}" if ev.get("client_isn") is not None else ""
-        parts.append(f"matched by {ev.get('match')}{isn}")
-        caps = ", ".join(ev.get("captures", []))
-        parts.append("same capture" if ev.get("same_capture") else f"captures {caps}")
-    else:
-        parts.append(f"from {ev.get('downstream')}" if ev.get("downstream") else "")
-        parts.append(f"matched by {', '.join(ev.get('matched_by', []))}")
-        if hop.sni:
-            parts.append(f"SNI {hop.sni}")
-        if hop.request_ids:
-            parts.append("x-request-id " + " / ".join(hop.request_ids))
-        if ev.get("x_forwarded_for"):
-            parts.append(f"xff {ev['x_forwarded_for']}")
-        if hop.retries:
-            parts.append(f"retries {hop.retries}")
+    head = [f"{n:>3} {hop.kind:<15} {_who(hop.src, hop.src_name)} → {_who(hop.dst, hop.dst_name)}"]
+    why: list[str] = []
+    if hop.nodeport:
+        head.append(f"NodePort {hop.nodeport}")
+    if hop.sni:
+        head.append(f"SNI {hop.sni}")
+    if hop.retries:
+        head.append(f"retries {hop.retries}")
     if hop.start is not None and hop.end is not None:
-        parts.append(f"{_ms(hop.start, hop.end)}")
-    return "  ".join(p for p in parts if p)
+        head.append(_ms(hop.start, hop.end))
+    if hop.kind.startswith("nat-"):
+        isn = f" (client ISN {ev['client_isn']})" if ev.get("client_isn") is not None else ""
+        caps = ", ".join(ev.get("captures", []))
+        why += [f"before {ev.get('pre')}", f"after {ev.get('post')}", f"matched by {ev.get('match')}{isn}",
+                "one capture" if ev.get("same_capture") else f"captures {caps}"]
+    else:
+        why.append(f"matched by {', '.join(ev.get('matched_by', []))}")
+        if hop.request_ids:
+            why.append("x-request-id " + " / ".join(hop.request_ids))
+        if ev.get("x_forwarded_for"):
+            why.append(f"x-forwarded-for {ev['x_forwarded_for']}")
+        if ev.get("downstream"):
+            why.append(f"for {ev['downstream']}")
+    return ["  ".join(head), " " * 20 + "; ".join(why)]
 
 
 def flow_lines(flow: Flow, exchanges: Mapping[str, Exchange]) -> list[str]:
@@ -54,7 +56,7 @@ def flow_lines(flow: Flow, exchanges: Mapping[str, Exchange]) -> list[str]:
     rid = f"  x-request-id {flow.request_id}" if flow.request_id else ""
     head = (f"flow {flow.id[:12]}  {what}  {flow.client} → {flow.server}  {len(flow.hops)} hops  "
             f"{_ms(flow.start, flow.end)}{rid}")
-    return [head] + [hop_line(i, h) for i, h in enumerate(flow.hops, 1)]
+    return [head] + [line for i, h in enumerate(flow.hops, 1) for line in hop_lines(i, h)]
 
 
 def render_text(flows: Iterable[Flow], exchanges: Mapping[str, Exchange]) -> str:

@@ -1,0 +1,76 @@
+"""Flow graphs of the bundled lab capture: SVG (well-formed, one column per host with workload names,
+handshakes, ClientHello with SNI, requests, responses, NAT and proxy hops) and the same as Mermaid."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from decoders.analyze import analyze, stitch
+from decoders.graph_mermaid import render_mermaid
+from decoders.graph_svg import render_svg
+from decoders.samples import NODEPORT_LAB
+from tests.decoders.made_exchanges import RID, lab_path
+
+SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    return analyze([NODEPORT_LAB])
+
+
+def _texts(svg: str) -> list[str]:
+    root = ET.fromstring(svg)  # well-formed, or this raises
+    return ["".join(t.itertext()) for t in root.iter(f"{SVG_NS}text")]
+
+
+def test_svg_draws_the_lab_path(lab):
+    svg = render_svg(lab.flows, lab.by_id())
+    texts = _texts(svg)
+    for column in (
+        "node",
+        "istio-system/istio-ingressgateway",
+        "default/webapp",
+        "default/catalog",
+        "172.18.0.1",
+    ):
+        assert column in texts
+    joined = "\n".join(texts)
+    assert (
+        "DNAT NodePort 30000 → 10.10.0.6:8080" in joined and "DNAT NodePort 30443 → 10.10.0.6:8443" in joined
+    )
+    assert joined.count("ClientHello SNI secure.lab") == 2  # before and after the passthrough proxy
+    assert "tls-passthrough SNI secure.lab" in joined and "l7-proxy ×2 attempts" in joined
+    assert "TCP handshake → 172.18.0.2:30000" in joined and "GET /products" in joined and "503" in joined
+    assert svg.count('marker-end="url(#a-nat)"') == 4  # one DNAT per client connection
+    assert len(re.findall(r"<text[^>]*class=\"flow\"", svg)) == 4
+
+
+def test_svg_escapes_what_came_off_the_wire():
+    exchanges = lab_path(rid=RID)
+    for ex in exchanges:
+        ex.uri = '/a<script>&b="1"'
+    a = stitch(exchanges)
+    texts = "\n".join(_texts(render_svg(a.flows, a.by_id())))
+    assert '/a<script>&b="1"' in texts
+
+
+def test_max_flows_bounds_the_drawing(lab):
+    assert len(re.findall(r'class="flow"', render_svg(lab.flows, lab.by_id(), max_flows=1))) == 1
+
+
+def test_mermaid_is_the_same_diagram(lab):
+    text = render_mermaid(lab.flows, lab.by_id())
+    lines = text.splitlines()
+    assert lines[0] == "sequenceDiagram"
+    aliases = {m.group(1) for m in (re.match(r"\s+participant (P\d+) as ", ln) for ln in lines) if m}
+    used = set(re.findall(r"\b(P\d+)\b", text))
+    assert used == aliases and len(aliases) == 5  # client, node, gateway, webapp, catalog; no strays
+    assert "participant" in text and "istio-system/istio-ingressgateway (10.10.0.6)" in text
+    assert sum("--)" in ln and "DNAT NodePort" in ln for ln in lines) == 4
+    assert any("ClientHello SNI secure.lab" in ln for ln in lines)
+    assert text.count("rect rgb") == text.count("    end") == 4
+    assert not any(";" in ln or "#" in ln for ln in lines[1:])  # Mermaid syntax characters are removed
