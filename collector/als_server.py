@@ -83,6 +83,7 @@ class AccessLogServer:
         # Envoy keeps one long-lived stream per logger; keepalive notices dead peers
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),  # a second collector on the same port must fail, not share it
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 import uvicorn
 
@@ -38,6 +39,7 @@ class Collector:
         self.app = make_app(self.publisher, health=self.health)
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None
+        self._zipkin_port = settings.zipkin_port
 
     @property
     def als_port(self) -> int:
@@ -45,26 +47,40 @@ class Collector:
 
     @property
     def zipkin_port(self) -> int:
-        return self.settings.zipkin_port
+        return self._zipkin_port
 
     async def start(self) -> None:
-        """Start the publisher's replay, the gRPC server and the HTTP receiver; return once both listen."""
+        """Start the publisher's replay, the gRPC server and the HTTP receiver; return once both listen.
+        A port that cannot be bound is an OSError naming it (nothing is left running)."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        host = self.settings.host
         await self.publisher.start()
-        await self.als.start()
-        config = uvicorn.Config(self.app, host=self.settings.host, port=self.settings.zipkin_port,
-                                log_level="warning", access_log=False, lifespan="off")
-        self._http = uvicorn.Server(config)
+        try:
+            await self.als.start()
+        except (OSError, RuntimeError) as exc:
+            await self.publisher.stop()
+            raise OSError(f"the access-log service could not listen on {host}:{self.settings.als_port}: "
+                          f"{exc}") from exc
+        try:
+            # bound here, not by uvicorn: a taken port is then an OSError for the caller (uvicorn
+            # would sys.exit), and with port 0 we learn the port it got
+            sock = socket.create_server((host, self.settings.zipkin_port))
+        except OSError as exc:
+            await self.stop()
+            raise OSError(f"the Zipkin receiver could not listen on {host}:{self.settings.zipkin_port}: "
+                          f"{exc.strerror or exc}") from exc
+        self._zipkin_port = sock.getsockname()[1]
+        self._http = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
+                                                   lifespan="off"))
         self._http.install_signal_handlers = lambda: None  # the embedding program owns signals
-        self._http_task = asyncio.create_task(self._http.serve(), name="collector-zipkin-http")
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="collector-zipkin-http")
         while not self._http.started:
             if self._http_task.done():
                 await self.stop()
-                raise OSError(f"the Zipkin receiver could not listen on {self.settings.host}:"
-                              f"{self.settings.zipkin_port}")
+                raise OSError(f"the Zipkin receiver on {host}:{self._zipkin_port} did not start")
             await asyncio.sleep(0.02)
-        log.info("collector: access logs on %s:%d, spans on %s:%d", self.settings.host, self.als_port,
-                 self.settings.host, self.zipkin_port)
+        log.info("collector: access logs on %s:%d, spans on %s:%d", host, self.als_port, host,
+                 self.zipkin_port)
 
     async def stop(self) -> None:
         """Stop receiving, then stop the publisher (spooled records stay on disk for the next run)."""
