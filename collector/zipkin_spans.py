@@ -66,7 +66,7 @@ def _json_span(raw: object, index: int) -> Span:
     if not isinstance(raw, dict):
         raise BadSpans(f"{where}: expected an object")
     kind = raw.get("kind")
-    if kind is not None and kind not in _KINDS:
+    if kind is not None and (not isinstance(kind, str) or kind not in _KINDS):
         raise BadSpans(f"{where}: kind must be one of {sorted(_KINDS)}, got {kind!r}")
     name = raw.get("name")
     if name is not None and not isinstance(name, str):
