@@ -1,10 +1,12 @@
-"""The default, fastest backend: a struct-level look at each frame drops everything that is not a
-wanted TCP segment (most packets of a capture: pure ACKs, UDP, ARP), and dpkt dissects only the
-candidates that remain."""
+"""The default, fastest backend: a struct-level look at each frame (link layer, IPv4 header, TCP
+flags) drops everything that is not a wanted TCP segment — most packets of a capture: pure ACKs,
+UDP, ARP — and answers SYN/FIN/RST from the header alone; dpkt dissects the TCP segments that
+carry payload, and IPv6 packets (extension headers)."""
 
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +20,25 @@ _IPV6_EXTENSIONS = frozenset((0, 43, 44, 51, 60))  # hop-by-hop, routing, fragme
 _DPKT_ERRORS = (dpkt.UnpackError, IndexError, ValueError, KeyError, TypeError)
 
 
+_PORTS_SEQ_ACK = struct.Struct("!HHII").unpack_from
+
+
+def _addr(cache: dict[bytes, str], raw: bytes, version: int) -> str:
+    """Text form of an address, remembered: a capture holds few distinct addresses."""
+    text = cache[raw] = socket.inet_ntop(socket.AF_INET if version == 4 else socket.AF_INET6, raw)
+    return text
+
+
+def _iface(cache: dict[tuple, str | None], iface: str | None, ifindex: int | None) -> str | None:
+    """The interface a packet was seen on: the SLL2 ifindex when there is one, else pcapng's."""
+    key = (iface, ifindex)
+    try:
+        return cache[key]
+    except KeyError:
+        value = cache[key] = str(ifindex) if ifindex is not None else iface
+        return value
+
+
 class DpktBackend(SegmentBackend):
     name = "dpkt"
 
@@ -25,7 +46,7 @@ class DpktBackend(SegmentBackend):
                  progress: Callable[[int], None] | None) -> Iterator[Segment]:
         addr_cache: dict[bytes, str] = {}
         iface_cache: dict[tuple, str | None] = {}
-        IP, IP6, TCP = dpkt.ip.IP, dpkt.ip6.IP6, dpkt.tcp.TCP
+        IP6, TCP = dpkt.ip6.IP6, dpkt.tcp.TCP
         undecodable = 0
         try:
             for ts, linktype, iface, frame, orig in read_capture(path, stats, progress):
@@ -49,13 +70,25 @@ class DpktBackend(SegmentBackend):
                         continue
                     total = (frame[off + 2] << 8) | frame[off + 3]
                     paylen = (total or len(frame) - off) - ihl - ((frame[t + 12] >> 4) << 2)
-                    if paylen <= 0 and not frame[t + 13] & 7:
-                        continue  # pure ACK
+                    if paylen <= 0:
+                        flags = frame[t + 13]
+                        if not flags & 7:
+                            continue  # pure ACK
+                        # SYN / FIN / RST without payload: the header is all there is, no dpkt needed
+                        sport, dport, seq, ack = _PORTS_SEQ_ACK(frame, t)
+                        src, dst = frame[off + 12:off + 16], frame[off + 16:off + 20]
+                        yield (ts, addr_cache.get(src) or _addr(addr_cache, src, 4),
+                               sport, addr_cache.get(dst) or _addr(addr_cache, dst, 4), dport, seq, ack,
+                               flags, b"", 0, _iface(iface_cache, iface, ifindex))
+                        continue
+                    # the IPv4 header is fixed fields, already read; dpkt dissects the TCP segment
+                    end = off + total if total and off + total <= len(frame) else len(frame)
                     try:
-                        ip = IP(frame[off:])
+                        tcp = TCP(frame[t:end])
                     except _DPKT_ERRORS:
                         undecodable += 1
                         continue
+                    src, dst = frame[off + 12:off + 16], frame[off + 16:off + 20]
                 elif version == 6:
                     nxt = frame[off + 6]
                     if nxt == 6:
@@ -73,29 +106,20 @@ class DpktBackend(SegmentBackend):
                     except _DPKT_ERRORS:
                         undecodable += 1
                         continue
+                    tcp = ip.data
+                    if not isinstance(tcp, TCP):
+                        continue
+                    src, dst = ip.src, ip.dst
                 else:
-                    continue
-                tcp = ip.data
-                if not isinstance(tcp, TCP):
                     continue
                 payload = tcp.data
                 flags = tcp.flags
                 if not payload and not flags & 7:
                     continue
-                src = addr_cache.get(ip.src)
-                if src is None:
-                    src = addr_cache[ip.src] = socket.inet_ntop(
-                        socket.AF_INET if version == 4 else socket.AF_INET6, ip.src)
-                dst = addr_cache.get(ip.dst)
-                if dst is None:
-                    dst = addr_cache[ip.dst] = socket.inet_ntop(
-                        socket.AF_INET if version == 4 else socket.AF_INET6, ip.dst)
-                ikey = (iface, ifindex)
-                interface = iface_cache.get(ikey, 0)
-                if interface == 0:
-                    interface = iface_cache[ikey] = str(ifindex) if ifindex is not None else iface
-                yield (ts, src, tcp.sport, dst, tcp.dport, tcp.seq, tcp.ack, flags, bytes(payload),
-                       orig - len(frame) if orig > len(frame) else 0, interface)
+                yield (ts, addr_cache.get(src) or _addr(addr_cache, src, version), tcp.sport,
+                       addr_cache.get(dst) or _addr(addr_cache, dst, version), tcp.dport, tcp.seq, tcp.ack,
+                       flags, bytes(payload),
+                       orig - len(frame) if orig > len(frame) else 0, _iface(iface_cache, iface, ifindex))
         finally:
             if undecodable:
                 stats.add_damage(f"{undecodable} packets dpkt could not dissect")
