@@ -56,7 +56,10 @@ class TelemetrySink:
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
-                raise AssertionError("telemetry did not arrive in time")
+                raise AssertionError(
+                    f"telemetry did not arrive in {timeout:g}s: {len(self.http_entries())} HTTP entries, "
+                    f"{len(self.tcp_entries())} TCP entries, {len(self.spans)} spans"
+                )
             time.sleep(0.05)
 
     def __enter__(self) -> TelemetrySink:

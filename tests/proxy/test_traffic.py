@@ -80,19 +80,22 @@ def test_access_logs_and_spans_reach_the_collector_address(upstream, data_dir):
         with envoy, httpx.Client(base_url=url, timeout=10) as client:
             for _ in range(4):
                 client.get(f"/flaky/2?key={key}")
+            seen_ids = {e["x-request-id"] for e in upstream.seen() if e["path"] == "/flaky/2"}
             sink.wait_for(lambda: len(sink.http_entries()) >= 4)
+            # spans still buffered when Envoy stops are lost, so wait for them while it runs
+            sink.wait_for(lambda: seen_ids <= {s["tags"].get("guid:x-request-id") for s in list(sink.spans)})
             counts = envoy.admin.access_log_counts()
         entries = sink.http_entries()
         assert len(entries) == 4 and counts == {"logs_written": 4, "logs_dropped": 0}
         first = sink.service.messages[0].identifier
         assert (first.node.id, first.node.cluster) == ("meshscope-proxy", "meshscope")
         assert first.log_name == "meshscope"
-        seen_ids = {e["x-request-id"] for e in upstream.seen() if e["path"] == "/flaky/2"}
         assert {e.request.request_id for e in entries} == seen_ids
         assert [e.common_properties.upstream_request_attempt_count for e in entries] == [1, 2, 2, 2]
         for e in entries:
             logged = e.request.request_headers
             assert logged["x-b3-sampled"] == "1" and len(logged["x-b3-traceid"]) == 32
             assert logged["x-envoy-attempt-count"] == str(e.common_properties.upstream_request_attempt_count)
-        sink.wait_for(lambda: seen_ids <= {s["tags"].get("guid:x-request-id") for s in list(sink.spans)})
+        # one span for the request plus one per upstream attempt: 4 + (1 + 2 + 2 + 2)
+        assert len(sink.spans) == 11
         assert all(s["name"] and s["kind"] in ("SERVER", "CLIENT") for s in sink.spans)
