@@ -133,15 +133,15 @@ class Spool:
 
     def commit(self, batch: SpooledBatch) -> None:
         """Mark a replayed batch done: persist the position, delete finished segments."""
-        done = batch.end - self._position(batch.segment)
-        self._pending = max(self._pending - done, 0)
+        self._pos_file(batch.segment).write_text(str(batch.end))
         if batch.end >= batch.segment.stat().st_size:
             if batch.segment == self._writer_path:
                 self._close_writer()  # the next append starts a fresh segment
             self._drop(batch.segment)
-        else:
-            self._pos_file(batch.segment).write_text(str(batch.end))
+        self._pending = sum(self._remaining(p) for p in self.segments())
 
     def _drop(self, segment: Path) -> None:
+        """Delete a segment (replayed, or only a torn tail left) and stop counting its bytes."""
+        self._pending = max(self._pending - self._remaining(segment), 0)
         segment.unlink(missing_ok=True)
         self._pos_file(segment).unlink(missing_ok=True)
