@@ -26,6 +26,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _chosen_command(argv: list[str]) -> str | None:
+    """The subcommand named on the line (skipping --config's value), to load only its arguments."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("command", nargs="?")
+    known, _ = pre.parse_known_args(argv)
+    return known.command
+
+
 def _load(module: str):
     return importlib.import_module(f"meshscope.commands.{module}")
 
@@ -35,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meshscope", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML settings file (also MESHSCOPE_CONFIG)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    chosen = next((a for a in argv if not a.startswith("-")), None)
+    chosen = _chosen_command(argv)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)

@@ -1,0 +1,37 @@
+"""Serve an ASGI app with uvicorn inside a running asyncio program (the embedding program owns signals)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import uvicorn
+
+
+class EmbeddedServer:
+    """``await EmbeddedServer(app, host, port).start()`` returns once the port listens; ``stop()`` ends it."""
+
+    def __init__(self, app: object, host: str, port: int, *, name: str = "http",
+                 lifespan: str = "on") -> None:
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                lifespan=lifespan)
+        self.name, self.host, self.port = name, host, port
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.task: asyncio.Task | None = None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        self.task = asyncio.create_task(self.server.serve(), name=f"{self.name}-server")
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.server.started:
+            if self.task.done() or asyncio.get_running_loop().time() > deadline:
+                await self.stop()
+                raise OSError(f"{self.name}: could not listen on {self.host}:{self.port}")
+            await asyncio.sleep(0.02)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self.task, timeout)
+            self.task = None

@@ -1,0 +1,134 @@
+"""The whole embedded stack in one asyncio program: collector, pipeline (indexer + alerts), API and
+web page, the bundled Envoy with the lab routes, and the demo upstream (what `meshscope up` runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from meshscope.serving import EmbeddedServer
+from meshscope.settings import Settings
+
+log = logging.getLogger("meshscope.up")
+
+# Upstream clusters of the lab routes; all are served by the demo upstream.
+LAB_CLUSTERS = ("webapp", "catalog", "inventory", "slow")
+
+
+def lab_routes(settings: Settings) -> dict:
+    """The lab routes (short routes YAML as a mapping): /status → catalog, /flaky → inventory with
+    retry on 5xx (3 retries), /delay → slow with a 1 s timeout, everything else → webapp."""
+    upstream = [f"{settings.host}:{settings.demo_upstream_port}"]
+    return {
+        "admin_port": settings.envoy_admin_port,
+        "listeners": [{
+            "name": "ingress",
+            "address": settings.host,
+            "port": settings.proxy_port,
+            "virtual_hosts": [{
+                "name": "lab",
+                "domains": ["*"],
+                "routes": [
+                    {"prefix": "/status/", "cluster": "catalog"},
+                    {"prefix": "/flaky/", "cluster": "inventory",
+                     "retry": {"retry_on": "5xx", "num_retries": 3}},
+                    {"prefix": "/delay/", "cluster": "slow", "timeout": "1s"},
+                    {"prefix": "/", "cluster": "webapp"},
+                ],
+            }],
+        }],
+        "clusters": [{"name": name, "endpoints": upstream} for name in LAB_CLUSTERS],
+    }
+
+
+@dataclass(slots=True)
+class Urls:
+    api: str
+    proxy: str
+    envoy_admin: str
+    zipkin: str
+    access_log_grpc: str
+    demo_upstream: str
+
+
+class Stack:
+    """Start with ``await stack.start()``, stop with ``await stack.stop()`` (reverse order, every part
+    stopped even when another fails). Data lives in settings.data_dir, so a second run reuses it."""
+
+    def __init__(self, settings: Settings, *, with_proxy: bool = True) -> None:
+        if with_proxy and not settings.proxy_admins:  # loss accounting reads the bundled Envoy's stats
+            settings = settings.replace(proxy_admins=[f"{settings.host}:{settings.envoy_admin_port}"])
+        self.settings = settings
+        self.with_proxy = with_proxy
+        self._stops: list[tuple[str, object]] = []
+        self.store = None
+        self.envoy = None
+
+    @property
+    def urls(self) -> Urls:
+        s = self.settings
+        return Urls(
+            api=f"http://{s.host}:{s.api_port}",
+            proxy=f"http://{s.host}:{s.proxy_port}",
+            envoy_admin=f"http://{s.host}:{s.envoy_admin_port}",
+            zipkin=f"http://{s.host}:{s.zipkin_port}/api/v2/spans",
+            access_log_grpc=f"{s.host}:{s.als_port}",
+            demo_upstream=f"http://{s.host}:{s.demo_upstream_port}",
+        )
+
+    async def start(self) -> None:
+        from collector.server import Collector
+        from meshscope.api.app import create_app
+        from pipelines.indexer import Pipeline
+        from pipelines.wiring import make_bus, make_store
+
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            bus = make_bus(s)
+            await bus.start()
+            self._stops.append(("bus", bus.stop))
+            self.store = make_store(s)
+            await self.store.start()
+            self._stops.append(("store", self.store.stop))
+            pipeline = Pipeline(s, bus, self.store)
+            await pipeline.start()
+            self._stops.append(("pipeline", pipeline.stop))
+            collector = Collector(s, bus)
+            await collector.start()
+            self._stops.append(("collector", collector.stop))
+            api = EmbeddedServer(create_app(s, self.store), s.host, s.api_port, name="api")
+            await api.start()
+            self._stops.append(("api", api.stop))
+            if self.with_proxy:
+                await self._start_proxy()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_proxy(self) -> None:
+        from proxy.bootstrap import build_bootstrap
+        from proxy.demo_upstream import DemoUpstream
+        from proxy.launcher import EnvoyProcess
+        from proxy.routes import parse_routes
+        from proxy.telemetry import CollectorTarget
+
+        s = self.settings
+        upstream = DemoUpstream(s.host, s.demo_upstream_port)
+        await asyncio.to_thread(upstream.start)
+        self._stops.append(("demo upstream", lambda: asyncio.to_thread(upstream.stop)))
+        routes = parse_routes(lab_routes(s), source="lab routes")
+        bootstrap = build_bootstrap(routes, collector=CollectorTarget(s.host, s.als_port, s.zipkin_port),
+                                    node_id="meshscope-gateway", node_cluster="lab-gateway")
+        self.envoy = EnvoyProcess(bootstrap, workdir=s.data_dir / "envoy")
+        await asyncio.to_thread(self.envoy.start)
+        self._stops.append(("envoy", lambda: asyncio.to_thread(self.envoy.stop)))
+
+    async def stop(self) -> None:
+        while self._stops:
+            name, stop = self._stops.pop()
+            try:
+                await stop()  # type: ignore[operator]
+            except Exception as exc:  # keep stopping the rest
+                log.warning("stopping %s: %s", name, exc)
