@@ -37,8 +37,8 @@ class ConnectionSummary:
     protocol: str  # "http", "tls", "other" or "" (no payload seen)
     first_time: float
     last_time: float
-    segments: int
-    client_bytes: int
+    segments: int  # segments the table kept (payload, SYN, FIN, RST; not pure ACKs)
+    client_bytes: int  # payload bytes seen each way, retransmissions included
     server_bytes: int
     gaps: int
     exchanges: int
@@ -287,7 +287,7 @@ class _Tracked:
     """One tracked connection: its model, both reassemblers, its dialogue and a few counters."""
 
     __slots__ = ("conn", "first_is_client", "c2s", "s2c", "dialogue", "fins", "first_time", "last_time",
-                 "segments", "key")
+                 "segments", "key", "client_bytes", "server_bytes")
 
     def __init__(self, conn: Connection, first_is_client: bool, key: tuple, ts: float) -> None:
         self.conn = conn
@@ -300,6 +300,8 @@ class _Tracked:
         self.first_time = ts
         self.last_time = ts
         self.segments = 0
+        self.client_bytes = 0  # payload seen, retransmissions included
+        self.server_bytes = 0
 
 
 class ConnectionTable:
@@ -347,17 +349,27 @@ class ConnectionTable:
             if from_client and not flags & ACK:
                 conn.client_isn = seq
                 conn.syn_time = ts if conn.syn_time is None else conn.syn_time
-                tc.c2s.syn(seq)  # type: ignore[union-attr]
+                if tc.c2s is not None:
+                    tc.c2s.syn(seq)
             elif not from_client and flags & ACK:
                 conn.server_isn = seq
                 conn.handshake_seen = conn.client_isn is not None
-                tc.s2c.syn(seq)  # type: ignore[union-attr]
+                if tc.s2c is not None:
+                    tc.s2c.syn(seq)
         if payload or missing:
+            if from_client:
+                tc.client_bytes += len(payload)
+            else:
+                tc.server_bytes += len(payload)
             dlg = tc.dialogue
-            if dlg is None:
+            if dlg is None:  # reassembly starts with the first payload: idle connections stay small
                 dlg = tc.dialogue = _Dialogue(self, tc)
-                tc.c2s.sink = _Side(dlg, True)  # type: ignore[union-attr]
-                tc.s2c.sink = _Side(dlg, False)  # type: ignore[union-attr]
+                tc.c2s = StreamReassembler(_Side(dlg, True))
+                tc.s2c = StreamReassembler(_Side(dlg, False))
+                if conn.client_isn is not None:
+                    tc.c2s.syn(conn.client_isn)
+                if conn.server_isn is not None:
+                    tc.s2c.syn(conn.server_isn)
             if not dlg.done:
                 own, other = (tc.c2s, tc.s2c) if from_client else (tc.s2c, tc.c2s)
                 if flags & ACK and other.pending:  # type: ignore[union-attr]
@@ -390,8 +402,6 @@ class ConnectionTable:
             conn = Connection(src=dst, sport=dport, dst=src, dport=sport, capture=self.capture,
                               interface=interface)
         tc = _Tracked(conn, first_is_client, key, ts)
-        tc.c2s = StreamReassembler(_NullSide)
-        tc.s2c = StreamReassembler(_NullSide)
         self.conns[key] = tc
         self.connections += 1
         if len(self.conns) > self.max_connections:
@@ -414,8 +424,8 @@ class ConnectionTable:
             c2s, s2c = tc.c2s, tc.s2c
             self.on_connection(ConnectionSummary(
                 conn=tc.conn, protocol=dlg.protocol if dlg else "", first_time=tc.first_time,
-                last_time=tc.last_time, segments=tc.segments, client_bytes=c2s.delivered,  # type: ignore
-                server_bytes=s2c.delivered, gaps=c2s.gaps + s2c.gaps,  # type: ignore[union-attr]
+                last_time=tc.last_time, segments=tc.segments, client_bytes=tc.client_bytes,
+                server_bytes=tc.server_bytes, gaps=(c2s.gaps + s2c.gaps) if c2s and s2c else 0,
                 exchanges=dlg.exchanges if dlg else 0, closed=why))
 
     def finish(self) -> None:
@@ -423,18 +433,3 @@ class ConnectionTable:
         while self.conns:
             _, tc = next(iter(self.conns.items()))
             self._close(tc, tc.last_time, "capture-end")
-
-
-class _NullSinkType:
-    """Sink placeholder until a connection carries payload (saves two objects per idle connection)."""
-
-    __slots__ = ()
-
-    def data(self, payload: bytes, ts: float) -> None:
-        pass
-
-    def gap(self, nbytes: int, ts: float) -> None:
-        pass
-
-
-_NullSide = _NullSinkType()

@@ -1,0 +1,74 @@
+"""The connection table: bounded in connections and memory (a million one-packet connections),
+evicts the least recently active, orients connections without a handshake, and summarises every
+connection, also those without HTTP or TLS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.make_capture import write_syn_flood
+from decoders.connection_table import SYN, ConnectionTable
+from decoders.read import read_exchanges
+from tests.decoders.capture_builders import Conversation, http_request, http_response, write
+
+CHILD = """
+import json, resource, sys
+from decoders.read import read_exchanges
+stream, report = read_exchanges(sys.argv[1])
+n = sum(1 for _ in stream)
+rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"exchanges": n, "connections": report.connections, "packets": report.packets,
+                  "damage": report.damage, "rss_mb": rss_mb}))
+"""
+
+
+@pytest.mark.slow
+def test_a_million_one_packet_connections_stay_bounded(tmp_path):
+    path = tmp_path / "flood.pcap"
+    write_syn_flood(path, 1_000_000)
+    out = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True,
+                         timeout=240, check=True)
+    r = json.loads(out.stdout)
+    assert r["packets"] == 1_000_000 and r["connections"] == 1_000_000 and r["exchanges"] == 0
+    assert any("evicted" in d for d in r["damage"])
+    assert r["rss_mb"] < 300, r
+
+
+def test_eviction_keeps_active_connections_and_emits_the_evicted(tmp_path):
+    table = ConnectionTable("t", max_connections=3)
+    req = http_request("GET", "/busy")
+    table.segment(1.0, "10.0.0.1", 1000, "10.0.0.2", 80, 0, 0, SYN, b"")
+    table.segment(1.1, "10.0.0.1", 1000, "10.0.0.2", 80, 1, 0, 0x18, req)  # waiting for a response
+    for i in range(5):  # newer idle connections push the table over its bound
+        table.segment(2.0 + i, "10.0.0.9", 2000 + i, "10.0.0.2", 80, 0, 0, SYN, b"")
+    assert len(table.conns) == 3 and table.evicted == 3
+    assert [e.uri for e in table.ready] == ["/busy"]
+    assert "connection evicted" in table.ready[0].damage[0]
+
+
+def test_connection_summaries_include_non_http(tmp_path):
+    c = Conversation(sport=5432).handshake()
+    c.send(True, b"\x00\x00\x00\x08\x04\xd2\x16\x2f")  # a PostgreSQL SSLRequest: neither HTTP nor TLS
+    c.send(False, b"N")
+    d = Conversation(cport=40100).handshake()
+    d.send(True, http_request("GET", "/x"))
+    d.send(False, http_response(200))
+    summaries = []
+    stream, _ = read_exchanges(write(tmp_path / "mixed.pcap", c.close().packets + d.close().packets),
+                               on_connection=summaries.append)
+    assert [e.uri for e in stream] == ["/x"]
+    by_port = {s.conn.dport: s for s in summaries}
+    assert by_port[5432].protocol == "other" and by_port[5432].client_bytes == 8
+    assert by_port[5432].server_bytes == 1 and by_port[5432].closed == "fin"
+    assert by_port[80].protocol == "http" and by_port[80].exchanges == 1
+
+
+def test_orientation_without_handshake_by_port_when_bytes_say_nothing():
+    table = ConnectionTable("t")
+    table.segment(1.0, "10.0.0.2", 443, "10.0.0.1", 50000, 7, 0, 0x18, b"\x17\x03\x03\x00\x01x")
+    (tc,) = table.conns.values()
+    assert tc.conn.key == ("10.0.0.1", 50000, "10.0.0.2", 443)
