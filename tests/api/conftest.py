@@ -79,10 +79,17 @@ def api(api_settings) -> Iterator[RunningApi]:
 
 
 def write_records(settings: Settings, records: list) -> None:
-    """Write records through a second SqliteStore on the same file, as the pipeline would."""
+    """Write records through a second store of the configured kind, as the pipeline would (SQLite: a
+    second connection to the same file; Elasticsearch: visible to searches before this returns)."""
 
     async def go() -> None:
-        async with SqliteStore(settings) as store:
+        if settings.store == "elasticsearch":
+            from pipelines.store.elasticsearch import ElasticsearchStore
+
+            store = ElasticsearchStore(settings, refresh="wait_for")
+        else:
+            store = SqliteStore(settings)
+        async with store:
             await store.write(records)
 
     # in a thread of its own: the calling thread may already run an event loop (playwright's sync API)

@@ -55,6 +55,7 @@ def test_schemathesis_finds_no_server_errors(data_dir, tmp_path):
             capture_output=True,
             text=True,
             timeout=240,
+            cwd=tmp_path,  # schemathesis keeps its example database in the working directory
         )
         assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
         assert "19 selected" in run.stdout or "Operations:" in run.stdout
