@@ -57,7 +57,14 @@ class AccessLogServicer:
                         "the first StreamAccessLogsMessage of a stream must carry an identifier")
                 ident = message.identifier
                 source = LogSource(ident.node.id, ident.node.cluster, ident.log_name)
-            records = message_records(message, source)
+            try:
+                records = message_records(message, source)
+            except Exception as exc:  # noqa: BLE001 - a message we cannot convert fails its stream only
+                log.exception("cannot convert an access-log message from %s", source.node_id)
+                metrics.rejected.labels("als", "unconvertible").inc()
+                self.streams_failed[source.node_id] += 1
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"cannot convert StreamAccessLogsMessage: {exc!r}")
             if records:
                 protocol = "tcp" if records[0].protocol == "TCP" else "http"
                 await self.publisher.submit(ACCESS, records, protocol)

@@ -108,6 +108,8 @@ class Publisher:
                     return
                 except (BusUnavailable, TimeoutError) as exc:
                     log.warning("bus did not acknowledge %d %s records (%s): spooling", n, topic, exc)
+                except Exception:  # a bus bug must not lose what the sender was told is safe
+                    log.exception("bus failed unexpectedly on %d %s records: spooling", n, topic)
             await self._to_spool(topic, list(records), protocol, wait)
         finally:
             await self._release(n)
