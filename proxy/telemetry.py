@@ -118,28 +118,34 @@ def _common_config(log_name: str, flush_interval: float) -> dict:
     }
 
 
-def http_access_log(log_name: str = "meshscope", flush_interval: float = 0.1) -> dict:
-    """The HTTP gRPC access logger entry for an HttpConnectionManager's `access_log` list."""
+def _grpc_logger(
+    logger: str, config_type: str, log_name: str, flush_interval: float, **extra: object
+) -> dict:
     return {
-        "name": HTTP_GRPC_LOGGER,
+        "name": logger,
         "typed_config": {
-            "@type": _TYPE + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "@type": _TYPE + "envoy.extensions.access_loggers.grpc.v3." + config_type,
             "common_config": _common_config(log_name, flush_interval),
-            "additional_request_headers_to_log": list(LOGGED_REQUEST_HEADERS),
-            "additional_response_headers_to_log": list(LOGGED_RESPONSE_HEADERS),
+            **extra,
         },
     }
+
+
+def http_access_log(log_name: str = "meshscope", flush_interval: float = 0.1) -> dict:
+    """The HTTP gRPC access logger entry for an HttpConnectionManager's `access_log` list."""
+    return _grpc_logger(
+        HTTP_GRPC_LOGGER,
+        "HttpGrpcAccessLogConfig",
+        log_name,
+        flush_interval,
+        additional_request_headers_to_log=list(LOGGED_REQUEST_HEADERS),
+        additional_response_headers_to_log=list(LOGGED_RESPONSE_HEADERS),
+    )
 
 
 def tcp_access_log(log_name: str = "meshscope-tcp", flush_interval: float = 0.1) -> dict:
     """The TCP gRPC access logger entry for a TcpProxy's `access_log` list."""
-    return {
-        "name": TCP_GRPC_LOGGER,
-        "typed_config": {
-            "@type": _TYPE + "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig",
-            "common_config": _common_config(log_name, flush_interval),
-        },
-    }
+    return _grpc_logger(TCP_GRPC_LOGGER, "TcpGrpcAccessLogConfig", log_name, flush_interval)
 
 
 def zipkin_tracing(sampling: float = 100.0) -> dict:
