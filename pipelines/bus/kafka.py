@@ -179,13 +179,15 @@ class KafkaBus(Bus):
                 consumer = AIOKafkaConsumer(
                     self.topic_name(topic), bootstrap_servers=self.bootstrap, group_id=group,
                     client_id=self.client_id, enable_auto_commit=False, auto_offset_reset="earliest",
-                    max_poll_records=max_batch, request_timeout_ms=int(self.request_timeout_s * 1000),
+                    # group joins may legitimately take seconds (brokers delay the first rebalance),
+                    # so consumers keep aiokafka's default request timeout, not the publish timeout
+                    max_poll_records=max_batch,
                     fetch_max_wait_ms=100,
                 )
                 try:
                     await consumer.start()
-                except (KafkaError, OSError):
-                    await consumer.stop()
+                except BaseException:  # also cancelled mid-join: leave no connection behind
+                    await asyncio.shield(consumer.stop())
                     raise
                 return consumer
             except (KafkaError, OSError, BusUnavailable) as exc:

@@ -58,3 +58,40 @@ class WebhookReceiver:
     def alerts(self, status: str | None = None) -> list[dict]:
         """Every alert of every payload received, optionally of one status."""
         return [a for p in self.payloads for a in p["alerts"] if status is None or a["status"] == status]
+
+
+async def publish_stream(bus, records: list[AccessRecord], *, batch: int = 100, per_second: float = 2000,
+                         give_up_after: float = 60.0) -> int:
+    """Publish like a collector: paced batches, each kept and sent again until the bus acknowledges
+    it (BusUnavailable). Returns how many attempts failed."""
+    import asyncio
+
+    from pipelines.bus.base import BusUnavailable
+
+    failures = 0
+    deadline = time.monotonic() + give_up_after
+    for start in range(0, len(records), batch):
+        chunk = records[start:start + batch]
+        while True:
+            try:
+                await bus.publish("access", chunk)
+                break
+            except BusUnavailable:
+                failures += 1
+                assert time.monotonic() < deadline, "the bus never came back"
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(len(chunk) / per_second)
+    return failures
+
+
+async def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Poll an async predicate until it returns a truthy value (returned) or fail after timeout."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        await asyncio.sleep(interval)
