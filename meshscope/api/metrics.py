@@ -42,19 +42,58 @@ class _Snapshot:
         return iter(self.metrics)
 
 
-async def gather(store: Store, upload_counters: dict[str, int]) -> list[Metric]:
-    """Read the figures from the store (one aggregate over all stored records, grouped by cluster)."""
+class ClusterTotals:
+    """Per-cluster (requests, 5xx, retried) totals over every stored record, without rescanning the whole
+    store at each scrape: records older than SETTLE_S are summed once into a base that moves forward,
+    and only the recent part is aggregated per scrape. A full recount every FULL_EVERY_S folds in late
+    arrivals (a collector replaying its spool) and retention."""
+
+    SETTLE_S = 300.0
+    FULL_EVERY_S = 3600.0
+
+    def __init__(self) -> None:
+        self.base: dict[str, list[int]] = {}
+        self.base_end: float | None = None
+        self.full_at = 0.0
+
+    @staticmethod
+    async def _sum(store: Store, start: float, end: float) -> dict[str, list[int]]:
+        totals: dict[str, list[int]] = {}
+        if end <= start:
+            return totals
+        for a in await store.aggregates(start, end, end - start, ("upstream_cluster",)):
+            t = totals.setdefault(a.group.get("upstream_cluster") or "", [0, 0, 0])
+            t[0] += a.count
+            t[1] += a.count_5xx
+            t[2] += a.count_retried
+        return totals
+
+    @staticmethod
+    def _merge(into: dict[str, list[int]], more: dict[str, list[int]]) -> dict[str, list[int]]:
+        out = {k: list(v) for k, v in into.items()}
+        for cluster, values in more.items():
+            t = out.setdefault(cluster, [0, 0, 0])
+            for i, v in enumerate(values):
+                t[i] += v
+        return out
+
+    async def totals(self, store: Store, now: float | None = None) -> dict[str, list[int]]:
+        now = time.time() if now is None else now
+        settled = now - self.SETTLE_S
+        if self.base_end is None or now - self.full_at > self.FULL_EVERY_S:
+            self.base, self.base_end, self.full_at = await self._sum(store, 0.0, settled), settled, now
+        elif settled > self.base_end:
+            self.base = self._merge(self.base, await self._sum(store, self.base_end, settled))
+            self.base_end = settled
+        return self._merge(self.base, await self._sum(store, self.base_end, now + 1))
+
+
+async def gather(store: Store, upload_counters: dict[str, int], clusters: ClusterTotals) -> list[Metric]:
+    """Read the figures from the store (per-cluster totals through ClusterTotals)."""
     ingested = CounterMetricFamily("meshscope_ingested_records", "Records stored, by kind", labels=["kind"])
     for kind in KINDS:
         ingested.add_metric([kind], await store.count(kind))
-    now = time.time() + 1
-    aggs = await store.aggregates(0.0, now, now, ("upstream_cluster",))
-    totals: dict[str, list[int]] = {}
-    for a in aggs:
-        t = totals.setdefault(a.group.get("upstream_cluster") or "", [0, 0, 0])
-        t[0] += a.count
-        t[1] += a.count_5xx
-        t[2] += a.count_retried
+    totals = await clusters.totals(store)
     requests = CounterMetricFamily(
         "meshscope_requests", "Access records per upstream cluster", labels=["cluster"]
     )
@@ -95,5 +134,8 @@ async def gather(store: Store, upload_counters: dict[str, int]) -> list[Metric]:
 async def metrics(request: Request, store: Annotated[Store, Depends(store_of)]) -> Response:
     """Prometheus text exposition."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(await gather(store, request.app.state.uploads.counters)))
+    state = request.app.state
+    if not hasattr(state, "cluster_totals"):
+        state.cluster_totals = ClusterTotals()
+    registry.register(_Snapshot(await gather(store, state.uploads.counters, state.cluster_totals)))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

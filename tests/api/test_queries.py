@@ -239,3 +239,27 @@ def test_metrics_per_cluster(seeded):
     assert samples[("meshscope_ingested_records_total", (("kind", "access"),))] == 7
     assert samples[("meshscope_alerts_firing", (("rule", "5xx-spike"),))] == 1
     assert samples[("meshscope_proxies", ())] == 3
+
+
+async def test_cluster_totals_count_each_record_once(data_dir):
+    """/metrics' per-cluster totals: the settled past is summed once, the recent part at each scrape."""
+    from meshscope.api.metrics import ClusterTotals
+    from pipelines.store.sqlite import SqliteStore
+    from tests.api.conftest import settings_for
+
+    def rec(t: float, code: int = 200) -> AccessRecord:
+        return AccessRecord(
+            start_time=t, node_id="n", request_id=f"t{t}", response_code=code, upstream_cluster="c"
+        )
+
+    now = time.time()
+    async with SqliteStore(settings_for(data_dir)) as store:
+        await store.write([rec(now - 1000), rec(now, 503)])
+        totals = ClusterTotals()
+        assert await totals.totals(store, now) == {"c": [2, 1, 0]}
+        await store.write([rec(now + 1)])
+        assert await totals.totals(store, now + 2) == {"c": [3, 1, 0]}
+        assert await totals.totals(store, now + 400) == {"c": [3, 1, 0]}  # the base moved forward
+        await store.write([rec(now - 2000, 500)])  # a late arrival into the settled past
+        assert await totals.totals(store, now + 401) == {"c": [3, 1, 0]}
+        assert await totals.totals(store, now + 401 + ClusterTotals.FULL_EVERY_S) == {"c": [4, 2, 0]}
