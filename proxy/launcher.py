@@ -80,6 +80,7 @@ class EnvoyProcess:
         concurrency: int = 1,
         log_level: str = "warning",
         extra_args: list[str] | None = None,
+        netns: str | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.ready_timeout = ready_timeout
@@ -87,6 +88,9 @@ class EnvoyProcess:
         self.concurrency = concurrency
         self.log_level = log_level
         self.extra_args = list(extra_args or [])
+        # run inside this network namespace (`ip netns exec`, which execs: the pid is Envoy's own);
+        # the admin address must then be one the caller can reach, e.g. the namespace's veth IP
+        self.netns = netns
         self._own_workdir = workdir is None
         self.workdir = (
             Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="meshscope-envoy-"))
@@ -127,7 +131,9 @@ class EnvoyProcess:
         self.config_path.write_text(json.dumps(self.bootstrap))
         address_file = self.workdir / "admin-address"
         address_file.unlink(missing_ok=True)
+        netns = ["ip", "netns", "exec", self.netns] if self.netns else []
         cmd = [
+            *netns,
             envoy_path(),
             "-c",
             str(self.config_path),
