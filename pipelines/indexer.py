@@ -4,7 +4,7 @@ One consumer per topic in the ``meshscope-indexer`` group. A batch is committed 
 after the store acknowledged it (at-least-once; deterministic ids make redelivery harmless), and the
 next batch is not fetched before that, so a slow store backs the bus up to the publisher. A store
 that is down is retried with exponential backoff; records the store refuses (ValueError) are split
-out and appended to the dead-letter file ``<data_dir>/deadletter/<topic>.jsonl``.
+out (bisecting the batch) and appended to the dead-letter file ``<data_dir>/deadletter/<topic>.jsonl``.
 ``Pipeline`` bundles indexer, alert engine and outbox for ``meshscope pipeline`` and ``meshscope up``.
 """
 
@@ -71,11 +71,12 @@ class Indexer:
         rate_from, rate_count = time.monotonic(), 0
         async for batch in self.bus.consume(topic, self.group, self.max_batch):
             started = time.monotonic()
-            await self.write(topic, batch.records)
             if self.engine is not None and topic == ACCESS:
+                # alerts see records as they arrive, not once a slow store has taken them
                 self.engine.observe(batch.records)
                 if self.outbox is not None:
                     self.outbox.put(self.engine.evaluate())
+            await self.write(topic, batch.records)
             try:
                 await batch.commit()
             except BusUnavailable as exc:  # stored already: a redelivery is deduplicated by id
@@ -103,9 +104,9 @@ class Indexer:
         delay = 0.1
         while True:
             try:
-                await self._write_or_split(topic, records)
-                INDEXED.labels(topic).inc(len(records))
-                self.stats["indexed"] += len(records)
+                stored = len(records) - await self._write_or_split(topic, records)
+                INDEXED.labels(topic).inc(stored)
+                self.stats["indexed"] += stored
                 return
             except StoreUnavailable as exc:
                 self.stats["store_failures"] += 1
@@ -115,21 +116,26 @@ class Indexer:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
 
-    async def _write_or_split(self, topic: str, records: Sequence[Record]) -> None:
-        """A refused batch is halved until the refused records are found; the rest is stored."""
+    async def _write_or_split(self, topic: str, records: Sequence[Record]) -> int:
+        """A refused batch is halved until the refused records are found; the rest is stored.
+        Returns how many records were dead-lettered."""
         try:
             await self.store.write(records)
-        except ValueError as exc:
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ValueError is the contract; anything else a record
+            # tripped in the store is handled the same way, so one bad record never stops indexing
             if len(records) == 1:
                 self._deadletter(topic, records[0], exc)
-                return
+                return 1
             half = len(records) // 2
-            await self._write_or_split(topic, records[:half])
-            await self._write_or_split(topic, records[half:])
+            return (await self._write_or_split(topic, records[:half])
+                    + await self._write_or_split(topic, records[half:]))
+        return 0
 
     def _deadletter(self, topic: str, record: Record, error: Exception) -> None:
         self.deadletter_dir.mkdir(parents=True, exist_ok=True)
-        entry = {"time": time.time(), "topic": topic, "kind": record.kind, "error": str(error),
+        entry = {"time": time.time(), "topic": topic, "kind": record.kind, "error": repr(error),
                  "record": record.to_dict()}
         with open(self.deadletter_dir / f"{topic}.jsonl", "ab") as out:
             out.write(orjson.dumps(entry) + b"\n")
