@@ -26,7 +26,7 @@ Schema (every key but those marked required has a default)::
             cluster: shop-tls
     clusters:
       - name: httpbin
-        endpoints: ["127.0.0.1:18080"]
+        endpoints: ["127.0.0.1:${MESHSCOPE_DEMO_UPSTREAM_PORT:-18080}"]   # ${NAME:-default} expands
         lb_policy: round_robin        # round_robin | least_request | random | ring_hash | maglev
         connect_timeout: 1s
         http2: false
@@ -34,7 +34,9 @@ Schema (every key but those marked required has a default)::
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ import yaml
 from meshscope.errors import UserError
 
 LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
 
 
@@ -153,17 +156,20 @@ def parse_duration(value: Any, where: str) -> float:
     return seconds
 
 
-def load_routes(path: str | Path, *, data_dir: str | Path | None = None) -> Routes:
+def load_routes(
+    path: str | Path, *, data_dir: str | Path | None = None, variables: Mapping[str, object] | None = None
+) -> Routes:
     """Read a routes YAML file. Relative cert paths resolve against the file's folder;
     `self_signed: true` chains get a certificate generated under ``data_dir/certs`` (default: a
-    ``certs`` folder next to the file)."""
+    ``certs`` folder next to the file). ``${NAME}`` / ``${NAME:-default}`` in the text are
+    replaced from `variables`, then the environment."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise RoutesError(f"cannot read routes file {path}: {exc.strerror or exc}") from exc
     cert_dir = Path(data_dir) / "certs" if data_dir is not None else path.parent / "certs"
-    return parse_routes(text, base_dir=path.parent, cert_dir=cert_dir, source=str(path))
+    return parse_routes(text, base_dir=path.parent, cert_dir=cert_dir, source=str(path), variables=variables)
 
 
 def parse_routes(
@@ -172,16 +178,33 @@ def parse_routes(
     base_dir: Path | None = None,
     cert_dir: Path | None = None,
     source: str = "routes",
+    variables: Mapping[str, object] | None = None,
 ) -> Routes:
     """Parse routes YAML text (or an already-loaded mapping) into `Routes`, checking references."""
     if isinstance(text, dict):
         doc: Any = text
     else:
         try:
-            doc = yaml.safe_load(text)
+            doc = yaml.safe_load(expand_variables(text, variables, source))
         except yaml.YAMLError as exc:
             raise RoutesError(f"{source}: not valid YAML: {exc}") from exc
     return _Parser(source, base_dir or Path.cwd(), cert_dir).routes(doc)
+
+
+def expand_variables(text: str, variables: Mapping[str, object] | None = None, source: str = "routes") -> str:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` from `variables`, then os.environ, then the default."""
+
+    def value(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if variables is not None and name in variables:
+            return str(variables[name])
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise RoutesError(f"{source}: ${{{name}}} is not set and has no default (write ${{{name}:-value}})")
+
+    return _VARIABLE.sub(value, text)
 
 
 class _Parser:

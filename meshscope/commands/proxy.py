@@ -114,7 +114,12 @@ def build_from_arguments(args: argparse.Namespace, settings: Settings) -> dict:
         for warning in injection.warnings:
             print(f"meshscope: warning: {warning}", file=sys.stderr)
         return injection.bootstrap
-    routes = load_routes(_routes_path(args.routes), data_dir=settings.data_dir)
+    variables = {
+        "MESHSCOPE_PROXY_PORT": settings.proxy_port,
+        "MESHSCOPE_ENVOY_ADMIN_PORT": settings.envoy_admin_port,
+        "MESHSCOPE_DEMO_UPSTREAM_PORT": settings.demo_upstream_port,
+    }
+    routes = load_routes(_routes_path(args.routes), data_dir=settings.data_dir, variables=variables)
     return build_bootstrap(routes, collector=collector, admin_port=args.admin_port, node_id=args.node_id)
 
 

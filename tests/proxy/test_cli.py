@@ -72,30 +72,42 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_run_serves_until_signalled_then_stops_envoy(tmp_path, upstream, data_dir, stop_signal):
-    listener, admin = free_port(), free_port()
-    routes = tmp_path / "routes.yaml"
-    routes.write_text(
-        f"admin_port: {admin}\n"
-        f"listeners: [{{name: ingress, address: 127.0.0.1, port: {listener},"
-        " virtual_hosts: [{routes: [{cluster: httpbin}]}]}]\n"
-        f"clusters: [{{name: httpbin, endpoints: ['127.0.0.1:{upstream.port}']}}]\n"
-    )
-    env = {**os.environ, "MESHSCOPE_DATA_DIR": str(data_dir)}
+def test_run_serves_the_lab_until_signalled_then_stops_envoy(data_dir, stop_signal, capsys):
+    listener, admin, demo = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "MESHSCOPE_DATA_DIR": str(data_dir),
+        "MESHSCOPE_PROXY_PORT": str(listener),
+        "MESHSCOPE_ENVOY_ADMIN_PORT": str(admin),
+        "MESHSCOPE_DEMO_UPSTREAM_PORT": str(demo),
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meshscope.cli", "proxy", "run", str(routes), "--collector", "127.0.0.1:1:2"],
+        [
+            sys.executable,
+            "-m",
+            "meshscope.cli",
+            "proxy",
+            "run",
+            "retry",
+            "--demo-upstream",
+            "--collector",
+            "127.0.0.1:1:2",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
     try:
-        lines = [proc.stdout.readline() for _ in range(2)]
-        assert lines[0].startswith("envoy ready (pid ") and f"admin: http://127.0.0.1:{admin}" in lines[0]
-        assert lines[1].strip() == f"listener: http://127.0.0.1:{listener}  (ingress)"
-        envoy_pid = int(lines[0].split("pid ")[1].split(")")[0])
-        assert httpx.get(f"http://127.0.0.1:{listener}/status/200", timeout=5).status_code == 200
-        assert main(["proxy", "stats", "--admin", f"127.0.0.1:{admin}", "--filter", "upstream_rq_2xx"]) == 0
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert lines[0].strip() == f"demo upstream: http://127.0.0.1:{demo}"
+        assert lines[1].startswith("envoy ready (pid ") and f"admin: http://127.0.0.1:{admin}" in lines[1]
+        assert lines[2].strip() == f"listener: http://127.0.0.1:{listener}  (ingress)"
+        envoy_pid = int(lines[1].split("pid ")[1].split(")")[0])
+        assert httpx.get(f"http://127.0.0.1:{listener}/flaky/1", timeout=10).status_code == 503
+        assert (
+            main(["proxy", "stats", "--admin", f"127.0.0.1:{admin}", "--filter", "upstream_rq_retry$"]) == 0
+        )
         proc.send_signal(stop_signal)
         assert proc.wait(20) == 0
         assert "envoy stopped (exit code 0)" in proc.stderr.read()

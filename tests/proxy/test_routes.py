@@ -117,3 +117,19 @@ def test_durations():
     for bad in ("1h", "-1s", True, "", "1 s x"):
         with pytest.raises(RoutesError):
             parse_duration(bad, "t")
+
+
+def test_variables_expand_from_arguments_then_environment_then_default(monkeypatch):
+    text = (
+        "admin_port: ${ADMIN:-15000}\n"
+        "listeners: [{name: l, port: ${PORT}, virtual_hosts: [{routes: [{cluster: c}]}]}]\n"
+        "clusters: [{name: c, endpoints: ['${HOST:-127.0.0.1}:${UP:-18080}']}]\n"
+    )
+    monkeypatch.setenv("PORT", "15999")
+    monkeypatch.setenv("UP", "9000")
+    routes = parse_routes(text, variables={"UP": 9100})
+    assert (routes.admin_port, routes.listeners[0].port) == (15000, 15999)
+    assert (routes.clusters[0].endpoints[0].host, routes.clusters[0].endpoints[0].port) == ("127.0.0.1", 9100)
+    monkeypatch.delenv("PORT")
+    with pytest.raises(RoutesError, match=r"\$\{PORT\} is not set and has no default"):
+        parse_routes(text)
