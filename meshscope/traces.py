@@ -50,6 +50,8 @@ class TraceView:
     spans: list[Span] = field(default_factory=list)
     exchanges: list[Exchange] = field(default_factory=list)
     flows: list[Flow] = field(default_factory=list)
+    # stored capture name → {"upload": id, "name": the file name it was uploaded as}, where known
+    captures: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def found(self) -> bool:
@@ -167,7 +169,9 @@ def format_trace(view: TraceView) -> str:
             if e.exchange_type == "http"
             else f"TLS {e.sni}"
         )
-        lines.append(f"  {c.capture}: {c.src}:{c.sport} -> {c.dst}:{c.dport}  {what}")
+        source = view.captures.get(c.capture)
+        where = f"{source['name']} (upload {source['upload']})" if source else c.capture
+        lines.append(f"  {where}: {c.src}:{c.sport} -> {c.dst}:{c.dport}  {what}")
     lines.append(f"flows ({len(view.flows)}):")
     for f in view.flows:
         hops = " | ".join(f"{h.kind} {h.src}->{h.dst}" for h in f.hops)

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.responses import Response
 
-from meshscope.api.deps import store_of
+from meshscope.api.deps import store_of, uploads_of
 from meshscope.api.pcaps import SVG_HEADERS
 from meshscope.api.schemas import ErrorBody
+from meshscope.api.uploads import Uploads, capture_sources
 from meshscope.trace_graph import trace_svg
 from meshscope.traces import TraceView, assemble_trace
 from pipelines.store.base import Store
@@ -21,18 +22,23 @@ RequestId = Annotated[
 ]
 
 
-async def _found(store: Store, request_id: str) -> TraceView:
+async def _found(store: Store, uploads: Uploads, request_id: str) -> TraceView:
     view = await assemble_trace(store, request_id)
     if not view.found:
         raise HTTPException(404, f"nothing known about request {request_id}")
+    view.captures = capture_sources(uploads.root, [e.conn.capture for e in view.exchanges])
     return view
 
 
 @router.get("/{request_id}", response_model=TraceView, responses={404: {"model": ErrorBody}})
-async def get_trace(request_id: RequestId, store: Annotated[Store, Depends(store_of)]) -> TraceView:
+async def get_trace(
+    request_id: RequestId,
+    store: Annotated[Store, Depends(store_of)],
+    uploads: Annotated[Uploads, Depends(uploads_of)],
+) -> TraceView:
     """Access records of every proxy the request crossed (ordered into hops), its spans, and the
     exchanges and flows from uploaded captures that carry it."""
-    return await _found(store, request_id)
+    return await _found(store, uploads, request_id)
 
 
 @router.get(
@@ -40,8 +46,12 @@ async def get_trace(request_id: RequestId, store: Annotated[Store, Depends(store
     response_class=Response,
     responses={200: {"content": {"image/svg+xml": {}}}, 404: {"model": ErrorBody}},
 )
-async def get_trace_graph(request_id: RequestId, store: Annotated[Store, Depends(store_of)]) -> Response:
+async def get_trace_graph(
+    request_id: RequestId,
+    store: Annotated[Store, Depends(store_of)],
+    uploads: Annotated[Uploads, Depends(uploads_of)],
+) -> Response:
     """The request's proxy hops and packet flows as one sequence diagram (SVG)."""
     return Response(
-        trace_svg(await _found(store, request_id)), media_type="image/svg+xml", headers=SVG_HEADERS
+        trace_svg(await _found(store, uploads, request_id)), media_type="image/svg+xml", headers=SVG_HEADERS
     )

@@ -37,6 +37,28 @@ WRITE_BATCH = 2000
 UNFINISHED = ("queued", "analysing")
 
 
+STORED_NAME = re.compile(r"^([0-9a-f]{12})-\d+\.cap$")
+
+
+def capture_sources(root: Path, captures: Sequence[str]) -> dict[str, dict[str, str]]:
+    """For stored capture names (``<id prefix>-<n>.cap``), the upload they came from and the file name
+    they were uploaded as; names of captures from elsewhere are left out."""
+    out: dict[str, dict[str, str]] = {}
+    for capture in dict.fromkeys(captures):
+        m = STORED_NAME.match(capture)
+        if not m:
+            continue
+        for folder in root.glob(m.group(1) + "*"):
+            try:
+                status = orjson.loads((folder / "status.json").read_bytes())
+            except (OSError, ValueError):
+                continue
+            for f in status.get("files", []):
+                if f.get("stored") == capture:
+                    out[capture] = {"upload": status["id"], "name": f["name"]}
+    return out
+
+
 class UploadRejected(Exception):
     """An upload refused with an HTTP status and a message for the person who sent it."""
 

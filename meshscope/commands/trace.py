@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 
+from meshscope.api.uploads import capture_sources
 from meshscope.reading import with_store
 from meshscope.settings import load_settings
 from meshscope.traces import assemble_trace, format_trace
@@ -25,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     if not view.found:
         print(f"meshscope: nothing known about request {args.request_id}", file=sys.stderr)
         return 1
+    view.captures = capture_sources(settings.data_dir / "pcaps", [e.conn.capture for e in view.exchanges])
     if args.svg:
         from meshscope.trace_graph import trace_svg
 

@@ -46,6 +46,10 @@ def test_trace_joins_uploaded_capture_and_draws_one_graph(seeded, tmp_path):
         t = c.get(f"/api/traces/{RID_SC}").json()
         assert len(t["hops"]) == 2 and len(t["spans"]) == 2
         assert len(t["exchanges"]) == 3 and len(t["flows"]) == 1
+        # each stored capture is named back to the file it was uploaded as
+        assert {v["name"] for v in t["captures"].values()} == {"node.pcap", "pod.pcap"}
+        assert {v["upload"] for v in t["captures"].values()} == {up["id"]}
+        assert set(t["captures"]) == {e["conn"]["capture"] for e in t["exchanges"]}
         svg = c.get(f"/api/traces/{RID}/graph.svg")
         assert svg.status_code == 200 and svg.text.startswith("<svg")
         assert "proxy access logs" in svg.text and "NodePort 30000" in svg.text

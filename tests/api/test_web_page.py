@@ -64,6 +64,8 @@ def test_upload_search_and_alerts(api, browser, tmp_path):
     assert page.locator("#hops tbody tr").count() == 2
     assert page.locator("#spans tbody tr").count() == 2
     assert page.locator("#packets tbody tr").count() == 3
+    packets = page.inner_text("#packets")
+    assert "node-eth0.pcap" in packets and "pod-veth.pcap" in packets
     hops = page.inner_text("#hops")
     assert "gateway" in hops and "sidecar" in hops
     assert "2 hops, 2 spans, 3 packet exchanges" in page.inner_text("#trace-status")

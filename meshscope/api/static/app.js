@@ -78,7 +78,9 @@ async function searchTrace(rid) {
       const c = e.conn;
       const what = e.exchange_type === "http" ? (e.method + " " + (e.host || "") + (e.uri || "") + " → " + (e.status || "-"))
         : "TLS ClientHello SNI " + (e.sni || "-");
-      row($("#packets tbody"), [c.capture, el("td", c.src + ":" + c.sport + " → " + c.dst + ":" + c.dport, "mono"),
+      const source = (t.captures || {})[c.capture];
+      const capture = source ? source.name + " (upload " + source.upload.slice(0, 8) + ")" : c.capture;
+      row($("#packets tbody"), [capture, el("td", c.src + ":" + c.sport + " → " + c.dst + ":" + c.dport, "mono"),
         what, el("td", (e.headers || {})["x-request-id"], "mono")]);
     }
     status($("#trace-status"), `request ${t.request_id_norm}: ${t.hops.length} hops, ${t.spans.length} spans, ` +
