@@ -42,35 +42,47 @@ def test_plain_route_reaches_upstream_with_tracing_headers(upstream, data_dir):
         assert envoy.admin.upstream_rq_5xx("httpbin") == 1
 
 
-def test_timeout_route_answers_504_and_counts_the_timeout(upstream, data_dir):
-    envoy, url = start("timeout", upstream, data_dir)
-    with envoy:
-        response = httpx.get(f"{url}/delay/3", timeout=10)
-        assert response.status_code == 504
-        assert response.text == "upstream request timeout"
-        stats = envoy.admin.stats()
-        assert stats["cluster.httpbin.upstream_rq_timeout"] == 1
-        assert stats["http.ingress.downstream_rq_5xx"] == 1
-        assert httpx.get(f"{url}/delay/0.1", timeout=10).status_code == 200
+def test_timeout_route_answers_504_with_the_ut_flag(upstream, data_dir):
+    with TelemetrySink() as sink:
+        envoy, url = start("timeout", upstream, data_dir, collector=sink.target)
+        with envoy:
+            response = httpx.get(f"{url}/delay/3", timeout=10)
+            assert response.status_code == 504
+            assert response.text == "upstream request timeout"
+            stats = envoy.admin.stats()
+            assert stats["cluster.httpbin.upstream_rq_timeout"] == 1
+            assert stats["http.ingress.downstream_rq_5xx"] == 1
+            assert httpx.get(f"{url}/delay/0.1", timeout=10).status_code == 200
+            sink.wait_for(lambda: len(sink.http_entries()) == 2)
+        timed_out, fine = sink.http_entries()
+        assert timed_out.response.response_code.value == 504
+        assert timed_out.common_properties.response_flags.upstream_request_timeout  # UT
+        assert not fine.common_properties.response_flags.upstream_request_timeout
 
 
 def test_retry_route_retries_5xx_and_counts_retries(upstream, data_dir):
-    envoy, url = start("retry", upstream, data_dir)
-    key = uuid.uuid4().hex
-    with envoy, httpx.Client(base_url=url, timeout=10) as client:
-        # every 2nd upstream call fails: requests 2..6 each fail once and succeed on the retry
-        codes = [client.get(f"/flaky/2?key={key}").status_code for _ in range(6)]
-        assert codes == [200] * 6
-        assert envoy.admin.upstream_rq_retry("httpbin") == 5
-        # always failing: 1 try + 3 retries, then Envoy gives up with the upstream's 503
-        always = uuid.uuid4().hex
-        assert client.get(f"/flaky/1?key={always}").status_code == 503
-        stats = envoy.admin.stats()
+    key, always = uuid.uuid4().hex, uuid.uuid4().hex
+    with TelemetrySink() as sink:
+        envoy, url = start("retry", upstream, data_dir, collector=sink.target)
+        with envoy, httpx.Client(base_url=url, timeout=10) as client:
+            # every 2nd upstream call fails: requests 2..6 each fail once and succeed on the retry
+            codes = [client.get(f"/flaky/2?key={key}").status_code for _ in range(6)]
+            assert codes == [200] * 6
+            assert envoy.admin.upstream_rq_retry("httpbin") == 5
+            # always failing: 1 try + 3 retries, then Envoy gives up with the upstream's 503
+            assert client.get(f"/flaky/1?key={always}").status_code == 503
+            stats = envoy.admin.stats()
+            sink.wait_for(lambda: len(sink.http_entries()) == 7)
         assert stats["cluster.httpbin.upstream_rq_retry"] == 8
         assert stats["cluster.httpbin.upstream_rq_retry_limit_exceeded"] == 1
         attempts = [e for e in upstream.seen() if e["path"] == "/flaky/1"]
         assert [e["x-envoy-attempt-count"] for e in attempts] == ["1", "2", "3", "4"]
         assert len({e["x-request-id"] for e in attempts}) == 1
+        gave_up = sink.http_entries()[-1]
+        assert gave_up.request.request_id == attempts[0]["x-request-id"]
+        assert gave_up.common_properties.upstream_request_attempt_count == 4
+        assert gave_up.common_properties.response_flags.upstream_retry_limit_exceeded  # URX
+        assert gave_up.response.response_code.value == 503
 
 
 def test_access_logs_and_spans_reach_the_collector_address(upstream, data_dir):
