@@ -1,4 +1,7 @@
-"""Bearer-token protection for an API bound beyond loopback (every path but /healthz)."""
+"""Bearer-token protection for an API bound beyond loopback: every endpoint but /healthz needs the token.
+
+The web page's shell (``/`` and ``/static/…``: code, no data) is served without it, because a browser
+cannot send a header when it navigates; the page then asks for the token and sends it on every API call."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from meshscope.errors import UserError
 from meshscope.settings import Settings
 
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/"})
+OPEN_PREFIXES = ("/static/",)
 
 
 def is_loopback(host: str) -> bool:
@@ -44,7 +48,8 @@ class BearerTokenMiddleware:
         self.expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not secrets.compare_digest(given, self.expected):
                 response = JSONResponse(

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -250,13 +251,17 @@ class Uploads:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        # spawn, not fork: the server process runs threads (SQLite, uvicorn) that fork would copy mid-work
-        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = self._new_pool()
         for folder in sorted(self.root.iterdir()):
             status = self.status(folder.name)
             if status and status["state"] in UNFINISHED:
                 log.info("resuming analysis of upload %s", folder.name)
                 self._schedule(folder.name)
+
+    @staticmethod
+    def _new_pool() -> ProcessPoolExecutor:
+        # spawn, not fork: the server process runs threads (SQLite, uvicorn) that fork would copy mid-work
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -400,6 +405,19 @@ class Uploads:
             await self._write_records([*analysis.exchanges, *analysis.flows])
         except asyncio.CancelledError:
             raise
+        except BrokenProcessPool:
+            # the worker died (killed, out of memory): this upload fails, the next ones get a new worker
+            log.error("the analysis worker died on upload %s", upload_id)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            self.counters["failed"] += 1
+            self._update(
+                upload_id,
+                state="failed",
+                finished=time.time(),
+                error="the analysis process died (out of memory or killed)",
+            )
+            return
         except UserError as exc:
             self.counters["failed"] += 1
             self._update(upload_id, state="failed", error=str(exc), finished=time.time())

@@ -153,8 +153,11 @@ def test_bundled_lab_capture_real_tcpdump(api):
     from decoders.samples import NODEPORT_LAB
 
     with api.client() as c:
-        r = c.post("/api/pcaps", content=NODEPORT_LAB.read_bytes(),
-                   headers={"content-type": "application/vnd.tcpdump.pcap"})
+        r = c.post(
+            "/api/pcaps",
+            content=NODEPORT_LAB.read_bytes(),
+            headers={"content-type": "application/vnd.tcpdump.pcap"},
+        )
         assert r.status_code == 202
         status = wait_done(c, r.json()["id"])
         assert status["state"] == "done" and status["counts"]["flows"] == 4
@@ -167,3 +170,39 @@ def test_bundled_lab_capture_real_tcpdump(api):
             trace = c.get(f"/api/traces/{rid}").json()
             assert len(trace["flows"]) == 1 and len(trace["exchanges"]) >= 3
         assert "secure.lab" in c.get(f"/api/pcaps/{status['id']}/graph.svg").text
+
+
+def test_upload_left_queued_by_a_crash_is_analysed_at_next_start(api_settings, tmp_path):
+    """The on-disk state a crash leaves (capture stored, status still "queued") resumes at start-up."""
+    import json
+    import time as clock
+
+    node, pod = lab_captures(tmp_path, RID, NOW)
+    upload_id = "ab" * 16
+    folder = api_settings.data_dir / "pcaps" / upload_id
+    folder.mkdir(parents=True)
+    files = []
+    for i, src in enumerate((node, pod), 1):
+        stored = f"{upload_id[:12]}-{i}.cap"
+        (folder / stored).write_bytes(src.read_bytes())
+        files.append({"name": src.name, "stored": stored, "size": src.stat().st_size, "format": "pcap"})
+    status = {
+        "id": upload_id,
+        "state": "analysing",
+        "created": clock.time(),
+        "finished": None,
+        "files": files,
+        "bytes": sum(f["size"] for f in files),
+        "error": None,
+        "counts": None,
+        "captures": [],
+    }
+    (folder / "status.json").write_text(json.dumps(status))
+    running = serve(api_settings)
+    try:
+        with running.client() as c:
+            done = wait_done(c, upload_id)
+            assert done["state"] == "done" and done["counts"]["flows"] == 1
+            assert len(c.get(f"/api/traces/{RID}").json()["exchanges"]) == 3
+    finally:
+        running.stop()

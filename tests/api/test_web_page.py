@@ -86,3 +86,19 @@ def test_upload_search_and_alerts(api, browser, tmp_path):
     page.wait_for_function("document.querySelector('#trace-status').classList.contains('error')")
     assert "nothing known" in page.inner_text("#trace-status")
     assert errors == []
+
+
+def test_exposed_api_page_asks_for_the_token(data_dir, browser):
+    from tests.api.conftest import serve, settings_for
+
+    running = serve(settings_for(data_dir, host="0.0.0.0", api_token="page-token"))
+    try:
+        page = browser.new_page()
+        page.goto(running.url + "/")
+        page.wait_for_selector("#token-box:not([hidden])")
+        assert "needs a token" in page.inner_text("#alerts")
+        page.fill("#token", "page-token")
+        page.dispatch_event("#token", "change")
+        page.wait_for_selector("#alerts tbody tr td:text('no alerts')")
+    finally:
+        running.stop()
