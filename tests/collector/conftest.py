@@ -28,9 +28,13 @@ class TopicReader:
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list:
         """Wait until at least ``count`` records arrived (or the timeout); return them all."""
+        return await self.wait_until(lambda records: len(records) >= count, timeout)
+
+    async def wait_until(self, done, timeout: float = 10.0) -> list:
+        """Wait until ``done(records)`` holds (or the timeout); return every record read."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while len(self.records) < count and loop.time() < deadline:
+        while not done(self.records) and loop.time() < deadline:
             await asyncio.sleep(0.02)
         return self.records
 

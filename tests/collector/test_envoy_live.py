@@ -102,10 +102,9 @@ async def test_one_record_per_request_with_ids_attempts_and_flags(lab, access_re
     assert (loss.node_id, loss.written, loss.dropped, loss.arrived, loss.gap) == ("lab-proxy", 13, 0, 13, 0)
 
     # spans: Envoy's Zipkin tracer tags each span with the request id it belongs to
-    spans = await span_reader.wait_for(len(sent), timeout=15)
-    span_ids = {s.request_id_norm for s in spans if s.request_id}
     routed = {normalize_request_id(rid) for rid, _ in sent} - {normalize_request_id(r) for r, _ in no_route}
-    assert routed <= span_ids
+    spans = await span_reader.wait_until(lambda spans: routed <= {s.request_id_norm for s in spans}, 15)
+    assert routed <= {s.request_id_norm for s in spans}
     for s in spans:
         r = by_id.get(s.request_id_norm)
         if r is not None and r.trace_id:  # NR requests never got B3 headers to log
@@ -151,7 +150,8 @@ async def test_envoy_proto3_spans(running, data_dir, span_reader):
         bootstrap = lab_bootstrap(routes, collector.als_port, collector.zipkin_port, zipkin_proto=True)
         async with EnvoyProcess(bootstrap) as _envoy, httpx.AsyncClient(timeout=10) as client:
             sent = [await _request(client, listener_port(routes, "ingress"), "/status/200") for _ in range(3)]
-            spans = await span_reader.wait_for(3, timeout=15)
-    assert {normalize_request_id(rid) for rid, _ in sent} <= {s.request_id_norm for s in spans}
+            want = {normalize_request_id(rid) for rid, _ in sent}
+            spans = await span_reader.wait_until(lambda spans: want <= {s.request_id_norm for s in spans}, 15)
+    assert want <= {s.request_id_norm for s in spans}
     assert collector.metrics.received.labels("zipkin_proto")._value.get() >= 3
     assert all(len(s.trace_id) == 32 and len(s.span_id) == 16 for s in spans)
