@@ -9,10 +9,11 @@ import sys
 import threading
 from pathlib import Path
 
+import proxy
 from meshscope.errors import UserError
 from meshscope.settings import Settings, load_settings
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "proxy" / "examples"
+EXAMPLES = Path(proxy.__file__).resolve().parent / "examples"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
