@@ -1,8 +1,8 @@
 """The public entry point: captures in, Exchanges + stitched Flows + per-capture reports out.
 
-``analyze(paths)`` streams each capture through a decoder backend and keeps only what stitching
-needs (one record per exchange, copies folded away); ``stitch(exchanges)`` does the stitching
-alone, for exchanges from anywhere (an upload, a test).
+``analyze(paths)`` streams each capture through a decoder backend, parks the exchanges on disk
+(decoders.spool) and stitches their facts, so memory holds what stitching needs and not every
+exchange. ``stitch(exchanges)`` does the stitching alone, on exchanges from anywhere (a test).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
@@ -19,47 +20,90 @@ from decoders.flows import build_flows
 from decoders.legs import fold_copies
 from decoders.nat_hops import build_legs, match_nat
 from decoders.proxy_hops import match_proxy
+from decoders.spool import ExchangeFacts, ExchangeSpool
 from meshscope.errors import CaptureError
 from meshscope.model import Exchange, Flow
 
 Progress = Callable[[int, int], None]  # (bytes done over all captures, total bytes)
 
+# the headers that identify a request or say who handled it; the rest is dropped on reading
+REQUEST_HEADERS = frozenset((
+    "host", "user-agent", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-client-cert",
+    "x-envoy-attempt-count", "x-envoy-expected-rq-timeout-ms", "x-envoy-original-path", "x-envoy-internal",
+    "x-envoy-decorator-operation", "x-envoy-peer-metadata-id", "x-envoy-retry-on", "b3", "traceparent",
+    "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",
+    "x-ot-span-context", "content-length", "transfer-encoding", "connection",
+))
+RESPONSE_HEADERS = frozenset((
+    "server", "content-type", "content-length", "transfer-encoding", "connection", "x-request-id",
+    "x-envoy-upstream-service-time", "x-envoy-peer-metadata-id", "x-envoy-overloaded", "retry-after",
+))
+
 
 @dataclass(slots=True)
 class Analysis:
-    """What a set of captures showed: exchanges (copies folded), flows, and one report per capture."""
+    """What a set of captures showed: exchanges (copies folded), flows, and one report per capture.
 
-    exchanges: list[Exchange]
+    ``exchanges`` iterates as Exchange records (a list, or the on-disk spool of analyze());
+    ``by_id()`` gives what the renderers read for each kept exchange."""
+
+    exchanges: Sequence[Exchange] | ExchangeSpool
     flows: list[Flow]
     reports: list[CaptureReport] = field(default_factory=list)
     duplicates: int = 0  # exchange copies folded away (same connection on another interface/capture)
+    stitched: list = field(default_factory=list)  # the kept exchanges (or their facts), copies folded
 
-    def by_id(self) -> dict[str, Exchange]:
-        return {ex.id: ex for ex in self.exchanges}
+    def by_id(self) -> dict[str, Exchange | ExchangeFacts]:
+        return {ex.id: ex for ex in self.stitched}
+
+    def _exchange_lines(self) -> Iterator[bytes]:
+        if isinstance(self.exchanges, ExchangeSpool):
+            yield from self.exchanges.lines()
+        else:
+            for ex in self.exchanges:
+                yield orjson.dumps(ex)
+
+    def _head(self) -> bytes:
+        return orjson.dumps({"captures": [dataclasses.asdict(r) for r in self.reports],
+                             "duplicates": self.duplicates})
 
     def to_dict(self) -> dict:
-        return {
-            "captures": [dataclasses.asdict(r) for r in self.reports],
-            "flows": [f.to_dict() for f in self.flows],
-            "exchanges": [e.to_dict() for e in self.exchanges],
-            "duplicates": self.duplicates,
-        }
+        return orjson.loads(self.to_json())
 
     def to_json(self) -> bytes:
-        return orjson.dumps({
-            "captures": [dataclasses.asdict(r) for r in self.reports],
-            "flows": self.flows, "exchanges": self.exchanges, "duplicates": self.duplicates,
-        })
+        return (self._head()[:-1] + b',"flows":' + orjson.dumps(self.flows) + b',"exchanges":['
+                + b",".join(self._exchange_lines()) + b"]}")
+
+    def write_json(self, out: BinaryIO) -> None:
+        """The same document as to_json(), written piece by piece: never the whole text in memory."""
+        out.write(self._head()[:-1] + b',"flows":[')
+        for i, flow in enumerate(self.flows):
+            out.write(b"," + orjson.dumps(flow) if i else orjson.dumps(flow))
+        out.write(b'],"exchanges":[')
+        for i, line in enumerate(self._exchange_lines()):
+            out.write(b"," + line if i else line)
+        out.write(b"]}")
 
 
-def stitch(exchanges: Iterable[Exchange]) -> Analysis:
+def slim(ex: Exchange) -> Exchange:
+    """Keep only the identifying headers of a freshly decoded exchange (peer metadata is decoded
+    already into peer_workload/peer_namespace)."""
+    if ex.headers:
+        ex.headers = {k: v for k, v in ex.headers.items() if k in REQUEST_HEADERS}
+    if ex.response_headers:
+        ex.response_headers = {k: v for k, v in ex.response_headers.items() if k in RESPONSE_HEADERS}
+    return ex
+
+
+def stitch(exchanges: Iterable[Exchange | ExchangeFacts]) -> Analysis:
     """Fold copies, match NAT hops, match proxy hops and build flows."""
-    sightings = fold_copies(exchanges)
+    sightings = fold_copies(exchanges)  # type: ignore[arg-type]
     legs = build_legs(sightings, match_nat(sightings))
     flows = build_flows(legs, match_proxy(legs))
     kept = sorted((ex for s in sightings for ex in s.exchanges),
                   key=lambda e: (e.conn.capture, e.request_time or 0))
-    return Analysis(exchanges=kept, flows=flows, duplicates=sum(len(s.duplicates) for s in sightings))
+    return Analysis(exchanges=kept, flows=flows, stitched=kept,
+                    duplicates=sum(len(s.duplicates) for s in sightings))
 
 
 def capture_names(paths: Sequence[Path]) -> list[str]:
@@ -80,9 +124,17 @@ def analyze(paths: Sequence[str | Path], backend: str = DEFAULT_BACKEND,
             raise CaptureError(f"{f}: no such capture file")
     get_backend(backend)  # an unknown backend fails here, before any work
     reports: list[CaptureReport] = []
-    analysis = stitch(_decode_all(files, backend, progress, reports))
+    spool = ExchangeSpool()
+    analysis = stitch(spool.park(_decode_all(files, backend, progress, reports)))
+    spool.skip = _folded(analysis, spool)  # the copies stitching folded away
+    analysis.exchanges = spool
     analysis.reports = reports
     return analysis
+
+
+def _folded(analysis: Analysis, spool: ExchangeSpool) -> set[str]:
+    kept = {ex.id for ex in analysis.stitched}
+    return {ex_id for ex_id in spool.ids if ex_id not in kept}
 
 
 def _decode_all(files: list[Path], backend: str, progress: Progress | None,
@@ -97,7 +149,8 @@ def _decode_all(files: list[Path], backend: str, progress: Progress | None,
             base = done
             def tick(offset: int, base: int = base) -> None:
                 progress(base + offset, total)
-        yield from decoder.decode(f, capture=name, progress=tick)
+        for ex in decoder.decode(f, capture=name, progress=tick):
+            yield slim(ex)
         done += size
         if progress is not None:
             progress(done, total)

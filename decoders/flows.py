@@ -49,7 +49,10 @@ class FlowBuilder:
             self.has_parent.update(a.id for a in link.attempts)
 
     def flows(self) -> list[Flow]:
-        roots = [ex for leg in self.legs for ex in leg.exchanges if ex.id not in self.has_parent]
+        """A flow for each exchange nobody caused that went through a NAT or caused another: an
+        exchange on its own is already fully told by itself."""
+        roots = [ex for leg in self.legs if leg.nat or any(ex.id in self.caused for ex in leg.exchanges)
+                 for ex in leg.exchanges if ex.id not in self.has_parent]
         roots.sort(key=exchange_time)
         return [self.flow(root) for root in roots]
 

@@ -24,14 +24,30 @@ def conn_text(c: Connection) -> str:
     return f"{endpoint(c.src, c.sport)} → {endpoint(c.dst, c.dport)}"
 
 
+def exchange_time(ex: Exchange) -> float:
+    """When an exchange started: its request, else its response, else its connection's SYN."""
+    for t in (ex.request_time, ex.response_time, ex.conn.syn_time):
+        if t is not None:
+            return t
+    return 0.0
+
+
+def _earlier(a: Exchange, b: Exchange) -> bool:
+    ta, tb = a.request_time, b.request_time
+    if ta is None:
+        return False
+    return tb is None or ta < tb
+
+
 @dataclass(slots=True, eq=False)
 class Sighting:
     """One TCP connection (5-tuple + initial sequence number) with every copy of it folded in."""
 
-    conn: Connection  # the first copy seen
+    conn: Connection  # the first copy seen (copied before folding changes anything)
     exchanges: list[Exchange] = field(default_factory=list)  # one per position, earliest copy kept
     seen_at: list[tuple[str, str | None]] = field(default_factory=list)  # (capture, interface)
     duplicates: list[str] = field(default_factory=list)  # ids of the copies folded away
+    slots: dict[tuple[str, int], int] | None = None  # (type, index) → position, once copies come
 
     @property
     def start(self) -> float:
@@ -45,6 +61,47 @@ class Sighting:
     def captures(self) -> list[str]:
         return sorted({cap for cap, _ in self.seen_at})
 
+    def add(self, ex: Exchange, where: tuple[str, str | None]) -> None:
+        """Take one exchange of this connection, seen at where (capture, interface); a copy of one
+        already held keeps the earliest."""
+        if where not in self.seen_at:
+            self.seen_at.append(where)
+            if len(self.seen_at) > 1:
+                self._merge_conn(ex.conn)
+        if len(self.seen_at) == 1:  # one capture point never reports a position twice: no copies yet
+            self.exchanges.append(ex)
+            return
+        if self.slots is None:
+            self.slots = {(e.exchange_type, e.index): i for i, e in enumerate(self.exchanges)}
+        pos = (ex.exchange_type, ex.index)
+        at = self.slots.get(pos)
+        if at is None:
+            self.slots[pos] = len(self.exchanges)
+            self.exchanges.append(ex)
+            return
+        kept = self.exchanges[at]
+        if _earlier(ex, kept):  # the earliest copy is the one nearest the sender
+            self.exchanges[at] = ex
+            self.duplicates.append(kept.id)
+        else:
+            self.duplicates.append(ex.id)
+
+    def _merge_conn(self, other: Connection) -> None:
+        """Fill what the first copy missed (a copy may have caught the SYN/ACK the other did not);
+        records are never changed, so the first change works on a copy."""
+        kept = self.conn
+        fill_isn = kept.server_isn is None and other.server_isn is not None
+        earlier = other.syn_time is not None and (kept.syn_time is None or other.syn_time < kept.syn_time)
+        if not (fill_isn or earlier or (other.handshake_seen and not kept.handshake_seen)):
+            return
+        if any(kept is ex.conn for ex in self.exchanges):
+            kept = self.conn = dataclasses.replace(kept)
+        if fill_isn:
+            kept.server_isn = other.server_isn
+        if earlier:
+            kept.syn_time = other.syn_time
+        kept.handshake_seen = kept.handshake_seen or other.handshake_seen
+
 
 @dataclass(slots=True, eq=False)
 class Leg:
@@ -52,6 +109,12 @@ class Leg:
 
     sides: list[Sighting]
     nat: list = field(default_factory=list)  # NatLink between consecutive sides (decoders.nat_hops)
+    primary: Sighting | None = None  # the side whose exchanges stand for the leg (set by settle())
+
+    def settle(self) -> Leg:
+        """Choose the primary side once the chain is complete: nearest the receiver, with most exchanges."""
+        self.primary = max(reversed(self.sides), key=lambda s: len(s.exchanges))
+        return self
 
     @property
     def sender(self) -> str:
@@ -62,72 +125,25 @@ class Leg:
         return self.sides[-1].conn.dst
 
     @property
-    def primary(self) -> Sighting:
-        """The side whose exchanges stand for the leg: the one nearest the receiver that has most."""
-        return max(reversed(self.sides), key=lambda s: len(s.exchanges))
-
-    @property
     def exchanges(self) -> list[Exchange]:
-        return self.primary.exchanges
-
-
-def _identity(c: Connection) -> tuple:
-    # the ISN tells apart a reused 5-tuple; without a handshake the 5-tuple alone must do
-    return (c.src, c.sport, c.dst, c.dport, c.client_isn)
+        return self.primary.exchanges if self.primary is not None else self.settle().exchanges
 
 
 def fold_copies(exchanges: Iterable[Exchange]) -> list[Sighting]:
     """Group exchanges by connection and fold the copies of one connection (other interface, other
     capture) into one sighting: copies are not retransmissions and not separate hops."""
     by_conn: dict[tuple, Sighting] = {}
-    slots: dict[tuple, dict[tuple[str, int], int]] = {}
+    places: dict[tuple, tuple] = {}  # one (capture, interface) tuple, shared by every sighting
     for ex in exchanges:
-        ident = _identity(ex.conn)
+        c = ex.conn
+        # the ISN tells apart a reused 5-tuple; without a handshake the 5-tuple alone must do
+        ident = (c.src, c.sport, c.dst, c.dport, c.client_isn)
         s = by_conn.get(ident)
         if s is None:
-            # a copy of its own: folding fills it in, and records are never changed
-            s = by_conn[ident] = Sighting(conn=dataclasses.replace(ex.conn))
-            slots[ident] = {}
-        where = (ex.conn.capture, ex.conn.interface)
-        if where not in s.seen_at:
-            s.seen_at.append(where)
-        _merge_conn(s.conn, ex.conn)
-        pos = (ex.exchange_type, ex.index)
-        at = slots[ident].get(pos)
-        if at is None:
-            slots[ident][pos] = len(s.exchanges)
-            s.exchanges.append(ex)
-            continue
-        kept = s.exchanges[at]
-        if _earlier(ex, kept):  # keep the earliest copy: the one nearest the sender
-            s.exchanges[at] = ex
-            s.duplicates.append(kept.id)
-        else:
-            s.duplicates.append(ex.id)
+            s = by_conn[ident] = Sighting(conn=c)
+        where = (c.capture, c.interface)
+        s.add(ex, places.setdefault(where, where))
     for s in by_conn.values():
-        s.exchanges.sort(key=lambda e: (e.index, e.exchange_type != "tls"))
+        if len(s.exchanges) > 1:
+            s.exchanges.sort(key=lambda e: (e.index, e.exchange_type != "tls"))
     return sorted(by_conn.values(), key=lambda s: s.start)
-
-
-def _merge_conn(kept: Connection, other: Connection) -> None:
-    """Fill what the first copy missed (a copy may have caught the SYN/ACK the other did not)."""
-    if kept.server_isn is None and other.server_isn is not None:
-        kept.server_isn = other.server_isn
-    if other.syn_time is not None and (kept.syn_time is None or other.syn_time < kept.syn_time):
-        kept.syn_time = other.syn_time
-    kept.handshake_seen = kept.handshake_seen or other.handshake_seen
-
-
-def _earlier(a: Exchange, b: Exchange) -> bool:
-    ta, tb = a.request_time, b.request_time
-    if ta is None:
-        return False
-    return tb is None or ta < tb
-
-
-def exchange_time(ex: Exchange) -> float:
-    """When an exchange started: its request, else its response, else its connection's SYN."""
-    for t in (ex.request_time, ex.response_time, ex.conn.syn_time):
-        if t is not None:
-            return t
-    return 0.0

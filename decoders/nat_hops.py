@@ -142,5 +142,5 @@ def build_legs(sightings: list[Sighting], links: list[NatLink]) -> list[Leg]:
             leg.sides.append(link.post)
             leg.nat.append(link)
             seen.add(id(link.post))
-        legs.append(leg)
+        legs.append(leg.settle())
     return legs

@@ -60,7 +60,11 @@ class _Inbound:
         self.leg_of: dict[str, Leg] = {}
         rows: dict[str, list[tuple[float, int, Exchange]]] = defaultdict(list)
         self.by_rid: dict[tuple[str, str], list[Exchange]] = defaultdict(list)
+        # only a host that also sends requests can be a proxy or an app calling out
+        senders = {leg.sender for leg in legs}
         for leg in legs:
+            if leg.receiver not in senders:
+                continue
             for ex in leg.exchanges:
                 self.leg_of[ex.id] = leg
                 rows[leg.receiver].append((exchange_time(ex), len(rows[leg.receiver]), ex))
@@ -148,21 +152,23 @@ def _tls_score(parent: Exchange, child: Exchange) -> int:
 def match_proxy(legs: list[Leg]) -> list[ProxyLink]:
     """Every proxy/app hop between exchanges of the legs; each upstream exchange gets one parent."""
     inbound = _Inbound(legs)
-    children: dict[str, list[tuple[Exchange, list[str]]]] = defaultdict(list)
+    children: dict[str, list[tuple[Exchange, Leg, list[str]]]] = defaultdict(list)
     parents: dict[str, Exchange] = {}
     tls_used: set[str] = set()
     for leg in legs:
+        if leg.sender not in inbound.rows:  # nothing came into this host: it caused nothing
+            continue
         for child in leg.exchanges:
             found = _find_parent(inbound, leg, child, tls_used)
             if found is None:
                 continue
             parent, why = found
             parents[parent.id] = parent
-            children[parent.id].append((child, why))
+            children[parent.id].append((child, leg, why))
     links: list[ProxyLink] = []
     for pid, kids in children.items():
         parent = parents[pid]
-        links += _group_attempts(parent, inbound.leg_of[pid], inbound, kids)
+        links += _group_attempts(parent, inbound.leg_of[pid], kids)
     links.sort(key=lambda lk: exchange_time(lk.attempts[0]))
     return links
 
@@ -197,24 +203,24 @@ def _find_parent(inbound: _Inbound, leg: Leg, child: Exchange, tls_used: set[str
     return None if best is None else (best[1], best[2])
 
 
-def _group_attempts(parent: Exchange, parent_leg: Leg, inbound: _Inbound,
-                    kids: list[tuple[Exchange, list[str]]]) -> list[ProxyLink]:
+def _group_attempts(parent: Exchange, parent_leg: Leg,
+                    kids: list[tuple[Exchange, Leg, list[str]]]) -> list[ProxyLink]:
     """Upstream requests of one downstream request: a proxy's repeats of it are attempts of one hop;
     an app's distinct calls are hops of their own."""
     kids.sort(key=lambda k: exchange_time(k[0]))
-    groups: dict[tuple, list[tuple[Exchange, list[str]]]] = {}
-    for child, why in kids:
+    groups: dict[tuple, list[tuple[Exchange, Leg, list[str]]]] = {}
+    for child, leg, why in kids:
         if child.exchange_type == "tls":
             kind = "tls-passthrough"
         else:
             kind = _http_kind(parent, parent_leg, child)
         key = (kind, child.method, child.uri) if kind == "l7-proxy" else (kind, child.id)
-        groups.setdefault(key, []).append((child, why))
+        groups.setdefault(key, []).append((child, leg, why))
     links = []
     for key, members in groups.items():
-        attempts = [c for c, _ in members]
+        attempts = [c for c, _, _ in members]
         links.append(ProxyLink(parent=parent, attempts=attempts, kind=key[0], retries=_retries(attempts),
-                               evidence=_evidence(parent, parent_leg, inbound, members)))
+                               evidence=_evidence(parent, parent_leg, members)))
     return links
 
 
@@ -224,18 +230,17 @@ def _retries(attempts: list[Exchange]) -> int:
     return max([len(attempts), *counts]) - 1
 
 
-def _evidence(parent: Exchange, parent_leg: Leg, inbound: _Inbound,
-              members: list[tuple[Exchange, list[str]]]) -> dict:
+def _evidence(parent: Exchange, parent_leg: Leg, members: list[tuple[Exchange, Leg, list[str]]]) -> dict:
     first = members[0][0]
     ev: dict = {
         "downstream": conn_text(parent_leg.sides[-1].conn),
-        "matched_by": members[0][1],
+        "matched_by": members[0][2],
         "delay_ms": round((exchange_time(first) - exchange_time(parent)) * 1000, 3),
     }
     if first.exchange_type == "tls":
         ev.update(sni=first.sni, alpn=first.alpn, offered_versions=first.tls_offered_versions)
     else:
-        ids = {"downstream": parent.request_id, "upstream": [c.request_id for c, _ in members]}
+        ids = {"downstream": parent.request_id, "upstream": [c.request_id for c, _, _ in members]}
         if any(ids["upstream"]) or ids["downstream"]:
             ids["normalised"] = normalize_request_id(first.request_id or parent.request_id)
             ev["request_id"] = ids
@@ -244,9 +249,9 @@ def _evidence(parent: Exchange, parent_leg: Leg, inbound: _Inbound,
         if _b3(first):
             ev["b3"] = _b3(first)
     ev["attempts"] = [
-        {"upstream": conn_text(inbound.leg_of[c.id].sides[0].conn),
+        {"upstream": conn_text(leg.sides[0].conn),
          "status": c.status, "attempt_count": c.headers.get("x-envoy-attempt-count"),
          "request_id": c.request_id}
-        for c, _ in members
+        for c, leg, _ in members
     ]
     return ev

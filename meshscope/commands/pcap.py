@@ -23,8 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="decoder backend (default: dpkt, the fastest)")
     a.add_argument("--max-flows", type=int, default=20, metavar="N",
                    help="flows drawn in --svg/--mermaid (default 20)")
-    a.add_argument("--all", action="store_true",
-                   help="text: also list single-connection flows (no NAT or proxy hop)")
 
 
 class ProgressBar:
@@ -74,33 +72,30 @@ def _emit(result, args: argparse.Namespace) -> int:
         from decoders.graph_svg import render_svg
 
         try:
-            Path(args.svg).write_text(render_svg(_drawn(result.flows), exchanges, args.max_flows))
+            Path(args.svg).write_text(render_svg(result.flows, exchanges, args.max_flows))
         except OSError as exc:
             raise UserError(f"cannot write {args.svg}: {exc.strerror or exc}") from None
     out = sys.stdout
     if args.json:
-        out.buffer.write(result.to_json() + b"\n")
+        result.write_json(out.buffer)
+        out.buffer.write(b"\n")
     elif args.mermaid:
         from decoders.graph_mermaid import render_mermaid
 
-        out.write(render_mermaid(_drawn(result.flows), exchanges, args.max_flows))
+        out.write(render_mermaid(result.flows, exchanges, args.max_flows))
     else:
-        shown = result.flows if args.all else [f for f in result.flows if f.hops]
-        out.write(render_text(shown, exchanges))
-        out.write(_summary(result, len(result.flows) - len(shown)))
+        out.write(render_text(result.flows, exchanges))
+        out.write(_summary(result))
     for r in result.reports:
         for line in r.damage[:5]:
             print(f"meshscope: {r.capture}: {line}", file=sys.stderr)
     return 0
 
 
-def _drawn(flows):
-    """Flows with hops first: they are what a flow graph is for."""
-    return sorted(flows, key=lambda f: (not f.hops, f.start or 0.0))
-
-
-def _summary(result, hidden: int) -> str:
+def _summary(result) -> str:
     caps = ", ".join(f"{r.capture} ({r.packets} packets, {r.exchanges} exchanges)" for r in result.reports)
-    more = f"; {hidden} single-connection flows not shown (--all)" if hidden else ""
-    return (f"{len(result.flows)} flows, {len(result.exchanges)} exchanges, "
-            f"{result.duplicates} copies folded{more}\ncaptures: {caps}\n")
+    kept = {e.id for e in result.exchanges}
+    in_flows = len(kept.intersection(i for f in result.flows for i in f.exchange_ids))
+    copies = f", {result.duplicates} copies (other interface or capture) folded" if result.duplicates else ""
+    return (f"{len(result.flows)} flows over {in_flows} exchanges; {len(kept) - in_flows} exchanges had no "
+            f"NAT or proxy hop{copies}\ncaptures: {caps}\n")

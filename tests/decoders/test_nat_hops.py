@@ -98,7 +98,7 @@ def test_look_alikes_are_not_nat(tmp_path):
         view(reused, CLIENT, POD),
     )
     a = analyze([pcap])
-    assert _nat_hops(a) == [] and len(a.flows) == 3
+    assert a.flows == [] and len(a.exchanges) == 3  # three connections on their own: no flow
 
 
 def test_the_same_connection_in_two_captures_folds_into_one(tmp_path):
@@ -106,4 +106,4 @@ def test_the_same_connection_in_two_captures_folds_into_one(tmp_path):
     one = write(tmp_path / "a.pcap", view(c, CLIENT, POD))
     two = write(tmp_path / "b.pcap", view(c, CLIENT, POD, delay=10e-6))
     a = analyze([one, two])
-    assert _nat_hops(a) == [] and len(a.flows) == 1 and a.duplicates == 1 and len(a.exchanges) == 1
+    assert a.flows == [] and a.duplicates == 1 and len(a.exchanges) == 1

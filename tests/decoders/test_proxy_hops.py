@@ -216,7 +216,7 @@ def test_b3_ids_link_an_app_call_without_request_id(tmp_path):
     (hop,) = flows["10.10.0.6:46612"].hops
     assert hop.kind == "app-call" and hop.src == "10.10.0.9:40000"
     assert {"b3-traceid", "b3-parent"} <= set(hop.evidence["matched_by"])
-    assert flows["10.10.0.9:40001"].hops == []  # the other trace's call roots a flow of its own
+    assert set(flows) == {"10.10.0.6:46612"}  # the other trace's call stands alone
 
 
 def test_tls_passthrough_is_one_hop_labelled_with_its_sni(tmp_path):
@@ -259,4 +259,4 @@ def test_a_different_request_id_is_never_matched(tmp_path):
             )
         ]
     )
-    assert [f.hops for f in a.flows] == [[], []]
+    assert a.flows == [] and len(a.exchanges) == 2

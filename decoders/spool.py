@@ -1,0 +1,130 @@
+"""Decoded exchanges parked on disk while stitching works on their facts.
+
+A million-packet capture yields over a hundred thousand exchanges; held whole they would cost
+~2.5 KB each. ``ExchangeSpool`` writes each one as a JSON line to an anonymous temporary file
+and keeps only ``ExchangeFacts`` — what stitching and the flow graphs read — in memory. The
+spool iterates as Exchanges again, streams its JSON without re-parsing, and pickles as a plain
+list (the API hands an analysis from a worker process to the server).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import orjson
+
+from meshscope.model import Connection, Exchange
+
+# request headers stitching reads (ids, forwarding chain, trace context, proxy marks)
+STITCH_HEADERS = tuple((
+    "x-request-id", "x-forwarded-for", "x-envoy-attempt-count", "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-decorator-operation", "x-envoy-internal", "b3", "x-b3-traceid", "x-b3-spanid",
+    "x-b3-parentspanid", "x-b3-sampled",
+))
+
+
+@dataclass(slots=True, eq=False)
+class ExchangeFacts:
+    """What stitching and the graphs need of an Exchange (same attribute names, so either will do)."""
+
+    id: str
+    exchange_type: str
+    conn: Connection
+    index: int
+    request_time: float | None
+    response_time: float | None
+    method: str | None
+    uri: str | None
+    host: str | None
+    status: int | None
+    reason: str | None
+    sni: str | None
+    tls_version: str | None
+    peer_workload: str | None
+    peer_namespace: str | None
+    server_peer_workload: str | None
+    server_peer_namespace: str | None
+    headers: dict[str, str] = field(default_factory=dict)
+    alpn: list[str] = field(default_factory=list)
+    tls_offered_versions: list[str] = field(default_factory=list)
+
+    @property
+    def request_id(self) -> str | None:
+        return self.headers.get("x-request-id")
+
+    @classmethod
+    def of(cls, ex: Exchange) -> ExchangeFacts:
+        """The facts of one exchange; repeated strings (methods, hosts, addresses, header names) are
+        shared, since the same few values recur across a capture."""
+        h = ex.headers
+        c = ex.conn
+        c.src, c.dst = _intern(c.src), _intern(c.dst)  # same values: only the copies are dropped
+        return cls(id=ex.id, exchange_type=ex.exchange_type, conn=c, index=ex.index,
+                   request_time=ex.request_time, response_time=ex.response_time,
+                   method=_intern(ex.method), uri=ex.uri, host=_intern(ex.host), status=ex.status,
+                   reason=_intern(ex.reason), sni=_intern(ex.sni), tls_version=_intern(ex.tls_version),
+                   peer_workload=_intern(ex.peer_workload), peer_namespace=_intern(ex.peer_namespace),
+                   server_peer_workload=_intern(ex.server_peer_workload),
+                   server_peer_namespace=_intern(ex.server_peer_namespace),
+                   headers={name: _intern(h[name]) if name in _SHARED_VALUES else h[name]
+                            for name in STITCH_HEADERS if name in h},
+                   alpn=ex.alpn or _NONE, tls_offered_versions=ex.tls_offered_versions or _NONE)
+
+
+_NONE: list[str] = []  # shared by every exchange without ALPN/versions; facts are never changed
+_SHARED_VALUES = frozenset(("x-forwarded-for", "x-b3-sampled", "x-envoy-attempt-count", "x-envoy-internal",
+                            "x-envoy-expected-rq-timeout-ms", "x-envoy-decorator-operation"))
+
+
+def _intern(value: str | None) -> str | None:
+    return sys.intern(value) if value is not None else None
+
+
+class ExchangeSpool:
+    """Exchanges on disk as JSON lines, in the order written; iterating gives Exchanges back."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="meshscope-exchanges-")
+        self.ids: list[str] = []  # in the order written
+        self.skip: set[str] = set()  # ids left out when reading back (copies folded away)
+
+    def park(self, exchanges: Iterable[Exchange]) -> Iterator[ExchangeFacts]:
+        """Write each exchange to the spool and pass on its facts."""
+        write = self._file.write
+        for ex in exchanges:
+            write(orjson.dumps(ex) + b"\n")
+            self.ids.append(ex.id)
+            yield ExchangeFacts.of(ex)
+
+    def __len__(self) -> int:
+        return len(self.ids) - len(self.skip)
+
+    def lines(self, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """Each kept exchange's JSON (no newline); pread, so two readers never disturb each other."""
+        self._file.flush()
+        fd, pos, rest, n, ids, skip = self._file.fileno(), 0, b"", 0, self.ids, self.skip
+        while True:
+            data = os.pread(fd, chunk, pos)
+            if not data:
+                break
+            pos += len(data)
+            parts = (rest + data).split(b"\n")
+            rest = parts.pop()
+            for line in parts:
+                if not skip or ids[n] not in skip:
+                    yield line
+                n += 1
+
+    def __iter__(self) -> Iterator[Exchange]:
+        for line in self.lines():
+            yield Exchange.from_json(line)
+
+    def __reduce__(self):
+        return (list, (list(self),))
+
+    def close(self) -> None:
+        self._file.close()
