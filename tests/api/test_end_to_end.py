@@ -24,6 +24,7 @@ from proxy.launcher import EnvoyProcess
 from proxy.routes import parse_routes
 from proxy.telemetry import CollectorTarget
 from tests.api.conftest import serve
+from tests.collector.envoy_lab import need_envoy
 from tests.conftest import free_port, need_binary, need_root
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.root]
@@ -85,6 +86,7 @@ async def poll(fetch, done, timeout: float = 30.0):
 
 async def test_trace_joins_gateway_sidecar_spans_and_packets(data_dir, tmp_path):
     need_root()
+    need_envoy()
     tcpdump = need_binary("tcpdump")
     gw_port, sc_port, up_port = free_port(), free_port(), free_port()
     settings = Settings(data_dir=data_dir, als_port=free_port(), zipkin_port=free_port())
