@@ -13,7 +13,7 @@ import proxy
 from meshscope.errors import UserError
 from meshscope.settings import Settings, load_settings
 
-EXAMPLES = Path(proxy.__file__).resolve().parent / "examples"
+EXAMPLES = Path(next(iter(proxy.__path__))).resolve() / "examples"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
