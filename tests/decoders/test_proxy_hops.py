@@ -26,9 +26,21 @@ def sampled(rid: str, digit: str = "b") -> str:
     return rid[:14] + digit + rid[15:]
 
 
-def downstream(isn: int, t: float, headers: dict[str, str], uri: str = "/products", took: float = 0.05):
-    req = http_request("GET", uri, headers)
-    return Conversation(isn, isn + 500, t).exchange(req, http_response(200), took=took).close()
+def one_request(
+    isn: int,
+    t: float,
+    headers: dict[str, str],
+    uri: str = "/products",
+    took: float = 0.05,
+    status: int = 200,
+    host: str = "shop.lab",
+) -> Conversation:
+    """A connection carrying one GET and its response."""
+    req = http_request("GET", uri, headers, host=host)
+    return Conversation(isn, isn + 500, t).exchange(req, http_response(status), took=took).close()
+
+
+downstream = one_request
 
 
 def up_headers(rid: str | None, xff: str, attempt: int = 1, **extra: str) -> dict[str, str]:
@@ -86,23 +98,16 @@ def test_pooled_upstream_connection_carries_two_flows_requests(tmp_path):
 
 def test_retries_by_attempt_count_on_two_upstream_connections(tmp_path):
     d = downstream(100, T, {"x-request-id": RID_A}, uri="/flaky")
-    first = (
-        Conversation(300, 900, T + 0.003)
-        .exchange(
-            http_request("GET", "/flaky", up_headers(sampled(RID_A), "172.18.0.1")),
-            http_response(503),
-            took=0.004,
-        )
-        .close()
+    first = one_request(
+        300, T + 0.003, up_headers(sampled(RID_A), "172.18.0.1"), uri="/flaky", took=0.004, status=503
     )
-    second = (
-        Conversation(400, 950, T + 0.015)
-        .exchange(
-            http_request("GET", "/flaky", up_headers(sampled(RID_A), "172.18.0.1", attempt=2)),
-            http_response(200),
-            took=0.004,
-        )
-        .close()
+    second = one_request(
+        400,
+        T + 0.015,
+        up_headers(sampled(RID_A), "172.18.0.1", attempt=2),
+        uri="/flaky",
+        took=0.004,
+        status=200,
     )
     pcap = write(
         tmp_path / "gw.pcap",
@@ -142,23 +147,11 @@ def test_no_request_id_downstream_matches_by_forwarded_for(tmp_path):
     # two clients at the same moment, neither sends an id: Envoy generates one per request
     d1 = downstream(100, T, {})
     d2 = downstream(200, T, {})
-    u2 = (
-        Conversation(300, 900, T + 0.003)
-        .exchange(
-            http_request("GET", "/products", up_headers(sampled(RID_B), "192.168.7.2")),
-            http_response(200),
-            took=0.004,
-        )
-        .close()
+    u2 = one_request(
+        300, T + 0.003, up_headers(sampled(RID_B), "192.168.7.2"), uri="/products", took=0.004, status=200
     )
-    u1 = (
-        Conversation(400, 950, T + 0.0031)
-        .exchange(
-            http_request("GET", "/products", up_headers(sampled(RID_A), "192.168.7.1")),
-            http_response(200),
-            took=0.004,
-        )
-        .close()
+    u1 = one_request(
+        400, T + 0.0031, up_headers(sampled(RID_A), "192.168.7.1"), uri="/products", took=0.004, status=200
     )
     pcap = write(
         tmp_path / "gw.pcap",
@@ -241,14 +234,8 @@ def test_tls_passthrough_is_one_hop_labelled_with_its_sni(tmp_path):
 
 def test_a_different_request_id_is_never_matched(tmp_path):
     d = downstream(100, T, {"x-request-id": RID_A})
-    up = (
-        Conversation(300, 900, T + 0.003)
-        .exchange(
-            http_request("GET", "/products", up_headers(sampled(RID_B), "172.18.0.1")),
-            http_response(200),
-            took=0.004,
-        )
-        .close()
+    up = one_request(
+        300, T + 0.003, up_headers(sampled(RID_B), "172.18.0.1"), uri="/products", took=0.004, status=200
     )
     a = analyze(
         [
