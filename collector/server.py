@@ -98,6 +98,8 @@ class Collector:
             "status": "degraded" if self.publisher.degraded else "ok",
             "spool_bytes": self.publisher.spool.pending_bytes,
             "access_entries_by_proxy": dict(self.servicer.arrived),
+            "access_streams_failed": dict(self.servicer.streams_failed),
+            "spool_lines_skipped": self.publisher.spool.skipped,
         }
 
     async def loss(self, proxy_admins: list[str] | None = None) -> list[ProxyLoss]:

@@ -7,6 +7,7 @@ in the order they were spooled; a torn last line (a crash mid-write) is ignored,
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from meshscope.model import Record
 from pipelines.topics import RECORD_OF
 
 SEGMENT_BYTES = 16 * 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 class SpoolFull(Exception):
@@ -44,6 +46,7 @@ class Spool:
         self._writer = None
         self._writer_path: Path | None = None
         self._pending = sum(self._remaining(p) for p in self.segments())
+        self.skipped = 0  # unreadable lines stepped over during replay
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def segments(self) -> list[Path]:
@@ -117,16 +120,27 @@ class Spool:
                     if not line.endswith(b"\n"):
                         break  # torn tail: never replay half a line
                     t, _, body = line.partition(b"\t")
-                    line_topic = t.decode()
+                    line_topic = t.decode(errors="replace")
                     if topic is not None and line_topic != topic:
                         break
+                    try:
+                        record = RECORD_OF[line_topic].from_json(body)
+                    except (KeyError, ValueError, TypeError) as exc:
+                        # a damaged line cannot be replayed; skipping it keeps the rest flowing
+                        log.error("spool %s offset %d: unreadable line skipped: %r", segment.name, end, exc)
+                        self.skipped += 1
+                        end += len(line)
+                        continue
                     topic = line_topic
-                    records.append(RECORD_OF[line_topic].from_json(body))
+                    records.append(record)
                     end += len(line)
                     if len(records) >= max_records:
                         break
             if records:
                 return SpooledBatch(topic, records, segment, end)  # type: ignore[arg-type]
+            if end > start:  # only unreadable lines: step over them
+                self.commit(SpooledBatch("", [], segment, end))
+                return self.read(max_records)
             if segment != self._writer_path:
                 self._drop(segment)  # fully replayed (or only a torn tail) and no longer written
         return None

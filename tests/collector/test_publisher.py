@@ -128,3 +128,17 @@ def test_spool_full_refuses_the_batch(tmp_path):
     with pytest.raises(SpoolFull):
         spool.append("access", _batch(0, 1))
     assert spool.pending_bytes == 0 and not spool
+
+
+def test_damaged_spool_lines_are_skipped_not_replayed_forever(tmp_path):
+    spool = Spool(tmp_path)
+    spool.append("access", _batch(0, 2))
+    with open(spool.segments()[0], "ab") as f:
+        f.write(b"access\t{not json}\n" + b"nosuchtopic\t{}\n")
+    spool.append("access", _batch(2, 2))
+    replayed = []
+    while (batch := spool.read()) is not None:
+        replayed += [r.request_id for r in batch.records]
+        spool.commit(batch)
+    assert replayed == ["req-0", "req-1", "req-2", "req-3"]
+    assert spool.skipped == 2 and not spool
