@@ -111,3 +111,17 @@ async def get_graph(upload_id: UploadId, uploads: Annotated[Uploads, Depends(upl
     if svg is None:
         raise HTTPException(501, "no flow graph renderer in this build")
     return Response(svg, media_type="image/svg+xml", headers=SVG_HEADERS)
+
+
+@router.delete(
+    "/{upload_id}",
+    status_code=204,
+    response_class=Response,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
+async def delete_upload(upload_id: UploadId, uploads: Annotated[Uploads, Depends(uploads_of)]) -> Response:
+    """Delete an analysed upload's files and results (frees a place under upload_max_count); the
+    exchanges and flows it stored stay in the store until retention removes them."""
+    if not uploads.delete(upload_id):
+        raise HTTPException(404, f"no upload {upload_id}")
+    return Response(status_code=204)

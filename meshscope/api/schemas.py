@@ -39,6 +39,7 @@ class CaptureSummary(BaseModel):
 class UploadStatus(BaseModel):
     id: str
     state: str = Field(description="queued, analysing, done or failed")
+    progress: float | None = Field(None, description="while analysing: the fraction of the bytes read")
     created: float
     finished: float | None = None
     files: list[UploadedFile]

@@ -222,11 +222,30 @@ class MultipartCaptures:
         self.feed(b"")
 
 
-def run_analysis(paths: list[str]) -> dict[str, Any]:
+class ProgressFile:
+    """Written by the worker process as it reads the captures: the fraction done, at most every 0.5 s."""
+
+    INTERVAL = 0.5
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.INTERVAL:
+            return
+        self.last = now
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({"done": done, "total": total}))
+        os.replace(tmp, self.path)
+
+
+def run_analysis(paths: list[str], progress_path: str) -> dict[str, Any]:
     """In the worker process: decode and stitch the captures, render the graph; plain data back."""
     from decoders.analyze import analyze
 
-    analysis = analyze(paths)
+    analysis = analyze(paths, progress=ProgressFile(Path(progress_path)))
     return {"analysis": analysis, "svg": render_svg(analysis)}
 
 
@@ -282,6 +301,17 @@ class Uploads:
         folder = self.folder(upload_id)
         if folder is None:
             return None
+        status = self._stored_status(folder)
+        if status is not None and status.get("state") == "analysing":
+            try:
+                p = orjson.loads((folder / "progress.json").read_bytes())
+                status["progress"] = round(p["done"] / p["total"], 3) if p["total"] else None
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        return status
+
+    @staticmethod
+    def _stored_status(folder: Path) -> dict[str, Any] | None:
         try:
             return orjson.loads((folder / "status.json").read_bytes())
         except (OSError, ValueError):
@@ -294,7 +324,7 @@ class Uploads:
         os.replace(tmp, path)
 
     def _update(self, upload_id: str, **changes: Any) -> dict[str, Any]:
-        status = self.status(upload_id) or {}
+        status = self._stored_status(self.root / upload_id) or {}
         status.update(changes)
         self._save_status(upload_id, status)
         return status
@@ -310,6 +340,18 @@ class Uploads:
         if folder is None or not (folder / "graph.svg").is_file():
             return None
         return (folder / "graph.svg").read_text()
+
+    def delete(self, upload_id: str) -> bool:
+        """Remove an upload's folder (its capture files and results); the records it wrote stay in the
+        store. False when there is no such upload; UploadRejected(409) while it is being analysed."""
+        folder = self.folder(upload_id)
+        if folder is None:
+            return False
+        status = self.status(upload_id) or {}
+        if status.get("state") in UNFINISHED:
+            raise UploadRejected(409, f"upload {upload_id} is {status['state']}; delete it once analysed")
+        shutil.rmtree(folder)
+        return True
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
         statuses = [self.status(f.name) for f in self.root.iterdir() if UPLOAD_ID.match(f.name)]
@@ -400,7 +442,9 @@ class Uploads:
         paths = [str(folder / f["stored"]) for f in status["files"]]
         self._update(upload_id, state="analysing")
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self._pool, run_analysis, paths)
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._pool, run_analysis, paths, str(folder / "progress.json")
+            )
             analysis = result["analysis"]
             await self._write_records([*analysis.exchanges, *analysis.flows])
         except asyncio.CancelledError:

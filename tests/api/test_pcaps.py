@@ -26,6 +26,7 @@ def test_two_captures_of_one_nat_hop_become_one_flow(api, tmp_path):
         assert [f["name"] for f in accepted["files"]] == ["node eth0.pcap", "pod.pcap"]  # no directories kept
         status = wait_done(c, accepted["id"])
         assert status["state"] == "done", status
+        assert status["progress"] is None  # only while analysing
         assert status["counts"]["flows"] == 1 and status["counts"]["exchanges"] == 3
         assert {cap["name"] for cap in status["captures"]} == {"node eth0.pcap", "pod.pcap"}
         assert all(cap["damage"] == [] for cap in status["captures"])
@@ -124,6 +125,11 @@ def test_count_limit(api, tmp_path):
         assert r.status_code == 429 and "limit" in r.json()["detail"]
         for i in ids:
             wait_done(c, i)
+        # deleting one frees a place
+        assert c.delete(f"/api/pcaps/{ids[0]}").status_code == 204
+        assert c.get(f"/api/pcaps/{ids[0]}").status_code == 404
+        assert c.delete(f"/api/pcaps/{ids[0]}").status_code == 404
+        assert c.post("/api/pcaps", content=node.read_bytes()).status_code == 202
 
 
 def test_results_survive_a_restart(api_settings, tmp_path):
@@ -206,3 +212,17 @@ def test_upload_left_queued_by_a_crash_is_analysed_at_next_start(api_settings, t
             assert len(c.get(f"/api/traces/{RID}").json()["exchanges"]) == 3
     finally:
         running.stop()
+
+
+def test_progress_file_is_throttled(tmp_path):
+    import json
+
+    from meshscope.api.uploads import ProgressFile
+
+    progress = ProgressFile(tmp_path / "progress.json")
+    progress(10, 100)
+    progress(50, 100)  # within the interval: not written
+    assert json.loads((tmp_path / "progress.json").read_text()) == {"done": 10, "total": 100}
+    progress.last -= ProgressFile.INTERVAL
+    progress(60, 100)
+    assert json.loads((tmp_path / "progress.json").read_text()) == {"done": 60, "total": 100}

@@ -96,7 +96,8 @@ async function waitForAnalysis(id) {
   for (;;) {
     const s = await (await call("/api/pcaps/" + id)).json();
     if (s.state === "done" || s.state === "failed") return s;
-    status($("#upload-status"), "upload " + id + ": " + s.state + " …");
+    const pct = typeof s.progress === "number" ? " " + Math.round(s.progress * 100) + "%" : "";
+    status($("#upload-status"), "upload " + id + ": " + s.state + pct + " …");
     await new Promise((ok) => setTimeout(ok, 300));
   }
 }
