@@ -70,6 +70,28 @@ async def test_malformed_message_fails_its_stream_only(running, access_reader):
     assert sorted(r.request_id for r in records) == ["req-0", "req-1", "req-50"]
 
 
+async def test_open_streams_keep_flowing_while_another_fails(running, access_reader):
+    collector, _ = running
+    resume = asyncio.Event()
+
+    async def long_lived():  # like Envoy's: one stream kept open across the other's failure
+        yield http_message(2, node_id="steady", start=0)
+        await resume.wait()
+        yield http_message(2, first=False, start=2)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.als_port}") as channel:
+        steady = asyncio.ensure_future(als_pb2_grpc.AccessLogServiceStub(channel).StreamAccessLogs(
+            long_lived(), timeout=20))
+        await access_reader.wait_for(2)
+        err = await _raw_stream(collector.als_port, [b"\x0a\x05\x0a\x03\x0a"])  # truncated nesting
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        resume.set()
+        await steady
+    records = await access_reader.wait_for(4)
+    assert sorted(r.request_id for r in records) == ["req-0", "req-1", "req-2", "req-3"]
+    assert {r.node_id for r in records} == {"steady"}
+
+
 async def test_first_message_without_identifier_is_refused(running, access_reader):
     collector, _ = running
     err = await _raw_stream(collector.als_port, [http_message(2, first=False).SerializeToString()])
