@@ -68,6 +68,10 @@ def lab_bootstrap(routes: Routes, als_port: int, zipkin_port: int, *, zipkin_pro
                                 admin_port=0, node_id=node_id, span_flush_interval=0.2)
     if zipkin_proto:
         _set_everywhere(bootstrap, "collector_endpoint_version", "HTTP_PROTO")
+    for listener in bootstrap["static_resources"]["listeners"]:
+        for lf in listener.get("listener_filters", []):
+            if lf["name"] == "envoy.filters.listener.tls_inspector":
+                lf["typed_config"]["enable_ja3_fingerprinting"] = True  # so access logs carry JA3
     return bootstrap
 
 

@@ -136,6 +136,7 @@ async def test_tls_passthrough_yields_a_tcp_record_with_sni(lab, access_reader):
     assert t.sni == "shop.example.com" and t.upstream_cluster == "shop-tls"
     assert t.downstream_local == f"127.0.0.1:{listener_port(routes, 'passthrough')}"
     assert t.request_bytes > 0 and t.response_bytes > 0
+    assert t.ja3 is not None and len(t.ja3) == 32 and int(t.ja3, 16) >= 0  # MD5 of the ClientHello
     # the gateway behind it terminated TLS: its HTTP record has the SNI and the TLS version
     (h,) = [r for r in records if r.protocol == "HTTP"]
     assert h.sni == "shop.example.com" and h.tls_version in ("TLSv1.2", "TLSv1.3") and h.path == "/headers"
