@@ -47,7 +47,7 @@ class Sighting:
     exchanges: list[Exchange] = field(default_factory=list)  # one per position, earliest copy kept
     seen_at: list[tuple[str, str | None]] = field(default_factory=list)  # (capture, interface)
     duplicates: list[str] = field(default_factory=list)  # ids of the copies folded away
-    slots: dict[tuple[str, int], int] | None = None  # (type, index) → position, once copies come
+    slots: dict[tuple[str, int], int] | None = None  # (type, index) → position, for long connections
 
     @property
     def start(self) -> float:
@@ -68,15 +68,10 @@ class Sighting:
             self.seen_at.append(where)
             if len(self.seen_at) > 1:
                 self._merge_conn(ex.conn)
-        if len(self.seen_at) == 1:  # one capture point never reports a position twice: no copies yet
-            self.exchanges.append(ex)
-            return
-        if self.slots is None:
-            self.slots = {(e.exchange_type, e.index): i for i, e in enumerate(self.exchanges)}
-        pos = (ex.exchange_type, ex.index)
-        at = self.slots.get(pos)
+        at = self._position(ex.exchange_type, ex.index)
         if at is None:
-            self.slots[pos] = len(self.exchanges)
+            if self.slots is not None:
+                self.slots[(ex.exchange_type, ex.index)] = len(self.exchanges)
             self.exchanges.append(ex)
             return
         kept = self.exchanges[at]
@@ -85,6 +80,18 @@ class Sighting:
             self.duplicates.append(kept.id)
         else:
             self.duplicates.append(ex.id)
+
+    def _position(self, kind: str, index: int) -> int | None:
+        """Where the exchange at this position on the connection is held, if it is: a short scan for
+        the usual few exchanges, an index once a connection carries many (keep-alive)."""
+        if self.slots is None:
+            if len(self.exchanges) < 16:
+                for i, e in enumerate(self.exchanges):
+                    if e.index == index and e.exchange_type == kind:
+                        return i
+                return None
+            self.slots = {(e.exchange_type, e.index): i for i, e in enumerate(self.exchanges)}
+        return self.slots.get((kind, index))
 
     def _merge_conn(self, other: Connection) -> None:
         """Fill what the first copy missed (a copy may have caught the SYN/ACK the other did not);

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from decoders.legs import Leg, Sighting, conn_text, endpoint, exchange_time
 from meshscope.model import Exchange
 
-NODEPORT_RANGE = range(30000, 32768)  # Kubernetes' default service-node-port-range
+NODEPORT_RANGE = range(30000, 32768)  # Kubernetes' default service-node-port-range: a DNAT from a
+# port in it is reported as a NodePort, from any other port as a service (ClusterIP) address
 PAYLOAD_MATCH_WINDOW_S = 0.02  # a NAT forwards in microseconds; 20 ms allows two captures' clocks
 
 
@@ -83,10 +84,15 @@ def _link(pre: Sighting, post: Sighting, how: str) -> NatLink:
         evidence["dt_ms"] = round((post.start - pre.start) * 1000, 3)
     if src_changed:
         evidence["source_rewritten_to"] = endpoint(b.src, b.sport)
+    nodeport = None
     if dst_changed:
         evidence["destination_rewritten_to"] = endpoint(b.dst, b.dport)
+        if a.dport in NODEPORT_RANGE:
+            nodeport = a.dport
+        else:  # a ClusterIP (or other virtual) service address, not a node port
+            evidence["service"] = endpoint(a.dst, a.dport)
     return NatLink(pre=pre, post=post, kind="nat-snat" if src_changed else "nat-dnat",
-                   nodeport=a.dport if dst_changed else None, evidence=evidence)
+                   nodeport=nodeport, evidence=evidence)
 
 
 def _signature(ex: Exchange) -> tuple:

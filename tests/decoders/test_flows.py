@@ -1,7 +1,11 @@
 """Flows: the lab path's hops in order, with evidence, timings and workload names."""
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from decoders.analyze import stitch
-from tests.decoders.made_exchanges import RID, RID_SAMPLED, lab_path
+from meshscope.model import HOP_KINDS, Flow, Hop
+from tests.decoders.made_exchanges import RID, RID_SAMPLED, conn, http, lab_path, tls
 
 
 def test_lab_path_is_one_flow_of_three_hops():
@@ -19,3 +23,72 @@ def test_lab_path_is_one_flow_of_three_hops():
     assert flow.request_id == RID and flow.client == "172.18.0.1:57536" and flow.server == "10.10.0.8:3000"
     assert flow.start <= nat.start < proxy.start < app.start and flow.end >= app.end
     assert a.duplicates == 1  # the copy on the bridge folded away
+
+
+def test_a_service_dnat_on_the_app_call_comes_right_after_it():
+    # webapp calls catalog's ClusterIP 10.96.0.20:3000; kube-proxy rewrites it to the pod 10.10.0.8:3000
+    ex = lab_path(rid=RID)
+    call = ex[-1]
+    pre = conn("10.10.0.9:40000", "10.96.0.20:3000", isn=555, t=call.conn.syn_time - 0.00001)
+    ex.append(http(pre, call.request_time - 0.00001, uri="/items", dur=0.02, headers=dict(call.headers),
+                   host="catalog:3000"))
+    call.conn.client_isn, call.conn.server_isn = pre.client_isn, pre.server_isn
+    (flow,) = stitch(ex).flows
+    assert [h.kind for h in flow.hops] == ["nat-dnat", "l7-proxy", "app-call", "nat-dnat"]
+    svc = flow.hops[-1]
+    assert svc.nodeport is None and svc.evidence["service"] == "10.96.0.20:3000"
+    assert svc.src == "10.10.0.9:40000" and svc.dst == "10.10.0.8:3000"
+    assert flow.server == "10.10.0.8:3000"
+
+
+def test_names_from_response_metadata_and_json_round_trip():
+    ex = lab_path(rid=RID)
+    ex[-1].server_peer_workload, ex[-1].server_peer_namespace = "catalog", "default"
+    (flow,) = stitch(ex).flows
+    assert flow.hops[-1].dst_name == "default/catalog"
+    back = Flow.from_json(flow.to_json())
+    assert back == flow and back.id == flow.id and isinstance(back.hops[0], Hop)
+
+
+def test_a_plain_request_is_no_flow_but_is_kept():
+    c = conn("10.0.0.1:5000", "10.0.0.2:80", isn=9, t=1.0)
+    a = stitch([http(c, 1.001)])
+    assert a.flows == [] and len(a.exchanges) == 1
+
+
+_endpoints = st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3", "172.18.0.2"])
+_ids = st.sampled_from([None, RID, RID_SAMPLED, "66666666-7777-4888-9999-aaaaaaaaaaaa", "not-a-uuid"])
+
+
+@st.composite
+def _exchanges(draw):
+    out = []
+    for i in range(draw(st.integers(0, 12))):
+        src, dst = draw(_endpoints), draw(_endpoints)
+        isn = draw(st.sampled_from([None, 1, 2, 3, 1000 + i]))
+        t = draw(st.floats(0, 2, allow_nan=False))
+        c = conn(f"{src}:{draw(st.sampled_from([1000, 1001, 30000]))}",
+                 f"{dst}:{draw(st.sampled_from([80, 8080, 30000]))}", isn=isn, t=t)
+        rid = draw(_ids)
+        headers = {"x-request-id": rid} if rid else {}
+        if draw(st.booleans()):
+            headers["x-forwarded-for"] = draw(st.sampled_from(["10.0.0.1", "10.0.0.1, 10.0.0.2", ""]))
+        if draw(st.booleans()):
+            out.append(tls(c, t + 0.001, draw(st.sampled_from(["a.lab", "b.lab"]))))
+        else:
+            out.append(http(c, t + 0.001, dur=draw(st.floats(0, 1)), index=draw(st.integers(0, 2)),
+                            headers=headers, uri=draw(st.sampled_from(["/", "/x"]))))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(_exchanges())
+def test_stitching_any_exchanges_gives_well_formed_flows(exchanges):
+    a = stitch(exchanges)
+    known = {e.id for e in a.exchanges}
+    for flow in a.flows:
+        assert flow.hops and all(h.kind in HOP_KINDS for h in flow.hops)
+        assert set(flow.exchange_ids) <= known
+        assert all(h.retries >= 0 for h in flow.hops)
+    roots = [f.exchange_ids[0] for f in a.flows]
+    assert len(roots) == len(set(roots))  # an exchange roots at most one flow
