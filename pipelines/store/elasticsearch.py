@@ -149,9 +149,12 @@ class ElasticsearchStore(Store):
                 return await method(**kwargs)
             except (ConnectionError, ConnectionTimeout) as exc:
                 failure: Exception = exc
+            except NotFoundError:
+                raise
             except ApiError as exc:
                 if exc.meta.status not in _RETRY_STATUS:
-                    raise
+                    name = getattr(method, "__name__", "request")
+                    raise ValueError(f"elasticsearch refused {name}: {exc}") from exc
                 failure = exc
             except TransportError as exc:
                 failure = exc
@@ -168,6 +171,7 @@ class ElasticsearchStore(Store):
         already stored (409) count as stored, items it refuses raise ValueError (the rest stay)."""
         check_kinds(records)
         pending = {r.id: (self._index_of(r), document(r)) for r in records}
+        refused: list[str] = []
         deadline = time.monotonic() + self.retry_for_s
         delay = 0.1
         while pending:
@@ -175,25 +179,24 @@ class ElasticsearchStore(Store):
             for rid, (index, doc) in pending.items():
                 ops += [{"create": {"_index": index, "_id": rid}}, doc]
             resp = await self._call(self.es.bulk, operations=ops, refresh=self.refresh)
-            retry: dict[str, tuple[str, dict]] = {}
-            refused: list[str] = []
+            busy: dict[str, tuple[str, dict]] = {}
             for item in resp["items"]:
                 result = item["create"]
                 status = result.get("status", 500)
-                if status < 300 or status == 409:
+                if status < 300 or status == 409:  # 409: stored before (a replay)
                     continue
                 if status in _RETRY_STATUS or status >= 500:
-                    retry[result["_id"]] = pending[result["_id"]]
+                    busy[result["_id"]] = pending[result["_id"]]
                 else:
                     refused.append(f"{result['_id']}: {result.get('error', {}).get('reason', status)}")
-            if refused:
-                raise ValueError(f"refused by elasticsearch: {'; '.join(refused[:5])}")
-            pending = retry
+            pending = busy
             if pending:
                 if time.monotonic() + delay > deadline:
                     raise StoreUnavailable(f"elasticsearch kept refusing {len(pending)} records as busy")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        if refused:
+            raise ValueError(f"refused by elasticsearch ({len(refused)}): {'; '.join(refused[:5])}")
 
     def _index_of(self, record: Record) -> str:
         return f"{self.prefix}{record.kind}-{index_day(record_time(record))}"

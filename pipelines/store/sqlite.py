@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -168,15 +169,16 @@ class SqliteStore(Store):
         self.settings = settings
         self.path = settings.db_path
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        # two readers: a long aggregate does not hold up a request-id look-up
+        self._reader = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
         self._wconn: sqlite3.Connection | None = None
-        self._rconn: sqlite3.Connection | None = None
+        self._rconns: list[sqlite3.Connection] = []
+        self._local = threading.local()
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._wconn = await self._on(self._writer, self._open_writer)
-        self._rconn = await self._on(self._reader, connect, str(self.path))
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = connect(str(self.path))
@@ -184,10 +186,12 @@ class SqliteStore(Store):
         return conn
 
     async def stop(self) -> None:
-        for conn, pool in ((self._wconn, self._writer), (self._rconn, self._reader)):
-            if conn is not None:
-                await self._on(pool, conn.close)
-        self._wconn = self._rconn = None
+        if self._wconn is not None:
+            await self._on(self._writer, self._wconn.close)
+        self._wconn = None
+        readers, self._rconns = self._rconns, []
+        for conn in readers:  # no read is running once the owner stops the store
+            conn.close()
 
     async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -198,9 +202,15 @@ class SqliteStore(Store):
             raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
 
     def _conn(self, writer: bool) -> sqlite3.Connection:
-        conn = self._wconn if writer else self._rconn
-        if conn is None:
+        """The writer connection, or this reader thread's own connection (opened on first use)."""
+        if self._wconn is None:
             raise StoreUnavailable("SqliteStore is not started")
+        if writer:
+            return self._wconn
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn not in self._rconns:
+            conn = self._local.conn = connect(str(self.path))
+            self._rconns.append(conn)
         return conn
 
     # -- writer ------------------------------------------------------------------------------
