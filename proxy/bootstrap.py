@@ -172,11 +172,7 @@ def _hcm(route_name: str, hosts: list[VirtualHost], telemetry: _Telemetry, *, st
             "http_filters": [
                 {
                     "name": "envoy.filters.http.router",
-                    # one client span per upstream attempt, so retries show up as sibling spans
-                    "typed_config": {
-                        "@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router",
-                        "start_child_span": True,
-                    },
+                    "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
                 }
             ],
         },

@@ -152,6 +152,8 @@ def zipkin_tracing(sampling: float = 100.0) -> dict:
     """An HttpConnectionManager `tracing` block: Zipkin v2 JSON, B3 headers, one span per hop side."""
     return {
         "random_sampling": {"value": sampling},
+        # one span per upstream attempt besides the request's own, so retries show up as siblings
+        "spawn_upstream_span": True,
         "provider": {
             "name": ZIPKIN_TRACER,
             "typed_config": {

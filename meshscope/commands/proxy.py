@@ -195,12 +195,14 @@ def _run(args: argparse.Namespace, settings: Settings, bootstrap: dict) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        was_running = envoy.process is not None
         code = envoy.stop()
         envoy.cleanup()
         if upstream is not None:
             upstream.stop()
         signal.signal(signal.SIGTERM, previous)
-        print(f"envoy stopped (exit code {code})", file=sys.stderr, flush=True)
+        if was_running:
+            print(f"envoy stopped (exit code {code})", file=sys.stderr, flush=True)
 
 
 def _stats(args: argparse.Namespace, settings: Settings) -> int:

@@ -23,6 +23,8 @@ def test_starts_ready_and_stops_cleanly(upstream, data_dir):
         assert envoy.running() and envoy.admin.ready()
         assert httpx.get(f"http://127.0.0.1:{routes.listeners[0].port}/status/200").status_code == 200
         process = envoy.process
+        # the generated config uses no deprecated Envoy fields (they would be warned about here)
+        assert "Deprecated" not in envoy.log_path.read_text()
     # SIGTERM is a clean shutdown for Envoy: exit code 0, well inside the kill timeout
     assert process.returncode == 0
     assert not envoy.running() and envoy.pid is None
