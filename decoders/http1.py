@@ -24,7 +24,8 @@ HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, UNTIL_CLOSE, HUNT, DEAD
 
 @dataclass(slots=True)
 class HttpHead:
-    """A request or response head: start line parts and headers (names lower-cased, in order)."""
+    """A request or response head: start line parts and headers (names lower-cased; a repeated
+    header's values joined with ", ", as RFC 9110 section 5.3 allows)."""
 
     is_request: bool
     method: str | None
@@ -32,14 +33,11 @@ class HttpHead:
     version: str
     status: int | None
     reason: str | None
-    headers: list[tuple[str, str]]
+    headers: dict[str, str]
     ts: float
 
     def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
+        return self.headers.get(name)
 
 
 def looks_like_request(data: bytes) -> bool:
@@ -54,16 +52,18 @@ def looks_like_response(data: bytes) -> bool:
 
 def parse_head(raw: bytes, is_request: bool, ts: float) -> HttpHead | None:
     """Parse a head (without the blank line); None when the start line is not HTTP/1.x."""
-    lines = raw.split(b"\n")
-    start = lines[0].rstrip(b"\r").decode("latin-1")
-    headers: list[tuple[str, str]] = []
+    lines = raw.decode("latin-1").split("\n")  # decoded once: per-field decoding is the slow part
+    start = lines[0].rstrip("\r")
+    headers: dict[str, str] = {}
+    last = None
     for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if sep and name and name[-1:] not in (b" ", b"\t"):
-            headers.append((name.decode("latin-1").lower(), value.strip().decode("latin-1")))
-        elif headers and line[:1] in (b" ", b"\t"):  # obsolete line folding
-            k, v = headers[-1]
-            headers[-1] = (k, v + " " + line.strip().decode("latin-1"))
+        name, sep, value = line.partition(":")
+        if sep and name and name[-1] not in " \t":
+            last = name.lower()
+            value = value.strip()
+            headers[last] = f"{headers[last]}, {value}" if last in headers else value
+        elif last is not None and line[:1] in (" ", "\t"):  # obsolete line folding
+            headers[last] += " " + line.strip()
     if is_request:
         parts = start.split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or parts[0].encode() not in METHODS:
@@ -83,16 +83,17 @@ class HttpStreamParser:
     HEAD, 1xx, 204, 304); ``on_end(body_bytes, ts)`` follows each message; ``on_damage(text)``
     reports gaps and garbage."""
 
-    __slots__ = ("is_request", "on_head", "on_end", "on_damage", "state", "buf", "scan_from",
+    __slots__ = ("is_request", "on_head", "on_end", "on_damage", "on_lost", "state", "buf", "scan_from",
                  "remaining", "body_bytes", "head_ts")
 
     def __init__(self, is_request: bool, on_head: Callable[[HttpHead], bool],
                  on_end: Callable[[int, float], None], on_damage: Callable[[str], None],
-                 hunting: bool = False) -> None:
+                 hunting: bool = False, on_lost: Callable[[float], None] | None = None) -> None:
         self.is_request = is_request
         self.on_head = on_head
         self.on_end = on_end
         self.on_damage = on_damage
+        self.on_lost = on_lost  # a gap swallowed a message start
         self.state = HUNT if hunting else HEAD
         self.buf = bytearray()
         self.scan_from = 0
@@ -104,6 +105,14 @@ class HttpStreamParser:
     def feed(self, data: bytes, ts: float) -> None:
         while data:
             st = self.state
+            if st == HEAD and not self.buf:
+                # fast path: a whole head at the start of the data, no buffering needed
+                end = data.find(b"\r\n\r\n")
+                if end > 0 and (looks_like_request(data[:16]) if self.is_request else data[:7] == b"HTTP/1."):
+                    self.head_ts = ts
+                    self._complete_head(data[:end], ts)
+                    data = data[end + 4:]
+                    continue
             if st == BODY or st == CHUNK_DATA:
                 take = min(self.remaining, len(data))
                 self.remaining -= take
@@ -149,7 +158,13 @@ class HttpStreamParser:
         self.buf.clear()
         self.scan_from = 0
         self.state = HUNT
+        if self.on_lost is not None:
+            self.on_lost(ts)
         return False
+
+    def data(self, data: bytes, ts: float) -> None:
+        """StreamSink interface: the reassembler hands its bytes straight to the parser."""
+        self.feed(data, ts)
 
     def close(self, ts: float) -> None:
         """The stream ended: a body delimited by the close is complete; anything else is cut."""
@@ -253,15 +268,18 @@ class HttpStreamParser:
         raw = bytes(buf[:end])
         del buf[:end + sep]
         self.scan_from = 0
+        self._complete_head(raw, ts)
+        return True
+
+    def _complete_head(self, raw: bytes, ts: float) -> None:
         head = parse_head(raw, self.is_request, self.head_ts)
         if head is None:
             self.on_damage("unparseable start line; resynchronising")
             self.state = HUNT
-            return True
+            return
         self.body_bytes = 0
         body_allowed = self.on_head(head)
         self._start_body(head, body_allowed, ts)
-        return True
 
     def _start_body(self, head: HttpHead, body_allowed: bool, ts: float) -> None:
         if self.state == DEAD:  # on_head ended the stream (protocol switch)

@@ -148,4 +148,6 @@ def test_parse_head_rejects_non_http():
     assert parse_head(b"SSH-2.0-OpenSSH", True, 0.0) is None
     assert parse_head(b"HTTP/1.1 abc", False, 0.0) is None
     head = parse_head(b"GET / HTTP/1.1\r\nX-A: 1\r\n  folded\r\nHost: h", True, 0.0)
-    assert head.headers == [("x-a", "1 folded"), ("host", "h")]
+    assert head.headers == {"x-a": "1 folded", "host": "h"}
+    twice = parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2", True, 0.0)
+    assert twice.headers == {"x-forwarded-for": "1.1.1.1, 2.2.2.2"}
