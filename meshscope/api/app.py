@@ -14,7 +14,8 @@ from fastapi.staticfiles import StaticFiles
 from meshscope.api import alerts, metrics, pcaps, proxies, records, traces, zipkin
 from meshscope.api.schemas import ErrorBody, Health
 from meshscope.api.security import BearerTokenMiddleware, required_token
-from meshscope.api.uploads import UploadRejected, Uploads
+from meshscope.api.upload_stream import UploadRejected
+from meshscope.api.uploads import Uploads
 from meshscope.errors import UserError
 from meshscope.settings import Settings
 from pipelines.store.base import Store, StoreUnavailable

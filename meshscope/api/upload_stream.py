@@ -1,0 +1,177 @@
+"""Receiving one upload: the request body streamed to capture files (raw body, or multipart file parts
+fed to python-multipart's streaming parser), under the byte and file limits, each file sniffed for
+pcap/pcapng magic before more of it is written."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from decoders.capture_file import PCAP_MAGICS, PCAPNG_SHB
+
+MAX_FILES_PER_UPLOAD = 16
+
+
+class UploadRejected(Exception):
+    """An upload refused with an HTTP status and a message for the person who sent it."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def capture_format(head: bytes) -> str | None:
+    """ "pcap" or "pcapng" from a file's first four bytes, else None."""
+    if len(head) < 4:
+        return None
+    magic = struct.unpack("<I", head[:4])[0]
+    if magic in PCAP_MAGICS:
+        return "pcap"
+    if magic == PCAPNG_SHB:
+        return "pcapng"
+    return None
+
+
+def display_name(name: str | None, index: int) -> str:
+    """The client's file name, for display only: no directories, printable, short."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable())[:120]
+    return base or f"capture-{index + 1}"
+
+
+class CaptureFiles:
+    """Writes the files of one upload, enforcing the byte and file limits and checking each file's magic."""
+
+    def __init__(self, folder: Path, upload_id: str, max_bytes: int) -> None:
+        self.folder = folder
+        self.upload_id = upload_id
+        self.max_bytes = max_bytes
+        self.total = 0
+        self.files: list[dict[str, Any]] = []
+        self._fh = None
+        self._head = b""
+
+    def open(self, client_name: str | None) -> None:
+        self.close()
+        index = len(self.files)
+        if index >= MAX_FILES_PER_UPLOAD:
+            raise UploadRejected(400, f"at most {MAX_FILES_PER_UPLOAD} captures per upload")
+        stored = f"{self.upload_id[:12]}-{index + 1}.cap"
+        self.files.append(
+            {"name": display_name(client_name, index), "stored": stored, "size": 0, "format": None}
+        )
+        self._fh = open(self.folder / stored, "wb")  # noqa: SIM115 - closed in close()
+        self._head = b""
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._fh is None:
+            raise UploadRejected(400, "capture data outside a file part")
+        self.total += len(data)
+        if self.total > self.max_bytes:
+            raise UploadRejected(413, f"upload larger than the limit of {self.max_bytes} bytes")
+        current = self.files[-1]
+        if current["format"] is None:
+            self._head += data[:4]
+            if len(self._head) >= 4:
+                self._sniff(current)
+        current["size"] += len(data)
+        self._fh.write(data)
+
+    def _sniff(self, current: dict[str, Any]) -> None:
+        fmt = capture_format(self._head)
+        if fmt is None:
+            raise UploadRejected(
+                415, f"{current['name']}: not a pcap or pcapng capture (starts with {self._head[:4].hex()})"
+            )
+        current["format"] = fmt
+
+    def close(self) -> None:
+        """Finish the current file: an empty or too short file is refused."""
+        if self._fh is None:
+            return
+        self._fh.close()
+        self._fh = None
+        current = self.files[-1]
+        if current["size"] == 0:
+            raise UploadRejected(400, f"{current['name']}: empty file")
+        if current["format"] is None:
+            raise UploadRejected(
+                415, f"{current['name']}: too short to be a capture ({current['size']} bytes)"
+            )
+
+    def abort(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class MultipartCaptures:
+    """Feeds a multipart/form-data body to CaptureFiles part by part, never holding a whole file.
+    Parts without a file name (plain form fields) are read and ignored."""
+
+    def __init__(self, boundary: bytes, files: CaptureFiles) -> None:
+        self.files = files
+        self._field = b""
+        self._value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._in_file = False
+        self._pending: list[tuple[str, Any]] = []  # callbacks cannot raise cleanly: replay after each chunk
+        self.parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+            },
+        )
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+        self._in_file = False
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field = self._value = b""
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        if b"filename" in params:
+            self._in_file = True
+            self._pending.append(("open", params[b"filename"].decode("utf-8", "replace")))
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            self._pending.append(("write", bytes(data[start:end])))
+
+    def _part_end(self) -> None:
+        if self._in_file:
+            self._pending.append(("close", None))
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self.parser.write(chunk)
+        except Exception as exc:  # python-multipart raises its own errors on a malformed body
+            raise UploadRejected(400, f"malformed multipart body: {exc}") from exc
+        pending, self._pending = self._pending, []
+        for op, arg in pending:
+            getattr(self.files, op)(*(() if arg is None else (arg,)))
+
+    def finish(self) -> None:
+        self.parser.finalize()
+        self.feed(b"")
