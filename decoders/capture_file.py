@@ -36,6 +36,9 @@ class CaptureRecord(NamedTuple):
     orig_len: int
 
 
+_record = tuple.__new__  # builds a CaptureRecord at C speed (its generated __new__ is Python)
+
+
 @dataclass(slots=True)
 class ReadStats:
     """What the reader saw: filled while iterating."""
@@ -147,7 +150,7 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator[C
             if progress is not None and c.base + c.pos >= next_progress:
                 progress(c.base + c.pos)
                 next_progress = c.base + c.pos + CHUNK
-            yield CaptureRecord(sec + frac / divisor, linktype, None, c.buf[start:c.pos], orig)
+            yield _record(CaptureRecord, (sec + frac / divisor, linktype, None, c.buf[start:c.pos], orig))
     finally:
         stats.packets += packets
         stats.bytes += nbytes
@@ -228,7 +231,7 @@ def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator
             packets += 1
             nbytes += len(data)
             sec, frac = divmod((ts_hi << 32) | ts_lo, iface.ts_div)
-            yield CaptureRecord(sec + frac / iface.ts_div, iface.linktype, iface.name, data, orig)
+            yield _record(CaptureRecord, (sec + frac / iface.ts_div, iface.linktype, iface.name, data, orig))
     finally:
         stats.packets += packets
         stats.bytes += nbytes

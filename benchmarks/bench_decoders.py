@@ -1,0 +1,153 @@
+"""Decoder speed: `meshscope pcap analyze --json` against `tshark -T fields` extracting the same facts
+(5-tuple, method, URI, host, x-forwarded-for, x-request-id, SNI) from one capture of ≥1 M packets of
+HTTP and TLS, measured in the same run; peak memory of ours; and the scapy and pyshark backends on
+a slice of the same file, extrapolated per packet.
+
+    .venv/bin/python benchmarks/bench_decoders.py [--packets 1000000] [--slice 20000]
+
+The capture is generated once (struct templates, seconds) and cached in benchmarks/out/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.make_capture import write_http_tls  # noqa: E402
+from decoders.capture_file import read_capture  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "out"
+PY = sys.executable
+MESHSCOPE = str(Path(PY).parent / "meshscope")
+TSHARK_FIELDS = [
+    "ip.src",
+    "tcp.srcport",
+    "ip.dst",
+    "tcp.dstport",
+    "http.request.method",
+    "http.request.uri",
+    "http.host",
+    "http.x_forwarded_for",
+    "http.request.line",
+    "tls.handshake.extensions_server_name",
+]
+DECODE_ONLY = """
+import sys, orjson
+from decoders.read import read_exchanges
+stream, report = read_exchanges(sys.argv[1], sys.argv[2])
+out = sys.stdout.buffer
+for e in stream:
+    out.write(orjson.dumps(e) + b"\\n")
+print(report, file=sys.stderr)
+"""
+
+
+def run(cmd: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (MB) of one child, output discarded.
+    CPU time is the fairer comparison on a shared, busy machine; both are printed."""
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - start
+    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {err.strip()[-500:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def write_slice(src: Path, dst: Path, packets: int) -> None:
+    """The first ``packets`` packets of a pcap, as a pcap."""
+    with open(dst, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        for i, rec in enumerate(read_capture(src)):
+            if i == packets:
+                break
+            sec = int(rec.ts)
+            usec = round((rec.ts - sec) * 1e6)
+            f.write(struct.pack("<IIII", sec, usec, len(rec.data), rec.orig_len) + rec.data)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--packets", type=int, default=1_000_000)
+    ap.add_argument("--slice", type=int, default=20_000, help="packets for the scapy and pyshark runs")
+    ap.add_argument("--skip-slow", action="store_true", help="skip the scapy and pyshark backends")
+    a = ap.parse_args()
+    OUT.mkdir(exist_ok=True)
+    capture = OUT / f"http_tls_{a.packets}.pcap"
+    if not capture.exists():
+        t = time.perf_counter()
+        write_http_tls(capture, a.packets)
+        print(f"generated {capture} in {time.perf_counter() - t:.1f} s")
+    size_mb = capture.stat().st_size / 1e6
+    print(f"capture: {capture.name}, {a.packets} packets, {size_mb:.0f} MB")
+
+    results: dict[str, dict] = {}
+    cli_ok = subprocess.run([MESHSCOPE, "pcap", "analyze", "--help"], capture_output=True).returncode == 0
+    ours_cmd = (
+        [MESHSCOPE, "pcap", "analyze", "--json", str(capture)]
+        if cli_ok
+        else [PY, "-c", DECODE_ONLY, str(capture), "dpkt"]
+    )
+    ours_name = "meshscope pcap analyze --json" if cli_ok else "dpkt backend (CLI missing)"
+    wall, cpu, rss = run(ours_cmd)
+    results[ours_name] = {"seconds": wall, "cpu_seconds": cpu, "peak_rss_mb": rss}
+    wall, cpu, rss = run([PY, "-c", DECODE_ONLY, str(capture), "dpkt"])
+    results["decoder only: dpkt backend -> JSON lines"] = {
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "peak_rss_mb": rss,
+    }
+
+    tshark = shutil.which("tshark")
+    if tshark:
+        cmd = [tshark, "-r", str(capture), "-Y", "http.request or tls.handshake.type == 1", "-T", "fields"]
+        for f in TSHARK_FIELDS:
+            cmd += ["-e", f]
+        wall, cpu, rss = run(cmd)
+        results["tshark -T fields"] = {"seconds": wall, "cpu_seconds": cpu, "peak_rss_mb": rss}
+
+    if not a.skip_slow:
+        part = OUT / f"http_tls_slice_{a.slice}.pcap"
+        write_slice(capture, part, a.slice)
+        for backend in ("dpkt", "scapy", "pyshark"):
+            wall, cpu, rss = run([PY, "-c", DECODE_ONLY, str(part), backend])
+            results[f"{backend} backend, {a.slice}-packet slice"] = {
+                "seconds": wall,
+                "cpu_seconds": cpu,
+                "peak_rss_mb": rss,
+                "us_per_packet": wall / a.slice * 1e6,
+                "extrapolated_seconds_full": wall / a.slice * a.packets,
+            }
+
+    print(f"\n{'what':50} {'wall s':>8} {'CPU s':>8} {'peak MB':>8}  note")
+    for name, r in results.items():
+        note = (
+            f"~{r['extrapolated_seconds_full']:.0f} s wall for {a.packets} packets"
+            if "us_per_packet" in r
+            else ""
+        )
+        print(f"{name:50} {r['seconds']:8.2f} {r['cpu_seconds']:8.2f} {r['peak_rss_mb']:8.0f}  {note}")
+    if "tshark -T fields" in results:
+        t, o = results["tshark -T fields"], results[ours_name]
+        wall_ratio, cpu_ratio = t["seconds"] / o["seconds"], t["cpu_seconds"] / o["cpu_seconds"]
+        print(
+            f"\n{ours_name} vs tshark -T fields: {wall_ratio:.1f}x faster by wall time, "
+            f"{cpu_ratio:.1f}x by CPU "
+            f"time (goal >= 3x); peak memory {o['peak_rss_mb']:.0f} MB (goal < 300 MB)"
+        )
+        results["ratios_tshark_over_ours"] = {"wall": wall_ratio, "cpu": cpu_ratio}
+    (OUT / "bench_decoders.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
