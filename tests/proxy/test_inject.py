@@ -103,13 +103,14 @@ def test_injected_config_logs_real_traffic(tmp_path, upstream):
             with httpx.Client(timeout=5) as client:  # the tcp_proxy passes HTTP through as bytes
                 assert client.get(f"http://127.0.0.1:{ports['db']}/headers").status_code == 200
             sink.wait_for(lambda: len(sink.http_entries()) == 1 and len(sink.tcp_entries()) == 1)
-            sink.wait_for(lambda: len(sink.spans) >= 1)
+            sink.wait_for(lambda: len(sink.spans) >= 2)  # the request's span and its upstream span
             dump = json.dumps(envoy.admin.config_dump())
         assert "envoy.access_loggers.http_grpc" in dump and "envoy.access_loggers.tcp_grpc" in dump
         (entry,) = sink.http_entries()
         assert entry.response.response_code.value == 201
         assert entry.request.request_id == upstream.seen()[0]["x-request-id"]
-        assert sink.spans[0]["tags"]["guid:x-request-id"] == entry.request.request_id
+        assert {s["kind"] for s in sink.spans} == {"SERVER", "CLIENT"}
+        assert entry.request.request_id in {s["tags"].get("guid:x-request-id") for s in sink.spans}
         assert {m.identifier.log_name for m in sink.service.messages if m.HasField("identifier")} == {
             "user",
             "user-tcp",

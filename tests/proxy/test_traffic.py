@@ -109,5 +109,5 @@ def test_access_logs_and_spans_reach_the_collector_address(upstream, data_dir):
             assert logged["x-b3-sampled"] == "1" and len(logged["x-b3-traceid"]) == 32
             assert logged["x-envoy-attempt-count"] == str(e.common_properties.upstream_request_attempt_count)
         # one span for the request plus one per upstream attempt: 4 + (1 + 2 + 2 + 2)
-        assert len(sink.spans) == 11
-        assert all(s["name"] and s["kind"] in ("SERVER", "CLIENT") for s in sink.spans)
+        kinds = [s["kind"] for s in sink.spans]
+        assert (kinds.count("SERVER"), kinds.count("CLIENT"), len(kinds)) == (4, 7, 11)
