@@ -195,6 +195,7 @@ async def test_trace_joins_gateway_sidecar_spans_and_packets(data_dir, tmp_path)
     assert len(trace["exchanges"]) == 3
     assert trace["flows"] and any(h["kind"] == "l7-proxy" for h in trace["flows"][0]["hops"])
     assert "proxy access logs" in svg
+    (tmp_path / "trace.svg").write_text(svg)  # kept with the test's files, for a look
     by_node = {p["node_id"]: p for p in proxies}
     for node in (GATEWAY_NODE, SIDECAR_NODE):
         loss = by_node[node]["loss"]
