@@ -226,3 +226,26 @@ def test_progress_file_is_throttled(tmp_path):
     progress.last -= ProgressFile.INTERVAL
     progress(60, 100)
     assert json.loads((tmp_path / "progress.json").read_text()) == {"done": 60, "total": 100}
+
+
+def test_client_that_hangs_up_mid_upload_leaves_nothing(api, tmp_path):
+    import socket
+    import time as clock
+    from urllib.parse import urlparse
+
+    node, _ = lab_captures(tmp_path, RID, NOW)
+    url = urlparse(api.url)
+    with socket.create_connection((url.hostname, url.port)) as s:
+        s.sendall(
+            b"POST /api/pcaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: 150000\r\n\r\n" + node.read_bytes()
+        )
+        clock.sleep(0.3)
+        assert any((api.settings.data_dir / "pcaps").iterdir())  # the server has started writing it
+    deadline = clock.monotonic() + 10
+    while any((api.settings.data_dir / "pcaps").iterdir()) and clock.monotonic() < deadline:
+        clock.sleep(0.05)
+    assert not any((api.settings.data_dir / "pcaps").iterdir())
+    with api.client() as c:
+        assert c.get("/api/pcaps").json() == []
+        assert c.post("/api/pcaps", content=node.read_bytes()).status_code == 202
