@@ -12,6 +12,15 @@ MAX_PENDING_BYTES = 256 * 1024  # out-of-order bytes held per direction before d
 MAX_PENDING_SEGMENTS = 256
 
 
+def _trim(behind: int, payload: bytes, missing: int) -> tuple[bytes, int] | None:
+    """Drop the ``behind`` bytes already delivered from a segment; None if nothing new is left."""
+    if behind >= len(payload) + missing:
+        return None
+    if behind >= len(payload):
+        return b"", missing - (behind - len(payload))
+    return payload[behind:], missing
+
+
 class StreamSink(Protocol):
     """Where in-order bytes of one direction go."""
 
@@ -47,14 +56,10 @@ class StreamReassembler:
             self.next_seq = seq
         rel = (seq - self.next_seq) % MOD
         if rel >= HALF:  # starts before what we already delivered: retransmission or overlap
-            behind = MOD - rel
-            if behind >= len(payload) + missing:
+            trimmed = _trim(MOD - rel, payload, missing)
+            if trimmed is None:
                 return
-            if behind >= len(payload):
-                missing -= behind - len(payload)
-                payload = b""
-            else:
-                payload = payload[behind:]
+            payload, missing = trimmed
             rel = 0
             seq = self.next_seq
         if rel == 0:
@@ -120,16 +125,12 @@ class StreamReassembler:
                     continue
                 payload, missing, ts = self.pending.pop(seq)
                 self.pending_bytes -= len(payload)
+                progressed = True
                 if rel:  # overlaps what was delivered
-                    behind = MOD - rel
-                    if behind >= len(payload) + missing:
-                        progressed = True
+                    trimmed = _trim(MOD - rel, payload, missing)
+                    if trimmed is None:
                         continue
-                    if behind >= len(payload):
-                        missing -= behind - len(payload)
-                        payload = b""
-                    else:
-                        payload = payload[behind:]
+                    payload, missing = trimmed
                 self._deliver(payload, missing, ts)
                 progressed = True
             if not progressed:

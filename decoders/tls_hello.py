@@ -56,13 +56,16 @@ def _extensions(body: bytes, pos: int) -> dict[int, bytes]:
     return exts
 
 
+def _after_session_id(body: bytes, what: str) -> tuple[int, int]:
+    """Both hellos open with version (2), random (32) and a session id: (legacy version, offset after)."""
+    if len(body) < 38:
+        raise ValueError(f"{what} too short")
+    return struct.unpack_from("!H", body, 0)[0], 35 + body[34]
+
+
 def parse_client_hello(body: bytes) -> ClientHello:
     """The ClientHello message body (after the 4-byte handshake header). Raises ValueError."""
-    if len(body) < 38:
-        raise ValueError("ClientHello too short")
-    legacy = struct.unpack_from("!H", body, 0)[0]
-    pos = 34
-    pos += 1 + body[pos]  # session id
+    legacy, pos = _after_session_id(body, "ClientHello")
     if pos + 2 > len(body):
         raise ValueError("ClientHello cut in cipher suites")
     pos += 2 + struct.unpack_from("!H", body, pos)[0]  # cipher suites
@@ -101,11 +104,7 @@ def parse_client_hello(body: bytes) -> ClientHello:
 
 def parse_server_hello(body: bytes) -> ServerHello:
     """The ServerHello body: the version it chose (supported_versions overrides the legacy field)."""
-    if len(body) < 38:
-        raise ValueError("ServerHello too short")
-    legacy = struct.unpack_from("!H", body, 0)[0]
-    pos = 34
-    pos += 1 + body[pos]  # session id
+    legacy, pos = _after_session_id(body, "ServerHello")
     pos += 3  # cipher suite, compression method
     exts = _extensions(body, pos)
     sv = exts.get(EXT_SUPPORTED_VERSIONS)
