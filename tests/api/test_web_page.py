@@ -56,6 +56,8 @@ def test_upload_search_and_alerts(api, browser, tmp_path):
     assert "1 flows, 3 exchanges" in page.inner_text("#upload-status")
     assert "nat-dnat" in page.inner_text("#flows") and "l7-proxy" in page.inner_text("#flows")
     assert page.locator("#captures tbody tr").count() == 2
+    page.wait_for_selector("#uploads li")
+    assert "node-eth0.pcap, pod-veth.pcap" in page.inner_text("#uploads")
 
     # search the request by the id the sidecar logged: hops, spans and packets on one page
     page.fill("#rid", RID_SC)

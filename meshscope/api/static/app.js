@@ -103,22 +103,32 @@ async function waitForAnalysis(id) {
 }
 
 async function uploadCaptures(files) {
-  const result = $("#upload-result");
-  result.hidden = true;
+  $("#upload-result").hidden = true;
   if (!files.length) { status($("#upload-status"), "choose a capture file first", true); return; }
   const form = new FormData();
   for (const f of files) form.append("file", f, f.name);
   status($("#upload-status"), "uploading " + files.length + " file(s) …");
   try {
     const accepted = await (await call("/api/pcaps", { method: "POST", body: form })).json();
-    const s = await waitForAnalysis(accepted.id);
+    await showUpload(accepted.id);
+  } catch (err) {
+    status($("#upload-status"), err.message, true);
+  }
+  loadUploads();
+}
+
+async function showUpload(id) {
+  const result = $("#upload-result");
+  result.hidden = true;
+  try {
+    const s = await waitForAnalysis(id);
     if (s.state === "failed") throw new Error(s.error || "analysis failed");
     $("#captures tbody").replaceChildren();
     for (const c of s.captures) {
       row($("#captures tbody"), [c.name, c.format, c.packets, c.exchanges,
         c.damage.length ? c.damage.join("; ") : (c.truncated ? "truncated" : "none")]);
     }
-    const flows = await (await call("/api/pcaps/" + accepted.id + "/flows")).json();
+    const flows = await (await call("/api/pcaps/" + id + "/flows")).json();
     $("#flows").replaceChildren();
     for (const f of flows.flows) {
       const li = el("li", (f.client || "?") + " ⇒ " + (f.server || "?") + ": " +
@@ -134,10 +144,25 @@ async function uploadCaptures(files) {
     status($("#upload-status"), `upload ${s.id}: ${s.counts.flows} flows, ${s.counts.exchanges} exchanges, ` +
       `${s.counts.packets} packets`);
     result.hidden = false;
-    await showSvg($("#upload-graph"), "/api/pcaps/" + accepted.id + "/graph.svg");
+    await showSvg($("#upload-graph"), "/api/pcaps/" + id + "/graph.svg");
   } catch (err) {
     status($("#upload-status"), err.message, true);
   }
+}
+
+async function loadUploads() {
+  try {
+    const items = await (await call("/api/pcaps?limit=20")).json();
+    $("#uploads").replaceChildren();
+    for (const u of items) {
+      const a = el("a", time(u.created) + "  " + u.files.map((f) => f.name).join(", ") + "  (" + u.state + ")");
+      a.href = "#upload-" + u.id;
+      a.addEventListener("click", (ev) => { ev.preventDefault(); showUpload(u.id); });
+      const li = document.createElement("li");
+      li.appendChild(a);
+      $("#uploads").appendChild(li);
+    }
+  } catch (err) { /* the alerts list shows auth problems */ }
 }
 
 async function loadAlerts() {
@@ -159,6 +184,13 @@ async function loadAlerts() {
 $("#trace-form").addEventListener("submit", (ev) => { ev.preventDefault(); searchTrace($("#rid").value.trim()); });
 $("#upload-form").addEventListener("submit", (ev) => { ev.preventDefault(); uploadCaptures($("#pcap-file").files); });
 $("#alerts-refresh").addEventListener("click", loadAlerts);
-$("#token").addEventListener("change", (ev) => { localStorage.setItem("meshscope-token", ev.target.value); loadAlerts(); });
+$("#token").addEventListener("change", (ev) => {
+  localStorage.setItem("meshscope-token", ev.target.value);
+  loadAlerts();
+  loadUploads();
+});
 loadAlerts();
-if (location.hash.length > 1) { $("#rid").value = decodeURIComponent(location.hash.slice(1)); searchTrace($("#rid").value); }
+loadUploads();
+const hash = decodeURIComponent(location.hash.slice(1));
+if (hash.startsWith("upload-")) showUpload(hash.slice(7));
+else if (hash) { $("#rid").value = hash; searchTrace(hash); }
