@@ -12,7 +12,12 @@ import h2.connection
 import pytest
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
+from collector.server import Collector
+from meshscope.settings import Settings
+from pipelines.bus.memory import MemoryBus
 from tests.collector.als_messages import ALS_METHOD, http_message
+from tests.collector.conftest import TopicReader
+from tests.conftest import free_port
 
 
 async def _stream(port: int, messages) -> als_pb2.StreamAccessLogsResponse:
@@ -134,3 +139,28 @@ async def test_stream_cut_mid_message(running, access_reader):
     await _stream(collector.als_port, [http_message(1, node_id="node-d", start=9)])
     records = await access_reader.wait_for(3)
     assert sorted(r.request_id for r in records) == ["req-0", "req-1", "req-9"]
+
+
+async def test_full_collector_stops_reading_the_stream_until_the_bus_takes_records(data_dir):
+    """Bus full and spool full: the stream is not read on (backpressure), nothing is refused or lost;
+    once a consumer makes room, the stream completes and every entry arrives."""
+    bus = MemoryBus(capacity=40, publish_timeout=0.05)
+    settings = Settings(data_dir=data_dir, als_port=free_port(), zipkin_port=free_port())
+    collector = Collector(settings, bus, max_spool_bytes=40_000, publish_timeout=0.1)
+    await collector.start()
+    reader = None
+    try:
+        messages = [http_message(20, first=(i == 0), start=20 * i) for i in range(15)]
+        stream = asyncio.ensure_future(_stream(collector.als_port, messages))
+        await asyncio.sleep(1.5)
+        assert not stream.done(), "the collector kept reading although it could hold no more"
+        assert collector.publisher.spool.pending_bytes <= 40_000
+        reader = TopicReader(bus, "access")
+        await asyncio.wait_for(stream, 30)
+        records = await reader.wait_for(300, timeout=30)
+    finally:
+        if reader is not None:
+            await reader.close()
+        await collector.stop()
+    ids = [r.request_id for r in records]
+    assert ids == [f"req-{i}" for i in range(300)]  # all of them, in order
