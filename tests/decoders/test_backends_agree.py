@@ -17,7 +17,7 @@ from tests.decoders.capture_builders import (
 )
 
 CASES = ["keepalive", "pipelined", "retrans", "lost", "midstream", "tls_split", "ipv6_rst", "multi_iface",
-         "snaplen"] + [f"link_{link}" for link in LINKS]
+         "snaplen", "v6_null", "v6_sll2"] + [f"link_{link}" for link in LINKS]
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,11 @@ def corpus(tmp_path_factory):
         c.send(True, http_request("GET", f"/{link}", x_request_id=f"link-{link}"))
         c.send(False, http_response(200, b"linked"))
         cases[f"link_{link}"] = write(d / f"link_{link}.pcap", c.close().packets, link)
+    for link in ("null", "sll2"):
+        c = Conversation(client="fd00::7", server="fd00::8", cport=41001).handshake()
+        c.send(True, http_request("GET", "/v6", x_request_id="v6"))
+        c.send(False, http_response(200, b"six"))
+        cases[f"v6_{link}"] = write(d / f"v6_{link}.pcap", c.close().packets, link)
     return cases
 
 
