@@ -47,25 +47,13 @@ async def drive(proxy_url: str, *, concurrency: int = 8, timeout: float = 10.0) 
                     report.count(0)
                     return
                 report.count(response.status_code)
-                rid = response.headers.get("x-request-id") or _echoed_request_id(response)
+                rid = response.headers.get("x-request-id")  # the proxy returns it on every response
                 if rid:
                     report.request_ids.setdefault(scenario, rid)
 
         for scenario, path, n in SCENARIOS:
             await asyncio.gather(*(one(scenario, path) for _ in range(n)))
     return report
-
-
-def _echoed_request_id(response: httpx.Response) -> str | None:
-    """The demo upstream's /headers echoes the request headers Envoy sent it, x-request-id among them."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    headers = body.get("headers", body) if isinstance(body, dict) else {}
-    if not isinstance(headers, dict):
-        return None
-    return {k.lower(): v for k, v in headers.items()}.get("x-request-id")
 
 
 def sample_capture() -> Path | None:

@@ -194,6 +194,8 @@ def request_id_settings() -> dict:
         # a client's own x-request-id is kept so a request can be followed from the client side
         "preserve_external_request_id": True,
         "use_remote_address": True,
+        # the client sees the id (curl -i) and can look the request up in meshscope
+        "always_set_request_id_in_response": True,
         "request_id_extension": {
             "typed_config": {
                 "@type": _TYPE + "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
