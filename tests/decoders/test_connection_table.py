@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from benchmarks.make_capture import write_syn_flood
 from decoders.connection_table import SYN, ConnectionTable
@@ -30,8 +32,9 @@ print(json.dumps({"exchanges": n, "connections": report.connections, "packets": 
 def test_a_million_one_packet_connections_stay_bounded(tmp_path):
     path = tmp_path / "flood.pcap"
     write_syn_flood(path, 1_000_000)
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True,
-                         timeout=240, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, timeout=240, check=True
+    )
     r = json.loads(out.stdout)
     assert r["packets"] == 1_000_000 and r["connections"] == 1_000_000 and r["exchanges"] == 0
     assert any("evicted" in d for d in r["damage"])
@@ -58,8 +61,9 @@ def test_connection_summaries_include_non_http(tmp_path):
     d.send(True, http_request("GET", "/x"))
     d.send(False, http_response(200))
     summaries = []
-    stream, _ = read_exchanges(write(tmp_path / "mixed.pcap", c.close().packets + d.close().packets),
-                               on_connection=summaries.append)
+    stream, _ = read_exchanges(
+        write(tmp_path / "mixed.pcap", c.close().packets + d.close().packets), on_connection=summaries.append
+    )
     assert [e.uri for e in stream] == ["/x"]
     by_port = {s.conn.dport: s for s in summaries}
     assert by_port[5432].protocol == "other" and by_port[5432].client_bytes == 8
@@ -72,3 +76,39 @@ def test_orientation_without_handshake_by_port_when_bytes_say_nothing():
     table.segment(1.0, "10.0.0.2", 443, "10.0.0.1", 50000, 7, 0, 0x18, b"\x17\x03\x03\x00\x01x")
     (tc,) = table.conns.values()
     assert tc.conn.key == ("10.0.0.1", 50000, "10.0.0.2", 443)
+
+
+SEGMENT = st.tuples(
+    st.sampled_from(
+        [
+            ("10.0.0.1", 1000, "10.0.0.2", 80),
+            ("10.0.0.2", 80, "10.0.0.1", 1000),
+            ("10.0.0.3", 443, "10.0.0.1", 2000),
+        ]
+    ),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 0x3F),
+    st.one_of(
+        st.binary(max_size=120),
+        st.sampled_from(
+            [
+                http_request("GET", "/f"),
+                http_response(200),
+                b"\x16\x03\x01\x00\x10\x01\x00\x00\x0c",
+                b"HTTP/1.1 1",
+            ]
+        ),
+    ),
+    st.integers(0, 3000),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(SEGMENT, max_size=25), st.integers(1, 3))
+def test_fuzz_table_with_arbitrary_segments(segments, max_connections):
+    table = ConnectionTable("fuzz", max_connections=max_connections)
+    for i, ((src, sport, dst, dport), seq, ack, flags, payload, missing) in enumerate(segments):
+        table.segment(float(i), src, sport, dst, dport, seq, ack, flags, payload, missing % 7)
+    table.finish()
+    assert not table.conns and all(e.conn.capture == "fuzz" for e in table.ready)
