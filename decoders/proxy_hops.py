@@ -13,7 +13,8 @@ the same ClientHello (SNI, ALPN, versions) forwarded upstream.
 
 from __future__ import annotations
 
-import bisect
+import heapq
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -39,18 +40,30 @@ class ProxyLink:
     retries: int = 0
 
 
-def _xff(ex: Exchange) -> list[str]:
-    return [p.strip() for p in ex.headers.get("x-forwarded-for", "").split(",") if p.strip()]
+@dataclass(slots=True)
+class _Ident:
+    """What identifies one request, worked out once: normalised id, B3 ids, forwarding chain."""
 
+    rid: str | None
+    b3: dict[str, str]
+    xff: list[str]
+    method: str | None
+    uri: str | None
+    proxied: bool  # carries headers only a proxy adds
 
-def _b3(ex: Exchange) -> dict[str, str]:
-    h = ex.headers
-    out = {k: h[f"x-b3-{k}"] for k in ("traceid", "spanid", "parentspanid", "sampled") if f"x-b3-{k}" in h}
-    if "b3" in h and "traceid" not in out:  # single-header form: trace-span-sampled-parent
-        parts = h["b3"].split("-")
-        for k, v in zip(("traceid", "spanid", "sampled", "parentspanid"), parts, strict=False):
-            out[k] = v
-    return out
+    @classmethod
+    def of(cls, ex: Exchange) -> _Ident:
+        h = ex.headers
+        b3 = {k: h[f"x-b3-{k}"] for k in ("traceid", "spanid", "parentspanid") if f"x-b3-{k}" in h}
+        if "b3" in h and "traceid" not in b3:  # single-header form: trace-span-sampled-parent
+            parts = h["b3"].split("-")
+            for k, v in zip(("traceid", "spanid", "sampled", "parentspanid"), parts, strict=False):
+                b3[k] = v
+        if "traceid" in b3:
+            b3["traceid"] = b3["traceid"].lower().lstrip("0")  # 64- and 128-bit forms of one id
+        xff = [p.strip() for p in h.get("x-forwarded-for", "").split(",") if p.strip()]
+        return cls(rid=normalize_request_id(h.get("x-request-id")), b3=b3, xff=xff, method=ex.method,
+                   uri=ex.uri, proxied=any(name in h for name in PROXY_HEADERS))
 
 
 class _Inbound:
@@ -58,6 +71,7 @@ class _Inbound:
 
     def __init__(self, legs: list[Leg]) -> None:
         self.leg_of: dict[str, Leg] = {}
+        self._idents: dict[str, _Ident] = {}
         rows: dict[str, list[tuple[float, int, Exchange]]] = defaultdict(list)
         self.by_rid: dict[tuple[str, str], list[Exchange]] = defaultdict(list)
         # only a host that also sends requests can be a proxy or an app calling out
@@ -77,20 +91,42 @@ class _Inbound:
             self.times[host] = [t for t, _, _ in r]
             self.rows[host] = [e for _, _, e in r]
 
-    def window(self, host: str, t: float) -> list[Exchange]:
-        """Exchanges received by host that started before t (latest first), bounded."""
-        times = self.times.get(host)
-        if not times:
-            return []
-        rows = self.rows[host]
-        i = bisect.bisect_right(times, t + SLACK_S)
-        out: list[Exchange] = []
-        while i > 0 and len(out) < MAX_CANDIDATES:
-            i -= 1
-            if times[i] < t - MAX_REQUEST_S:
-                break
-            out.append(rows[i])
-        return out
+
+
+def _ident_cached(inbound: _Inbound, ex: Exchange) -> _Ident:
+    ident = inbound._idents.get(ex.id)
+    if ident is None:
+        ident = inbound._idents[ex.id] = _Ident.of(ex)
+    return ident
+
+
+class _OpenRequests:
+    """A sweep over one host's inbound requests in time order: which are open at a given moment.
+    Asked with non-decreasing times, it costs O(log n) per request however many there are."""
+
+    def __init__(self, times: list[float], rows: list[Exchange]) -> None:
+        self.times, self.rows, self.next = times, rows, 0
+        self.ends: list[tuple[float, int]] = []  # heap of (end, position)
+        self.open: dict[int, Exchange] = {}  # position → exchange, in start order
+
+    def at(self, t: float) -> list[Exchange]:
+        """Requests open at t (latest started first), bounded."""
+        times, rows = self.times, self.rows
+        while self.next < len(rows) and times[self.next] <= t + SLACK_S:
+            ex = rows[self.next]
+            heapq.heappush(self.ends, (_end(ex, times[self.next]), self.next))
+            self.open[self.next] = ex
+            self.next += 1
+        while self.ends and self.ends[0][0] < t - SLACK_S:
+            self.open.pop(heapq.heappop(self.ends)[1], None)
+        return list(itertools.islice(reversed(self.open.values()), MAX_CANDIDATES))
+
+
+def _end(ex: Exchange, start: float) -> float:
+    """Until when a request can still cause upstream requests."""
+    if ex.exchange_type == "tls":  # a passthrough proxy forwards the ClientHello at once
+        return start + TLS_FORWARD_S
+    return ex.response_time if ex.response_time is not None else start + MAX_REQUEST_S
 
 
 def _open_during(parent: Exchange, t: float) -> bool:
@@ -99,19 +135,18 @@ def _open_during(parent: Exchange, t: float) -> bool:
     return start <= t + SLACK_S and (end is None or t <= end + SLACK_S)
 
 
-def _http_score(parent: Exchange, parent_leg: Leg, child: Exchange) -> tuple[int, list[str]]:
+def _http_score(parent: _Ident, parent_leg: Leg, child: _Ident) -> tuple[int, list[str]]:
     """How strongly child looks caused by parent (0: not at all) and which evidence says so."""
     why: list[str] = []
     score = 1
-    prid, crid = parent.request_id, child.request_id
-    if prid and crid:
-        if normalize_request_id(prid) != normalize_request_id(crid):
+    if parent.rid and child.rid:
+        if parent.rid != child.rid:
             return 0, []
         score += 100
         why.append("x-request-id")
-    pb, cb = _b3(parent), _b3(child)
+    pb, cb = parent.b3, child.b3
     if pb.get("traceid") and cb.get("traceid"):
-        if pb["traceid"].lower().lstrip("0") != cb["traceid"].lower().lstrip("0"):
+        if pb["traceid"] != cb["traceid"]:
             return 0, []
         score += 50
         why.append("b3-traceid")
@@ -121,26 +156,26 @@ def _http_score(parent: Exchange, parent_leg: Leg, child: Exchange) -> tuple[int
     if _extends_xff(parent, parent_leg, child):
         score += 30
         why.append("x-forwarded-for")
-    if (parent.method, parent.uri) == (child.method, child.uri) and child.method:
+    if child.method and (parent.method, parent.uri) == (child.method, child.uri):
         score += 10
         why.append("method+uri")
     why.append("timing")
     return score, why
 
 
-def _extends_xff(parent: Exchange, parent_leg: Leg, child: Exchange) -> bool:
+def _seen_from(leg: Leg) -> tuple[str, str]:
+    """The addresses a proxy may have recorded for a downstream request: after any SNAT, and the sender."""
+    return leg.sides[-1].conn.src, leg.sender
+
+
+def _extends_xff(parent: _Ident, parent_leg: Leg, child: _Ident) -> bool:
     """Did the proxy append the address it saw the downstream request come from?"""
-    cx = _xff(child)
-    if not cx:
-        return False
-    seen_from = parent_leg.sides[-1].conn.src  # after any SNAT: what the proxy saw
-    return cx[-1] in (seen_from, parent_leg.sender) and cx[:-1] == _xff(parent)
+    cx = child.xff
+    return bool(cx) and cx[-1] in _seen_from(parent_leg) and cx[:-1] == parent.xff
 
 
-def _http_kind(parent: Exchange, parent_leg: Leg, child: Exchange) -> str:
-    if _extends_xff(parent, parent_leg, child) or any(h in child.headers for h in PROXY_HEADERS):
-        return "l7-proxy"
-    return "app-call"
+def _http_kind(parent: _Ident, parent_leg: Leg, child: _Ident) -> str:
+    return "l7-proxy" if child.proxied or _extends_xff(parent, parent_leg, child) else "app-call"
 
 
 def _tls_score(parent: Exchange, child: Exchange) -> int:
@@ -152,35 +187,37 @@ def _tls_score(parent: Exchange, child: Exchange) -> int:
 def match_proxy(legs: list[Leg]) -> list[ProxyLink]:
     """Every proxy/app hop between exchanges of the legs; each upstream exchange gets one parent."""
     inbound = _Inbound(legs)
+    outbound: dict[str, list[tuple[float, int, Exchange, Leg]]] = defaultdict(list)
+    for leg in legs:
+        if leg.sender in inbound.rows:  # a host nothing came into caused nothing
+            for child in leg.exchanges:
+                outbound[leg.sender].append((exchange_time(child), len(outbound[leg.sender]), child, leg))
     children: dict[str, list[tuple[Exchange, Leg, list[str]]]] = defaultdict(list)
     parents: dict[str, Exchange] = {}
     tls_used: set[str] = set()
-    for leg in legs:
-        if leg.sender not in inbound.rows:  # nothing came into this host: it caused nothing
-            continue
-        for child in leg.exchanges:
-            found = _find_parent(inbound, leg, child, tls_used)
-            if found is None:
-                continue
-            parent, why = found
-            parents[parent.id] = parent
-            children[parent.id].append((child, leg, why))
+    for host, sent in outbound.items():
+        sent.sort(key=lambda row: (row[0], row[1]))
+        sweep = _OpenRequests(inbound.times[host], inbound.rows[host])
+        for t, _, child, leg in sent:
+            found = _find_parent(inbound, leg, child, t, sweep.at(t), tls_used)
+            if found is not None:
+                parent, why = found
+                parents[parent.id] = parent
+                children[parent.id].append((child, leg, why))
     links: list[ProxyLink] = []
     for pid, kids in children.items():
-        parent = parents[pid]
-        links += _group_attempts(parent, inbound.leg_of[pid], kids)
+        links += _group_attempts(parents[pid], inbound.leg_of[pid], kids)
     links.sort(key=lambda lk: exchange_time(lk.attempts[0]))
     return links
 
 
-def _find_parent(inbound: _Inbound, leg: Leg, child: Exchange, tls_used: set[str]):
-    t = exchange_time(child)
-    host = leg.sender
+def _find_parent(inbound: _Inbound, leg: Leg, child: Exchange, t: float, open_now: list[Exchange],
+                 tls_used: set[str]) -> tuple[Exchange, list[str]] | None:
+    """The downstream request that caused child, among those open when it was sent."""
     if child.exchange_type == "tls":
         best = None
-        for cand in inbound.window(host, t):
-            if cand.id in tls_used or inbound.leg_of[cand.id] is leg \
-                    or t - exchange_time(cand) > TLS_FORWARD_S:
+        for cand in open_now:
+            if cand.id in tls_used or inbound.leg_of[cand.id] is leg:
                 continue
             score = _tls_score(cand, child)
             if score and (best is None or score > best[0]):
@@ -189,15 +226,17 @@ def _find_parent(inbound: _Inbound, leg: Leg, child: Exchange, tls_used: set[str
             return None
         tls_used.add(best[1].id)
         return best[1], ["sni", "client-hello", "timing"]
-    rid = normalize_request_id(child.request_id)
-    pool = inbound.by_rid.get((host, rid), []) if rid else []
-    pool = [p for p in pool if _open_during(p, t)] or inbound.window(host, t)
+    me = _Ident.of(child)
+    pool = inbound.by_rid.get((leg.sender, me.rid), []) if me.rid else []
+    pool = [p for p in pool if _open_during(p, t)] or open_now
+    if me.xff and len(pool) > 1:  # a proxy appended the address it saw: only those requests qualify
+        pool = [p for p in pool if me.xff[-1] in _seen_from(inbound.leg_of[p.id])] or pool
     best = None
     for cand in pool:
         cand_leg = inbound.leg_of[cand.id]
         if cand_leg is leg or cand.exchange_type != "http" or not _open_during(cand, t):
             continue
-        score, why = _http_score(cand, cand_leg, child)
+        score, why = _http_score(_ident_cached(inbound, cand), cand_leg, me)
         if score and (best is None or score > best[0]):
             best = (score, cand, why)
     return None if best is None else (best[1], best[2])
@@ -213,7 +252,7 @@ def _group_attempts(parent: Exchange, parent_leg: Leg,
         if child.exchange_type == "tls":
             kind = "tls-passthrough"
         else:
-            kind = _http_kind(parent, parent_leg, child)
+            kind = _http_kind(_Ident.of(parent), parent_leg, _Ident.of(child))
         key = (kind, child.method, child.uri) if kind == "l7-proxy" else (kind, child.id)
         groups.setdefault(key, []).append((child, leg, why))
     links = []
@@ -244,10 +283,13 @@ def _evidence(parent: Exchange, parent_leg: Leg, members: list[tuple[Exchange, L
         if any(ids["upstream"]) or ids["downstream"]:
             ids["normalised"] = normalize_request_id(first.request_id or parent.request_id)
             ev["request_id"] = ids
-        if _xff(first):
+        if first.headers.get("x-forwarded-for"):
             ev["x_forwarded_for"] = first.headers["x-forwarded-for"]
-        if _b3(first):
-            ev["b3"] = _b3(first)
+        b3 = {k[5:]: v for k, v in first.headers.items() if k.startswith("x-b3-")}
+        if "b3" in first.headers:
+            b3["b3"] = first.headers["b3"]
+        if b3:  # as sent, not normalised
+            ev["b3"] = b3
     ev["attempts"] = [
         {"upstream": conn_text(leg.sides[0].conn),
          "status": c.status, "attempt_count": c.headers.get("x-envoy-attempt-count"),
