@@ -51,8 +51,8 @@ class FlowBuilder:
     def flows(self) -> list[Flow]:
         """A flow for each exchange nobody caused that went through a NAT or caused another: an
         exchange on its own is already fully told by itself."""
-        roots = [ex for leg in self.legs if leg.nat or any(ex.id in self.caused for ex in leg.exchanges)
-                 for ex in leg.exchanges if ex.id not in self.has_parent]
+        roots = [ex for leg in self.legs for ex in leg.exchanges
+                 if ex.id not in self.has_parent and (leg.nat or ex.id in self.caused)]
         roots.sort(key=exchange_time)
         return [self.flow(root) for root in roots]
 

@@ -81,7 +81,9 @@ _SHARED_VALUES = frozenset(("x-forwarded-for", "x-b3-sampled", "x-envoy-attempt-
 
 
 def _intern(value: str | None) -> str | None:
-    return sys.intern(value) if value is not None else None
+    if value is None:
+        return None
+    return sys.intern(value if type(value) is str else str(value))  # a str subclass (pyshark's) cannot be
 
 
 class ExchangeSpool:

@@ -1,10 +1,15 @@
 """Flows: the lab path's hops in order, with evidence, timings and workload names."""
 
+import time
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from decoders.analyze import stitch
+from decoders.analyze import analyze, stitch
+from decoders.samples import NODEPORT_LAB
 from meshscope.model import HOP_KINDS, Flow, Hop
+from tests.conftest import need_binary
 from tests.decoders.made_exchanges import RID, RID_SAMPLED, conn, http, lab_path, tls
 
 
@@ -92,3 +97,41 @@ def test_stitching_any_exchanges_gives_well_formed_flows(exchanges):
         assert all(h.retries >= 0 for h in flow.hops)
     roots = [f.exchange_ids[0] for f in a.flows]
     assert len(roots) == len(set(roots))  # an exchange roots at most one flow
+
+
+def _summary(analysis):
+    return [(h.kind, h.src, h.dst, h.nodeport, h.sni, tuple(h.request_ids), h.retries)
+            for f in analysis.flows for h in f.hops]
+
+
+@pytest.mark.tshark
+@pytest.mark.parametrize("backend", ["scapy", "pyshark"])
+def test_every_backend_stitches_the_lab_sample_alike(backend):
+    if backend == "pyshark":
+        need_binary("tshark")
+    reference = _summary(analyze([NODEPORT_LAB]))
+    assert len(reference) == 11
+    assert _summary(analyze([NODEPORT_LAB], backend=backend)) == reference
+
+
+def test_many_gateway_requests_stitch_in_linear_time():
+    # 10k requests through a gateway over 100 pooled upstream connections, 50 in flight at a time:
+    # a quadratic matcher takes minutes here, a linear one about a second
+    ups = [conn(f"10.10.0.6:{40000 + k}", "10.10.0.9:8080", isn=900000 + k, t=0.5) for k in range(100)]
+    ex = []
+    for i in range(10_000):
+        t = 1000 + i * 0.001
+        client = f"172.18.1.{i % 50}"
+        down = conn(f"{client}:{1000 + i}", "10.10.0.6:8080", isn=i * 7 + 1, t=t)
+        ex.append(http(down, t + 0.0005, uri=f"/p/{i}", dur=0.05))
+        ex.append(http(ups[i % 100], t + 0.002, uri=f"/p/{i}", dur=0.04, index=i // 100,
+                       headers={"x-request-id": f"{i:08x}-aaaa-9bbb-8ccc-dddddddddddd",
+                                "x-forwarded-for": client, "x-envoy-attempt-count": "1"}))
+    started = time.monotonic()
+    a = stitch(ex)
+    assert time.monotonic() - started < 30
+    by_id = a.by_id()
+    assert len(a.flows) == 10_000
+    for f in a.flows:  # every downstream request paired with its own upstream request
+        root, up = by_id[f.exchange_ids[0]], by_id[f.hops[0].exchange_ids[1]]
+        assert f.hops[0].kind == "l7-proxy" and root.uri == up.uri
