@@ -49,6 +49,8 @@ _METHODS = {v: k for k, v in base_pb2.RequestMethod.items()}
 _METHODS[0] = None
 _HTTP_VERSIONS = {0: None, 1: "HTTP/1.0", 2: "HTTP/1.1", 3: "HTTP/2", 4: "HTTP/3"}
 _TLS_VERSIONS = {0: None, 1: "TLSv1", 2: "TLSv1.1", 3: "TLSv1.2", 4: "TLSv1.3"}
+_LOG_TYPES = {v: k for k, v in accesslog_pb2.AccessLogType.items()}
+_LOG_TYPES[0] = None
 
 HTTPAccessLogEntry = accesslog_pb2.HTTPAccessLogEntry
 TCPAccessLogEntry = accesslog_pb2.TCPAccessLogEntry
@@ -114,6 +116,7 @@ def _common_fields(common) -> dict:
         if has("upstream_local_address") else None,
         "stream_id": common.stream_id or None,
         "connection_termination_details": common.connection_termination_details or None,
+        "access_log_type": _LOG_TYPES.get(common.access_log_type),
     }
     if has("tls_properties"):
         tls = common.tls_properties

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from meshscope.model.ids import normalize_request_id, record_id
 from meshscope.model.record import Record
 
+# the one entry Envoy writes when a request or connection ends (None: Envoy did not set the type)
+FINAL_LOG_TYPES = frozenset({None, "NotSet", "DownstreamEnd", "TcpConnectionEnd", "UdpSessionEnd"})
+
 
 @dataclass(slots=True, kw_only=True)
 class AccessRecord(Record):
@@ -57,6 +60,9 @@ class AccessRecord(Record):
     tls_cipher: int | None = None  # IANA cipher suite number
     stream_id: str | None = None
     connection_termination_details: str | None = None
+    # Envoy's AccessLogType ("DownstreamEnd", "TcpConnectionEnd", "DownstreamPeriodic", "UpstreamEnd" …);
+    # None when Envoy did not say. Entries other than the final one get ids of their own (see compute_id)
+    access_log_type: str | None = None
 
     @property
     def request_id_norm(self) -> str | None:
@@ -67,7 +73,12 @@ class AccessRecord(Record):
         return (self.attempt_count or 1) > 1 or "URX" in self.response_flags
 
     def compute_id(self) -> str:
-        return record_id(
+        parts: tuple = (
             "access", self.node_id, self.log_name, self.protocol, f"{self.start_time:.6f}",
             self.downstream_remote, self.upstream_local, self.request_id, self.path,
         )
+        if self.access_log_type not in FINAL_LOG_TYPES:
+            # a periodic or per-upstream entry shares its request's start and addresses: keep it
+            # apart from the final entry (and from the other periodic ones, by how long it had run)
+            parts += (self.access_log_type, self.duration_ms)
+        return record_id(*parts)

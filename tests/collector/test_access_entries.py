@@ -84,3 +84,22 @@ def test_records_of_one_entry_have_the_same_id_twice():
     a = message_records(http_message(3), SOURCE)
     b = message_records(http_message(3), SOURCE)
     assert [r.id for r in a] == [r.id for r in b] and len({r.id for r in a}) == 3
+
+
+def test_periodic_entries_get_ids_of_their_own():
+    from envoy.data.accesslog.v3 import accesslog_pb2 as a
+
+    final = http_message(1)
+    periodic = http_message(1)
+    c = periodic.http_logs.log_entry[0].common_properties
+    c.intermediate_log_entry = True
+    c.access_log_type = a.DownstreamPeriodic
+    c.duration.nanos = 1_000_000
+    final.http_logs.log_entry[0].common_properties.access_log_type = a.DownstreamEnd
+    (f,) = message_records(final, SOURCE)
+    (p,) = message_records(periodic, SOURCE)
+    assert (f.access_log_type, p.access_log_type) == ("DownstreamEnd", "DownstreamPeriodic")
+    assert f.id != p.id
+    # the final entry keeps the id it had before Envoy started saying its type
+    untyped = message_records(http_message(1), SOURCE)[0]
+    assert untyped.access_log_type is None and untyped.id == f.id
