@@ -60,35 +60,28 @@ async def test_group_gets_uncommitted_batches_again_committed_ones_not(tansu):
     await bus.start()
     try:
         await bus.publish("access", [access(i) for i in range(30)])
-
-        async def one_batch(commit: bool):
-            consumer = bus.consume("access", "indexer", max_batch=1000)
-            try:
-                got = []
-                while len(got) < 30:
-                    batch = await asyncio.wait_for(anext(consumer), 30)
-                    got += batch.records
-                    if commit:
-                        await batch.commit()
-                return got
-            finally:
-                await consumer.aclose()
-
-        first = await one_batch(commit=False)  # a consumer that dies before the store acknowledged
-        again = await one_batch(commit=True)
+        first = await drain_group(bus, 30, commit=False)  # a consumer that dies before the store acked
+        again = await drain_group(bus, 30, commit=True)
         assert sorted(r.id for r in again) == sorted(r.id for r in first)
         assert {r.request_id for r in again} == {f"r-{i:08d}" for i in range(30)}
         await bus.publish("access", [access(100)])
-        after = await one_batch_new(bus)
+        after = await drain_group(bus, 1, commit=True)
         assert [r.request_id for r in after] == ["r-00000100"]  # only what was never committed
     finally:
         await bus.stop()
 
 
-async def one_batch_new(bus: KafkaBus):
-    consumer = bus.consume("access", "indexer")
+async def drain_group(bus: KafkaBus, n: int, commit: bool) -> list:
+    """Join the indexer group with a new consumer, take n records, commit them or not, leave."""
+    consumer = bus.consume("access", "indexer", max_batch=1000)
     try:
-        return (await asyncio.wait_for(anext(consumer), 30)).records
+        got: list = []
+        while len(got) < n:
+            batch = await asyncio.wait_for(anext(consumer), 30)
+            got += batch.records
+            if commit:
+                await batch.commit()
+        return got
     finally:
         await consumer.aclose()
 
