@@ -91,7 +91,8 @@ def _flow_messages(flow: Flow, exchanges: Mapping[str, Exchange], labels: dict[s
                 what += f" SNI {hop.sni}"
             # the note goes before the upstream connection's handshake
             up = exchanges.get(hop.exchange_ids[1]) if len(hop.exchange_ids) > 1 else None
-            t = min(x for x in (hop.start, up and up.conn.syn_time, float("inf")) if x is not None)
+            syn = up.conn.syn_time if up is not None and up.index == 0 else None  # pooled: drawn before
+            t = min(x for x in (hop.start, syn, float("inf")) if x is not None)
             msgs.append(Message(t - 1e-6 if t != float("inf") else 0.0, proxy, proxy, what, "note"))
     for xid in dict.fromkeys(flow.exchange_ids):
         ex = exchanges.get(xid)
