@@ -60,7 +60,7 @@ class _Ident:
             for k, v in zip(("traceid", "spanid", "sampled", "parentspanid"), parts, strict=False):
                 b3[k] = v
         if "traceid" in b3:
-            b3["traceid"] = b3["traceid"].lower().lstrip("0")  # 64- and 128-bit forms of one id
+            b3["traceid"] = b3["traceid"].lower().lstrip("0")  # a 64-bit id zero-padded to 128 is the same
         xff = [p.strip() for p in h.get("x-forwarded-for", "").split(",") if p.strip()]
         return cls(rid=normalize_request_id(h.get("x-request-id")), b3=b3, xff=xff, method=ex.method,
                    uri=ex.uri, proxied=any(name in h for name in PROXY_HEADERS))
@@ -91,13 +91,13 @@ class _Inbound:
             self.times[host] = [t for t, _, _ in r]
             self.rows[host] = [e for _, _, e in r]
 
+    def ident(self, ex: Exchange) -> _Ident:
+        """A downstream request's identity, worked out once however many upstream ones look at it."""
+        ident = self._idents.get(ex.id)
+        if ident is None:
+            ident = self._idents[ex.id] = _Ident.of(ex)
+        return ident
 
-
-def _ident_cached(inbound: _Inbound, ex: Exchange) -> _Ident:
-    ident = inbound._idents.get(ex.id)
-    if ident is None:
-        ident = inbound._idents[ex.id] = _Ident.of(ex)
-    return ident
 
 
 class _OpenRequests:
@@ -236,7 +236,7 @@ def _find_parent(inbound: _Inbound, leg: Leg, child: Exchange, t: float, open_no
         cand_leg = inbound.leg_of[cand.id]
         if cand_leg is leg or cand.exchange_type != "http" or not _open_during(cand, t):
             continue
-        score, why = _http_score(_ident_cached(inbound, cand), cand_leg, me)
+        score, why = _http_score(inbound.ident(cand), cand_leg, me)
         if score and (best is None or score > best[0]):
             best = (score, cand, why)
     return None if best is None else (best[1], best[2])
