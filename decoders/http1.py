@@ -132,6 +132,8 @@ class HttpStreamParser:
                 self.buf += data
                 data = self._parse_buffer(ts)
 
+    data = feed  # the StreamSink interface: reassembly hands its bytes straight to the parser
+
     def gap(self, nbytes: int, ts: float) -> bool:
         """Bytes lost from the capture: skip them inside a framed body (True), otherwise
         resynchronise at the next message start (False: a message start was probably lost)."""
@@ -161,10 +163,6 @@ class HttpStreamParser:
         if self.on_lost is not None:
             self.on_lost(ts)
         return False
-
-    def data(self, data: bytes, ts: float) -> None:
-        """StreamSink interface: the reassembler hands its bytes straight to the parser."""
-        self.feed(data, ts)
 
     def close(self, ts: float) -> None:
         """The stream ended: a body delimited by the close is complete; anything else is cut."""

@@ -63,7 +63,12 @@ class StreamReassembler:
             rel = 0
             seq = self.next_seq
         if rel == 0:
-            self._deliver(payload, missing, ts)
+            if payload and not missing:  # the common case, inlined
+                self.next_seq = (self.next_seq + len(payload)) % MOD
+                self.delivered += len(payload)
+                self.sink.data(payload, ts)
+            else:
+                self._deliver(payload, missing, ts)
             if self.pending:
                 self._drain()
             return
