@@ -15,6 +15,8 @@ from decoders.nat_hops import NatLink
 from decoders.proxy_hops import ProxyLink
 from meshscope.model import Exchange, Flow, Hop, normalize_request_id
 
+MAX_DEPTH = 64  # proxies and calls in a row; real meshes have a handful
+
 
 def _workload(name: str | None, namespace: str | None) -> str | None:
     return f"{namespace}/{name}" if name and namespace else name
@@ -59,7 +61,7 @@ class FlowBuilder:
     def flow(self, root: Exchange) -> Flow:
         leg = self.leg_of[root.id]
         hops = self._nat_hops(leg, root)
-        self._walk(root, hops)
+        self._walk(root, hops, 0)
         exchange_ids = [root.id, *(i for h in hops for i in h.exchange_ids)]
         rid = next((normalize_request_id(r) for h in hops for r in h.request_ids if r), None)
         rid = normalize_request_id(root.request_id) or rid
@@ -74,12 +76,16 @@ class FlowBuilder:
                     server=last, start=start, end=max(ends) if ends else None, captures=captures,
                     exchange_ids=list(dict.fromkeys(exchange_ids)))
 
-    def _walk(self, parent: Exchange, hops: list[Hop]) -> None:
+    def _walk(self, parent: Exchange, hops: list[Hop], depth: int) -> None:
+        """Append the hops parent caused, depth first, to at most MAX_DEPTH calls deep (a crafted
+        capture must not exhaust the stack)."""
+        if depth >= MAX_DEPTH:
+            return
         for link in sorted(self.caused.get(parent.id, []), key=lambda lk: exchange_time(lk.attempts[0])):
             hops.append(self._proxy_hop(link))
             for attempt in link.attempts:
                 hops += self._nat_hops(self.leg_of[attempt.id], attempt)
-                self._walk(attempt, hops)
+                self._walk(attempt, hops, depth + 1)
 
     def _name(self, ip: str) -> str | None:
         return self.names.get(ip)

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from decoders.analyze import analyze, stitch
+from decoders.flows import MAX_DEPTH
 from decoders.samples import NODEPORT_LAB
 from meshscope.model import HOP_KINDS, Flow, Hop
 from tests.conftest import need_binary
@@ -135,3 +136,22 @@ def test_many_gateway_requests_stitch_in_linear_time():
     for f in a.flows:  # every downstream request paired with its own upstream request
         root, up = by_id[f.exchange_ids[0]], by_id[f.hops[0].exchange_ids[1]]
         assert f.hops[0].kind == "l7-proxy" and root.uri == up.uri
+
+
+def test_requests_that_look_like_each_others_cause_make_no_flow():
+    # two hosts calling each other at the same instant: each request is open while the other is sent,
+    # so each looks caused by the other; nobody's request started it, so there is no flow to tell
+    rid = {"x-request-id": RID}
+    a = http(conn("10.0.0.1:1000", "10.0.0.2:80", isn=1, t=5.0), 5.001, dur=0.1, headers=rid)
+    b = http(conn("10.0.0.2:2000", "10.0.0.1:80", isn=2, t=5.0), 5.001, dur=0.1, headers=rid)
+    analysis = stitch([a, b])
+    assert analysis.flows == [] and len(analysis.exchanges) == 2
+
+
+def test_a_long_chain_of_proxies_is_bounded():
+    # 200 proxies in a row (a crafted capture): the flow stops at MAX_DEPTH hops, nothing overflows
+    chain = [http(conn(f"10.1.{i // 250}.{i % 250}:1000", f"10.1.{(i + 1) // 250}.{(i + 1) % 250}:80",
+                       isn=i + 1, t=1.0 + i * 0.001), 1.0005 + i * 0.001, dur=10 - i * 0.01,
+                  headers={"x-request-id": RID}) for i in range(200)]
+    (flow,) = stitch(chain).flows
+    assert len(flow.hops) == MAX_DEPTH and all(h.kind == "app-call" for h in flow.hops)
