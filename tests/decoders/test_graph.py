@@ -47,6 +47,8 @@ def test_svg_draws_the_lab_path(lab):
     assert "TCP handshake → 172.18.0.2:30000" in joined and "GET /products" in joined and "503" in joined
     assert svg.count('marker-end="url(#a-nat)"') == 4  # one DNAT per client connection
     assert len(re.findall(r"<text[^>]*class=\"flow\"", svg)) == 4
+    offsets = [float(t[1:-3]) for t in texts if re.fullmatch(r"\+-?[0-9.]+ ms", t)]
+    assert offsets and min(offsets) >= 0  # nothing drawn before its flow began (pooled connections)
 
 
 def test_svg_escapes_what_came_off_the_wire():
