@@ -11,7 +11,7 @@ from scapy.config import conf
 from scapy.layers import inet6, l2  # noqa: F401  (registers link types and IPv6 with scapy)
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
-from scapy.packet import Padding, bind_layers
+from scapy.packet import bind_layers
 
 from decoders.backends.segment_backend import Segment, SegmentBackend
 from decoders.capture_file import ReadStats, read_capture
@@ -45,10 +45,9 @@ class ScapyBackend(SegmentBackend):
                     ip = pkt.getlayer(IPv6) or pkt.getlayer(IP)
                 if isinstance(ip, IP) and (ip.flags.MF or ip.frag & _FRAGMENT):
                     continue
-                payload = bytes(tcp.payload)
-                pad = tcp.getlayer(Padding)
-                if pad is not None and pad.load:
-                    payload = payload[:-len(pad.load)]
+                # the bytes scapy dissected the payload from: re-building it (bytes()) is not exact
+                # once scapy's TLS or HTTP layers are loaded, and Ethernet padding is already cut
+                payload = getattr(tcp.payload, "original", None) or b""
                 flags = int(tcp.flags)
                 if not wanted(flags, len(payload)):
                     continue

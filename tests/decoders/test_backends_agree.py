@@ -61,3 +61,12 @@ def test_pyshark_agrees_with_dpkt(corpus, case):
     assert theirs == ours
     assert (rep2.packets, rep2.connections, rep2.exchanges, rep2.truncated, rep2.damage) == \
         (rep.packets, rep.connections, rep.exchanges, rep.truncated, rep.damage)
+
+
+def test_scapy_agrees_even_with_its_tls_and_http_layers_loaded(corpus):
+    """Loading scapy's TLS/HTTP layers (any test or user may) changes how it dissects payloads."""
+    from scapy.layers.http import HTTP  # noqa: F401
+    from scapy.layers.tls.all import TLS  # noqa: F401
+
+    for case in CASES:
+        assert decode(corpus[case], "scapy")[0] == decode(corpus[case], "dpkt")[0], case
