@@ -112,6 +112,8 @@ def read_capture(path: Path, stats: ReadStats | None = None,
         reader = _read_pcap if fmt == "pcap" else _read_pcapng
         yield from reader(path, chunks, stats, progress)
         stats.offset = chunks.offset
+        if progress is not None:
+            progress(chunks.offset)  # the end, whatever the chunking reported before
 
 
 def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator[CaptureRecord]:

@@ -166,3 +166,11 @@ def test_fuzz_flipped_bytes_in_a_real_capture(tmp_path, data):
         list(stream)
     except CaptureError:
         pass
+
+
+def test_progress_reports_byte_offsets_up_to_the_end(tmp_path):
+    path = two_requests(tmp_path)
+    seen: list[int] = []
+    stream, _ = read_exchanges(path, progress=seen.append)
+    list(stream)
+    assert seen and seen == sorted(seen) and seen[-1] == path.stat().st_size
