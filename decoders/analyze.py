@@ -17,7 +17,7 @@ import orjson
 
 from decoders.backends import DEFAULT_BACKEND, CaptureReport, get_backend
 from decoders.flows import build_flows
-from decoders.legs import fold_copies
+from decoders.legs import fold_copies, place_loopback
 from decoders.nat_hops import build_legs, match_nat
 from decoders.proxy_hops import match_proxy
 from decoders.spool import ExchangeFacts, ExchangeSpool
@@ -99,6 +99,7 @@ def stitch(exchanges: Iterable[Exchange | ExchangeFacts]) -> Analysis:
     """Fold copies, match NAT hops, match proxy hops and build flows."""
     sightings = fold_copies(exchanges)  # type: ignore[arg-type]
     legs = build_legs(sightings, match_nat(sightings))
+    place_loopback(legs)
     flows = build_flows(legs, match_proxy(legs))
     kept = sorted((ex for s in sightings for ex in s.exchanges),
                   key=lambda e: (e.conn.capture, e.request_time or 0))

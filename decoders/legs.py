@@ -9,6 +9,7 @@ connection from the host that really sent it to the host that really received it
 from __future__ import annotations
 
 import dataclasses
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -117,6 +118,8 @@ class Leg:
     sides: list[Sighting]
     nat: list = field(default_factory=list)  # NatLink between consecutive sides (decoders.nat_hops)
     primary: Sighting | None = None  # the side whose exchanges stand for the leg (set by settle())
+    sender_host: str | None = None  # set when the sender's address is loopback: the host it is on
+    receiver_host: str | None = None
 
     def settle(self) -> Leg:
         """Choose the primary side once the chain is complete: nearest the receiver, with most exchanges."""
@@ -125,11 +128,12 @@ class Leg:
 
     @property
     def sender(self) -> str:
-        return self.sides[0].conn.src
+        """The host that sent the requests (a loopback address stands for the capture's own host)."""
+        return self.sender_host or self.sides[0].conn.src
 
     @property
     def receiver(self) -> str:
-        return self.sides[-1].conn.dst
+        return self.receiver_host or self.sides[-1].conn.dst
 
     @property
     def exchanges(self) -> list[Exchange]:
@@ -154,3 +158,27 @@ def fold_copies(exchanges: Iterable[Exchange]) -> list[Sighting]:
         if len(s.exchanges) > 1:
             s.exchanges.sort(key=lambda e: (e.index, e.exchange_type != "tls"))
     return sorted(by_conn.values(), key=lambda s: s.start)
+
+
+def is_loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip == "::1"
+
+
+def place_loopback(legs: list[Leg]) -> None:
+    """Put loopback ends on the host they belong to. In a pod's capture the sidecar talks to its app
+    over loopback (127.0.0.6 → pod IP, pod IP → 127.0.0.1:15001): when one capture shows exactly
+    one address at the other end of its loopback connections, that address is the capture's host."""
+    local: dict[str, set[str]] = defaultdict(set)
+    for leg in legs:
+        src, dst = leg.sides[0].conn.src, leg.sides[-1].conn.dst
+        if is_loopback(src) != is_loopback(dst):
+            local[leg.sides[0].conn.capture].add(dst if is_loopback(src) else src)
+    for leg in legs:
+        hosts = local.get(leg.sides[0].conn.capture)
+        if not hosts or len(hosts) != 1:
+            continue
+        (host,) = hosts
+        if is_loopback(leg.sides[0].conn.src):
+            leg.sender_host = host
+        if is_loopback(leg.sides[-1].conn.dst):
+            leg.receiver_host = host

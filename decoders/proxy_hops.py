@@ -232,14 +232,20 @@ def _find_parent(inbound: _Inbound, leg: Leg, child: Exchange, t: float, open_no
     if me.xff and len(pool) > 1:  # a proxy appended the address it saw: only those requests qualify
         pool = [p for p in pool if me.xff[-1] in _seen_from(inbound.leg_of[p.id])] or pool
     best = None
+    plausible = 0
     for cand in pool:
         cand_leg = inbound.leg_of[cand.id]
         if cand_leg is leg or cand.exchange_type != "http" or not _open_during(cand, t):
             continue
         score, why = _http_score(inbound.ident(cand), cand_leg, me)
+        if score == 1 and cand_leg.sender == leg.receiver:
+            continue  # timing alone, and a call straight back to the caller: not evidence of a cause
+        plausible += score > 0
         if score and (best is None or score > best[0]):
             best = (score, cand, why)
-    return None if best is None else (best[1], best[2])
+    if best is None or (best[0] == 1 and plausible > 1):
+        return None  # timing alone links a call only when one request was open on that host
+    return best[1], best[2]
 
 
 def _group_attempts(parent: Exchange, parent_leg: Leg,

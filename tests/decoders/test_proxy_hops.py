@@ -247,3 +247,74 @@ def test_a_different_request_id_is_never_matched(tmp_path):
         ]
     )
     assert a.flows == [] and len(a.exchanges) == 2
+
+
+def test_istio_sidecar_in_a_pod_capture_talks_to_its_app_over_loopback(tmp_path):
+    # `tcpdump -i any` in the webapp pod: the client's request arrives on eth0, the sidecar hands it to
+    # the app from 127.0.0.6, the app calls catalog through the sidecar's 127.0.0.1:15001, and the
+    # sidecar calls the catalog pod from the pod's own address
+    pod = "10.10.0.9"
+    rid = {"x-request-id": RID_A}
+    inbound = one_request(10, T, rid, took=0.05)
+    to_app = one_request(20, T + 0.002, rid | {"x-forwarded-for": "10.0.0.1"}, took=0.04)
+    app_call = one_request(30, T + 0.005, rid, uri="/items", took=0.02, host="catalog:3000")
+    outbound = one_request(
+        40,
+        T + 0.007,
+        up_headers(sampled(RID_A), "", attempt=1) | rid,
+        uri="/items",
+        took=0.01,
+        host="catalog:3000",
+    )
+    pcap = write(
+        tmp_path / "pod.pcap",
+        view(inbound, "10.0.0.1:5000", f"{pod}:8080", ifindex=2),
+        view(to_app, "127.0.0.6:40001", f"{pod}:8080", ifindex=1),
+        view(app_call, f"{pod}:41000", "127.0.0.1:15001", ifindex=1),
+        view(outbound, f"{pod}:42000", "10.10.0.8:3000", ifindex=2),
+    )
+    (flow,) = analyze([pcap]).flows
+    assert [(h.kind, h.src, h.dst) for h in flow.hops] == [
+        ("l7-proxy", "127.0.0.6:40001", f"{pod}:8080"),
+        ("app-call", f"{pod}:41000", "127.0.0.1:15001"),
+        ("l7-proxy", f"{pod}:42000", "10.10.0.8:3000"),
+    ]
+
+
+def test_concurrent_requests_on_loopback_without_ids_are_not_chained(tmp_path):
+    # a load generator and a server on one host, no ids: requests overlap but none caused another
+    convs = [
+        view(one_request(100 + i, T + i * 0.001, {}, took=0.05), f"127.0.0.1:{5000 + i}", "127.0.0.1:8080")
+        for i in range(5)
+    ]
+    a = analyze([write(tmp_path / "lo.pcap", *convs)])
+    assert a.flows == [] and len(a.exchanges) == 5
+
+
+def test_timing_alone_links_an_app_call_when_one_request_was_open(tmp_path):
+    down = one_request(10, T, {}, took=0.05)
+    call = one_request(20, T + 0.003, {}, uri="/items", took=0.01, host="catalog:3000")
+    a = analyze(
+        [
+            write(
+                tmp_path / "app.pcap",
+                view(down, "10.0.0.1:5000", "10.10.0.9:8080"),
+                view(call, "10.10.0.9:41000", "10.10.0.8:3000"),
+            )
+        ]
+    )
+    (flow,) = a.flows
+    assert [h.kind for h in flow.hops] == ["app-call"] and flow.hops[0].evidence["matched_by"] == ["timing"]
+    # a second request open at the same time makes timing alone ambiguous: no guess
+    other = one_request(30, T + 0.001, {}, took=0.05)
+    a = analyze(
+        [
+            write(
+                tmp_path / "busy.pcap",
+                view(down, "10.0.0.1:5000", "10.10.0.9:8080"),
+                view(other, "10.0.0.2:5000", "10.10.0.9:8080"),
+                view(call, "10.10.0.9:41000", "10.10.0.8:3000"),
+            )
+        ]
+    )
+    assert a.flows == []
