@@ -40,6 +40,7 @@ WRITE_TARGET = 50_000
 LOOKUP_P99_TARGET_MS = 20.0
 CLUSTERS = ("outbound|8080||webapp", "outbound|3000||catalog", "outbound|9000||cart", "outbound|80||ext")
 GOLDEN = 0x9E3779B97F4A7C15
+SCHEMA_VERSION = 2  # of pipelines/store/sqlite.py's tables: a cached look-up file of another is rebuilt
 
 
 def request_id(n: int, digit: str = "4") -> str:
@@ -139,7 +140,7 @@ async def bench_sqlite(args: argparse.Namespace) -> dict[str, float]:
           f"({args.write_records:,} records, batches of {args.batch:,}; target {WRITE_TARGET:,}/s: "
           f"{'met' if res['sqlite_write'] >= WRITE_TARGET else 'NOT met'})")
 
-    db = OUT / f"lookup-{args.lookup_records}.db"
+    db = OUT / f"lookup-{args.lookup_records}-v{SCHEMA_VERSION}.db"
     if args.rebuild or not db.exists():
         print(f"building {db} ({args.lookup_records:,} records) ...", flush=True)
         build_lookup_db(db, args.lookup_records)
