@@ -38,6 +38,7 @@ class KafkaBus(Bus):
         request_timeout_s: float = 10.0,
         idempotence: bool = False,
         client_id: str = "meshscope",
+        session_timeout_s: float = 10.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic_prefix = topic_prefix
@@ -49,6 +50,8 @@ class KafkaBus(Bus):
         # producer ids, and duplicates are already harmless because record ids are deterministic.
         self.idempotence = idempotence
         self.client_id = client_id
+        # how long a dead consumer holds its partitions before the group rebalances without it
+        self.session_timeout_s = session_timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._topics_ready: set[str] = set()
         self._lags: dict[tuple[str, str], int] = {}
@@ -181,7 +184,8 @@ class KafkaBus(Bus):
                     client_id=self.client_id, enable_auto_commit=False, auto_offset_reset="earliest",
                     # group joins may legitimately take seconds (brokers delay the first rebalance),
                     # so consumers keep aiokafka's default request timeout, not the publish timeout
-                    max_poll_records=max_batch,
+                    max_poll_records=max_batch, session_timeout_ms=int(self.session_timeout_s * 1000),
+                    heartbeat_interval_ms=int(self.session_timeout_s * 1000 / 3),
                     fetch_max_wait_ms=100,
                 )
                 try:

@@ -42,7 +42,7 @@ def _end(proc: subprocess.Popen | None) -> None:
         proc.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
         proc.terminate()
         try:
-            proc.wait(5)
+            proc.wait(1)  # Tansu sometimes lingers on SIGTERM while clients are connected
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)

@@ -44,7 +44,7 @@ async def test_broker_then_search_server_lost_mid_stream_every_record_once(durab
     settings = es_settings.replace(bus="kafka", kafka_bootstrap=durable_tansu.bootstrap)
     store = make_store(settings)
     await store.start()
-    bus = KafkaBus(durable_tansu.bootstrap, request_timeout_s=2)
+    bus = KafkaBus(durable_tansu.bootstrap, request_timeout_s=2, session_timeout_s=3)
     await bus.start()
     pipeline = Pipeline(settings, bus, store, rules=NO_RULES, max_batch=500)
     await pipeline.start()
@@ -75,7 +75,7 @@ async def test_replayed_partitions_are_not_duplicated(tansu, data_dir):
     settings = Settings(data_dir=data_dir)
     store = make_store(settings)
     await store.start()
-    bus = KafkaBus(tansu.bootstrap, partitions=3)
+    bus = KafkaBus(tansu.bootstrap, partitions=3, session_timeout_s=3)
     await bus.start()
     records = [access(i) for i in range(600)]
     try:
@@ -94,7 +94,8 @@ async def test_replayed_partitions_are_not_duplicated(tansu, data_dir):
 async def _reset_offsets(bootstrap: str, topic: str, partitions: int) -> None:
     """What an operator's `--reset-offsets --to-earliest` does: the indexer group starts over.
     (Joins the group first: Tansu accepts commits only from a member.)"""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False,
+                                session_timeout_ms=3000, heartbeat_interval_ms=1000)
     await consumer.start()
     try:
         while len(consumer.assignment()) < partitions:

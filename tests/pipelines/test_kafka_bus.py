@@ -33,7 +33,7 @@ async def raw_messages(bootstrap: str, topic: str, partitions: int, expected: in
 
 
 async def test_records_keyed_by_request_and_trace_id_on_prefixed_topics(tansu):
-    bus = KafkaBus(tansu.bootstrap, topic_prefix="t1.", partitions=3)
+    bus = KafkaBus(tansu.bootstrap, topic_prefix="t1.", partitions=3, session_timeout_s=3)
     await bus.start()
     try:
         records = [access(i % 20, t=1_800_000_000 + i) for i in range(100)]  # 20 request ids, 5 each
@@ -56,7 +56,7 @@ async def test_records_keyed_by_request_and_trace_id_on_prefixed_topics(tansu):
 
 
 async def test_group_gets_uncommitted_batches_again_committed_ones_not(tansu):
-    bus = KafkaBus(tansu.bootstrap, topic_prefix="t2.")
+    bus = KafkaBus(tansu.bootstrap, topic_prefix="t2.", session_timeout_s=3)
     await bus.start()
     try:
         await bus.publish("access", [access(i) for i in range(30)])
@@ -87,7 +87,7 @@ async def drain_group(bus: KafkaBus, n: int, commit: bool) -> list:
 
 
 async def test_broker_loss_is_bus_unavailable_and_the_bus_reconnects(tansu):
-    bus = KafkaBus(tansu.bootstrap, topic_prefix="t3.", request_timeout_s=2)
+    bus = KafkaBus(tansu.bootstrap, topic_prefix="t3.", request_timeout_s=2, session_timeout_s=3)
     await bus.start()
     try:
         await bus.publish("access", [access(1)])
