@@ -39,31 +39,38 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, addr=settings.host)
+        try:
+            start_http_server(args.metrics_port, addr=settings.host)
+        except OSError as exc:
+            raise UserError(f"cannot serve metrics on {settings.host}:{args.metrics_port}: {exc}") from exc
     asyncio.run(_serve(settings, rules, args.group, args.batch))
     return 0
 
 
 async def _serve(settings, rules, group: str, batch: int) -> None:
+    from pipelines.bus.base import BusUnavailable
     from pipelines.indexer import Pipeline
+    from pipelines.store.base import StoreUnavailable
     from pipelines.wiring import make_bus, make_store
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    log = logging.getLogger("meshscope.pipeline")
     bus, store = make_bus(settings), make_store(settings)
-    await store.start()
+    try:
+        await store.start()
+    except StoreUnavailable as exc:
+        raise UserError(f"store unavailable: {exc}") from exc
     try:
         await bus.start()
-    except Exception:
-        await store.stop()
-        raise
+    except BusUnavailable as exc:  # the consumers wait for the broker; say so and go on
+        log.warning("bus not reachable yet, waiting for it: %s", exc)
     pipeline = Pipeline(settings, bus, store, rules=rules, group=group, max_batch=batch)
     try:
         await pipeline.start()
-        logging.getLogger("meshscope.pipeline").info(
-            "indexing %s → %s with %d alert rule(s)", settings.bus, settings.store, len(rules))
+        log.info("indexing %s → %s with %d alert rule(s)", settings.bus, settings.store, len(rules))
         await stop.wait()
     finally:
         await pipeline.stop()
