@@ -29,7 +29,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.installed${extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e ".${extras}"
+  echo "setup: pip install -e .${extras} into .venv (log: .venv/pip.log)" >&2
+  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e ".${extras}"; } \
+      >.venv/pip.log 2>&1; then
+    cat .venv/pip.log >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
