@@ -250,9 +250,15 @@ class ElasticsearchStore(Store):
             return 0
         return resp["count"]
 
+    async def _by_request_id(self, kind: str, field: str, request_id: str, sort_field: str) -> list:
+        """Records of one kind whose normalised request id (in field) equals the one asked for."""
+        key = normalize_request_id(request_id)
+        if not key:
+            return []
+        return await self._docs(kind, {"term": {field: key}}, [{sort_field: "asc"}, {"id": "asc"}])
+
     async def access_by_request_id(self, request_id: str) -> list[AccessRecord]:
-        query = {"term": {"request_id_norm": normalize_request_id(request_id) or ""}}
-        return await self._docs("access", query, [{"start_time": "asc"}, {"id": "asc"}])
+        return await self._by_request_id("access", "request_id_norm", request_id, "start_time")
 
     async def spans_by_trace_id(self, trace_id: str) -> list[Span]:
         return await self._docs(
@@ -260,16 +266,13 @@ class ElasticsearchStore(Store):
         )
 
     async def spans_by_request_id(self, request_id: str) -> list[Span]:
-        query = {"term": {"request_id_norm": normalize_request_id(request_id) or ""}}
-        return await self._docs("span", query, [{"timestamp": "asc"}, {"id": "asc"}])
+        return await self._by_request_id("span", "request_id_norm", request_id, "timestamp")
 
     async def exchanges_by_request_id(self, request_id: str) -> list[Exchange]:
-        query = {"term": {"request_id_norm": normalize_request_id(request_id) or ""}}
-        return await self._docs("exchange", query, [{"@timestamp": "asc"}, {"id": "asc"}])
+        return await self._by_request_id("exchange", "request_id_norm", request_id, "@timestamp")
 
     async def flows_by_request_id(self, request_id: str) -> list[Flow]:
-        query = {"term": {"request_ids_norm": normalize_request_id(request_id) or ""}}
-        return await self._docs("flow", query, [{"start": "asc"}, {"id": "asc"}])
+        return await self._by_request_id("flow", "request_ids_norm", request_id, "start")
 
     async def list_access(self, query: AccessQuery) -> Page:
         """Newest first; the cursor is the sort key of the last item (search_after)."""

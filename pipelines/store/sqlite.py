@@ -284,11 +284,14 @@ class SqliteStore(Store):
             raise ValueError(f"unknown record kind {kind!r}")
         return (await self._query(f"SELECT count(*) FROM {kind}"))[0][0]
 
+    async def _by_request_id(self, cls: type[T], sql: str, request_id: str) -> list[T]:
+        """Records whose normalised request id equals the one asked for (sql has one parameter)."""
+        key = normalize_request_id(request_id)
+        return await self._docs(cls, sql, (key,)) if key else []
+
     async def access_by_request_id(self, request_id: str) -> list[AccessRecord]:
-        return await self._docs(
-            AccessRecord, "SELECT doc FROM access WHERE request_id_norm = ? ORDER BY start_time, seq",
-            (normalize_request_id(request_id),),
-        )
+        sql = "SELECT doc FROM access WHERE request_id_norm = ? ORDER BY start_time, seq"
+        return await self._by_request_id(AccessRecord, sql, request_id)
 
     async def spans_by_trace_id(self, trace_id: str) -> list[Span]:
         return await self._docs(
@@ -296,24 +299,19 @@ class SqliteStore(Store):
         )
 
     async def spans_by_request_id(self, request_id: str) -> list[Span]:
-        return await self._docs(
-            Span, "SELECT doc FROM span WHERE request_id_norm = ? ORDER BY ts, seq",
-            (normalize_request_id(request_id),),
-        )
+        sql = "SELECT doc FROM span WHERE request_id_norm = ? ORDER BY ts, seq"
+        return await self._by_request_id(Span, sql, request_id)
 
     async def exchanges_by_request_id(self, request_id: str) -> list[Exchange]:
-        return await self._docs(
-            Exchange, "SELECT doc FROM exchange WHERE request_id_norm = ? ORDER BY time, seq",
-            (normalize_request_id(request_id),),
-        )
+        sql = "SELECT doc FROM exchange WHERE request_id_norm = ? ORDER BY time, seq"
+        return await self._by_request_id(Exchange, sql, request_id)
 
     async def flows_by_request_id(self, request_id: str) -> list[Flow]:
-        return await self._docs(
-            Flow,
+        sql = (
             "SELECT f.doc FROM flow_request r JOIN flow f ON f.id = r.flow_id"
-            " WHERE r.request_id_norm = ? ORDER BY f.start, f.seq",
-            (normalize_request_id(request_id),),
+            " WHERE r.request_id_norm = ? ORDER BY f.start, f.seq"
         )
+        return await self._by_request_id(Flow, sql, request_id)
 
     async def list_access(self, query: AccessQuery) -> Page:
         """Newest first; the cursor is the (start_time, id) of the last item (keyset paging)."""
@@ -362,17 +360,11 @@ class SqliteStore(Store):
         self, rule: str | None = None, group_key: str | None = None, state: str | None = None,
         start: float | None = None, end: float | None = None, limit: int = 100,
     ) -> list[Alert]:
-        where, params = [], []
-        for column, value in (("rule", rule), ("group_key", group_key), ("state", state)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if start is not None:
-            where.append("last_seen >= ?")
-            params.append(start)
-        if end is not None:
-            where.append("first_seen < ?")
-            params.append(end)
+        where: list[str] = []
+        params: list[Any] = []
+        for clause, value in (("rule = ?", rule), ("group_key = ?", group_key), ("state = ?", state),
+                              ("last_seen >= ?", start), ("first_seen < ?", end)):
+            _condition(where, params, clause, value)
         sql = "SELECT doc FROM alert" + (" WHERE " + " AND ".join(where) if where else "")
         return await self._docs(Alert, sql + " ORDER BY last_seen DESC, seq DESC LIMIT ?", [*params, limit])
 
@@ -404,16 +396,10 @@ class SqliteStore(Store):
         """Traces with at least one span matching every condition, newest first."""
         where = ["ts >= ?", "ts <= ?"]
         params: list[Any] = [(end_ts_ms - lookback_ms) * 1000, end_ts_ms * 1000]
-        for column, value in (("service", service), ("name", span_name)):
-            if value:
-                where.append(f"{column} = ?")
-                params.append(value.lower())
-        if min_duration_us is not None:
-            where.append("duration >= ?")
-            params.append(min_duration_us)
-        if max_duration_us is not None:
-            where.append("duration <= ?")
-            params.append(max_duration_us)
+        for clause, value in (("service = ?", service.lower() if service else None),
+                              ("name = ?", span_name.lower() if span_name else None),
+                              ("duration >= ?", min_duration_us), ("duration <= ?", max_duration_us)):
+            _condition(where, params, clause, value)
         for term in tag_terms(tags):
             where.append("EXISTS (SELECT 1 FROM json_each(span.q) WHERE value = ?)")
             params.append(term)
@@ -434,20 +420,20 @@ class SqliteStore(Store):
 def _access_filters(query: AccessQuery) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     params: list[Any] = []
-    if query.start is not None:
-        where.append("start_time >= ?")
-        params.append(query.start)
-    if query.end is not None:
-        where.append("start_time < ?")
-        params.append(query.end)
+    for clause, value in (("start_time >= ?", query.start), ("start_time < ?", query.end),
+                          ("upstream_cluster = ?", query.upstream_cluster),
+                          ("authority = ?", query.authority), ("node_id = ?", query.node_id)):
+        _condition(where, params, clause, value)
     if query.status_class is not None:
         where.append("response_code BETWEEN ? AND ?")
         params += [query.status_class * 100, query.status_class * 100 + 99]
         if query.status_class >= 4:  # spelled out so the planner may use the partial access_code index
             where.append("response_code >= 400")
-    for column in ("upstream_cluster", "authority", "node_id"):
-        value = getattr(query, column)
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
     return where, params
+
+
+def _condition(where: list[str], params: list[Any], clause: str, value: Any) -> None:
+    """Add a one-parameter WHERE clause when its value is given (None means: no filter)."""
+    if value is not None:
+        where.append(clause)
+        params.append(value)

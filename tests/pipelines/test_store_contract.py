@@ -139,6 +139,7 @@ async def test_request_id_lookup_finds_every_hop_whatever_the_sampling_digit(sto
         assert [r.node_id for r in found] == ["gateway", "webapp-sidecar"]  # in time order
     assert found[1] == sidecar  # the record comes back whole
     assert await store.access_by_request_id("00000000-0000-4000-8000-999999999999") == []
+    assert await store.access_by_request_id("") == []
 
 
 async def test_spans_by_trace_id_and_by_request_id(store):
