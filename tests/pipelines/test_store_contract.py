@@ -416,3 +416,17 @@ async def test_search_server_killed_is_unavailable_then_recovers(search_server, 
         await store.start()  # osmem kept nothing: templates again
         await store.write([access(2)])
         assert await store.count("access") == 1
+
+
+async def test_sqlite_keeps_records_across_a_restart_and_reads_while_writing(data_dir):
+    settings = Settings(data_dir=data_dir)
+    async with SqliteStore(settings) as store:
+        await store.write([access(i) for i in range(10)])
+        big = [access(i) for i in range(10, 20_010)]
+        writing = asyncio.create_task(store.write(big))
+        seen = await store.count("access")  # WAL: a reader answers during the write, never half of a batch
+        await writing
+        assert seen in (10, 20_010)
+    async with SqliteStore(settings) as store:
+        assert await store.count("access") == 20_010
+        assert [r.path for r in await store.access_by_request_id(big[-1].request_id)] == [big[-1].path]
