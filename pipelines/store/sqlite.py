@@ -134,14 +134,36 @@ _WRITES: dict[str, tuple[str, Callable[[Any], tuple]]] = {
               _alert_row),
 }
 _FLOW_REQUEST = _insert("flow_request", ("request_id_norm", "flow_id"))
-# node accounting from the access rows this transaction really inserted (seq above the previous
-# maximum), so a replay never inflates the counts; cheaper than a per-row trigger
-_NODE_UPSERT = """
-INSERT INTO node SELECT node_id, max(node_cluster), count(*), min(start_time), max(start_time)
-    FROM access WHERE seq > ? GROUP BY node_id
+# Node accounting counts only the access rows a transaction really inserted, so a replay never
+# inflates it. Usually that is every row, summed in Python; after a partial replay, the rows
+# with seq above the previous maximum. Either is cheaper than a per-row trigger.
+_NODE_MERGE = """
 ON CONFLICT (node_id) DO UPDATE SET records = records + excluded.records,
     node_cluster = excluded.node_cluster, first_seen = min(first_seen, excluded.first_seen),
     last_seen = max(last_seen, excluded.last_seen)"""
+_NODE_ADD = "INSERT INTO node VALUES (?, ?, ?, ?, ?)" + _NODE_MERGE
+_NODE_ADD_SINCE = (
+    "INSERT INTO node SELECT node_id, max(node_cluster), count(*), min(start_time), max(start_time)"
+    " FROM access WHERE seq > ? GROUP BY node_id" + _NODE_MERGE
+)
+_A_START, _A_NODE, _A_CLUSTER = (ACCESS_COLUMNS.index(c) for c in ("start_time", "node_id", "node_cluster"))
+
+
+def _node_totals(rows: list[tuple]) -> list[tuple]:
+    """(node_id, node_cluster, records, first_seen, last_seen) per node over access rows."""
+    totals: dict[str, list] = {}
+    for row in rows:
+        t, node = row[_A_START], row[_A_NODE]
+        entry = totals.get(node)
+        if entry is None:
+            totals[node] = [node, row[_A_CLUSTER], 1, t, t]
+        else:
+            entry[1] = row[_A_CLUSTER]
+            entry[2] += 1
+            entry[3] = min(entry[3], t)
+            entry[4] = max(entry[4], t)
+    return [tuple(e) for e in totals.values()]
+
 
 # (table, time column, seconds per unit) for retention
 _RETENTION = (("access", "start_time", 1.0), ("span", "ts", 1e-6), ("exchange", "time", 1.0),
@@ -232,12 +254,11 @@ class SqliteStore(Store):
         conn = self._conn(writer=True)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if "access" in rows:
-                before = conn.execute("SELECT coalesce(max(seq), 0) FROM access").fetchone()[0]
             for kind, kind_rows in rows.items():
-                conn.executemany(_WRITES[kind][0], kind_rows)
-            if "access" in rows:
-                conn.execute(_NODE_UPSERT, (before,))
+                if kind == "access":
+                    self._write_access(conn, kind_rows)
+                else:
+                    conn.executemany(_WRITES[kind][0], kind_rows)
             if flow_requests:
                 conn.executemany(_FLOW_REQUEST, flow_requests)
             conn.execute("COMMIT")
@@ -245,6 +266,17 @@ class SqliteStore(Store):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _write_access(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+        before_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM access").fetchone()[0]
+        before_changes = conn.total_changes
+        conn.executemany(_WRITES["access"][0], rows)
+        inserted = conn.total_changes - before_changes
+        if inserted == len(rows):
+            conn.executemany(_NODE_ADD, _node_totals(rows))
+        elif inserted:
+            conn.execute(_NODE_ADD_SINCE, (before_seq,))
 
     async def apply_retention(self, now: float | None = None) -> int:
         cutoff = since(now, self.settings.retention_days)
