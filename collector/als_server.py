@@ -91,6 +91,10 @@ class AccessLogServer:
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", 0),  # a second collector on the same port must fail, not share it
+            # read ahead up to 8 MiB per stream while a message is being published: a short stall
+            # of this process (a big span batch, the embedded indexer) then does not fill Envoy's
+            # stream buffer, which would make it drop entries; past that, backpressure as before
+            ("grpc.http2.lookahead_bytes", 8 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ])
