@@ -19,6 +19,7 @@ from meshscope.model import Connection, Exchange
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 DEFAULT_MAX_CONNECTIONS = 100_000
+DEFAULT_MAX_BUFFERED = 128 << 20  # bytes held across all connections (heads, hellos, out-of-order data)
 MAX_DAMAGE = 100
 MAX_PIPELINE = 1000  # requests awaiting a response on one connection before we stop queueing
 
@@ -287,7 +288,7 @@ class _Tracked:
     """One tracked connection: its model, both reassemblers, its dialogue and a few counters."""
 
     __slots__ = ("conn", "first_is_client", "c2s", "s2c", "dialogue", "fins", "first_time", "last_time",
-                 "segments", "key", "client_bytes", "server_bytes")
+                 "segments", "key", "client_bytes", "server_bytes", "buffered")
 
     def __init__(self, conn: Connection, first_is_client: bool, key: tuple, ts: float) -> None:
         self.conn = conn
@@ -302,6 +303,19 @@ class _Tracked:
         self.segments = 0
         self.client_bytes = 0  # payload seen, retransmissions included
         self.server_bytes = 0
+        self.buffered = 0  # bytes this connection holds, as last counted
+
+
+def _held(tc: _Tracked) -> int:
+    """Bytes a connection holds: out-of-order segments, an unfinished head or hello."""
+    n = tc.c2s.pending_bytes + tc.s2c.pending_bytes  # type: ignore[union-attr]
+    dlg = tc.dialogue
+    for side in (dlg.client, dlg.server):  # type: ignore[union-attr]
+        if isinstance(side, HttpStreamParser):
+            n += len(side.buf)
+        elif side is not None:
+            n += len(side.records) + len(side.handshake)
+    return n
 
 
 class ConnectionTable:
@@ -309,9 +323,12 @@ class ConnectionTable:
     collect in ``ready`` (the caller drains it); ``finish()`` closes what is left at the end."""
 
     def __init__(self, capture: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 max_buffered: int = DEFAULT_MAX_BUFFERED,
                  on_connection: Callable[[ConnectionSummary], None] | None = None) -> None:
         self.capture = capture
         self.max_connections = max_connections
+        self.max_buffered = max_buffered
+        self.buffered = 0  # bytes held by all connections together
         self.on_connection = on_connection
         self.conns: OrderedDict[tuple, _Tracked] = OrderedDict()
         self.ready: list[Exchange] = []
@@ -375,6 +392,12 @@ class ConnectionTable:
                 if flags & ACK and other.pending:  # type: ignore[union-attr]
                     other.acked(ack, ts)  # type: ignore[union-attr]
                 own.segment(seq, payload, ts, missing)  # type: ignore[union-attr]
+                held = _held(tc)
+                if held != tc.buffered:
+                    self.buffered += held - tc.buffered
+                    tc.buffered = held
+                    if self.buffered > self.max_buffered:
+                        self._shed(ts)
         if flags & (FIN | RST):
             if flags & RST:
                 self._close(tc, ts, "rst")
@@ -410,8 +433,18 @@ class ConnectionTable:
             self._close(oldest, ts, "evicted")
         return tc
 
+    def _shed(self, ts: float) -> None:
+        """Over the memory budget: close the least recently active connections until under it."""
+        while self.buffered > self.max_buffered and self.conns:
+            _, oldest = next(iter(self.conns.items()))
+            self.evicted += 1
+            self._close(oldest, ts, "evicted")
+
     def _close(self, tc: _Tracked, ts: float, why: str) -> None:
-        self.conns.pop(tc.key, None)
+        if self.conns.pop(tc.key, None) is None:
+            return  # already closed (evicted while its own segment was being handled)
+        self.buffered -= tc.buffered
+        tc.buffered = 0
         dlg = tc.dialogue
         if dlg is not None and not dlg.done:
             tc.c2s.flush(ts)  # type: ignore[union-attr]

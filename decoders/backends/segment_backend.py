@@ -75,5 +75,5 @@ class SegmentBackend(Backend):
         if table.damage_count > len(table.damage):
             r.damage.append(f"… and {table.damage_count - len(table.damage)} more damaged places")
         if table.evicted:
-            r.damage.append(f"{table.evicted} connections evicted: more than {table.max_connections} "
-                            "open at once")
+            r.damage.append(f"{table.evicted} connections evicted: more than {table.max_connections} open "
+                            f"at once, or more than {table.max_buffered >> 20} MB held for them")

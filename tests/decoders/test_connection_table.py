@@ -112,3 +112,14 @@ def test_fuzz_table_with_arbitrary_segments(segments, max_connections):
         table.segment(float(i), src, sport, dst, dport, seq, ack, flags, payload, missing % 7)
     table.finish()
     assert not table.conns and all(e.conn.capture == "fuzz" for e in table.ready)
+
+
+def test_bytes_held_across_connections_are_bounded():
+    """Heads that never end, on many connections: the table sheds the oldest, not memory."""
+    table = ConnectionTable("t", max_buffered=1 << 20)
+    endless = b"GET / HTTP/1.1\r\nX-Junk: " + b"j" * 1400
+    for i in range(2000):
+        table.segment(float(i), "10.0.0.1", 1024 + i, "10.0.0.2", 80, 100, 0, 0x18, endless)
+        assert table.buffered <= (1 << 20)
+    assert table.evicted > 1000 and len(table.conns) < 1000
+    assert sum(tc.buffered for tc in table.conns.values()) == table.buffered
