@@ -151,3 +151,16 @@ def test_parse_head_rejects_non_http():
     assert head.headers == {"x-a": "1 folded", "host": "h"}
     twice = parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2", True, 0.0)
     assert twice.headers == {"x-forwarded-for": "1.1.1.1, 2.2.2.2"}
+
+
+def test_protocol_switch_stops_parsing(tmp_path):
+    from tests.decoders.capture_builders import Conversation, http_request, write
+
+    c = Conversation().handshake()
+    c.send(True, http_request("GET", "/ws", upgrade="websocket", connection="Upgrade", x_request_id="ws-1"))
+    c.send(False, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    c.send(True, b"\x81\x85GET / HTTP/1.1 not a request")  # WebSocket frames, not HTTP
+    c.send(False, b"\x81\x05HTTP/1.1 200")
+    exs, report = exchanges(write(tmp_path / "ws.pcap", c.close().packets))
+    assert [(e.uri, e.status, e.request_id) for e in exs] == [("/ws", 101, "ws-1")]
+    assert not report.damage
