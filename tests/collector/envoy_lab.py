@@ -48,16 +48,17 @@ def lab_routes(upstream_port: int, cert_dir: Path) -> Routes:
     return parse_routes(doc, cert_dir=cert_dir, source="collector-lab")
 
 
-def _set_everywhere(node: object, key: str, value: object) -> None:
+def set_everywhere(node: object, key: str, value: object) -> None:
+    """Set ``key`` to ``value`` wherever it occurs in a bootstrap (nested dicts and lists)."""
     if isinstance(node, dict):
         for k, v in node.items():
             if k == key:
                 node[k] = value
             else:
-                _set_everywhere(v, key, value)
+                set_everywhere(v, key, value)
     elif isinstance(node, list):
         for v in node:
-            _set_everywhere(v, key, value)
+            set_everywhere(v, key, value)
 
 
 def lab_bootstrap(routes: Routes, als_port: int, zipkin_port: int, *, zipkin_proto: bool = False,
@@ -67,7 +68,7 @@ def lab_bootstrap(routes: Routes, als_port: int, zipkin_port: int, *, zipkin_pro
     bootstrap = build_bootstrap(routes, collector=CollectorTarget("127.0.0.1", als_port, zipkin_port),
                                 admin_port=0, node_id=node_id, span_flush_interval=0.2)
     if zipkin_proto:
-        _set_everywhere(bootstrap, "collector_endpoint_version", "HTTP_PROTO")
+        set_everywhere(bootstrap, "collector_endpoint_version", "HTTP_PROTO")
     for listener in bootstrap["static_resources"]["listeners"]:
         for lf in listener.get("listener_filters", []):
             if lf["name"] == "envoy.filters.listener.tls_inspector":
