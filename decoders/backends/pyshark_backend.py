@@ -82,7 +82,8 @@ def _segment(pkt) -> Segment | None:
         name = getattr(tree, "interface_name", None) if tree is not None else None
         interface = str(name) if name else (str(iface_id) if iface_id is not None else None)
     wire, captured = int(frame.len), int(frame.cap_len)
-    return (_epoch(frame.time_epoch), ip.src, int(tcp.srcport), ip.dst, int(tcp.dstport),
+    # str(): pyshark's field values are str subclasses, which other code (interning, orjson) refuses
+    return (_epoch(frame.time_epoch), str(ip.src), int(tcp.srcport), str(ip.dst), int(tcp.dstport),
             int(tcp.seq_raw), int(tcp.ack_raw), int(tcp.flags, 16) & 0xFF, payload,
             wire - captured if wire > captured else 0, interface)
 

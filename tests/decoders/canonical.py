@@ -18,4 +18,5 @@ def canonical(ex: Exchange) -> tuple:
         tuple(sorted(ex.response_headers.items())), ex.request_body_bytes, ex.response_body_bytes,
         ex.peer_workload, ex.peer_namespace, ex.server_peer_workload, ex.server_peer_namespace, ex.sni,
         tuple(ex.alpn), tuple(ex.tls_offered_versions), ex.tls_version, tuple(ex.damage),
+        type(c.src), type(c.dst), type(c.interface),  # plain str, not a backend's str subclass
     )
