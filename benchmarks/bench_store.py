@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import random
 import sqlite3
 import statistics
@@ -172,8 +173,8 @@ async def bench_osmem(args: argparse.Namespace, res: dict[str, float]) -> None:
     print(f"osmem (Elasticsearch API) bulk write: {rate:,.0f} records/s ({args.es_records:,} records)")
     print(f"osmem request-id look-up in {stored:,} records: p50 {p50:.3f} ms, p99 {p99:.3f} ms "
           f"({found:,} found)")
-    print(f"ratio SQLite / osmem: write rate {res['sqlite_write'] / rate:.2f}, "
-          f"look-up p99 {res['sqlite_p99'] / p99:.2f} "
+    print(f"ratio: SQLite writes {res['sqlite_write'] / rate:.1f}x the records/s of osmem; "
+          f"osmem's look-up p99 is {p99 / res['sqlite_p99']:.1f}x SQLite's "
           f"(osmem holding {stored:,} records, SQLite {args.lookup_records:,})")
 
 
@@ -188,6 +189,8 @@ async def main() -> None:
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached look-up file")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
+    # the machine may be shared: say how busy it was, the rates depend on it
+    print("load average at start: {:.2f} {:.2f} {:.2f} on {} cores".format(*os.getloadavg(), os.cpu_count()))
     res = await bench_sqlite(args)
     if not args.no_es:
         await bench_osmem(args, res)
