@@ -156,7 +156,7 @@ async def run_sink(args) -> bool:
                     await sink.pipeline.start()
                 routes = lab_routes(upstream.port, Path(tmp) / "certs")
                 bootstrap = lab_bootstrap(routes, collector.als_port, collector.zipkin_port,
-                                          zipkin_proto=args.zipkin == "proto")
+                                          zipkin=args.zipkin)
                 add_direct_route(bootstrap)
                 if args.trace_percent < 100:
                     set_everywhere(bootstrap, "random_sampling", {"value": args.trace_percent})

@@ -61,14 +61,15 @@ def set_everywhere(node: object, key: str, value: object) -> None:
             set_everywhere(v, key, value)
 
 
-def lab_bootstrap(routes: Routes, als_port: int, zipkin_port: int, *, zipkin_proto: bool = False,
+def lab_bootstrap(routes: Routes, als_port: int, zipkin_port: int, *, zipkin: str | None = None,
                   node_id: str = "lab-proxy") -> dict:
-    """The generated bootstrap (spans flushed every 0.2 s), with Zipkin spans sent as proto3 instead
-    of JSON if asked."""
+    """The generated bootstrap (spans flushed every 0.2 s); ``zipkin="json"`` or ``"proto"`` picks how
+    Envoy encodes spans (default: the generator's choice, proto3)."""
     bootstrap = build_bootstrap(routes, collector=CollectorTarget("127.0.0.1", als_port, zipkin_port),
                                 admin_port=0, node_id=node_id, span_flush_interval=0.2)
-    if zipkin_proto:
-        set_everywhere(bootstrap, "collector_endpoint_version", "HTTP_PROTO")
+    if zipkin is not None:
+        encoding = {"json": "HTTP_JSON", "proto": "HTTP_PROTO"}[zipkin]
+        set_everywhere(bootstrap, "collector_endpoint_version", encoding)
     for listener in bootstrap["static_resources"]["listeners"]:
         for lf in listener.get("listener_filters", []):
             if lf["name"] == "envoy.filters.listener.tls_inspector":

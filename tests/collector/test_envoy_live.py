@@ -31,7 +31,7 @@ async def lab(running, data_dir):
     collector, _ = running
     async with DemoUpstream(port=free_port()) as upstream:
         routes = lab_routes(upstream.port, data_dir / "certs")
-        bootstrap = lab_bootstrap(routes, collector.als_port, collector.zipkin_port)
+        bootstrap = lab_bootstrap(routes, collector.als_port, collector.zipkin_port, zipkin="json")
         async with EnvoyProcess(bootstrap, concurrency=1) as envoy:
             yield collector, upstream, envoy, routes
 
@@ -148,7 +148,7 @@ async def test_envoy_proto3_spans(running, data_dir, span_reader):
     collector, _ = running
     async with DemoUpstream(port=free_port()) as upstream:
         routes = lab_routes(upstream.port, data_dir / "certs")
-        bootstrap = lab_bootstrap(routes, collector.als_port, collector.zipkin_port, zipkin_proto=True)
+        bootstrap = lab_bootstrap(routes, collector.als_port, collector.zipkin_port, zipkin="proto")
         async with EnvoyProcess(bootstrap) as _envoy, httpx.AsyncClient(timeout=10) as client:
             sent = [await _request(client, listener_port(routes, "ingress"), "/status/200") for _ in range(3)]
             want = {normalize_request_id(rid) for rid, _ in sent}

@@ -11,6 +11,7 @@ import grpc
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from fastapi import FastAPI, Request
 
+from collector.zipkin_spans import spans_from_proto
 from proxy.demo_upstream import DemoUpstream
 from proxy.telemetry import CollectorTarget
 from tests.conftest import free_port
@@ -40,8 +41,12 @@ class TelemetrySink:
 
         @zipkin.post("/api/v2/spans", status_code=202)
         async def receive(request: Request) -> None:
-            # Envoy posts chunked JSON v2 span lists
-            spans.extend(json.loads(await request.body()))
+            # Envoy posts chunked Zipkin v2 span lists, proto3 by default, JSON if configured so
+            body = await request.body()
+            if request.headers.get("content-type", "").startswith("application/x-protobuf"):
+                spans.extend({"kind": s.span_kind, "tags": s.tags} for s in spans_from_proto(body))
+            else:
+                spans.extend(json.loads(body))
 
         self.zipkin = DemoUpstream(port=free_port(), app=zipkin)
         self.target = CollectorTarget("127.0.0.1", als_port, self.zipkin.port)

@@ -66,7 +66,7 @@ def test_every_hcm_and_tcp_proxy_reports_to_the_collector(name, data_dir):
             zipkin = typed["tracing"]["provider"]
             assert zipkin["name"] == "envoy.tracers.zipkin"
             assert zipkin["typed_config"]["collector_endpoint"] == "/api/v2/spans"
-            assert zipkin["typed_config"]["collector_endpoint_version"] == "HTTP_JSON"
+            assert zipkin["typed_config"]["collector_endpoint_version"] == "HTTP_PROTO"
             assert zipkin["typed_config"]["shared_span_context"] is False
             assert typed["tracing"]["random_sampling"]["value"] == 100
             assert typed["generate_request_id"] and typed["use_remote_address"]
