@@ -167,10 +167,11 @@ class _Dialogue:
     def _new_exchange(self, kind: str, ts: float) -> Exchange:
         ex = Exchange(exchange_type=kind, conn=self.tc.conn, index=self.index, request_time=ts)
         self.index += 1
-        ex.damage.extend(self.client_damage)
-        ex.damage.extend(self.server_damage)
-        self.client_damage.clear()
-        self.server_damage.clear()
+        if self.client_damage or self.server_damage:  # damage seen before this exchange began
+            ex.damage.extend(self.client_damage)
+            ex.damage.extend(self.server_damage)
+            self.client_damage.clear()
+            self.server_damage.clear()
         return ex
 
     def _request_head(self, head: HttpHead) -> bool:

@@ -108,7 +108,8 @@ class HttpStreamParser:
             if st == HEAD and not self.buf:
                 # fast path: a whole head at the start of the data, no buffering needed
                 end = data.find(b"\r\n\r\n")
-                if end > 0 and (looks_like_request(data[:16]) if self.is_request else data[:7] == b"HTTP/1."):
+                if end > 0 and (data[:data.find(b" ", 0, 16)] in METHODS if self.is_request
+                                else data[:7] == b"HTTP/1."):
                     self.head_ts = ts
                     self._complete_head(data[:end], ts)
                     data = data[end + 4:]
@@ -282,8 +283,8 @@ class HttpStreamParser:
     def _start_body(self, head: HttpHead, body_allowed: bool, ts: float) -> None:
         if self.state == DEAD:  # on_head ended the stream (protocol switch)
             return
-        te = head.header("transfer-encoding")
-        cl = head.header("content-length")
+        te = head.headers.get("transfer-encoding")
+        cl = head.headers.get("content-length")
         if not body_allowed:
             self._end(ts)
         elif te is not None and "chunked" in te.lower():
