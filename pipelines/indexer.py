@@ -164,7 +164,8 @@ class Pipeline:
                  tick: float = 0.5) -> None:
         self.settings = settings
         self.engine = AlertEngine(load_rules(settings.alert_rules) if rules is None else rules)
-        self.notifier = WebhookNotifier(settings.alert_webhooks)
+        self.notifier = WebhookNotifier(settings.alert_webhooks,
+                                        external_url=f"http://{settings.host}:{settings.api_port}")
         self.indexer = Indexer(bus, store, Path(settings.data_dir) / "deadletter", group=group,
                                max_batch=max_batch, engine=self.engine)
         self.outbox = AlertOutbox(self.indexer.write, self.notifier)

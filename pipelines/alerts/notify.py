@@ -12,6 +12,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 import httpx
 
@@ -31,6 +32,11 @@ def fingerprint(labels: dict[str, str]) -> str:
     """A stable 16-hex-digit id for a label set (Alertmanager's fingerprint is one too)."""
     text = "\x00".join(f"{k}\x01{v}" for k, v in sorted(labels.items()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _alerts_url(external_url: str, alert: Alert) -> str:
+    """Where meshscope's API lists this alert's firings and resolutions."""
+    return f"{external_url}/api/alerts?{urlencode({'rule': alert.rule, 'group': alert.group_key})}"
 
 
 def _group_key(labels: dict[str, str]) -> str:
@@ -63,7 +69,7 @@ def alertmanager_payload(alerts: Sequence[Alert], receiver: str = "meshscope",
             "annotations": annotations,
             "startsAt": rfc3339(a.first_seen),
             "endsAt": rfc3339(a.last_seen) if a.state == "resolved" else ZERO_TIME,
-            "generatorURL": f"{external_url}/api/alerts?rule={a.rule}" if external_url else "",
+            "generatorURL": _alerts_url(external_url, a) if external_url else "",
             "fingerprint": fingerprint(a.labels),
         })
     group_labels = {"alertname": alerts[0].rule}

@@ -29,6 +29,7 @@ def test_payload_follows_alertmanager_webhook_format():
     assert first["startsAt"] == "2027-01-15T08:00:00.000Z" and first["endsAt"] == "0001-01-01T00:00:00Z"
     assert first["annotations"]["sample_request_ids"] == "a,b" and first["annotations"]["baseline"] == "3"
     assert len({a["fingerprint"] for a in p["alerts"]}) == 2
+    assert first["generatorURL"] == "http://ms:8000/api/alerts?rule=upstream-5xx-spike&group=upstream_cluster%3Dcatalog"
     resolved = alertmanager_payload([alert("resolved")])["alerts"][0]
     assert resolved["status"] == "resolved" and resolved["endsAt"] == "2027-01-15T08:01:30.500Z"
 
