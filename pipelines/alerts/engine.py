@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -45,8 +45,10 @@ def _bucket_width(timeframe: float) -> float:
 class AlertEngine:
     """Evaluates rules on the record stream; ``evaluate`` returns new firings and resolutions."""
 
-    def __init__(self, rules: Iterable[Rule]) -> None:
+    def __init__(self, rules: Iterable[Rule], remember: int = 100_000) -> None:
         self.rules = list(rules)
+        self.remember = remember  # record ids kept for deduplication: more than a redelivered batch
+        self._seen: OrderedDict[str, None] = OrderedDict()
         self._states = []
         for rule in self.rules:
             width = _bucket_width(rule.timeframe)
@@ -61,8 +63,16 @@ class AlertEngine:
         return self._max_event + (time.monotonic() - self._max_event_at)
 
     def observe(self, records: Iterable[Record]) -> None:
-        """Count access records into every rule's buckets."""
-        access = [r for r in records if isinstance(r, AccessRecord)]
+        """Count access records into every rule's buckets, each record once: a batch the bus
+        delivers again (at-least-once) is not counted twice."""
+        seen = self._seen
+        access = []
+        for r in records:
+            if isinstance(r, AccessRecord) and r.id not in seen:
+                seen[r.id] = None
+                access.append(r)
+        while len(seen) > self.remember:
+            seen.popitem(last=False)
         if not access:
             return
         newest = max(r.start_time for r in access)

@@ -93,3 +93,13 @@ def test_event_clock_runs_on_between_records():
     assert e.now() >= T0
     assert [a.state for a in e.evaluate()] == ["firing"]
     assert [a.state for a in e.evaluate(e.now() + 11)] == ["resolved"]
+
+
+def test_a_redelivered_batch_is_counted_once():
+    e = engine(type="threshold", threshold=10)
+    batch = [access(i, code=500, t=T0) for i in range(6)]
+    e.observe(batch)
+    e.observe(batch)  # the bus delivered it again (at-least-once)
+    assert e.evaluate(T0 + 1) == []
+    e.observe([access(i, code=500, t=T0) for i in range(6, 10)])
+    assert [a.observed for a in e.evaluate(T0 + 1)] == [10]
