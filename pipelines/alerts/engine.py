@@ -54,6 +54,7 @@ class AlertEngine:
             width = _bucket_width(rule.timeframe)
             self._states.append(_RuleState(rule, width, max(1, round(rule.timeframe / width))))
         self._max_event: float | None = None
+        self._first_event: float | None = None  # a spike needs a reference window seen whole
         self._max_event_at = 0.0  # monotonic time when _max_event last advanced
 
     def now(self) -> float:
@@ -76,6 +77,9 @@ class AlertEngine:
         if not access:
             return
         newest = max(r.start_time for r in access)
+        oldest = min(r.start_time for r in access)
+        if self._first_event is None or oldest < self._first_event:
+            self._first_event = oldest
         if self._max_event is None or newest > self.now():
             self._max_event, self._max_event_at = newest, time.monotonic()
         for state in self._states:
@@ -129,6 +133,10 @@ class AlertEngine:
     def _decide(self, rule: Rule, name: str, group: _Group, cur: list[int], ref: list[int],
                 now: float) -> Alert | None:
         firing, observed, baseline = _condition(rule, cur, ref)
+        if (firing and group.firing is None and rule.type == "spike" and not rule.alert_on_new_data
+                and (self._first_event is None or now - self._first_event < rule.timeframe)):
+            # as ElastAlert: no spike against a reference window that was not watched yet
+            firing = False
         if firing and group.firing is None:
             group.firing = self._alert(rule, name, group, "firing", now, now, observed, baseline)
             group.notified = now

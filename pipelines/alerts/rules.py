@@ -47,6 +47,7 @@ class Rule:
     spike_type: str = "up"
     threshold_ref: int = 0
     threshold_cur: int = 0
+    alert_on_new_data: bool = False  # fire before a whole reference window has been seen
     # notifications
     realert: float = 300.0
     severity: str = "warning"
@@ -131,7 +132,7 @@ def _choice(raw: dict, key: str, where: str, default: Any, choices: tuple) -> An
 _COMMON = {"name", "type", "filter", "query_key", "timeframe", "realert", "severity", "description", "labels"}
 _ONLY = {
     "threshold": {"metric", "threshold", "min_count"},
-    "spike": {"spike_height", "spike_type", "threshold_ref", "threshold_cur"},
+    "spike": {"spike_height", "spike_type", "threshold_ref", "threshold_cur", "alert_on_new_data"},
 }
 
 
@@ -176,6 +177,9 @@ def parse_rule(raw: Any, index: int) -> Rule:
         rule.spike_type = _choice(raw, "spike_type", where, "up", SPIKE_TYPES)
         rule.threshold_ref = int(_number(raw, "threshold_ref", where, 0))
         rule.threshold_cur = int(_number(raw, "threshold_cur", where, 0))
+        rule.alert_on_new_data = raw.get("alert_on_new_data", False)
+        if not isinstance(rule.alert_on_new_data, bool):
+            raise UserError(f"{where}.alert_on_new_data: expected true or false")
     return rule
 
 

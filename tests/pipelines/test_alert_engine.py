@@ -103,3 +103,12 @@ def test_a_redelivered_batch_is_counted_once():
     assert e.evaluate(T0 + 1) == []
     e.observe([access(i, code=500, t=T0) for i in range(6, 10)])
     assert [a.observed for a in e.evaluate(T0 + 1)] == [10]
+
+
+def test_no_spike_before_a_reference_window_was_watched():
+    quiet = engine(type="spike", spike_height=3, threshold_cur=10)
+    quiet.observe([access(i, code=500, t=T0 + 1) for i in range(20)])  # 5xx from the very start
+    assert quiet.evaluate(T0 + 2) == []  # could be the normal rate: no history yet
+    eager = engine(type="spike", spike_height=3, threshold_cur=10, alert_on_new_data=True)
+    eager.observe([access(i, code=500, t=T0 + 1) for i in range(20)])
+    assert [a.state for a in eager.evaluate(T0 + 2)] == ["firing"]
