@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from prometheus_client import Counter
 
 from meshscope.model import Record
 from meshscope.settings import Settings
@@ -23,6 +24,7 @@ from pipelines.bus.base import Batch, Bus, BusUnavailable
 from pipelines.topics import RECORD_OF, TOPIC_OF, partition_key
 
 log = logging.getLogger(__name__)
+UNDECODABLE = Counter("meshscope_bus_undecodable", "Bus messages that were not records (skipped)", ["topic"])
 
 
 class KafkaBus(Bus):
@@ -161,8 +163,11 @@ class KafkaBus(Bus):
                         try:
                             records.append(record_type.from_json(m.value))
                         except (ValueError, TypeError) as exc:
-                            # not a record of this topic: skipping it is the only way forward
-                            log.error("kafka %s offset %d: undecodable record skipped: %s", tp, m.offset, exc)
+                            # not a record of this topic: skipping it is the only way forward; it
+                            # stays in the topic (until retention) and the log says where
+                            UNDECODABLE.labels(topic).inc()
+                            log.error("kafka %s offset %d: undecodable record skipped: %s; value %r",
+                                      tp, m.offset, exc, (m.value or b"")[:500])
                     offsets[tp] = messages[-1].offset + 1
                 self._lags[(topic, group)] = sum(
                     max(0, (consumer.highwater(tp) or 0) - offset) for tp, offset in offsets.items()

@@ -109,3 +109,23 @@ async def test_broker_loss_is_bus_unavailable_and_the_bus_reconnects(tansu):
         assert [m.key for m in messages] == [b"r-00000003"]
     finally:
         await bus.stop()
+
+
+async def test_a_message_that_is_not_a_record_is_skipped_and_counted(tansu):
+    from aiokafka import AIOKafkaProducer
+    from prometheus_client import REGISTRY
+
+    before = REGISTRY.get_sample_value("meshscope_bus_undecodable_total", {"topic": "access"}) or 0
+    bus = KafkaBus(tansu.bootstrap, topic_prefix="t4.", partitions=1, session_timeout_s=3)
+    await bus.start()
+    producer = AIOKafkaProducer(bootstrap_servers=tansu.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait("t4.access", b"{not json")
+        await bus.publish("access", [access(1)])
+        got = await drain_group(bus, 1, commit=True)
+    finally:
+        await producer.stop()
+        await bus.stop()
+    assert [r.request_id for r in got] == ["r-00000001"]
+    assert REGISTRY.get_sample_value("meshscope_bus_undecodable_total", {"topic": "access"}) == before + 1
