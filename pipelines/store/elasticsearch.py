@@ -51,6 +51,7 @@ from pipelines.store.indexed import (
 TEMPLATES = Path(__file__).parent / "templates"
 KINDS = ("access", "span", "exchange", "flow", "alert")
 MAX_HITS = 10_000  # Elasticsearch's default index.max_result_window
+BULK_DOCS = 5_000  # per bulk request: a few MB, well under http.max_content_length (100 MB)
 _RETRY_STATUS = {429, 502, 503, 504}
 
 
@@ -175,20 +176,22 @@ class ElasticsearchStore(Store):
         deadline = time.monotonic() + self.retry_for_s
         delay = 0.1
         while pending:
-            ops: list[dict] = []
-            for rid, (index, doc) in pending.items():
-                ops += [{"create": {"_index": index, "_id": rid}}, doc]
-            resp = await self._call(self.es.bulk, operations=ops, refresh=self.refresh)
             busy: dict[str, tuple[str, dict]] = {}
-            for item in resp["items"]:
-                result = item["create"]
-                status = result.get("status", 500)
-                if status < 300 or status == 409:  # 409: stored before (a replay)
-                    continue
-                if status in _RETRY_STATUS or status >= 500:
-                    busy[result["_id"]] = pending[result["_id"]]
-                else:
-                    refused.append(f"{result['_id']}: {result.get('error', {}).get('reason', status)}")
+            items = list(pending.items())
+            for start in range(0, len(items), BULK_DOCS):
+                ops: list[dict] = []
+                for rid, (index, doc) in items[start : start + BULK_DOCS]:
+                    ops += [{"create": {"_index": index, "_id": rid}}, doc]
+                resp = await self._call(self.es.bulk, operations=ops, refresh=self.refresh)
+                for item in resp["items"]:
+                    result = item["create"]
+                    status = result.get("status", 500)
+                    if status < 300 or status == 409:  # 409: stored before (a replay)
+                        continue
+                    if status in _RETRY_STATUS or status >= 500:
+                        busy[result["_id"]] = pending[result["_id"]]
+                    else:
+                        refused.append(f"{result['_id']}: {result.get('error', {}).get('reason', status)}")
             pending = busy
             if pending:
                 if time.monotonic() + delay > deadline:
