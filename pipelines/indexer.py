@@ -191,13 +191,25 @@ class Pipeline:
             await asyncio.sleep(self.tick)
             self.outbox.put(self.engine.evaluate())
 
-    async def stop(self) -> None:
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Stop consuming; give alerts already raised ``drain_timeout`` seconds to be stored and sent."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
+        if not tasks:
+            return
+        indexer, outbox, ticker = tasks
+        for task in (indexer, ticker):
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+        for task in (indexer, ticker):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # a crash was logged already
                 await task
+        if not outbox.done():
+            try:
+                await asyncio.wait_for(self.outbox.drain(), drain_timeout)
+            except TimeoutError:
+                log.warning("alerts not yet stored or sent at shutdown were dropped")
+        outbox.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await outbox
         await self.notifier.aclose()
 
     async def __aenter__(self) -> Pipeline:

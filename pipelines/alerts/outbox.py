@@ -41,9 +41,16 @@ class AlertOutbox:
     async def run(self) -> None:
         while True:
             alerts = await self._queue.get()
-            jobs = [self.write("alerts", alerts)]
-            if self.notifier is not None and self.notifier.urls:
-                jobs.append(self.notifier.send(alerts))
-            await asyncio.gather(*jobs)
-            self.handled.extend(alerts)
-            del self.handled[:-1000]
+            try:
+                jobs = [self.write("alerts", alerts)]
+                if self.notifier is not None and self.notifier.urls:
+                    jobs.append(self.notifier.send(alerts))
+                await asyncio.gather(*jobs)
+                self.handled.extend(alerts)
+                del self.handled[:-1000]
+            finally:
+                self._queue.task_done()
+
+    async def drain(self) -> None:
+        """Wait until every alert put so far is stored and sent (``run`` must be running)."""
+        await self._queue.join()
