@@ -52,11 +52,13 @@ async def test_broker_then_search_server_lost_mid_stream_every_record_once(durab
     try:
         stream = asyncio.ensure_future(publish_stream(bus, records, per_second=250))
         await wait_for(lambda: _indexed_at_least(pipeline, 300), 30, "indexing to start")
+        assert not stream.done()
         durable_tansu.stop()  # mid-stream: the publisher is still sending
         await asyncio.sleep(6)  # longer than the publish timeout: the publisher must hold and resend
         durable_tansu.start()
         indexed = pipeline.indexer.stats["indexed"]
         await wait_for(lambda: _indexed_at_least(pipeline, indexed + 300), 60, "indexing to resume")
+        assert not stream.done()
         search_server.pause()  # now the store: connections refused while the stream goes on
         await asyncio.sleep(4)
         search_server.resume()
