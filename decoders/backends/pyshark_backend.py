@@ -8,6 +8,7 @@ the same as the other backends'."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,8 +43,11 @@ class PysharkBackend(SegmentBackend):
         params = []
         for proto in DISABLED:
             params += ["--disable-protocol", proto]
+        # a loop of its own: pyshark otherwise asks asyncio for the current one, which fails once an
+        # earlier asyncio.run() (or pytest-asyncio) has closed and unset it
+        loop = asyncio.new_event_loop()
         cap = pyshark.FileCapture(str(path), keep_packets=False, use_json=True, display_filter=DISPLAY_FILTER,
-                                  override_prefs=PREFS, custom_parameters=params)
+                                  override_prefs=PREFS, custom_parameters=params, eventloop=loop)
         try:
             for pkt in cap:
                 seg = _segment(pkt)
@@ -59,6 +63,7 @@ class PysharkBackend(SegmentBackend):
                 # tshark exits non-zero on a damaged file, which the shared reader has reported;
                 # forget the process so pyshark's __del__ does not raise the same again
                 cap._running_processes.clear()
+            loop.close()
 
 
 def _segment(pkt) -> Segment | None:
