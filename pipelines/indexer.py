@@ -50,7 +50,7 @@ class Indexer:
     def __init__(self, bus: Bus, store: StoreWriter, deadletter_dir: Path, *,
                  topics: Sequence[str] = (ACCESS, SPANS), group: str = GROUP, max_batch: int = 5000,
                  engine: AlertEngine | None = None, outbox: AlertOutbox | None = None,
-                 max_backoff: float = 30.0) -> None:
+                 max_backoff: float = 30.0, write_records: bool = True) -> None:
         self.bus = bus
         self.store = store
         self.deadletter_dir = Path(deadletter_dir)
@@ -60,7 +60,8 @@ class Indexer:
         self.engine = engine
         self.outbox = outbox
         self.max_backoff = max_backoff
-        self.stats = {"indexed": 0, "batches": 0, "store_failures": 0, "deadlettered": 0,
+        self.write_records = write_records  # False: an alert-only worker, records are only watched
+        self.stats = {"indexed": 0, "observed": 0, "batches": 0, "store_failures": 0, "deadlettered": 0,
                       "commit_failures": 0}
 
     async def run(self) -> None:
@@ -76,7 +77,9 @@ class Indexer:
                 self.engine.observe(batch.records)
                 if self.outbox is not None:
                     self.outbox.put(self.engine.evaluate())
-            await self.write(topic, batch.records)
+            if self.write_records:
+                await self.write(topic, batch.records)
+            self.stats["observed"] += len(batch.records)
             try:
                 await batch.commit()
             except BusUnavailable as exc:  # stored already: a redelivery is deduplicated by id
@@ -152,24 +155,39 @@ def read_deadletters(deadletter_dir: Path, topic: str) -> list[dict]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
+ALERT_GROUP = "meshscope-alerts"
+ROLES = ("all", "index", "alert")
+
+
 class Pipeline:
     """Indexer + alert engine + alert outbox over a bus and a store the caller owns (started already).
 
     ``meshscope pipeline`` runs one on its own; ``meshscope up`` embeds one next to the collector and
-    the API, sharing their bus and store.
+    the API, sharing their bus and store. ``role`` splits the work for Kafka: any number of "index"
+    workers share the partitions of the indexer group, and one "alert" worker (its own group) sees
+    every access record, so each rule counts a cluster's whole traffic; "all" does both.
     """
 
     def __init__(self, settings: Settings, bus: Bus, store: StoreWriter, *,
-                 rules: Sequence[Rule] | None = None, group: str = GROUP, max_batch: int = 5000,
-                 tick: float = 0.5) -> None:
+                 rules: Sequence[Rule] | None = None, group: str | None = None, max_batch: int = 5000,
+                 tick: float = 0.5, role: str = "all") -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown pipeline role {role!r}: choose one of {', '.join(ROLES)}")
         self.settings = settings
+        if role == "index":
+            rules = []
         self.engine = AlertEngine(load_rules(settings.alert_rules) if rules is None else rules)
         self.notifier = WebhookNotifier(settings.alert_webhooks,
                                         external_url=f"http://{settings.host}:{settings.api_port}")
-        self.indexer = Indexer(bus, store, Path(settings.data_dir) / "deadletter", group=group,
-                               max_batch=max_batch, engine=self.engine)
+        self.indexer = Indexer(
+            bus, store, Path(settings.data_dir) / "deadletter", max_batch=max_batch,
+            group=group or (ALERT_GROUP if role == "alert" else GROUP),
+            topics=(ACCESS,) if role == "alert" else (ACCESS, SPANS),
+            engine=None if role == "index" else self.engine, write_records=role != "alert",
+        )
         self.outbox = AlertOutbox(self.indexer.write, self.notifier)
         self.indexer.outbox = self.outbox
+        self.role = role
         self.tick = tick
         self._tasks: list[asyncio.Task] = []
 

@@ -14,7 +14,9 @@ from meshscope.settings import load_settings
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rules", help="alert rules YAML (default: settings.alert_rules, else bundled)")
     parser.add_argument("--check-rules", action="store_true", help="validate the alert rules and exit")
-    parser.add_argument("--group", default="meshscope-indexer", help="bus consumer group")
+    parser.add_argument("--role", choices=("all", "index", "alert"), default="all",
+                        help="all (default); or split: many `index` workers plus one `alert` worker")
+    parser.add_argument("--group", help="bus consumer group (default: by role)")
     parser.add_argument("--batch", type=int, default=5000, help="records per store write (default 5000)")
     parser.add_argument("--metrics-port", type=int, default=0,
                         help="serve Prometheus metrics on this port of settings.host (default: off)")
@@ -43,11 +45,11 @@ def run(args: argparse.Namespace) -> int:
             start_http_server(args.metrics_port, addr=settings.host)
         except OSError as exc:
             raise UserError(f"cannot serve metrics on {settings.host}:{args.metrics_port}: {exc}") from exc
-    asyncio.run(_serve(settings, rules, args.group, args.batch))
+    asyncio.run(_serve(settings, rules, args.role, args.group, args.batch))
     return 0
 
 
-async def _serve(settings, rules, group: str, batch: int) -> None:
+async def _serve(settings, rules, role: str, group: str | None, batch: int) -> None:
     from pipelines.bus.base import BusUnavailable
     from pipelines.indexer import Pipeline
     from pipelines.store.base import StoreUnavailable
@@ -67,10 +69,11 @@ async def _serve(settings, rules, group: str, batch: int) -> None:
         await bus.start()
     except BusUnavailable as exc:  # the consumers wait for the broker; say so and go on
         log.warning("bus not reachable yet, waiting for it: %s", exc)
-    pipeline = Pipeline(settings, bus, store, rules=rules, group=group, max_batch=batch)
+    pipeline = Pipeline(settings, bus, store, rules=rules, group=group, max_batch=batch, role=role)
     try:
         await pipeline.start()
-        log.info("indexing %s → %s with %d alert rule(s)", settings.bus, settings.store, len(rules))
+        log.info("%s: %s → %s with %d alert rule(s)", {"all": "indexing and alerting", "index": "indexing",
+                 "alert": "alerting"}[role], settings.bus, settings.store, len(pipeline.engine.rules))
         await stop.wait()
     finally:
         await pipeline.stop()

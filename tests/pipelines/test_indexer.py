@@ -84,3 +84,29 @@ async def _stored(store: SqliteStore, n: int) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_split_roles_index_once_and_alert_once(data_dir):
+    """Two index workers share the indexer group; one alert worker sees every record in its own."""
+    settings = Settings(data_dir=data_dir)
+    store = SqliteStore(settings)
+    await store.start()
+    bus = MemoryBus()
+    rules = parse_rules({"rules": [{"name": "5xx", "type": "threshold", "threshold": 20, "timeframe": "10s",
+                                    "filter": {"status_class": 5}, "realert": "1h"}]})
+    workers = [Pipeline(settings, bus, store, role="index"), Pipeline(settings, bus, store, role="index"),
+               Pipeline(settings, bus, store, role="alert", rules=rules)]
+    for w in workers:
+        await w.start()
+    try:
+        await bus.publish("access", [access(i, code=503) for i in range(25)])
+        await wait_for(lambda: _stored(store, 25), 10, "the records")
+        await wait_for(lambda: _true(workers[2].outbox.handled), 5, "the alert")
+    finally:
+        for w in workers:
+            await w.stop()
+    alerting = workers[2].indexer.stats
+    assert alerting["observed"] == 25 and alerting["indexed"] == 1  # it stored its alert, no records
+    assert [(a.rule, a.state, a.observed) for a in await store.alerts()] == [("5xx", "firing", 25)]
+    assert await store.count("access") == 25
+    await store.stop()

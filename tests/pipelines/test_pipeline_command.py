@@ -68,7 +68,7 @@ async def test_runs_kafka_to_sqlite_with_metrics_and_stops_on_sigterm(tansu, dat
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, output
-        assert "indexing kafka → sqlite with 2 alert rule(s)" in output
+        assert "indexing and alerting: kafka → sqlite with 2 alert rule(s)" in output
     finally:
         if proc.poll() is None:
             proc.kill()
