@@ -7,11 +7,7 @@ import pytest
 
 from tests.conftest import free_port, need
 from tests.pipelines.kafka_broker import S3Server, TansuBroker, tansu_binary
-
-try:  # the search-server fixture lives with the store suite
-    from tests.pipelines.search_server import *  # noqa: F403
-except ImportError:  # pragma: no cover - only while the store suite is being written
-    pass
+from tests.pipelines.search_server import *  # noqa: F403 - search_server, es_settings (store suite's)
 
 
 @pytest.fixture
