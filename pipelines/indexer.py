@@ -203,6 +203,14 @@ class Pipeline:
         for task in self._tasks:
             task.add_done_callback(_report_crash)
 
+    async def crashed(self) -> BaseException:
+        """Wait until one of the pipeline's tasks dies on an error; return that error."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                return task.exception()  # type: ignore[return-value]
+        return RuntimeError("a pipeline task ended")
+
     async def _ticker(self) -> None:
         """Close windows without new records: resolutions and quiet-time spikes need the clock too."""
         while True:

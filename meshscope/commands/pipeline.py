@@ -45,11 +45,11 @@ def run(args: argparse.Namespace) -> int:
             start_http_server(args.metrics_port, addr=settings.host)
         except OSError as exc:
             raise UserError(f"cannot serve metrics on {settings.host}:{args.metrics_port}: {exc}") from exc
-    asyncio.run(_serve(settings, rules, args.role, args.group, args.batch))
-    return 0
+    return asyncio.run(_serve(settings, rules, args.role, args.group, args.batch))
 
 
-async def _serve(settings, rules, role: str, group: str | None, batch: int) -> None:
+async def _serve(settings, rules, role: str, group: str | None, batch: int) -> int:
+    """Run until SIGINT/SIGTERM (exit 0) or until a pipeline task dies (exit 1)."""
     from pipelines.bus.base import BusUnavailable
     from pipelines.indexer import Pipeline
     from pipelines.store.base import StoreUnavailable
@@ -74,7 +74,15 @@ async def _serve(settings, rules, role: str, group: str | None, batch: int) -> N
         await pipeline.start()
         log.info("%s: %s → %s with %d alert rule(s)", {"all": "indexing and alerting", "index": "indexing",
                  "alert": "alerting"}[role], settings.bus, settings.store, len(pipeline.engine.rules))
-        await stop.wait()
+        stopping = asyncio.ensure_future(stop.wait())
+        crash = asyncio.ensure_future(pipeline.crashed())
+        await asyncio.wait([stopping, crash], return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (stopping, crash):
+            waiter.cancel()
+        if crash.done() and not crash.cancelled():
+            log.error("pipeline stopped on an error: %r", crash.result())
+            return 1
+        return 0
     finally:
         await pipeline.stop()
         await bus.stop()
