@@ -1,5 +1,7 @@
 """Uploaded captures: received (upload_stream.py) into ``data_dir/pcaps/<id>/`` under a count limit,
-analysed in a worker process, results kept in the store and the upload's folder.
+analysed in a worker process that writes the results to the store and the upload's folder itself,
+in batches, and hands back only counts and damage reports: the server's memory does not grow with a
+capture.
 
 Each upload folder holds the capture files (named from the generated id, never from the request),
 ``status.json`` (state, sizes, counts, damage report) and, once analysed, ``analysis.json`` and
@@ -15,11 +17,12 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from python_multipart.multipart import parse_options_header
@@ -77,15 +80,81 @@ class ProgressFile:
         os.replace(tmp, self.path)
 
 
-def run_analysis(paths: list[str], progress_path: str) -> dict[str, Any]:
-    """In the worker process: decode and stitch the captures, render the graph; plain data back."""
+def run_analysis(settings: Settings, paths: list[str], folder: str) -> dict[str, Any]:
+    """In the worker process: decode and stitch the captures, write their exchanges and flows to the
+    store in batches and the results into the upload's folder; only counts and reports go back, so the
+    server never holds an analysis, however large the capture."""
+    return asyncio.run(_analyse_into_store(settings, paths, Path(folder)))
+
+
+async def _analyse_into_store(settings: Settings, paths: list[str], folder: Path) -> dict[str, Any]:
     from decoders.analyze import analyze
+    from pipelines.wiring import make_store
 
-    analysis = analyze(paths, progress=ProgressFile(Path(progress_path)))
-    return {"analysis": analysis, "svg": render_svg(analysis)}
+    analysis = analyze(paths, progress=ProgressFile(folder / "progress.json"))
+    try:
+        # a store of the configured kind, opened here: SQLite's WAL takes a second writing process
+        async with make_store(settings) as store:
+            exchanges = await write_in_batches(store, analysis.exchanges)
+            flows = await write_in_batches(store, analysis.flows)
+        write_atomically(folder / "analysis.json", analysis.write_json)
+        svg = render_svg(analysis)
+        if svg is not None:
+            write_atomically(folder / "graph.svg", lambda out: out.write(svg.encode()))
+    finally:
+        close = getattr(analysis.exchanges, "close", None)  # the on-disk spool of exchanges
+        if close is not None:
+            close()
+    return {
+        "counts": {
+            "exchanges": exchanges,
+            "flows": flows,
+            "packets": sum(r.packets for r in analysis.reports),
+            "duplicates": analysis.duplicates,
+        },
+        "reports": list(analysis.reports),
+    }
 
 
-def render_svg(analysis: Any) -> str:
+async def write_in_batches(writer: StoreWriter, records: Iterable[Any]) -> int:
+    """Write records WRITE_BATCH at a time, the next batch read while the previous one is written (at
+    most two batches in memory); returns how many were written."""
+    pending: asyncio.Task | None = None
+    count = 0
+    try:
+        for batch in batched(records, WRITE_BATCH):
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(writer.write(batch))
+            await asyncio.sleep(0)  # let the write start (SQLite: on its thread) while the next is read
+            count += len(batch)
+        if pending is not None:
+            await pending
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+    return count
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of at most ``size`` consecutive items."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a result file under a temporary name, then rename it: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as out:
+            write(out)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def render_svg(analysis: Any) -> str | None:
     """The flow graph of an analysis as SVG (the decoders' sequence-diagram renderer)."""
     from decoders.graph_svg import render_svg as draw
 
@@ -93,7 +162,10 @@ def render_svg(analysis: Any) -> str:
 
 
 class Uploads:
-    """The upload folders under ``data_dir/pcaps`` and the worker process that analyses them."""
+    """The upload folders under ``data_dir/pcaps`` and the worker process that analyses them.
+
+    ``writer`` is the app's store. The worker cannot share it across processes: it opens a store of
+    the same settings (``pipelines.wiring.make_store``) and writes there."""
 
     def __init__(self, settings: Settings, writer: StoreWriter) -> None:
         self.settings = settings
@@ -122,9 +194,23 @@ class Uploads:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self._stop_pool()
+        self._pool = None
+
+    def _stop_pool(self) -> None:
+        """Shut the worker down, ending an analysis under way: the worker writes to the store and the
+        upload's folder itself, so it must not outlive the server (the upload, still "analysing",
+        resumes at the next start; its records are written again without duplicates)."""
+        pool = self._pool
+        if pool is None:
+            return
+        pool.shutdown(wait=False, cancel_futures=True)
+        terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
+        if terminate is not None:
+            terminate()
+            return
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
 
     # -- folders and status --------------------------------------------------------------------
     def folder(self, upload_id: str) -> Path | None:
@@ -279,51 +365,33 @@ class Uploads:
         self._update(upload_id, state="analysing")
         try:
             result = await asyncio.get_running_loop().run_in_executor(
-                self._pool, run_analysis, paths, str(folder / "progress.json")
+                self._pool, run_analysis, self.settings, paths, str(folder)
             )
-            analysis = result["analysis"]
-            await self._write_records([*analysis.exchanges, *analysis.flows])
         except asyncio.CancelledError:
             raise
         except BrokenProcessPool:
             # the worker died (killed, out of memory): this upload fails, the next ones get a new worker
             log.error("the analysis worker died on upload %s", upload_id)
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._stop_pool()
             self._pool = self._new_pool()
-            self.counters["failed"] += 1
-            self._update(
-                upload_id,
-                state="failed",
-                finished=time.time(),
-                error="the analysis process died (out of memory or killed)",
-            )
+            self._fail(upload_id, "the analysis process died (out of memory or killed)")
             return
         except UserError as exc:
-            self.counters["failed"] += 1
-            self._update(upload_id, state="failed", error=str(exc), finished=time.time())
+            self._fail(upload_id, str(exc))
             return
-        except Exception as exc:  # the worker died or the store refused: reported, never a crash
+        except Exception as exc:  # the decoders or the store failed: reported, never a crash
             log.exception("analysis of upload %s failed", upload_id)
-            self.counters["failed"] += 1
-            self._update(upload_id, state="failed", error=f"analysis failed: {exc}", finished=time.time())
+            self._fail(upload_id, f"analysis failed: {exc}")
             return
-        (folder / "analysis.json").write_bytes(analysis.to_json())
-        if result["svg"] is not None:
-            (folder / "graph.svg").write_text(result["svg"])
-        captures = [self._capture_summary(r, status["files"]) for r in analysis.reports]
+        captures = [self._capture_summary(r, status["files"]) for r in result["reports"]]
         self.counters["analysed"] += 1
         self._update(
-            upload_id,
-            state="done",
-            finished=time.time(),
-            captures=captures,
-            counts={
-                "exchanges": len(analysis.exchanges),
-                "flows": len(analysis.flows),
-                "packets": sum(r.packets for r in analysis.reports),
-                "duplicates": analysis.duplicates,
-            },
+            upload_id, state="done", finished=time.time(), captures=captures, counts=result["counts"]
         )
+
+    def _fail(self, upload_id: str, error: str) -> None:
+        self.counters["failed"] += 1
+        self._update(upload_id, state="failed", error=error, finished=time.time())
 
     @staticmethod
     def _capture_summary(report: Any, files: list[dict[str, Any]]) -> dict[str, Any]:
@@ -341,10 +409,6 @@ class Uploads:
             "damage": list(report.damage),
             "truncated": report.truncated,
         }
-
-    async def _write_records(self, records: Sequence[Any]) -> None:
-        for i in range(0, len(records), WRITE_BATCH):
-            await self.writer.write(records[i : i + WRITE_BATCH])
 
     async def wait_idle(self, timeout: float = 60.0) -> None:
         """Wait until no analysis is running (tests, shutdown)."""
