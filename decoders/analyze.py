@@ -8,6 +8,7 @@ exchange. ``stitch(exchanges)`` does the stitching alone, on exchanges from anyw
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,9 @@ from meshscope.errors import CaptureError
 from meshscope.model import Exchange, Flow
 
 Progress = Callable[[int, int], None]  # (bytes done over all captures, total bytes)
+Batch = tuple[bytes, list[ExchangeFacts]]  # exchanges as JSON lines, and their facts in the same order
+PARALLEL_MIN_BYTES = 32 << 20  # below this one process is quicker than starting more
+MAX_WORKERS = 2  # each worker reads the whole file: beyond two, the reading outweighs the split
 
 # the headers that identify a request or say who handled it; the rest is dropped on reading
 REQUEST_HEADERS = frozenset((
@@ -114,9 +118,11 @@ def capture_names(paths: Sequence[Path]) -> list[str]:
 
 
 def analyze(paths: Sequence[str | Path], backend: str = DEFAULT_BACKEND,
-            progress: Progress | None = None) -> Analysis:
+            progress: Progress | None = None, workers: int | None = None) -> Analysis:
     """Decode the captures (analysed together: a NAT's two sides may be in two files) and stitch them.
-    Raises CaptureError (a UserError) when a file cannot be read at all."""
+    ``workers``: decode processes per capture (default: one per core for a dpkt capture of at
+    least PARALLEL_MIN_BYTES, else 1). Raises CaptureError (a UserError) when a file cannot be
+    read at all."""
     files = [Path(p) for p in paths]
     if not files:
         raise CaptureError("no capture given")
@@ -126,7 +132,7 @@ def analyze(paths: Sequence[str | Path], backend: str = DEFAULT_BACKEND,
     get_backend(backend)  # an unknown backend fails here, before any work
     reports: list[CaptureReport] = []
     spool = ExchangeSpool()
-    analysis = stitch(spool.park(_decode_all(files, backend, progress, reports)))
+    analysis = stitch(spool.park_batches(_decode_all(files, backend, progress, reports, workers)))
     spool.skip = _folded(analysis, spool)  # the copies stitching folded away
     analysis.exchanges = spool
     analysis.reports = reports
@@ -138,21 +144,49 @@ def _folded(analysis: Analysis, spool: ExchangeSpool) -> set[str]:
     return {ex_id for ex_id in spool.ids if ex_id not in kept}
 
 
+def _workers(backend: str, size: int, workers: int | None) -> int:
+    if workers is not None:
+        return max(1, workers) if backend == "dpkt" else 1
+    if backend != "dpkt" or size < PARALLEL_MIN_BYTES:
+        return 1  # starting processes costs more than a small capture takes
+    return min(os.cpu_count() or 1, MAX_WORKERS)
+
+
+def _batches(exchanges: Iterable[Exchange], size: int = 1000) -> Iterator[Batch]:
+    """(JSON lines, facts) batches of exchanges decoded in this process."""
+    lines: list[bytes] = []
+    facts: list[ExchangeFacts] = []
+    for ex in exchanges:
+        slim(ex)
+        lines.append(orjson.dumps(ex))
+        facts.append(ExchangeFacts.of(ex))
+        if len(lines) >= size:
+            yield b"\n".join(lines) + b"\n", facts
+            lines, facts = [], []
+    if lines:
+        yield b"\n".join(lines) + b"\n", facts
+
+
 def _decode_all(files: list[Path], backend: str, progress: Progress | None,
-                reports: list[CaptureReport]) -> Iterator[Exchange]:
+                reports: list[CaptureReport], workers: int | None) -> Iterator[Batch]:
     sizes = [f.stat().st_size for f in files]
     total = sum(sizes)
     done = 0
     for f, size, name in zip(files, sizes, capture_names(files), strict=True):
-        decoder = get_backend(backend)
         tick = None
         if progress is not None:
             base = done
             def tick(offset: int, base: int = base) -> None:
                 progress(base + offset, total)
-        for ex in decoder.decode(f, capture=name, progress=tick):
-            yield slim(ex)
+        n = _workers(backend, size, workers)
+        if n > 1:
+            from decoders.parallel import decode_sharded
+
+            yield from decode_sharded(f, name, n, reports, tick)
+        else:
+            decoder = get_backend(backend)
+            yield from _batches(decoder.decode(f, capture=name, progress=tick))
+            reports.append(decoder.report or CaptureReport(capture=name))
         done += size
         if progress is not None:
             progress(done, total)
-        reports.append(decoder.report or CaptureReport(capture=name))

@@ -75,6 +75,25 @@ class ExchangeFacts:
                    alpn=ex.alpn or _NONE, tls_offered_versions=ex.tls_offered_versions or _NONE)
 
 
+    def to_tuple(self) -> tuple:
+        """The facts as plain tuples (the connection too): what a decode worker sends, cheap to pickle."""
+        c = self.conn
+        return (*(getattr(self, name) for name in _FACT_FIELDS[:2]),
+                tuple(getattr(c, name) for name in _CONN_FIELDS),
+                *(getattr(self, name) for name in _FACT_FIELDS[3:]))
+
+    @classmethod
+    def from_tuple(cls, t: tuple, conns: dict[tuple, Connection]) -> ExchangeFacts:
+        """Back from to_tuple(); ``conns`` shares one Connection among its exchanges."""
+        ct = t[2]
+        conn = conns.get(ct)
+        if conn is None:
+            conn = conns[ct] = Connection(**dict(zip(_CONN_FIELDS, ct, strict=True)))
+        return cls(t[0], t[1], conn, *t[3:])
+
+
+_FACT_FIELDS = ExchangeFacts.__slots__
+_CONN_FIELDS = Connection.__slots__
 _NONE: list[str] = []  # shared by every exchange without ALPN/versions; facts are never changed
 _SHARED_VALUES = frozenset(("x-forwarded-for", "x-b3-sampled", "x-envoy-attempt-count", "x-envoy-internal",
                             "x-envoy-expected-rq-timeout-ms", "x-envoy-decorator-operation"))
@@ -101,6 +120,15 @@ class ExchangeSpool:
             write(orjson.dumps(ex) + b"\n")
             self.ids.append(ex.id)
             yield ExchangeFacts.of(ex)
+
+    def park_batches(self, batches: Iterable[tuple[bytes, list[ExchangeFacts]]]) -> Iterator[ExchangeFacts]:
+        """Like park(), for exchanges already serialised: each batch is their JSON lines (each
+        ending in a newline) and their facts, in the same order."""
+        write = self._file.write
+        for lines, facts in batches:
+            write(lines)
+            self.ids.extend(f.id for f in facts)
+            yield from facts
 
     def __len__(self) -> int:
         return len(self.ids) - len(self.skip)

@@ -41,6 +41,9 @@ def _iface(cache: dict[tuple, str | None], iface: str | None, ifindex: int | Non
 
 class DpktBackend(SegmentBackend):
     name = "dpkt"
+    # (index, count): keep only the connections whose port pair falls in this shard, so that
+    # several processes can share one capture (decoders.parallel); None keeps everything
+    shard: tuple[int, int] | None = None
 
     def segments(self, path: Path, stats: ReadStats,
                  progress: Callable[[int], None] | None) -> Iterator[Segment]:
@@ -48,6 +51,8 @@ class DpktBackend(SegmentBackend):
         iface_cache: dict[tuple, str | None] = {}
         IP6, TCP = dpkt.ip6.IP6, dpkt.tcp.TCP
         undecodable = 0
+        # the low bytes of the two ports, XORed, are the same both ways: a connection's shard
+        index, count = self.shard or (0, 1)
         try:
             for ts, linktype, iface, frame, orig in read_capture(path, stats, progress):
                 # fast path for the common case: Ethernet carrying IPv4 directly
@@ -67,6 +72,8 @@ class DpktBackend(SegmentBackend):
                     ihl = (frame[off] & 15) << 2
                     t = off + ihl
                     if len(frame) < t + 14:
+                        continue
+                    if count > 1 and (frame[t + 1] ^ frame[t + 3]) % count != index:
                         continue
                     total = (frame[off + 2] << 8) | frame[off + 3]
                     paylen = (total or len(frame) - off) - ihl - ((frame[t + 12] >> 4) << 2)
@@ -95,6 +102,8 @@ class DpktBackend(SegmentBackend):
                         t = off + 40
                         if len(frame) < t + 14:
                             continue
+                        if count > 1 and (frame[t + 1] ^ frame[t + 3]) % count != index:
+                            continue
                         plen = (frame[off + 4] << 8) | frame[off + 5]
                         paylen = (plen or len(frame) - t) - ((frame[t + 12] >> 4) << 2)
                         if paylen <= 0 and not frame[t + 13] & 7:
@@ -108,6 +117,8 @@ class DpktBackend(SegmentBackend):
                         continue
                     tcp = ip.data
                     if not isinstance(tcp, TCP):
+                        continue
+                    if count > 1 and ((tcp.sport ^ tcp.dport) & 0xFF) % count != index:
                         continue
                     src, dst = ip.src, ip.dst
                 else:

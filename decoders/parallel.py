@@ -1,0 +1,115 @@
+"""One big capture decoded by several processes at once, each taking its share of the connections.
+
+Every worker reads the whole file (reading and the struct-level prefilter are cheap) but
+dissects and parses only the connections of its shard (DpktBackend.shard: the XOR of the two
+ports' low bytes, the same both ways). A worker sends its exchanges in batches, each already
+serialised (JSON lines for the spool) together with their facts as plain tuples, and a report at
+the end. Batches are taken from the workers in turn, so the result does not depend on timing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+
+from decoders.backends.base import CaptureReport
+from decoders.spool import ExchangeFacts
+from meshscope.errors import CaptureError
+from meshscope.model import Connection
+
+BATCH = 2000  # exchanges per message: large enough that pickling and pipe calls are amortised
+_END, _ERROR = "end", "error"
+Batch = tuple[bytes, list[ExchangeFacts]]
+
+
+def _worker(path: str, capture: str, shard: int, count: int, conn) -> None:
+    """Decode one shard of the capture and send (lines, fact tuples, offset) batches, then the report."""
+    from decoders.analyze import slim
+    from decoders.backends.dpkt_backend import DpktBackend
+
+    offset = [0]
+
+    def progress(off: int) -> None:
+        offset[0] = off
+
+    try:
+        backend = DpktBackend()
+        backend.shard = (shard, count)
+        lines: list[bytes] = []
+        facts: list[tuple] = []
+        dumps, of = orjson.dumps, ExchangeFacts.of
+        for ex in backend.decode(Path(path), capture=capture, progress=progress):
+            slim(ex)
+            lines.append(dumps(ex))
+            facts.append(of(ex).to_tuple())
+            if len(lines) >= BATCH:
+                conn.send_bytes(pickle.dumps((b"\n".join(lines) + b"\n", facts, offset[0]), 5))
+                lines, facts = [], []
+        if lines:
+            conn.send_bytes(pickle.dumps((b"\n".join(lines) + b"\n", facts, offset[0]), 5))
+        conn.send_bytes(pickle.dumps((_END, backend.report), 5))
+    except Exception as exc:  # the parent turns it into one line for the user
+        conn.send_bytes(pickle.dumps((_ERROR, f"{type(exc).__name__}: {exc}"), 5))
+    finally:
+        conn.close()
+
+
+def decode_sharded(path: Path, capture: str, workers: int, reports: list[CaptureReport],
+                   progress: Callable[[int], None] | None = None) -> Iterator[Batch]:
+    """Batches of (JSON lines, facts) from ``workers`` processes; appends the merged report once done."""
+    # fork is quick and safe from a single-threaded process (the CLI); spawn otherwise
+    ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
+    procs, pipes = [], []
+    for i in range(workers):
+        recv, send = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_worker, args=(str(path), capture, i, workers, send), daemon=True)
+        p.start()
+        send.close()
+        procs.append(p)
+        pipes.append(recv)
+    conns: dict[tuple, Connection] = {}
+    done: list[CaptureReport] = []
+    try:
+        live = list(range(workers))
+        while live:
+            for i in list(live):
+                try:
+                    msg = pickle.loads(pipes[i].recv_bytes())
+                except EOFError:
+                    raise CaptureError(f"{path}: decoder worker {i} died") from None
+                if msg[0] == _END:
+                    done.append(msg[1])
+                    live.remove(i)
+                elif msg[0] == _ERROR:
+                    raise CaptureError(f"{path}: {msg[1]}")
+                else:
+                    lines, facts, offset = msg
+                    if progress is not None and i == 0:
+                        progress(offset)
+                    yield lines, [ExchangeFacts.from_tuple(t, conns) for t in facts]
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+        for r in pipes:
+            r.close()
+    reports.append(merge_reports(done))
+
+
+def merge_reports(parts: list[CaptureReport]) -> CaptureReport:
+    """One report from the shards': they read the same packets, and split connections and exchanges."""
+    first = parts[0]
+    damage: dict[str, None] = {}
+    for r in parts:
+        damage.update(dict.fromkeys(r.damage))  # reading damage is seen by every shard: once
+    return CaptureReport(capture=first.capture, format=first.format, link_types=first.link_types,
+                         packets=first.packets, bytes=first.bytes,
+                         connections=sum(r.connections for r in parts),
+                         exchanges=sum(r.exchanges for r in parts), damage=list(damage),
+                         truncated=first.truncated)
