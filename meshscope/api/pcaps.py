@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 
 from meshscope.api.deps import uploads_of
 from meshscope.api.schemas import ErrorBody, UploadFlows, UploadStatus
@@ -86,10 +86,15 @@ async def get_upload(upload_id: UploadId, uploads: Annotated[Uploads, Depends(up
     response_model=UploadFlows,
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
-async def get_flows(upload_id: UploadId, uploads: Annotated[Uploads, Depends(uploads_of)]) -> dict:
+async def get_flows(
+    upload_id: UploadId, uploads: Annotated[Uploads, Depends(uploads_of)]
+) -> dict | FileResponse:
     """The flows and exchanges found in the upload (409 while it is still being analysed)."""
     _finished(uploads, upload_id)
-    analysis = uploads.analysis(upload_id) or {}
+    path = uploads.flows_file(upload_id)
+    if path is not None:  # streamed from disk: a big upload's exchanges are never held in memory
+        return FileResponse(path, media_type="application/json")
+    analysis = uploads.analysis(upload_id) or {}  # analysed by an earlier version
     return {"id": upload_id, "flows": analysis.get("flows", []), "exchanges": analysis.get("exchanges", [])}
 
 

@@ -4,8 +4,9 @@ in batches, and hands back only counts and damage reports: the server's memory d
 capture.
 
 Each upload folder holds the capture files (named from the generated id, never from the request),
-``status.json`` (state, sizes, counts, damage report) and, once analysed, ``analysis.json`` and
-``graph.svg``. A restart resumes every upload that was still queued or being analysed."""
+``status.json`` (state, sizes, counts, damage report) and, once analysed, ``flows.json`` (the flows
+and exchanges as the API serves them) and ``graph.svg``. A restart resumes every upload that was still
+queued or being analysed."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,6 +39,7 @@ log = logging.getLogger("meshscope.api.uploads")
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 WRITE_BATCH = 2000
 UNFINISHED = ("queued", "analysing")
+FLOWS_FILE = "flows.json"
 
 
 STORED_NAME = re.compile(r"^([0-9a-f]{12})-\d+\.cap$")
@@ -91,16 +94,24 @@ async def _analyse_into_store(settings: Settings, paths: list[str], folder: Path
     from decoders.analyze import analyze
     from pipelines.wiring import make_store
 
+    for stale in folder.glob("*.tmp"):  # left by a worker ended mid-write (the server stopped)
+        stale.unlink(missing_ok=True)
     analysis = analyze(paths, progress=ProgressFile(folder / "progress.json"))
     try:
         # a store of the configured kind, opened here: SQLite's WAL takes a second writing process
         async with make_store(settings) as store:
-            exchanges = await write_in_batches(store, analysis.exchanges)
+            with result_file(folder / FLOWS_FILE) as out:
+                # the body of GET /api/pcaps/{id}/flows, written as the exchanges go to the store
+                out.write(b'{"id":' + orjson.dumps(folder.name) + b',"flows":[')
+                write_json_items(out, analysis.flows)
+                out.write(b'],"exchanges":[')
+                exchanges = await write_in_batches(store, json_items_tee(out, analysis.exchanges))
+                out.write(b"]}")
             flows = await write_in_batches(store, analysis.flows)
-        write_atomically(folder / "analysis.json", analysis.write_json)
         svg = render_svg(analysis)
         if svg is not None:
-            write_atomically(folder / "graph.svg", lambda out: out.write(svg.encode()))
+            with result_file(folder / "graph.svg") as out:
+                out.write(svg.encode())
     finally:
         close = getattr(analysis.exchanges, "close", None)  # the on-disk spool of exchanges
         if close is not None:
@@ -143,12 +154,27 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Write a result file under a temporary name, then rename it: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_json_items(out: BinaryIO, items: Iterable[Any]) -> None:
+    """The items as the inside of a JSON array, one at a time."""
+    for _ in json_items_tee(out, items):
+        pass
+
+
+def json_items_tee(out: BinaryIO, items: Iterable[Any]) -> Iterator[Any]:
+    """Pass the items on, writing each as the next element of a JSON array (commas between)."""
+    for i, item in enumerate(items):
+        out.write(b"," + orjson.dumps(item) if i else orjson.dumps(item))
+        yield item
+
+
+@contextmanager
+def result_file(path: Path) -> Iterator[BinaryIO]:
+    """A result file written under a temporary name and renamed when complete: readers never see half
+    of one, and a failed analysis leaves none."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("wb") as out:
-            write(out)
+            yield out
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -204,12 +230,14 @@ class Uploads:
         pool = self._pool
         if pool is None:
             return
-        pool.shutdown(wait=False, cancel_futures=True)
         terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
         if terminate is not None:
             terminate()
             return
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
+        # before 3.14, by hand; shutdown() forgets the processes, so they are taken first
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
             process.terminate()
 
     # -- folders and status --------------------------------------------------------------------
@@ -251,7 +279,16 @@ class Uploads:
         self._save_status(upload_id, status)
         return status
 
+    def flows_file(self, upload_id: str) -> Path | None:
+        """The file holding the upload's flows and exchanges as GET /api/pcaps/{id}/flows answers them
+        (served as it is, never loaded whole), or None."""
+        folder = self.folder(upload_id)
+        if folder is None or not (folder / FLOWS_FILE).is_file():
+            return None
+        return folder / FLOWS_FILE
+
     def analysis(self, upload_id: str) -> dict[str, Any] | None:
+        """The whole analysis of an upload analysed before flows.json existed (loaded whole), or None."""
         folder = self.folder(upload_id)
         if folder is None or not (folder / "analysis.json").is_file():
             return None

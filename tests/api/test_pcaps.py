@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from meshscope.api.schemas import UploadFlows
 from tests.api.captures import lab_captures
 from tests.api.conftest import NOW, RID, serve, wait_done
 
@@ -31,6 +32,9 @@ def test_two_captures_of_one_nat_hop_become_one_flow(api, tmp_path):
         assert {cap["name"] for cap in status["captures"]} == {"node eth0.pcap", "pod.pcap"}
         assert all(cap["damage"] == [] for cap in status["captures"])
         flows = c.get(f"/api/pcaps/{accepted['id']}/flows").json()
+        # served from disk as written by the worker: exactly what the response model makes of it
+        assert flows["id"] == accepted["id"] and len(flows["exchanges"]) == 3
+        assert UploadFlows.model_validate(flows).model_dump(mode="json") == flows
         (flow,) = flows["flows"]
         assert [h["kind"] for h in flow["hops"]] == ["nat-dnat", "l7-proxy"]
         assert flow["hops"][0]["nodeport"] == 30000

@@ -129,7 +129,6 @@ def test_big_upload_keeps_the_server_small(api_process, tmp_path):
                 break
             time.sleep(0.5)
         peak_mb = api_process.peak_rss_mb()
-        print(f"server RSS idle {idle_mb:.0f} MB, peak {peak_mb:.0f} MB; status {status['counts']}")
         assert status["state"] == "done", status
         counts = status["counts"]
         assert counts["exchanges"] == expected_exchanges(PACKETS) + 3  # the lab request: 3 exchanges
@@ -139,10 +138,17 @@ def test_big_upload_keeps_the_server_small(api_process, tmp_path):
         assert stored == {"exchange": counts["exchanges"], "flow": counts["flows"]}, stored
         trace = c.get(f"/api/traces/{RID}").json()
         assert len(trace["exchanges"]) == 3 and len(trace["flows"]) == 1
-        # the results the API serves from the upload's folder were written too
+        # the results the API serves from the upload's folder were written too, and are served
+        # from disk as they are
         assert c.get(f"/api/pcaps/{upload_id}/graph.svg").status_code == 200
-        assert (api_process.data_dir / "pcaps" / upload_id / "analysis.json").stat().st_size > 0
+        flows = c.get(f"/api/pcaps/{upload_id}/flows").raise_for_status().json()
+        assert (len(flows["flows"]), len(flows["exchanges"])) == (counts["flows"], counts["exchanges"])
+        del flows
+        served_mb = api_process.peak_rss_mb()
+    print(f"server RSS idle {idle_mb:.0f} MB, peak {peak_mb:.0f} MB after analysis, {served_mb:.0f} MB"
+          " after serving the flows")
     assert peak_mb < SERVER_PEAK_LIMIT_MB, f"API server peaked at {peak_mb:.0f} MB (idle {idle_mb:.0f} MB)"
+    assert served_mb < SERVER_PEAK_LIMIT_MB, f"serving the flows took the server to {served_mb:.0f} MB"
 
 
 def capture_packets(path: Path) -> int:

@@ -1,0 +1,92 @@
+"""The analysis worker writes to the store and the upload's folder itself: it must not outlive the
+server, an upload it left half written is analysed again at the next start without duplicates, and
+uploads analysed by an earlier version (analysis.json only) are still served."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import time
+
+import pytest
+
+from benchmarks.make_capture import write_http_tls
+from decoders.analyze import analyze
+from meshscope.settings import Settings
+from pipelines.store.sqlite import SqliteStore
+from tests.api.captures import lab_captures
+from tests.api.conftest import NOW, RID, serve, settings_for, wait_done
+
+
+def stored_counts(settings: Settings) -> dict[str, int]:
+    async def go() -> dict[str, int]:
+        async with SqliteStore(settings) as store:
+            return {kind: await store.count(kind) for kind in ("exchange", "flow")}
+
+    return asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_stopping_the_server_ends_the_worker_and_the_next_start_finishes(data_dir, tmp_path):
+    settings = settings_for(data_dir, upload_max_bytes=200 * 2**20)
+    capture = tmp_path / "big.pcap"
+    write_http_tls(capture, 300_000)
+    first = serve(settings)
+    try:
+        with first.client() as c:
+            r = c.post("/api/pcaps", content=capture.read_bytes())
+            assert r.status_code == 202
+            upload_id = r.json()["id"]
+            deadline = time.monotonic() + 60
+            while c.get(f"/api/pcaps/{upload_id}").json()["state"] != "analysing":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            workers = multiprocessing.active_children()
+            assert workers
+    finally:
+        first.stop()
+    deadline = time.monotonic() + 10
+    while any(w.is_alive() for w in workers):
+        assert time.monotonic() < deadline, "the analysis worker outlived the server"
+        time.sleep(0.05)
+    folder = data_dir / "pcaps" / upload_id
+    time.sleep(1)
+    assert json.loads((folder / "status.json").read_text())["state"] == "analysing"
+    assert not (folder / "flows.json").exists()
+    second = serve(settings)
+    try:
+        with second.client() as c:
+            status = wait_done(c, upload_id, timeout=180)
+            assert status["state"] == "done", status
+            assert status["counts"]["exchanges"] == 42_000
+    finally:
+        second.stop()
+    assert stored_counts(settings) == {"exchange": 42_000, "flow": 0}
+    assert sorted(p.name for p in folder.iterdir()) == [
+        f"{upload_id[:12]}-1.cap", "flows.json", "graph.svg", "progress.json", "status.json"
+    ]
+
+
+def test_upload_analysed_by_an_earlier_version_is_still_served(api_settings, tmp_path):
+    """Folders written before flows.json existed hold the whole analysis in analysis.json."""
+    node, pod = lab_captures(tmp_path, RID, NOW)
+    upload_id = "cd" * 16
+    folder = api_settings.data_dir / "pcaps" / upload_id
+    folder.mkdir(parents=True)
+    analysis = analyze([node, pod])
+    (folder / "analysis.json").write_bytes(analysis.to_json())
+    status = {
+        "id": upload_id, "state": "done", "created": time.time(), "finished": time.time(),
+        "files": [], "bytes": 0, "error": None, "counts": {"exchanges": 3, "flows": 1}, "captures": [],
+    }
+    (folder / "status.json").write_text(json.dumps(status))
+    running = serve(api_settings)
+    try:
+        with running.client() as c:
+            flows = c.get(f"/api/pcaps/{upload_id}/flows").raise_for_status().json()
+            assert flows["id"] == upload_id
+            assert len(flows["flows"]) == 1 and len(flows["exchanges"]) == 3
+            assert flows["flows"][0]["id"] == analysis.flows[0].id
+    finally:
+        running.stop()
