@@ -63,16 +63,20 @@ async def _up(settings: Settings, args: argparse.Namespace) -> int:
         await stack.start()
     except OSError as exc:
         raise UserError(f"cannot start the stack: {exc}") from exc
+    demo: asyncio.Task | None = None
     try:
         _print_urls(stack, with_proxy=not args.no_proxy)
         if args.traffic and not args.no_proxy:
-            await _traffic(stack)
+            await _first_traffic(stack)
+            demo = asyncio.create_task(_bursts(stack), name="demo-bursts")
         print("meshscope is up; Ctrl-C stops it.", flush=True)
         try:
             await asyncio.wait_for(stop.wait(), args.duration)
         except TimeoutError:
             pass
     finally:
+        if demo is not None:
+            demo.cancel()
         print("meshscope: stopping …", file=sys.stderr, flush=True)
         await stack.stop()
         print("meshscope: stopped", file=sys.stderr, flush=True)
@@ -89,15 +93,31 @@ def _print_urls(stack, *, with_proxy: bool) -> None:
     print("\n".join(lines), flush=True)
 
 
-async def _traffic(stack) -> None:
+async def _first_traffic(stack) -> None:
+    """Traced requests, retries and timeouts at once, and the sample capture upload."""
     from meshscope.demo_traffic import drive, upload_sample
 
     report = await drive(stack.urls.proxy)
-    statuses = ", ".join(f"{code}×{n}" for code, n in sorted(report.by_status.items()))
-    print(f"demo traffic: {report.sent} requests ({statuses})", flush=True)
+    print(f"demo traffic: {report.summary()}", flush=True)
     for scenario, rid in report.request_ids.items():
         print(f"  {scenario:10s} meshscope trace {rid}   {stack.urls.api}/api/traces/{rid}", flush=True)
     token = stack.settings.api_token
     upload = await upload_sample(stack.urls.api, {"Authorization": f"Bearer {token}"} if token else None)
     if upload:
         print(f"sample capture: {stack.urls.api}/api/pcaps/{upload}/graph.svg", flush=True)
+
+
+async def _bursts(stack) -> None:
+    """A steady trickle while the spike rules watch their reference window (ElastAlert's rule: no
+    spike against a window nobody watched), then a 5xx burst and a retry burst."""
+    from meshscope.demo_traffic import BURSTS, drive, trickle
+    from pipelines.alerts.rules import load_rules
+
+    spikes = [r.timeframe for r in load_rules(stack.settings.alert_rules) if r.type == "spike"]
+    wait = max(spikes, default=0.0) + 2.0
+    print(f"demo traffic: a steady trickle for {wait:.0f} s (the alert rules' reference window), "
+          "then a 5xx burst and a retry burst", flush=True)
+    await trickle(stack.urls.proxy, wait)
+    report = await drive(stack.urls.proxy, BURSTS)
+    print(f"demo bursts sent: {report.summary()}; alerts fire within seconds: meshscope alerts, "
+          f"{stack.urls.api}/api/alerts", flush=True)
