@@ -171,7 +171,10 @@ class ElasticsearchStore(Store):
         """Bulk-create every record; items the server was too busy for are sent again, items
         already stored (409) count as stored, items it refuses raise ValueError (the rest stay)."""
         check_kinds(records)
-        pending = {r.id: (self._index_of(r), document(r)) for r in records}
+        try:
+            pending = {r.id: (self._index_of(r), document(r)) for r in records}
+        except (AttributeError, TypeError, ValueError) as exc:  # a field of the wrong type
+            raise ValueError(f"a record cannot be indexed: {exc!r}") from exc
         refused: list[str] = []
         deadline = time.monotonic() + self.retry_for_s
         delay = 0.1

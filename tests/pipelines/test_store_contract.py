@@ -130,6 +130,14 @@ async def test_refuses_what_is_not_a_record(store):
     assert await store.count("access") == 0  # nothing of a refused batch is written
 
 
+async def test_refuses_a_record_with_a_field_of_the_wrong_type(store):
+    """A malformed record is refused (ValueError, so the indexer dead-letters it), never a crash."""
+    bad = span("s1")
+    bad.trace_id = 12345  # type: ignore[assignment]
+    with pytest.raises(ValueError):
+        await store.write([bad])
+
+
 async def test_request_id_lookup_finds_every_hop_whatever_the_sampling_digit(store):
     gateway = access(1, request_id=RID_GATEWAY, node_id="gateway")
     sidecar = access(2, request_id=RID_SIDECAR.upper(), node_id="webapp-sidecar")
