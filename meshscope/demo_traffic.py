@@ -12,8 +12,6 @@ from pathlib import Path
 
 import httpx
 
-SAMPLE_CAPTURES = Path(__file__).resolve().parents[1] / "decoders" / "samples"
-
 # (scenario, path, how many, how many at once); every loop here is bounded in count. /flaky/2 fails
 # every 2nd call: one at a time, each request succeeds first time or on its one retry, never exhausts
 BASELINE = (("normal", "/headers", 40, 8), ("retried", "/flaky/2?key=demo", 4, 1),
@@ -74,17 +72,16 @@ async def trickle(proxy_url: str, seconds: float, *, every: float = 1.0) -> Traf
     return report
 
 
-def sample_capture() -> Path | None:
-    """The bundled capture of the NodePort lab path, if this build ships one."""
-    found = sorted(SAMPLE_CAPTURES.glob("*.pcap*")) if SAMPLE_CAPTURES.is_dir() else []
-    return found[0] if found else None
+def sample_capture() -> Path:
+    """The bundled capture of the NodePort lab path (client → NodePort → gateway → webapp → catalog)."""
+    from decoders.samples import NODEPORT_LAB
+
+    return Path(NODEPORT_LAB)
 
 
 async def upload_sample(api_url: str, headers: dict[str, str] | None = None) -> str | None:
     """Upload the sample capture to the API (as a person would) and return its upload id."""
     path = sample_capture()
-    if path is None:
-        return None
     async with httpx.AsyncClient(base_url=api_url, timeout=30.0, headers=headers) as client:
         with path.open("rb") as f:
             response = await client.post("/api/pcaps", files={"file": (path.name, f)})
