@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -87,7 +88,17 @@ def run_analysis(settings: Settings, paths: list[str], folder: str) -> dict[str,
     """In the worker process: decode and stitch the captures, write their exchanges and flows to the
     store in batches and the results into the upload's folder; only counts and reports go back, so the
     server never holds an analysis, however large the capture."""
+    signal.signal(signal.SIGTERM, _end_worker)
     return asyncio.run(_analyse_into_store(settings, paths, Path(folder)))
+
+
+def _end_worker(signum: int, _frame: Any) -> None:
+    """SIGTERM in the worker (the server is stopping): end the decoders' own processes with it, then
+    exit at once. An open store transaction is rolled back by the store; the upload is analysed again
+    at the next start."""
+    for child in multiprocessing.active_children():
+        child.terminate()
+    os._exit(128 + signum)
 
 
 async def _analyse_into_store(settings: Settings, paths: list[str], folder: Path) -> dict[str, Any]:

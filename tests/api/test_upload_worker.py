@@ -8,6 +8,7 @@ import asyncio
 import json
 import multiprocessing
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,27 @@ from meshscope.settings import Settings
 from pipelines.store.sqlite import SqliteStore
 from tests.api.captures import lab_captures
 from tests.api.conftest import NOW, RID, serve, settings_for, wait_done
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids of a process's children (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def stored_counts(settings: Settings) -> dict[str, int]:
@@ -39,16 +61,19 @@ def test_stopping_the_server_ends_the_worker_and_the_next_start_finishes(data_di
             assert r.status_code == 202
             upload_id = r.json()["id"]
             deadline = time.monotonic() + 60
-            while c.get(f"/api/pcaps/{upload_id}").json()["state"] != "analysing":
+            while not 0 < (c.get(f"/api/pcaps/{upload_id}").json().get("progress") or 0) < 0.8:
                 assert time.monotonic() < deadline
-                time.sleep(0.05)
+                time.sleep(0.02)
+            # mid-decoding: the worker and the decoders' processes it started
             workers = multiprocessing.active_children()
             assert workers
+            pids = [w.pid for w in workers]
+            pids += [p for w in workers for p in children_of(w.pid)]
     finally:
         first.stop()
     deadline = time.monotonic() + 10
-    while any(w.is_alive() for w in workers):
-        assert time.monotonic() < deadline, "the analysis worker outlived the server"
+    while alive := [p for p in pids if running(p)]:
+        assert time.monotonic() < deadline, f"processes {alive} outlived the server"
         time.sleep(0.05)
     folder = data_dir / "pcaps" / upload_id
     time.sleep(1)
