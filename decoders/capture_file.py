@@ -102,21 +102,28 @@ class _Chunks:
 
 
 def read_capture(path: Path, stats: ReadStats | None = None,
-                 progress: Callable[[int], None] | None = None) -> Iterator[CaptureRecord]:
-    """Stream the records of a pcap or pcapng file; damage goes to ``stats``, never raised mid-file."""
+                 progress: Callable[[int], None] | None = None,
+                 drop: tuple[int, int] | None = None) -> Iterator[CaptureRecord]:
+    """Stream the records of a pcap or pcapng file; damage goes to ``stats``, never raised mid-file.
+    ``drop=(index, count)``: leave out Ethernet/IPv4 TCP packets without payload, SYN, FIN or RST
+    (pure ACKs), and, when count > 1, those whose port pair is not in shard ``index`` (see
+    DpktBackend.shard). Only pcap files are filtered this early; the records are still counted."""
     stats = stats if stats is not None else ReadStats()
     fmt = sniff_format(path)
     stats.format = fmt
     with open(path, "rb") as f:
         chunks = _Chunks(f)
-        reader = _read_pcap if fmt == "pcap" else _read_pcapng
-        yield from reader(path, chunks, stats, progress)
+        if fmt == "pcap":
+            yield from _read_pcap(path, chunks, stats, progress, drop)
+        else:
+            yield from _read_pcapng(path, chunks, stats, progress)
         stats.offset = chunks.offset
         if progress is not None:
             progress(chunks.offset)  # the end, whatever the chunking reported before
 
 
-def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator[CaptureRecord]:
+def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
+               drop: tuple[int, int] | None = None) -> Iterator[CaptureRecord]:
     if not c.need(24):
         raise CaptureError(f"{path}: pcap header cut short ({c.left()} of 24 bytes)")
     magic = struct.unpack_from("<I", c.buf, 0)[0]
@@ -130,30 +137,61 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator[C
     packets = 0
     nbytes = 0
     next_progress = 0
+    # the hot loop keeps the window in locals and asks _Chunks only at a chunk's end
+    buf, pos, blen = c.buf, c.pos, len(c.buf)
+    index, count = drop or (0, 0)
+    if linktype != 1:  # Ethernet only: the other link layers are rare in big captures
+        drop = None
     try:
         while True:
-            if not c.need(16):
-                if c.left():
-                    stats.truncated = True
-                    stats.add_damage(f"file ends inside a record header at byte {c.offset}")
-                break
-            sec, frac, incl, orig = unpack(c.buf, c.pos)
+            if pos + 16 > blen:
+                c.pos = pos
+                ok = c.need(16)
+                buf, pos, blen = c.buf, c.pos, len(c.buf)
+                if not ok:
+                    if c.left():
+                        stats.truncated = True
+                        stats.add_damage(f"file ends inside a record header at byte {c.offset}")
+                    break
+            sec, frac, incl, orig = unpack(buf, pos)
             if incl > MAX_RECORD:
+                c.pos = pos
                 stats.add_damage(f"record at byte {c.offset} claims {incl} bytes; stopped reading there")
                 break
-            if not c.need(16 + incl):
-                stats.truncated = True
-                stats.add_damage(f"file ends inside a {incl}-byte record at byte {c.offset}")
-                break
-            start = c.pos + 16
-            c.pos = start + incl
+            end = pos + 16 + incl
+            if end > blen:
+                c.pos = pos
+                ok = c.need(16 + incl)
+                buf, pos, blen = c.buf, c.pos, len(c.buf)
+                if not ok:
+                    stats.truncated = True
+                    stats.add_damage(f"file ends inside a {incl}-byte record at byte {c.offset}")
+                    break
+                end = pos + 16 + incl
+            start = pos + 16
+            pos = end
             packets += 1
             nbytes += incl
-            if progress is not None and c.base + c.pos >= next_progress:
-                progress(c.base + c.pos)
-                next_progress = c.base + c.pos + CHUNK
-            yield _record(CaptureRecord, (sec + frac / divisor, linktype, None, c.buf[start:c.pos], orig))
+            if progress is not None and c.base + pos >= next_progress:
+                progress(c.base + pos)
+                next_progress = c.base + pos + CHUNK
+            if drop is not None and incl >= 54 and buf[start + 12] == 8 and buf[start + 13] == 0:
+                # Ethernet + IPv4 + TCP: drop here, before any object is made, what the dpkt
+                # backend would drop anyway (decoders.backends.dpkt_backend checks again)
+                o = start + 14
+                vhl = buf[o]
+                if vhl >> 4 == 4 and buf[o + 9] == 6:
+                    t = o + ((vhl & 15) << 2)
+                    if t + 14 <= end:
+                        if count > 1 and (buf[t + 1] ^ buf[t + 3]) % count != index:
+                            continue  # another shard's connection
+                        total = (buf[o + 2] << 8) | buf[o + 3]
+                        if total and not buf[t + 13] & 7 and \
+                                total - (t - o) - ((buf[t + 12] >> 4) << 2) <= 0:
+                            continue  # a pure ACK
+            yield _record(CaptureRecord, (sec + frac / divisor, linktype, None, buf[start:end], orig))
     finally:
+        c.pos = pos  # where the next record starts (the window's own position, for offset)
         stats.packets += packets
         stats.bytes += nbytes
 

@@ -42,11 +42,11 @@ def _worker(path: str, capture: str, shard: int, count: int, conn) -> None:
         backend.shard = (shard, count)
         lines: list[bytes] = []
         facts: list[tuple] = []
-        dumps, of = orjson.dumps, ExchangeFacts.of
+        dumps, facts_of = orjson.dumps, ExchangeFacts.tuple_of
         for ex in backend.decode(Path(path), capture=capture, progress=progress):
             slim(ex)
             lines.append(dumps(ex))
-            facts.append(of(ex).to_tuple())
+            facts.append(facts_of(ex))
             if len(lines) >= BATCH:
                 conn.send_bytes(pickle.dumps((b"\n".join(lines) + b"\n", facts, offset[0]), 5))
                 lines, facts = [], []

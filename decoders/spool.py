@@ -75,12 +75,22 @@ class ExchangeFacts:
                    alpn=ex.alpn or _NONE, tls_offered_versions=ex.tls_offered_versions or _NONE)
 
 
-    def to_tuple(self) -> tuple:
-        """The facts as plain tuples (the connection too): what a decode worker sends, cheap to pickle."""
-        c = self.conn
-        return (*(getattr(self, name) for name in _FACT_FIELDS[:2]),
-                tuple(getattr(c, name) for name in _CONN_FIELDS),
-                *(getattr(self, name) for name in _FACT_FIELDS[3:]))
+    @staticmethod
+    def tuple_of(ex: Exchange) -> tuple:
+        """The facts of an exchange as plain tuples (the connection too), for from_tuple(): what a
+        decode worker sends, cheap to pickle. Repeated strings are interned, so that one pickled
+        batch carries each of them once."""
+        c, h, intern = ex.conn, ex.headers, sys.intern
+        return (ex.id, ex.exchange_type,
+                (intern(c.src), c.sport, intern(c.dst), c.dport, c.capture, c.interface, c.client_isn,
+                 c.server_isn, c.syn_time, c.handshake_seen),
+                ex.index, ex.request_time, ex.response_time, ex.method and intern(ex.method), ex.uri,
+                ex.host and intern(ex.host), ex.status, ex.reason and intern(ex.reason),
+                ex.sni and intern(ex.sni), ex.tls_version, ex.peer_workload, ex.peer_namespace,
+                ex.server_peer_workload, ex.server_peer_namespace,
+                {name: intern(h[name]) if name in _SHARED_VALUES else h[name]
+                 for name in STITCH_HEADERS if name in h},
+                ex.alpn or _NONE, ex.tls_offered_versions or _NONE)
 
     @classmethod
     def from_tuple(cls, t: tuple, conns: dict[tuple, Connection]) -> ExchangeFacts:
@@ -92,7 +102,6 @@ class ExchangeFacts:
         return cls(t[0], t[1], conn, *t[3:])
 
 
-_FACT_FIELDS = ExchangeFacts.__slots__
 _CONN_FIELDS = Connection.__slots__
 _NONE: list[str] = []  # shared by every exchange without ALPN/versions; facts are never changed
 _SHARED_VALUES = frozenset(("x-forwarded-for", "x-b3-sampled", "x-envoy-attempt-count", "x-envoy-internal",

@@ -54,7 +54,7 @@ class DpktBackend(SegmentBackend):
         # the low bytes of the two ports, XORed, are the same both ways: a connection's shard
         index, count = self.shard or (0, 1)
         try:
-            for ts, linktype, iface, frame, orig in read_capture(path, stats, progress):
+            for ts, linktype, iface, frame, orig in read_capture(path, stats, progress, (index, count)):
                 # fast path for the common case: Ethernet carrying IPv4 directly
                 if linktype == LINKTYPE_ETHERNET and frame[12:14] == b"\x08\x00":
                     off, ifindex = 14, None
