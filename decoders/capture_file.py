@@ -22,7 +22,7 @@ PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BOM = 0x1A2B3C4D
 MAX_RECORD = 1 << 20  # no real link layer carries more; tcpdump's largest snaplen is 256 KiB
 MAX_BLOCK = 16 << 20  # pcapng blocks beyond this are damage, not data
-CHUNK = 1 << 22
+CHUNK = 1 << 20
 MAX_DAMAGE = 50
 
 

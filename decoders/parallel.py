@@ -22,7 +22,7 @@ from decoders.spool import ExchangeFacts
 from meshscope.errors import CaptureError
 from meshscope.model import Connection
 
-BATCH = 2000  # exchanges per message: large enough that pickling and pipe calls are amortised
+BATCH = 500  # exchanges per message: pickling and pipe calls amortised, little memory held
 _END, _ERROR = "end", "error"
 Batch = tuple[bytes, list[ExchangeFacts]]
 
