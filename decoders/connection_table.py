@@ -461,6 +461,13 @@ class ConnectionTable:
                 last_time=tc.last_time, segments=tc.segments, client_bytes=tc.client_bytes,
                 server_bytes=tc.server_bytes, gaps=(c2s.gaps + s2c.gaps) if c2s and s2c else 0,
                 exchanges=dlg.exchanges if dlg else 0, closed=why))
+        if dlg is not None:
+            # the dialogue, its parsers (whose callbacks are its bound methods) and the connection
+            # refer to each other: break the cycles, so a closed connection is freed at once even
+            # while the cyclic GC is off (decoders.analyze turns it off for big captures)
+            dlg.client = dlg.server = None
+            dlg.tc = None  # type: ignore[assignment]
+            tc.dialogue = tc.c2s = tc.s2c = None
 
     def finish(self) -> None:
         """End of capture: close every connection still open."""

@@ -9,6 +9,7 @@ the end. Batches are taken from the workers in turn, so the result does not depe
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import pickle
 import threading
@@ -37,6 +38,7 @@ def _worker(path: str, capture: str, shard: int, count: int, conn) -> None:
     def progress(off: int) -> None:
         offset[0] = off
 
+    gc.disable()  # closed connections are freed by reference counting (ConnectionTable._close)
     try:
         backend = DpktBackend()
         backend.shard = (shard, count)
