@@ -11,6 +11,8 @@ queued or being analysed."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -41,6 +43,7 @@ UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 WRITE_BATCH = 2000
 UNFINISHED = ("queued", "analysing")
 FLOWS_FILE = "flows.json"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 STORED_NAME = re.compile(r"^([0-9a-f]{12})-\d+\.cap$")
@@ -88,8 +91,20 @@ def run_analysis(settings: Settings, paths: list[str], folder: str) -> dict[str,
     """In the worker process: decode and stitch the captures, write their exchanges and flows to the
     store in batches and the results into the upload's folder; only counts and reports go back, so the
     server never holds an analysis, however large the capture."""
-    signal.signal(signal.SIGTERM, _end_worker)
     return asyncio.run(_analyse_into_store(settings, paths, Path(folder)))
+
+
+def init_worker() -> None:
+    """In a new worker process: end with the server, even one killed outright (Linux: a SIGTERM when
+    the parent dies), since the worker writes to the store and the upload folders on its own."""
+    signal.signal(signal.SIGTERM, _end_worker)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the worker ends when stop() terminates it
+        pass
+    if os.getppid() == 1:  # the server died before prctl took effect
+        _end_worker(signal.SIGTERM, None)
 
 
 def _end_worker(signum: int, _frame: Any) -> None:
@@ -225,7 +240,8 @@ class Uploads:
     @staticmethod
     def _new_pool() -> ProcessPoolExecutor:
         # spawn, not fork: the server process runs threads (SQLite, uvicorn) that fork would copy mid-work
-        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        spawn = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(1, mp_context=spawn, initializer=init_worker)
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -10,6 +10,7 @@ import multiprocessing
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from benchmarks.make_capture import write_http_tls
@@ -18,6 +19,7 @@ from meshscope.settings import Settings
 from pipelines.store.sqlite import SqliteStore
 from tests.api.captures import lab_captures
 from tests.api.conftest import NOW, RID, serve, settings_for, wait_done
+from tests.api.test_upload_memory import api_process  # noqa: F401 - fixture
 
 
 def children_of(pid: int) -> list[int]:
@@ -115,3 +117,29 @@ def test_upload_analysed_by_an_earlier_version_is_still_served(api_settings, tmp
             assert flows["flows"][0]["id"] == analysis.flows[0].id
     finally:
         running.stop()
+
+
+@pytest.mark.slow
+def test_worker_ends_with_a_server_killed_outright(api_process, tmp_path):  # noqa: F811 - fixture
+    """SIGKILL gives the server no chance to stop its worker: the worker ends by itself (and the
+    decoders' processes with it) instead of writing on for a server that is gone."""
+    capture = tmp_path / "big.pcap"
+    write_http_tls(capture, 300_000)
+    with httpx.Client(base_url=api_process.url, timeout=60) as c:
+        r = c.post("/api/pcaps", content=capture.read_bytes())
+        assert r.status_code == 202, r.text
+        upload_id = r.json()["id"]
+        deadline = time.monotonic() + 60
+        while not 0 < (c.get(f"/api/pcaps/{upload_id}").json().get("progress") or 0) < 0.8:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    workers = children_of(api_process.proc.pid)
+    pids = workers + [p for w in workers for p in children_of(w)]
+    assert workers
+    api_process.proc.kill()
+    api_process.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while alive := [p for p in pids if running(p)]:
+        assert time.monotonic() < deadline, f"processes {alive} outlived the killed server"
+        time.sleep(0.05)
+    assert not (api_process.data_dir / "pcaps" / upload_id / "flows.json").exists()
