@@ -4,7 +4,6 @@ uploads analysed by an earlier version (analysis.json only) are still served."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import multiprocessing
 import time
@@ -15,11 +14,9 @@ import pytest
 
 from benchmarks.make_capture import write_http_tls
 from decoders.analyze import analyze
-from meshscope.settings import Settings
-from pipelines.store.sqlite import SqliteStore
 from tests.api.captures import lab_captures
 from tests.api.conftest import NOW, RID, serve, settings_for, wait_done
-from tests.api.test_upload_memory import api_process  # noqa: F401 - fixture
+from tests.api.test_upload_memory import api_process, stored_counts  # noqa: F401 - fixture
 
 
 def children_of(pid: int) -> list[int]:
@@ -41,14 +38,6 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def stored_counts(settings: Settings) -> dict[str, int]:
-    async def go() -> dict[str, int]:
-        async with SqliteStore(settings) as store:
-            return {kind: await store.count(kind) for kind in ("exchange", "flow")}
-
-    return asyncio.run(go())
 
 
 @pytest.mark.slow
