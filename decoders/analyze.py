@@ -154,9 +154,13 @@ def _folded(analysis: Analysis, spool: ExchangeSpool) -> set[str]:
 
 
 def _workers(backend: str, size: int, workers: int | None) -> int:
+    from decoders.parallel import can_start_workers
+
+    if backend != "dpkt" or not can_start_workers():
+        return 1
     if workers is not None:
-        return max(1, workers) if backend == "dpkt" else 1
-    if backend != "dpkt" or size < PARALLEL_MIN_BYTES:
+        return max(1, workers)
+    if size < PARALLEL_MIN_BYTES:
         return 1  # starting processes costs more than a small capture takes
     return min(os.cpu_count() or 1, MAX_WORKERS)
 

@@ -61,6 +61,11 @@ def _worker(path: str, capture: str, shard: int, count: int, conn) -> None:
         conn.close()
 
 
+def can_start_workers() -> bool:
+    """A daemonic process (a multiprocessing.Pool worker, say) may not have children."""
+    return not multiprocessing.current_process().daemon
+
+
 def decode_sharded(path: Path, capture: str, workers: int, reports: list[CaptureReport],
                    progress: Callable[[int], None] | None = None) -> Iterator[Batch]:
     """Batches of (JSON lines, facts) from ``workers`` processes; appends the merged report once done."""

@@ -28,3 +28,23 @@ def test_two_workers_give_what_one_gives_on_the_lab_sample():
     one, two = analyze([NODEPORT_LAB], workers=1), analyze([NODEPORT_LAB], workers=2)
     assert _document(two) == _document(one)
     assert len(one.flows) > 0
+
+
+def _analyze_in_child(path: str, out) -> None:
+    a = analyze([path], workers=2)
+    out.put(a.reports[0].exchanges)
+
+
+def test_inside_a_daemonic_process_it_decodes_in_that_process(tmp_path):
+    # a daemonic process may not start children: the decoding stays in it instead of failing
+    import multiprocessing
+
+    capture = tmp_path / "http_tls.pcap"
+    write_http_tls(capture, 2_000)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    p = ctx.Process(target=_analyze_in_child, args=(str(capture), out), daemon=True)
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    assert out.get(timeout=5) == analyze([capture], workers=1).reports[0].exchanges
