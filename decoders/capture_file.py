@@ -36,6 +36,8 @@ class CaptureRecord(NamedTuple):
     orig_len: int
 
 
+# ethertype, IPv4 version+IHL, total length, protocol, TCP ports, data offset, flags: one call
+_ETH_IPV4_TCP = struct.Struct("!12xHBxH5xB10xHH8xBB").unpack_from
 _record = tuple.__new__  # builds a CaptureRecord at C speed (its generated __new__ is Python)
 
 
@@ -175,20 +177,15 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
             if progress is not None and c.base + pos >= next_progress:
                 progress(c.base + pos)
                 next_progress = c.base + pos + CHUNK
-            if drop is not None and incl >= 54 and buf[start + 12] == 8 and buf[start + 13] == 0:
-                # Ethernet + IPv4 + TCP: drop here, before any object is made, what the dpkt
-                # backend would drop anyway (decoders.backends.dpkt_backend checks again)
-                o = start + 14
-                vhl = buf[o]
-                if vhl >> 4 == 4 and buf[o + 9] == 6:
-                    t = o + ((vhl & 15) << 2)
-                    if t + 14 <= end:
-                        if count > 1 and (buf[t + 1] ^ buf[t + 3]) % count != index:
-                            continue  # another shard's connection
-                        total = (buf[o + 2] << 8) | buf[o + 3]
-                        if total and not buf[t + 13] & 7 and \
-                                total - (t - o) - ((buf[t + 12] >> 4) << 2) <= 0:
-                            continue  # a pure ACK
+            if drop is not None and incl >= 54:
+                # Ethernet + IPv4 (no options) + TCP: drop here, before any object is made, what
+                # the dpkt backend would drop anyway (decoders.backends.dpkt_backend checks again)
+                et, vhl, total, proto, sport, dport, doff, flags = _ETH_IPV4_TCP(buf, start)
+                if et == 0x0800 and vhl == 0x45 and proto == 6:
+                    if count > 1 and ((sport ^ dport) & 0xFF) % count != index:
+                        continue  # another shard's connection
+                    if total and not flags & 7 and total - 20 - ((doff >> 4) << 2) <= 0:
+                        continue  # a pure ACK
             yield _record(CaptureRecord, (sec + frac / divisor, linktype, None, buf[start:end], orig))
     finally:
         c.pos = pos  # where the next record starts (the window's own position, for offset)
