@@ -73,6 +73,7 @@ class Exchange(Record):
     def compute_id(self) -> str:
         c = self.conn
         return record_id(
-            "exchange", c.capture, c.interface, c.src, c.sport, c.dst, c.dport, c.syn_time,
+            # the 5-tuple and its ISN name one connection: a reused port pair is another connection
+            "exchange", c.capture, c.interface, c.src, c.sport, c.dst, c.dport, c.client_isn, c.syn_time,
             self.exchange_type, self.index, self.request_time,
         )

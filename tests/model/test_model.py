@@ -29,3 +29,14 @@ def test_nested_records_round_trip():
     s = Span(trace_id="t", span_id="s", tags={"guid:x-request-id": "4c3f9e1a-2b7d-9e11-8a9f-0d3c5b6a7e81"})
     assert s.request_id_norm == "4c3f9e1a-2b7d-4e11-8a9f-0d3c5b6a7e81"
     assert Span.from_json(s.to_json()) == s
+
+
+def test_a_reused_port_pair_is_another_exchange():
+    """Same 5-tuple and times but another initial sequence number: another connection, another id
+    (stitching relies on ids being unique; hypothesis found two flows rooted on one id)."""
+    def on(isn: int) -> Exchange:
+        c = Connection(src="10.0.0.1", sport=1000, dst="10.0.0.2", dport=80, client_isn=isn, syn_time=1.0)
+        return Exchange(exchange_type="http", conn=c, index=1, request_time=1.001)
+
+    assert on(1).id != on(2).id
+    assert on(1).id == on(1).id
