@@ -17,12 +17,15 @@ from decoders.connection_table import SYN, ConnectionTable
 from decoders.read import read_exchanges
 from tests.decoders.capture_builders import Conversation, http_request, http_response, write
 
+# The child's own peak (VmHWM): ru_maxrss would also count the pytest process it was forked from,
+# because Linux keeps the pre-exec high-water mark in it.
 CHILD = """
-import json, resource, sys
+import json, sys
 from decoders.read import read_exchanges
 stream, report = read_exchanges(sys.argv[1])
 n = sum(1 for _ in stream)
-rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+status = open("/proc/self/status").read().split("VmHWM:")[1]
+rss_mb = int(status.split()[0]) / 1024
 print(json.dumps({"exchanges": n, "connections": report.connections, "packets": report.packets,
                   "damage": report.damage, "rss_mb": rss_mb}))
 """
