@@ -21,6 +21,7 @@ _DPKT_ERRORS = (dpkt.UnpackError, IndexError, ValueError, KeyError, TypeError)
 
 
 _PORTS_SEQ_ACK = struct.Struct("!HHII").unpack_from
+_TCP_HEADER = struct.Struct("!HHIIH").unpack_from  # ports, seq, ack, data offset + flags
 
 
 def _addr(cache: dict[bytes, str], raw: bytes, version: int) -> str:
@@ -88,14 +89,27 @@ class DpktBackend(SegmentBackend):
                                sport, addr_cache.get(dst) or _addr(addr_cache, dst, 4), dport, seq, ack,
                                flags, b"", 0, _iface(iface_cache, iface, ifindex))
                         continue
-                    # the IPv4 header is fixed fields, already read; dpkt dissects the TCP segment
+                    # the IPv4 and TCP headers are fixed fields: one struct call, no dpkt object
+                    # (what dpkt.tcp.TCP would refuse is counted as undecodable the same way)
                     end = off + total if total and off + total <= len(frame) else len(frame)
-                    try:
-                        tcp = TCP(frame[t:end])
-                    except _DPKT_ERRORS:
+                    if end - t < 20:
                         undecodable += 1
                         continue
+                    sport, dport, seq, ack, off_flags = _TCP_HEADER(frame, t)
+                    doff = (off_flags >> 12) << 2
+                    if doff < 20:
+                        undecodable += 1
+                        continue
+                    payload = frame[t + doff:end]
+                    flags = off_flags & 0x1FF
+                    if not payload and not flags & 7:
+                        continue
                     src, dst = frame[off + 12:off + 16], frame[off + 16:off + 20]
+                    yield (ts, addr_cache.get(src) or _addr(addr_cache, src, 4), sport,
+                           addr_cache.get(dst) or _addr(addr_cache, dst, 4), dport, seq, ack,
+                           flags, payload,
+                           orig - len(frame) if orig > len(frame) else 0, _iface(iface_cache, iface, ifindex))
+                    continue
                 elif version == 6:
                     nxt = frame[off + 6]
                     if nxt == 6:
