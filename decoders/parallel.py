@@ -9,6 +9,7 @@ the end. Batches are taken from the workers in turn, so the result does not depe
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import multiprocessing
 import pickle
@@ -24,6 +25,7 @@ from meshscope.errors import CaptureError
 from meshscope.model import Connection
 
 BATCH = 500  # exchanges per message: pickling and pipe calls amortised, little memory held
+PIPE_BYTES = 1 << 20
 _END, _ERROR = "end", "error"
 Batch = tuple[bytes, list[ExchangeFacts]]
 
@@ -61,6 +63,15 @@ def _worker(path: str, capture: str, shard: int, count: int, conn) -> None:
         conn.close()
 
 
+def _widen(conn) -> None:
+    """A pipe holding a few batches (not the default 64 KB, less than one): a worker runs ahead
+    instead of waiting while the main process reads the other worker's batch."""
+    try:
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (OSError, AttributeError):  # not Linux, or above /proc/sys/fs/pipe-max-size: keep the default
+        pass
+
+
 def can_start_workers() -> bool:
     """A daemonic process (a multiprocessing.Pool worker, say) may not have children."""
     return not multiprocessing.current_process().daemon
@@ -74,6 +85,7 @@ def decode_sharded(path: Path, capture: str, workers: int, reports: list[Capture
     procs, pipes = [], []
     for i in range(workers):
         recv, send = ctx.Pipe(duplex=False)
+        _widen(send)
         p = ctx.Process(target=_worker, args=(str(path), capture, i, workers, send), daemon=True)
         p.start()
         send.close()
