@@ -61,12 +61,13 @@ class Analysis:
     def by_id(self) -> dict[str, Exchange | ExchangeFacts]:
         return {ex.id: ex for ex in self.stitched}
 
-    def _exchange_lines(self) -> Iterator[bytes]:
+    def _exchange_pieces(self) -> Iterator[bytes]:
+        """The exchanges' JSON, comma-separated, in pieces."""
         if isinstance(self.exchanges, ExchangeSpool):
-            yield from self.exchanges.lines()
+            yield from self.exchanges.joined(b",")
         else:
-            for ex in self.exchanges:
-                yield orjson.dumps(ex)
+            for i, ex in enumerate(self.exchanges):
+                yield b"," + orjson.dumps(ex) if i else orjson.dumps(ex)
 
     def _head(self) -> bytes:
         return orjson.dumps({"captures": [dataclasses.asdict(r) for r in self.reports],
@@ -77,7 +78,7 @@ class Analysis:
 
     def to_json(self) -> bytes:
         return (self._head()[:-1] + b',"flows":' + orjson.dumps(self.flows) + b',"exchanges":['
-                + b",".join(self._exchange_lines()) + b"]}")
+                + b"".join(self._exchange_pieces()) + b"]}")
 
     def write_json(self, out: BinaryIO) -> None:
         """The same document as to_json(), written piece by piece: never the whole text in memory."""
@@ -85,8 +86,8 @@ class Analysis:
         for i, flow in enumerate(self.flows):
             out.write(b"," + orjson.dumps(flow) if i else orjson.dumps(flow))
         out.write(b'],"exchanges":[')
-        for i, line in enumerate(self._exchange_lines()):
-            out.write(b"," + line if i else line)
+        for piece in self._exchange_pieces():
+            out.write(piece)
         out.write(b"]}")
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from decoders.link_layers import FIXED_LAYOUTS
+from decoders.tcp_cut import IPV4_TCP_MIN, TcpCut, linked_head
 from meshscope.errors import CaptureError
 
 PCAP_MAGICS = {  # magic as read little-endian -> (byte order, timestamp divisor)
@@ -36,8 +38,6 @@ class CaptureRecord(NamedTuple):
     orig_len: int
 
 
-# ethertype, IPv4 version+IHL, total length, protocol, TCP ports, data offset, flags: one call
-_ETH_IPV4_TCP = struct.Struct("!12xHBxH5xB10xHH8xBB").unpack_from
 _record = tuple.__new__  # builds a CaptureRecord at C speed (its generated __new__ is Python)
 
 
@@ -105,18 +105,19 @@ class _Chunks:
 
 def read_capture(path: Path, stats: ReadStats | None = None,
                  progress: Callable[[int], None] | None = None,
-                 drop: tuple[int, int] | None = None) -> Iterator[CaptureRecord]:
+                 cut: TcpCut | None = None) -> Iterator[CaptureRecord | tuple]:
     """Stream the records of a pcap or pcapng file; damage goes to ``stats``, never raised mid-file.
-    ``drop=(index, count)``: leave out Ethernet/IPv4 TCP packets without payload, SYN, FIN or RST
-    (pure ACKs), and, when count > 1, those whose port pair is not in shard ``index`` (see
-    DpktBackend.shard). Only pcap files are filtered this early; the records are still counted."""
+    With ``cut``, the IPv4/TCP frames of a pcap file whose link layer has a fixed length (Ethernet,
+    Linux cooked) come out already cut into Segments (decoders.tcp_cut), those of other shards and
+    the pure ACKs not at all; every other record still comes out as a CaptureRecord, and every
+    record is counted."""
     stats = stats if stats is not None else ReadStats()
     fmt = sniff_format(path)
     stats.format = fmt
     with open(path, "rb") as f:
         chunks = _Chunks(f)
         if fmt == "pcap":
-            yield from _read_pcap(path, chunks, stats, progress, drop)
+            yield from _read_pcap(path, chunks, stats, progress, cut)
         else:
             yield from _read_pcapng(path, chunks, stats, progress)
         stats.offset = chunks.offset
@@ -125,7 +126,7 @@ def read_capture(path: Path, stats: ReadStats | None = None,
 
 
 def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
-               drop: tuple[int, int] | None = None) -> Iterator[CaptureRecord]:
+               cut: TcpCut | None = None) -> Iterator[CaptureRecord | tuple]:
     if not c.need(24):
         raise CaptureError(f"{path}: pcap header cut short ({c.left()} of 24 bytes)")
     magic = struct.unpack_from("<I", c.buf, 0)[0]
@@ -134,22 +135,25 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
     linktype &= 0xFFFF  # upper bits carry FCS flags, not the link type
     stats.link_types.add(linktype)
     c.pos = 24
-    rec = struct.Struct(order + "IIII")
-    unpack = rec.unpack_from
+    unpack = struct.Struct(order + "IIII").unpack_from
     packets = 0
     nbytes = 0
-    next_progress = 0
-    # the hot loop keeps the window in locals and asks _Chunks only at a chunk's end
+    # the hot loop keeps the window in locals and asks _Chunks only at a chunk's end (reporting
+    # progress there too: once per chunk)
     buf, pos, blen = c.buf, c.pos, len(c.buf)
-    index, count = drop or (0, 0)
-    if linktype != 1:  # Ethernet only: the other link layers are rare in big captures
-        drop = None
+    layout = FIXED_LAYOUTS.get(linktype) if cut is not None else None
+    if layout is not None:
+        et_at, ip_at, ifindex_at = layout
+        head, min_len = linked_head(et_at, ip_at), ip_at + IPV4_TCP_MIN
+        index, count, cut_one, ifindex_name = cut.index, cut.count, cut.cut, cut.ifindex_name
     try:
         while True:
             if pos + 16 > blen:
                 c.pos = pos
                 ok = c.need(16)
                 buf, pos, blen = c.buf, c.pos, len(c.buf)
+                if progress is not None:
+                    progress(c.base + pos)
                 if not ok:
                     if c.left():
                         stats.truncated = True
@@ -165,6 +169,8 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
                 c.pos = pos
                 ok = c.need(16 + incl)
                 buf, pos, blen = c.buf, c.pos, len(c.buf)
+                if progress is not None:
+                    progress(c.base + pos)
                 if not ok:
                     stats.truncated = True
                     stats.add_damage(f"file ends inside a {incl}-byte record at byte {c.offset}")
@@ -174,18 +180,23 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
             pos = end
             packets += 1
             nbytes += incl
-            if progress is not None and c.base + pos >= next_progress:
-                progress(c.base + pos)
-                next_progress = c.base + pos + CHUNK
-            if drop is not None and incl >= 54:
-                # Ethernet + IPv4 (no options) + TCP: drop here, before any object is made, what
-                # the dpkt backend would drop anyway (decoders.backends.dpkt_backend checks again)
-                et, vhl, total, proto, sport, dport, doff, flags = _ETH_IPV4_TCP(buf, start)
-                if et == 0x0800 and vhl == 0x45 and proto == 6:
+            if layout is not None and incl >= min_len:
+                # IPv4 without options carrying TCP: the cheap test here (another shard's
+                # connection, a pure ACK: most packets), the cut for what is left
+                et, vhl, total, frag, proto, sport, dport, doff, flags = head(buf, start)
+                if et == 0x0800 and vhl == 0x45 and proto == 6 and not frag & 0x3FFF:
                     if count > 1 and ((sport ^ dport) & 0xFF) % count != index:
-                        continue  # another shard's connection
+                        continue
                     if total and not flags & 7 and total - 20 - ((doff >> 4) << 2) <= 0:
-                        continue  # a pure ACK
+                        continue
+                    ip = start + ip_at
+                    seg = cut_one(buf, ip, ip + 20, end, total, sec + frac / divisor,
+                                  orig - incl if orig > incl else 0,
+                                  None if ifindex_at is None else ifindex_name(buf[start + ifindex_at:
+                                                                                   start + ifindex_at + 4]))
+                    if seg is not None:
+                        yield seg
+                    continue
             yield _record(CaptureRecord, (sec + frac / divisor, linktype, None, buf[start:end], orig))
     finally:
         c.pos = pos  # where the next record starts (the window's own position, for offset)

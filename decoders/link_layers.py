@@ -26,6 +26,15 @@ ETH_VLAN = (0x8100, 0x88A8, 0x9100)
 BSD_AF_INET6 = (24, 28, 30)  # AF_INET6 differs between the BSDs and macOS
 
 
+# link layers of a fixed length (no VLAN tag): (offset of the ethertype, of the IP header, of the
+# Linux ifindex or None); the capture reader cuts their IPv4/TCP frames without locate_ip()
+FIXED_LAYOUTS = {
+    LINKTYPE_ETHERNET: (12, 14, None),
+    LINKTYPE_LINUX_SLL: (14, 16, None),
+    LINKTYPE_LINUX_SLL2: (0, 20, 4),
+}
+
+
 def linktype_name(linktype: int) -> str:
     return LINKTYPE_NAMES.get(linktype, f"linktype-{linktype}")
 

@@ -158,6 +158,23 @@ class ExchangeSpool:
                     yield line
                 n += 1
 
+    def joined(self, sep: bytes = b",", chunk: int = 1 << 20) -> Iterator[bytes]:
+        """The kept exchanges' JSON joined by ``sep``, in pieces: when nothing is skipped, whole
+        chunks of the file with their newlines replaced (a C call per megabyte, not per line)."""
+        if self.skip:
+            for i, line in enumerate(self.lines(chunk)):
+                yield sep + line if i else line
+            return
+        self._file.flush()
+        fd, pos = self._file.fileno(), 0
+        end = os.fstat(fd).st_size - 1  # every line ends in a newline: the last one is not a separator
+        while pos < end:
+            data = os.pread(fd, min(chunk, end - pos), pos)
+            if not data:
+                break
+            pos += len(data)
+            yield data.replace(b"\n", sep)
+
     def __iter__(self) -> Iterator[Exchange]:
         for line in self.lines():
             yield Exchange.from_json(line)
