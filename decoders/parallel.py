@@ -3,8 +3,9 @@
 Every worker reads the whole file (reading and the struct-level prefilter are cheap) but
 dissects and parses only the connections of its shard (DpktBackend.shard: the XOR of the two
 ports' low bytes, the same both ways). A worker sends its exchanges in batches, each already
-serialised (JSON lines for the spool) together with their facts as plain tuples, and a report at
-the end. Batches are taken from the workers in turn, so the result does not depend on timing.
+serialised (JSON lines for the spool) together with their facts as plain tuples (each connection
+sent once, then named by a number), and a report at the end. Batches are taken from the workers
+in turn, so the result does not depend on timing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ Batch = tuple[bytes, list[ExchangeFacts]]
 
 
 def _worker(path: str, capture: str, shard: int, count: int, conn) -> None:
-    """Decode one shard of the capture and send (lines, fact tuples, offset) batches, then the report."""
+    """Decode one shard of the capture and send (lines, fact tuples, new connections, offset)
+    batches, then the report."""
     from decoders.analyze import slim
     from decoders.backends.dpkt_backend import DpktBackend
 
@@ -46,16 +48,23 @@ def _worker(path: str, capture: str, shard: int, count: int, conn) -> None:
         backend.shard = (shard, count)
         lines: list[bytes] = []
         facts: list[tuple] = []
-        dumps, facts_of = orjson.dumps, ExchangeFacts.tuple_of
+        keys: dict[tuple, int] = {}  # each connection is sent once, then named by its key
+        new_conns: list[tuple] = []
+        dumps, facts_of, conn_tuple = orjson.dumps, ExchangeFacts.tuple_of, ExchangeFacts.conn_tuple
         for ex in backend.decode(Path(path), capture=capture, progress=progress):
             slim(ex)
             lines.append(dumps(ex))
-            facts.append(facts_of(ex))
+            ct = conn_tuple(ex.conn)
+            key = keys.get(ct)
+            if key is None:
+                key = keys[ct] = len(keys)
+                new_conns.append(ct)
+            facts.append(facts_of(ex, key))
             if len(lines) >= BATCH:
-                conn.send_bytes(pickle.dumps((b"\n".join(lines) + b"\n", facts, offset[0]), 5))
-                lines, facts = [], []
+                conn.send_bytes(pickle.dumps((b"\n".join(lines) + b"\n", facts, new_conns, offset[0]), 5))
+                lines, facts, new_conns = [], [], []
         if lines:
-            conn.send_bytes(pickle.dumps((b"\n".join(lines) + b"\n", facts, offset[0]), 5))
+            conn.send_bytes(pickle.dumps((b"\n".join(lines) + b"\n", facts, new_conns, offset[0]), 5))
         conn.send_bytes(pickle.dumps((_END, backend.report), 5))
     except Exception as exc:  # the parent turns it into one line for the user
         conn.send_bytes(pickle.dumps((_ERROR, f"{type(exc).__name__}: {exc}"), 5))
@@ -91,7 +100,7 @@ def decode_sharded(path: Path, capture: str, workers: int, reports: list[Capture
         send.close()
         procs.append(p)
         pipes.append(recv)
-    conns: dict[tuple, Connection] = {}
+    conns: list[list[Connection]] = [[] for _ in range(workers)]  # each worker's, by key
     done: list[CaptureReport] = []
     try:
         live = list(range(workers))
@@ -107,10 +116,12 @@ def decode_sharded(path: Path, capture: str, workers: int, reports: list[Capture
                 elif msg[0] == _ERROR:
                     raise CaptureError(f"{path}: {msg[1]}")
                 else:
-                    lines, facts, offset = msg
+                    lines, facts, new_conns, offset = msg
                     if progress is not None and i == 0:
                         progress(offset)
-                    yield lines, [ExchangeFacts.from_tuple(t, conns) for t in facts]
+                    known = conns[i]
+                    known.extend(ExchangeFacts.conn_of(ct) for ct in new_conns)
+                    yield lines, [ExchangeFacts.from_tuple(t, known) for t in facts]
     finally:
         for p in procs:
             if p.is_alive():

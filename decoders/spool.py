@@ -76,14 +76,22 @@ class ExchangeFacts:
 
 
     @staticmethod
-    def tuple_of(ex: Exchange) -> tuple:
-        """The facts of an exchange as plain tuples (the connection too), for from_tuple(): what a
-        decode worker sends, cheap to pickle. Repeated strings are interned, so that one pickled
-        batch carries each of them once."""
-        c, h, intern = ex.conn, ex.headers, sys.intern
-        return (ex.id, ex.exchange_type,
-                (intern(c.src), c.sport, intern(c.dst), c.dport, c.capture, c.interface, c.client_isn,
-                 c.server_isn, c.syn_time, c.handshake_seen),
+    def conn_tuple(c: Connection) -> tuple:
+        """A connection as a plain tuple (conn_of() gives it back); addresses interned."""
+        return (sys.intern(c.src), c.sport, sys.intern(c.dst), c.dport, c.capture, c.interface, c.client_isn,
+                c.server_isn, c.syn_time, c.handshake_seen)
+
+    @staticmethod
+    def conn_of(t: tuple) -> Connection:
+        return Connection(**dict(zip(_CONN_FIELDS, t, strict=True)))
+
+    @staticmethod
+    def tuple_of(ex: Exchange, conn_key: int) -> tuple:
+        """The facts of an exchange as a plain tuple, its connection given as a key into a list of
+        Connections (from_tuple()): what a decode worker sends, each connection once, cheap to
+        pickle. Repeated strings are interned, so that one pickled batch carries each of them once."""
+        h, intern = ex.headers, sys.intern
+        return (ex.id, ex.exchange_type, conn_key,
                 ex.index, ex.request_time, ex.response_time, ex.method and intern(ex.method), ex.uri,
                 ex.host and intern(ex.host), ex.status, ex.reason and intern(ex.reason),
                 ex.sni and intern(ex.sni), ex.tls_version, ex.peer_workload, ex.peer_namespace,
@@ -93,13 +101,10 @@ class ExchangeFacts:
                 ex.alpn or _NONE, ex.tls_offered_versions or _NONE)
 
     @classmethod
-    def from_tuple(cls, t: tuple, conns: dict[tuple, Connection]) -> ExchangeFacts:
-        """Back from to_tuple(); ``conns`` shares one Connection among its exchanges."""
-        ct = t[2]
-        conn = conns.get(ct)
-        if conn is None:
-            conn = conns[ct] = Connection(**dict(zip(_CONN_FIELDS, ct, strict=True)))
-        return cls(t[0], t[1], conn, *t[3:])
+    def from_tuple(cls, t: tuple, conns: list[Connection]) -> ExchangeFacts:
+        """Back from tuple_of(); ``conns`` holds the Connections its keys name, shared among their
+        exchanges."""
+        return cls(t[0], t[1], conns[t[2]], *t[3:])
 
 
 _CONN_FIELDS = Connection.__slots__

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 def _emit(result, args: argparse.Namespace) -> int:
     from decoders.flow_text import render_text
 
-    exchanges = result.by_id()
+    exchanges = result.by_id() if args.svg or not args.json else {}  # --json alone needs no lookup
     if args.svg:
         from decoders.graph_svg import render_svg
 
