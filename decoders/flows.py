@@ -28,12 +28,10 @@ def workload_names(legs: Iterable[Leg]) -> dict[str, str]:
     names: dict[str, str] = {}
     for leg in legs:
         for ex in leg.exchanges:
-            client = _workload(ex.peer_workload, ex.peer_namespace)
-            server = _workload(ex.server_peer_workload, ex.server_peer_namespace)
-            if client:
-                names.setdefault(leg.sender, client)
-            if server:
-                names.setdefault(leg.receiver, server)
+            if ex.peer_workload:
+                names.setdefault(leg.sender, _workload(ex.peer_workload, ex.peer_namespace))
+            if ex.server_peer_workload:
+                names.setdefault(leg.receiver, _workload(ex.server_peer_workload, ex.server_peer_namespace))
     return names
 
 
@@ -42,8 +40,8 @@ class FlowBuilder:
 
     def __init__(self, legs: list[Leg], links: list[ProxyLink]) -> None:
         self.legs = legs
-        self.names = workload_names(legs)
-        self.leg_of: dict[str, Leg] = {ex.id: leg for leg in legs for ex in leg.exchanges}
+        self.names: dict[str, str] = {}
+        self.leg_of: dict[str, Leg] = {}
         self.caused: dict[str, list[ProxyLink]] = defaultdict(list)
         self.has_parent: set[str] = set()
         for link in links:
@@ -55,7 +53,11 @@ class FlowBuilder:
         exchange on its own is already fully told by itself."""
         roots = [ex for leg in self.legs for ex in leg.exchanges
                  if ex.id not in self.has_parent and (leg.nat or ex.id in self.caused)]
+        if not roots:
+            return []  # no NAT, no proxy: nothing to look up names and legs for
         roots.sort(key=exchange_time)
+        self.names = workload_names(self.legs)
+        self.leg_of = {ex.id: leg for leg in self.legs for ex in leg.exchanges}
         return [self.flow(root) for root in roots]
 
     def flow(self, root: Exchange) -> Flow:

@@ -27,6 +27,7 @@ from meshscope.model import Connection
 
 BATCH = 500  # exchanges per message: pickling and pipe calls amortised, little memory held
 PIPE_BYTES = 1 << 20
+MAX_KEYS = 4096  # connections a worker remembers having sent (a connection's exchanges come close together)
 _END, _ERROR = "end", "error"
 Batch = tuple[bytes, list[ExchangeFacts]]
 
@@ -49,6 +50,7 @@ def _worker(path: str, capture: str, shard: int, count: int, conn) -> None:
         lines: list[bytes] = []
         facts: list[tuple] = []
         keys: dict[tuple, int] = {}  # each connection is sent once, then named by its key
+        next_key = 0
         new_conns: list[tuple] = []
         dumps, facts_of, conn_tuple = orjson.dumps, ExchangeFacts.tuple_of, ExchangeFacts.conn_tuple
         for ex in backend.decode(Path(path), capture=capture, progress=progress):
@@ -57,7 +59,10 @@ def _worker(path: str, capture: str, shard: int, count: int, conn) -> None:
             ct = conn_tuple(ex.conn)
             key = keys.get(ct)
             if key is None:
-                key = keys[ct] = len(keys)
+                if len(keys) >= MAX_KEYS:  # forget the oldest; one still open is just sent again
+                    keys.clear()
+                key = keys[ct] = next_key
+                next_key += 1
                 new_conns.append(ct)
             facts.append(facts_of(ex, key))
             if len(lines) >= BATCH:

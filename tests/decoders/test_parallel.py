@@ -24,6 +24,15 @@ def test_two_workers_give_what_one_gives_on_generated_traffic(tmp_path):
     assert _document(two) == _document(one)
 
 
+def test_workers_forgetting_which_connections_they_sent_lose_nothing(tmp_path, monkeypatch):
+    import decoders.parallel
+
+    monkeypatch.setattr(decoders.parallel, "MAX_KEYS", 3)  # forked workers see it: sent again and again
+    capture = tmp_path / "http_tls.pcap"
+    write_http_tls(capture, 5_000)
+    assert _document(analyze([capture], workers=2)) == _document(analyze([capture], workers=1))
+
+
 def test_two_workers_give_what_one_gives_on_the_lab_sample():
     one, two = analyze([NODEPORT_LAB], workers=1), analyze([NODEPORT_LAB], workers=2)
     assert _document(two) == _document(one)
