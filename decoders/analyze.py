@@ -56,6 +56,7 @@ class Analysis:
     flows: list[Flow]
     reports: list[CaptureReport] = field(default_factory=list)
     duplicates: int = 0  # exchange copies folded away (same connection on another interface/capture)
+    folded: set[str] = field(default_factory=set)  # their ids
     stitched: list = field(default_factory=list)  # the kept exchanges (or their facts), copies folded
 
     def by_id(self) -> dict[str, Exchange | ExchangeFacts]:
@@ -109,8 +110,8 @@ def stitch(exchanges: Iterable[Exchange | ExchangeFacts]) -> Analysis:
     flows = build_flows(legs, match_proxy(legs))
     kept = sorted((ex for s in sightings for ex in s.exchanges),
                   key=lambda e: (e.conn.capture, e.request_time or 0))
-    return Analysis(exchanges=kept, flows=flows, stitched=kept,
-                    duplicates=sum(len(s.duplicates) for s in sightings))
+    folded = {i for s in sightings for i in s.duplicates}
+    return Analysis(exchanges=kept, flows=flows, stitched=kept, duplicates=len(folded), folded=folded)
 
 
 def capture_names(paths: Sequence[Path]) -> list[str]:
@@ -143,15 +144,10 @@ def analyze(paths: Sequence[str | Path], backend: str = DEFAULT_BACKEND,
     finally:
         if gc_was_on:
             gc.enable()
-    spool.skip = _folded(analysis, spool)  # the copies stitching folded away
+    spool.skip = analysis.folded  # the copies stitching folded away
     analysis.exchanges = spool
     analysis.reports = reports
     return analysis
-
-
-def _folded(analysis: Analysis, spool: ExchangeSpool) -> set[str]:
-    kept = {ex.id for ex in analysis.stitched}
-    return {ex_id for ex_id in spool.ids if ex_id not in kept}
 
 
 def _workers(backend: str, size: int, workers: int | None) -> int:
