@@ -111,7 +111,10 @@ def stitch(exchanges: Iterable[Exchange | ExchangeFacts]) -> Analysis:
     kept = sorted((ex for s in sightings for ex in s.exchanges),
                   key=lambda e: (e.conn.capture, e.request_time or 0))
     folded = {i for s in sightings for i in s.duplicates}
-    return Analysis(exchanges=kept, flows=flows, stitched=kept, duplicates=len(folded), folded=folded)
+    if folded:  # an id both kept and folded (one capture given twice) must still be written once
+        folded.difference_update(ex.id for ex in kept)
+    return Analysis(exchanges=kept, flows=flows, stitched=kept, folded=folded,
+                    duplicates=sum(len(s.duplicates) for s in sightings))
 
 
 def capture_names(paths: Sequence[Path]) -> list[str]:
