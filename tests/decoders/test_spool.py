@@ -29,3 +29,15 @@ def test_joined_is_the_kept_lines_comma_separated(n, skip):
     assert [e["id"] for e in orjson.loads(doc)] == [ex.id for ex in kept]
     assert list(spool) == kept
     spool.close()
+
+
+def test_a_capture_given_twice_still_writes_every_exchange():
+    # the copies folded away have the ids of the exchanges kept: skipping by id must not drop those
+    from decoders.analyze import analyze
+    from decoders.samples import NODEPORT_LAB
+
+    once = analyze([NODEPORT_LAB])
+    twice = analyze([NODEPORT_LAB, NODEPORT_LAB])
+    kept = {ex.id for ex in twice.stitched}
+    assert twice.duplicates == len(kept) == len(once.stitched)
+    assert {e["id"] for e in orjson.loads(twice.to_json())["exchanges"]} == kept
