@@ -36,6 +36,10 @@ class TcpCut:
         self._addrs: dict[bytes, str] = {}  # a capture holds few distinct addresses and interfaces
         self._ifaces: dict[bytes, str] = {}
 
+    def mine(self, sport: int, dport: int) -> bool:
+        """Whether the connection of these ports is this shard's (the capture reader inlines this)."""
+        return ((sport ^ dport) & 0xFF) % self.count == self.index
+
     def cut(self, buf: bytes, ip: int, tcp: int, frame_end: int, total: int, ts: float, missing: int,
             iface: str | None):
         """The Segment of the frame in ``buf`` whose IPv4 header is at ``ip`` and TCP header at

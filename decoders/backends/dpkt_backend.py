@@ -33,13 +33,11 @@ class DpktBackend(SegmentBackend):
     def segments(self, path: Path, stats: ReadStats,
                  progress: Callable[[int], None] | None) -> Iterator[Segment]:
         cut = TcpCut(self.shard)
-        cut_one = cut.cut
+        cut_one, mine = cut.cut, cut.mine
         addr6: dict[bytes, str] = {}
         ifaces: dict[int, str] = {}
         IP6, TCP = dpkt.ip6.IP6, dpkt.tcp.TCP
         undecodable = 0
-        # the low bytes of the two ports, XORed, are the same both ways: a connection's shard
-        index, count = cut.index, cut.count
         try:
             for item in read_capture(path, stats, progress, cut if self.cut_in_reader else None):
                 if item.__class__ is not CaptureRecord:
@@ -62,7 +60,7 @@ class DpktBackend(SegmentBackend):
                     t = off + ((vhl & 15) << 2)  # the TCP header, after any IPv4 options
                     if len(frame) < t + 14:
                         continue
-                    if count > 1 and (frame[t + 1] ^ frame[t + 3]) % count != index:
+                    if not mine(frame[t + 1], frame[t + 3]):  # the ports' low bytes
                         continue
                     seg = cut_one(frame, off, t, len(frame), total, ts,
                                   orig - len(frame) if orig > len(frame) else 0, iface)
@@ -76,7 +74,7 @@ class DpktBackend(SegmentBackend):
                     t = off + 40
                     if len(frame) < t + 14:
                         continue
-                    if count > 1 and (frame[t + 1] ^ frame[t + 3]) % count != index:
+                    if not mine(frame[t + 1], frame[t + 3]):
                         continue
                     plen = (frame[off + 4] << 8) | frame[off + 5]
                     paylen = (plen or len(frame) - t) - ((frame[t + 12] >> 4) << 2)
@@ -92,7 +90,7 @@ class DpktBackend(SegmentBackend):
                 tcp = ip.data
                 if not isinstance(tcp, TCP):
                     continue
-                if count > 1 and ((tcp.sport ^ tcp.dport) & 0xFF) % count != index:
+                if not mine(tcp.sport, tcp.dport):
                     continue
                 payload = tcp.data
                 flags = tcp.flags
