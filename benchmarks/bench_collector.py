@@ -31,11 +31,11 @@ import grpc  # noqa: E402
 import httpx  # noqa: E402
 from envoy.service.accesslog.v3 import als_pb2  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
+from meshscope.collector.access_entries import LogSource, message_records  # noqa: E402
+from meshscope.collector.server import Collector  # noqa: E402
+from meshscope.pipelines.bus.memory import MemoryBus  # noqa: E402
 
-from collector.access_entries import LogSource, message_records  # noqa: E402
-from collector.server import Collector  # noqa: E402
 from meshscope.settings import Settings  # noqa: E402
-from pipelines.bus.memory import MemoryBus  # noqa: E402
 from tests.collector.als_messages import ALS_METHOD, http_message  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
@@ -45,8 +45,9 @@ TARGET = 50_000
 # ---- 1. recording ---------------------------------------------------------------------------
 async def record_from_envoy(requests: int) -> list[bytes]:
     """Raw StreamAccessLogsMessages the bundled Envoy sends for `requests` proxied requests."""
-    from proxy.demo_upstream import DemoUpstream
-    from proxy.launcher import EnvoyProcess
+    from meshscope.proxy.demo_upstream import DemoUpstream
+    from meshscope.proxy.launcher import EnvoyProcess
+
     from tests.collector.envoy_lab import APP_HOST, lab_bootstrap, lab_routes, listener_port
 
     recorded: list[bytes] = []

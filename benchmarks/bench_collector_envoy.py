@@ -31,12 +31,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collector.server import Collector  # noqa: E402
+from meshscope.collector.server import Collector  # noqa: E402
+from meshscope.pipelines.indexer import Pipeline  # noqa: E402
+from meshscope.pipelines.wiring import make_bus, make_store  # noqa: E402
+from meshscope.proxy.demo_upstream import DemoUpstream  # noqa: E402
+from meshscope.proxy.launcher import EnvoyProcess  # noqa: E402
+from meshscope.proxy.loss import account  # noqa: E402
+
 from meshscope.settings import Settings  # noqa: E402
-from pipelines.indexer import Pipeline  # noqa: E402
-from pipelines.wiring import make_bus, make_store  # noqa: E402
-from proxy.demo_upstream import DemoUpstream  # noqa: E402
-from proxy.launcher import EnvoyProcess  # noqa: E402
 from tests.collector.envoy_lab import (  # noqa: E402
     APP_HOST,
     lab_bootstrap,
@@ -172,7 +174,7 @@ async def run_sink(args) -> bool:
                                            envoy, port, before)
                         ok &= await measure("demo upstream (Python)", "/status/200", args, collector,
                                             sink, envoy, port, before)
-                        (loss,) = await collector.loss([envoy.admin_address])
+                        (loss,) = await account([envoy.admin_address], collector.servicer.arrived)
                         stats = await asyncio.to_thread(envoy.admin.stats, r"^tracing\.zipkin\.")
                 finally:
                     await sink.close()

@@ -24,8 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from meshscope.decoders.capture_file import read_capture  # noqa: E402
+
 from benchmarks.make_capture import write_http_tls  # noqa: E402
-from decoders.capture_file import read_capture  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 PY = sys.executable
@@ -44,7 +45,7 @@ TSHARK_FIELDS = [
 ]
 DECODE_ONLY = """
 import sys, orjson
-from decoders.read import read_exchanges
+from meshscope.decoders.read import read_exchanges
 stream, report = read_exchanges(sys.argv[1], sys.argv[2])
 out = sys.stdout.buffer
 for e in stream:

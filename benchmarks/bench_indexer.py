@@ -25,13 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from meshscope.pipelines.alerts.rules import load_rules  # noqa: E402
+from meshscope.pipelines.bus.memory import MemoryBus  # noqa: E402
+from meshscope.pipelines.indexer import Pipeline  # noqa: E402
+from meshscope.pipelines.store.sqlite import SqliteStore  # noqa: E402
+from meshscope.pipelines.wiring import make_bus, make_store  # noqa: E402
+
 from meshscope.model import AccessRecord  # noqa: E402
 from meshscope.settings import Settings  # noqa: E402
-from pipelines.alerts.rules import load_rules  # noqa: E402
-from pipelines.bus.memory import MemoryBus  # noqa: E402
-from pipelines.indexer import Pipeline  # noqa: E402
-from pipelines.store.sqlite import SqliteStore  # noqa: E402
-from pipelines.wiring import make_bus, make_store  # noqa: E402
 
 TARGET = 50_000
 CLUSTERS = ("outbound|8080||webapp", "outbound|3000||catalog", "outbound|9000||cart", "outbound|80||ext")

@@ -31,10 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from meshscope.pipelines.store.base import Store  # noqa: E402
+from meshscope.pipelines.store.sqlite import ACCESS_COLUMNS, TABLES, SqliteStore, _insert, access_row, connect  # noqa: E402
+
 from meshscope.model import AccessRecord  # noqa: E402
 from meshscope.settings import Settings  # noqa: E402
-from pipelines.store.base import Store  # noqa: E402
-from pipelines.store.sqlite import ACCESS_COLUMNS, TABLES, SqliteStore, _insert, access_row, connect  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 WRITE_TARGET = 50_000
@@ -159,7 +160,8 @@ async def bench_sqlite(args: argparse.Namespace) -> dict[str, float]:
 
 
 async def bench_osmem(args: argparse.Namespace, res: dict[str, float]) -> None:
-    from pipelines.store.elasticsearch import ElasticsearchStore
+    from meshscope.pipelines.store.elasticsearch import ElasticsearchStore
+
     from tests.pipelines.search_server import SearchServer
 
     server = SearchServer().start()

@@ -15,10 +15,9 @@ from collections.abc import AsyncIterator
 import grpc
 from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf.message import DecodeError
-
-from collector.access_entries import LogSource, message_records
-from collector.publisher import Publisher
-from pipelines.topics import ACCESS
+from meshscope.collector.access_entries import LogSource, message_records
+from meshscope.collector.publisher import Publisher
+from meshscope.pipelines.bus import ACCESS
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from meshscope.collector.spool import Spool, SpoolFull
+from meshscope.pipelines.bus import Bus, BusUnavailable
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from collector.spool import Spool, SpoolFull
 from meshscope.model import Record
-from pipelines.bus.base import Bus, BusUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,12 @@ import logging
 import socket
 
 import uvicorn
+from meshscope.collector.als_server import AccessLogServer, AccessLogServicer
+from meshscope.collector.publisher import Publisher, PublisherMetrics
+from meshscope.collector.zipkin_receiver import make_app
+from meshscope.pipelines.bus import Bus
 
-from collector.als_server import AccessLogServer, AccessLogServicer
-from collector.loss import ProxyLoss, account
-from collector.publisher import Publisher, PublisherMetrics
-from collector.zipkin_receiver import make_app
 from meshscope.settings import Settings
-from pipelines.bus.base import Bus
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +100,6 @@ class Collector:
             "access_streams_failed": dict(self.servicer.streams_failed),
             "spool_lines_skipped": self.publisher.spool.skipped,
         }
-
-    async def loss(self, proxy_admins: list[str] | None = None) -> list[ProxyLoss]:
-        """The per-proxy loss report for settings.proxy_admins (or the admins given)."""
-        admins = self.settings.proxy_admins if proxy_admins is None else proxy_admins
-        return await account(admins, self.servicer.arrived)
 
     async def __aenter__(self) -> Collector:
         await self.start()

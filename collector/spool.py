@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from meshscope.pipelines.bus import RECORD_OF
 
 from meshscope.model import Record
-from pipelines.topics import RECORD_OF
 
 SEGMENT_BYTES = 16 * 1024 * 1024
 log = logging.getLogger(__name__)

@@ -10,15 +10,14 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
+from meshscope.collector.publisher import Backpressure, Publisher
+from meshscope.collector.zipkin_spans import BadSpans, spans_from_json, spans_from_proto
+from meshscope.pipelines.bus import SPANS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-
-from collector.publisher import Backpressure, Publisher
-from collector.zipkin_spans import BadSpans, spans_from_json, spans_from_proto
-from pipelines.topics import SPANS
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # after decompression as well (a gzip bomb stops here)
 

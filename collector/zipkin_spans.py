@@ -11,8 +11,8 @@ import string
 
 import orjson
 from google.protobuf.message import DecodeError
+from meshscope.collector import zipkin_proto
 
-from collector import zipkin_proto
 from meshscope.model import Span
 
 _HEX = frozenset(string.hexdigits)

@@ -1,1 +1,20 @@
-"""Decoders: tcpdump captures (pcap/pcapng) to Exchanges, then Flows (NAT and proxy hops) and graphs."""
+"""Decoders: tcpdump captures (pcap/pcapng) to Exchanges, then Flows (NAT and proxy hops) and graphs.
+
+The door: the rest of meshscope imports only the names below (``analyze`` is the entry point; the
+renderers draw what it returns).
+"""
+
+from meshscope.doors import lazy_exports
+
+_EXPORTS = {
+    "Analysis": ".analysis", "analyze": ".analysis", "stitch": ".analysis",
+    "BACKENDS": ".backends", "DEFAULT_BACKEND": ".backends", "get_backend": ".backends",
+    "CaptureReport": ".backends",
+    "capture_format": ".capture_file", "read_exchanges": ".read",
+    "render_svg": ".graph_svg", "sequence_svg": ".graph_svg", "render_mermaid": ".graph_mermaid",
+    "render_text": ".flow_text",
+    "Message": ".sequence", "Sequence": ".sequence", "build_sequence": ".sequence",
+    "NODEPORT_LAB": ".samples",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from decoders.link_layers import FIXED_LAYOUTS
-from decoders.tcp_cut import IPV4_TCP_MIN, TcpCut, linked_head
+from meshscope.decoders.link_layers import FIXED_LAYOUTS
+from meshscope.decoders.tcp_cut import IPV4_TCP_MIN, TcpCut, linked_head
+
 from meshscope.errors import CaptureError
 
 PCAP_MAGICS = {  # magic as read little-endian -> (byte order, timestamp divisor)
@@ -58,6 +59,18 @@ class ReadStats:
             self.damage.append(text)
 
 
+def capture_format(head: bytes) -> str | None:
+    """'pcap' or 'pcapng' from a file's first four bytes, else None (the one place formats are sniffed)."""
+    if len(head) < 4:
+        return None
+    magic = struct.unpack("<I", head[:4])[0]
+    if magic in PCAP_MAGICS:
+        return "pcap"
+    if magic == PCAPNG_SHB:
+        return "pcapng"
+    return None
+
+
 def sniff_format(path: Path) -> str:
     """'pcap' or 'pcapng' from the file's magic; CaptureError (one line) for anything else."""
     try:
@@ -69,12 +82,10 @@ def sniff_format(path: Path) -> str:
         raise CaptureError(f"{path}: empty file, not a capture")
     if len(head) < 4:
         raise CaptureError(f"{path}: only {len(head)} bytes, not a capture")
-    magic = struct.unpack("<I", head)[0]
-    if magic in PCAP_MAGICS:
-        return "pcap"
-    if magic == PCAPNG_SHB:
-        return "pcapng"
-    raise CaptureError(f"{path}: not a pcap or pcapng file (magic {head.hex()})")
+    fmt = capture_format(head)
+    if fmt is None:
+        raise CaptureError(f"{path}: not a pcap or pcapng file (magic {head.hex()})")
+    return fmt
 
 
 class _Chunks:

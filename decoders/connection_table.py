@@ -11,10 +11,16 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from decoders.http1 import HttpHead, HttpStreamParser, looks_like_request, looks_like_response
-from decoders.peer_metadata import decode_peer_metadata
-from decoders.tcp_reassembly import StreamReassembler
-from decoders.tls_hello import HelloAssembler, looks_like_handshake, parse_client_hello, parse_server_hello
+from meshscope.decoders.http1 import HttpHead, HttpStreamParser, looks_like_request, looks_like_response
+from meshscope.decoders.peer_metadata import decode_peer_metadata
+from meshscope.decoders.tcp_reassembly import StreamReassembler
+from meshscope.decoders.tls_hello import (
+    HelloAssembler,
+    looks_like_handshake,
+    parse_client_hello,
+    parse_server_hello,
+)
+
 from meshscope.model import Connection, Exchange
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10

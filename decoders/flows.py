@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from decoders.legs import Leg, endpoint, exchange_time
-from decoders.nat_hops import NatLink
-from decoders.proxy_hops import ProxyLink
+from meshscope.decoders.legs import Leg, endpoint, exchange_time
+from meshscope.decoders.nat_hops import NatLink
+from meshscope.decoders.proxy_hops import ProxyLink
+
 from meshscope.model import Exchange, Flow, Hop, normalize_request_id
 
 MAX_DEPTH = 64  # proxies and calls in a row; real meshes have a handful

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from decoders.sequence import build_sequence
+from meshscope.decoders.sequence import build_sequence
+
 from meshscope.model import Exchange, Flow
 
 ARROW = {"handshake": "->>", "hello": "->>", "request": "->>", "response": "-->>", "nat": "--)",

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from xml.sax.saxutils import escape
 
-from decoders.sequence import Message, Sequence, build_sequence
+from meshscope.decoders.sequence import Message, Sequence, build_sequence
+
 from meshscope.model import Exchange, Flow
 
 COL_W = 210

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from decoders.legs import Leg, Sighting, conn_text, endpoint, exchange_time
+from meshscope.decoders.legs import Leg, Sighting, conn_text, endpoint, exchange_time
+
 from meshscope.model import Exchange
 
 NODEPORT_RANGE = range(30000, 32768)  # Kubernetes' default service-node-port-range: a DNAT from a

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
+from meshscope.decoders.backends.base import CaptureReport
+from meshscope.decoders.spool import ExchangeFacts, slim
 
-from decoders.backends.base import CaptureReport
-from decoders.spool import ExchangeFacts
 from meshscope.errors import CaptureError
 from meshscope.model import Connection
 
@@ -35,8 +35,7 @@ Batch = tuple[bytes, list[ExchangeFacts]]
 def _worker(path: str, capture: str, shard: int, count: int, conn) -> None:
     """Decode one shard of the capture and send (lines, fact tuples, new connections, offset)
     batches, then the report."""
-    from decoders.analyze import slim
-    from decoders.backends.dpkt_backend import DpktBackend
+    from meshscope.decoders.backends.dpkt_backend import DpktBackend
 
     offset = [0]
 

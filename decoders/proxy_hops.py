@@ -18,7 +18,8 @@ import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from decoders.legs import Leg, conn_text, exchange_time
+from meshscope.decoders.legs import Leg, conn_text, exchange_time
+
 from meshscope.model import Exchange, normalize_request_id
 
 SLACK_S = 0.005  # clock tolerance between two captures' timestamps

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from decoders.backends import get_backend
-from decoders.backends.base import CaptureReport
-from decoders.connection_table import ConnectionSummary
+from meshscope.decoders.backends import get_backend
+from meshscope.decoders.backends.base import CaptureReport
+from meshscope.decoders.connection_table import ConnectionSummary
+
 from meshscope.model import Exchange
 
 

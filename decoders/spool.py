@@ -27,6 +27,31 @@ STITCH_HEADERS = tuple((
 ))
 
 
+# the headers that identify a request or say who handled it; the rest is dropped on reading
+REQUEST_HEADERS = frozenset((
+    "host", "user-agent", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-client-cert",
+    "x-envoy-attempt-count", "x-envoy-expected-rq-timeout-ms", "x-envoy-original-path", "x-envoy-internal",
+    "x-envoy-decorator-operation", "x-envoy-peer-metadata-id", "x-envoy-retry-on", "b3", "traceparent",
+    "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",
+    "x-ot-span-context", "content-length", "transfer-encoding", "connection",
+))
+RESPONSE_HEADERS = frozenset((
+    "server", "content-type", "content-length", "transfer-encoding", "connection", "x-request-id",
+    "x-envoy-upstream-service-time", "x-envoy-peer-metadata-id", "x-envoy-overloaded", "retry-after",
+))
+
+
+
+def slim(ex: Exchange) -> Exchange:
+    """Keep only the identifying headers of a freshly decoded exchange (peer metadata is decoded
+    already into peer_workload/peer_namespace)."""
+    if ex.headers:
+        ex.headers = {k: v for k, v in ex.headers.items() if k in REQUEST_HEADERS}
+    if ex.response_headers:
+        ex.response_headers = {k: v for k, v in ex.response_headers.items() if k in RESPONSE_HEADERS}
+    return ex
+
+
 @dataclass(slots=True, eq=False)
 class ExchangeFacts:
     """What stitching and the graphs need of an Exchange (same attribute names, so either will do)."""

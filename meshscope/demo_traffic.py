@@ -74,7 +74,7 @@ async def trickle(proxy_url: str, seconds: float, *, every: float = 1.0) -> Traf
 
 def sample_capture() -> Path:
     """The bundled capture of the NodePort lab path (client → NodePort → gateway → webapp → catalog)."""
-    from decoders.samples import NODEPORT_LAB
+    from meshscope.decoders import NODEPORT_LAB
 
     return Path(NODEPORT_LAB)
 

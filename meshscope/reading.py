@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from meshscope.errors import UserError
+from meshscope.pipelines import Store, StoreUnavailable
 from meshscope.settings import Settings
-from pipelines.store.base import Store, StoreUnavailable
 
 T = TypeVar("T")
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhd])$")
@@ -21,7 +21,7 @@ _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def with_store(settings: Settings, query: Callable[[Store], Awaitable[T]]) -> T:
     """Open the store named by the settings, run one query, close it; a store that is down is a UserError."""
-    from pipelines.wiring import make_store
+    from meshscope.pipelines import make_store
 
     async def go() -> T:
         store = make_store(settings)

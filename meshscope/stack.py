@@ -78,10 +78,9 @@ class Stack:
         )
 
     async def start(self) -> None:
-        from collector.server import Collector
         from meshscope.api.app import create_app
-        from pipelines.indexer import Pipeline
-        from pipelines.wiring import make_bus, make_store
+        from meshscope.collector import Collector
+        from meshscope.pipelines import Pipeline, make_bus, make_store
 
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -108,11 +107,7 @@ class Stack:
             raise
 
     async def _start_proxy(self) -> None:
-        from proxy.bootstrap import build_bootstrap
-        from proxy.demo_upstream import DemoUpstream
-        from proxy.launcher import EnvoyProcess
-        from proxy.routes import parse_routes
-        from proxy.telemetry import CollectorTarget
+        from meshscope.proxy import CollectorTarget, DemoUpstream, EnvoyProcess, build_bootstrap, parse_routes
 
         s = self.settings
         upstream = DemoUpstream(s.host, s.demo_upstream_port)

@@ -3,8 +3,7 @@ captures) in one sequence diagram, drawn with the decoders' sequence renderer.""
 
 from __future__ import annotations
 
-from decoders.graph_svg import sequence_svg
-from decoders.sequence import Message, Sequence, build_sequence
+from meshscope.decoders import Message, Sequence, build_sequence, sequence_svg
 from meshscope.traces import TraceHop, TraceView
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from meshscope.model import AccessRecord, Exchange, Flow, Span, normalize_request_id
-from pipelines.store.base import StoreReader
+from meshscope.pipelines import StoreReader
 
 
 @dataclass(slots=True, kw_only=True)

@@ -18,17 +18,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+from meshscope.pipelines.alerts.engine import AlertEngine
+from meshscope.pipelines.alerts.notify import WebhookNotifier
+from meshscope.pipelines.alerts.outbox import AlertOutbox
+from meshscope.pipelines.alerts.rules import Rule, load_rules
+from meshscope.pipelines.bus.base import Bus, BusUnavailable
+from meshscope.pipelines.bus.topics import ACCESS, SPANS
+from meshscope.pipelines.store.base import StoreUnavailable, StoreWriter
 from prometheus_client import Counter, Gauge, Histogram
 
 from meshscope.model import AccessRecord, Record
 from meshscope.settings import Settings
-from pipelines.alerts.engine import AlertEngine
-from pipelines.alerts.notify import WebhookNotifier
-from pipelines.alerts.outbox import AlertOutbox
-from pipelines.alerts.rules import Rule, load_rules
-from pipelines.bus.base import Bus, BusUnavailable
-from pipelines.store.base import StoreUnavailable, StoreWriter
-from pipelines.topics import ACCESS, SPANS
 
 log = logging.getLogger("meshscope.indexer")
 

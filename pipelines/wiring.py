@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import importlib
 
+from meshscope.pipelines.bus.base import Bus
+from meshscope.pipelines.store.base import Store
+
 from meshscope.errors import UserError
 from meshscope.settings import Settings
-from pipelines.bus.base import Bus
-from pipelines.store.base import Store
 
-BUSES = {"memory": "pipelines.bus.memory:MemoryBus", "kafka": "pipelines.bus.kafka:KafkaBus"}
+BUSES = {
+    "memory": "meshscope.pipelines.bus.memory:MemoryBus",
+    "kafka": "meshscope.pipelines.bus.kafka:KafkaBus",
+}
 STORES = {
-    "sqlite": "pipelines.store.sqlite:SqliteStore",
-    "elasticsearch": "pipelines.store.elasticsearch:ElasticsearchStore",
+    "sqlite": "meshscope.pipelines.store.sqlite:SqliteStore",
+    "elasticsearch": "meshscope.pipelines.store.elasticsearch:ElasticsearchStore",
 }
 
 

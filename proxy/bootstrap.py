@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import yaml
-
-from proxy.routes import Listener, Route, Routes, VirtualHost
-from proxy.telemetry import (
+from meshscope.proxy.routes import Listener, Route, Routes, VirtualHost
+from meshscope.proxy.telemetry import (
     HCM_TYPE,
     TCP_PROXY_TYPE,
     CollectorTarget,

@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-
-from meshscope.errors import UserError
-from proxy.telemetry import (
+from meshscope.proxy.telemetry import (
     ALS_CLUSTER,
     HCM_TYPE,
     HTTP_GRPC_LOGGER,
@@ -27,6 +25,8 @@ from proxy.telemetry import (
     tcp_access_log,
     zipkin_tracing,
 )
+
+from meshscope.errors import UserError
 
 _HCM_NAMES = {"envoy.filters.network.http_connection_manager", "envoy.http_connection_manager"}
 _TCP_NAMES = {"envoy.filters.network.tcp_proxy", "envoy.tcp_proxy"}

@@ -18,9 +18,9 @@ from collections import deque
 from pathlib import Path
 
 import httpx
+from meshscope.proxy.admin import AdminClient
 
 from meshscope.errors import UserError
-from proxy.admin import AdminClient
 
 _LOG_PREFIX = re.compile(r"^\[[^\]]*\]\[\d+\]\[(\w+)\]\[[\w-]+\] \[[^\]]*\] ")
 

@@ -377,7 +377,7 @@ class _Parser:
                 raise self.fail(where, "give either cert/key or self_signed: true, not both")
             if self.cert_dir is None:
                 raise self.fail(where, "self_signed needs a data dir to write the certificate to")
-            from proxy.certs import self_signed_pair
+            from meshscope.proxy.certs import self_signed_pair
 
             cert, key = self_signed_pair(self.cert_dir, names)
         else:

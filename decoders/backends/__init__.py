@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import importlib
 
-from decoders.backends.base import Backend, CaptureReport
+from meshscope.decoders.backends.base import Backend, CaptureReport
 
-BACKENDS = {"dpkt": "decoders.backends.dpkt_backend", "scapy": "decoders.backends.scapy_backend",
-            "pyshark": "decoders.backends.pyshark_backend"}
+BACKENDS = {name: f"meshscope.decoders.backends.{name}_backend" for name in ("dpkt", "scapy", "pyshark")}
 DEFAULT_BACKEND = "dpkt"
 
 

@@ -11,11 +11,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dpkt
-
-from decoders.backends.segment_backend import Segment, SegmentBackend
-from decoders.capture_file import CaptureRecord, ReadStats, read_capture
-from decoders.link_layers import locate_ip
-from decoders.tcp_cut import TcpCut
+from meshscope.decoders.backends.segment_backend import Segment, SegmentBackend
+from meshscope.decoders.capture_file import CaptureRecord, ReadStats, read_capture
+from meshscope.decoders.link_layers import locate_ip
+from meshscope.decoders.tcp_cut import TcpCut
 
 _IPV6_EXTENSIONS = frozenset((0, 43, 44, 51, 60))  # hop-by-hop, routing, fragment, AH, dest. options
 _IPV4_HEAD = struct.Struct("!BxHxxHxB").unpack_from  # version + IHL, total length, flags + offset, protocol

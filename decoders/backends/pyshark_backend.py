@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyshark
+from meshscope.decoders.backends.segment_backend import Segment, SegmentBackend
+from meshscope.decoders.capture_file import ReadStats, read_capture
 from pyshark.capture.capture import TSharkCrashException
 
-from decoders.backends.segment_backend import Segment, SegmentBackend
-from decoders.capture_file import ReadStats, read_capture
 from meshscope.errors import CaptureError
 
 DISPLAY_FILTER = "tcp.len > 0 or tcp.flags.syn == 1 or tcp.flags.fin == 1 or tcp.flags.reset == 1"

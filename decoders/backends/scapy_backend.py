@@ -7,16 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from meshscope.decoders.backends.segment_backend import Segment, SegmentBackend
+from meshscope.decoders.capture_file import ReadStats, read_capture
+from meshscope.decoders.connection_table import wanted
+from meshscope.decoders.link_layers import BSD_AF_INET6
 from scapy.config import conf
 from scapy.layers import inet6, l2  # noqa: F401  (registers link types and IPv6 with scapy)
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import bind_layers
-
-from decoders.backends.segment_backend import Segment, SegmentBackend
-from decoders.capture_file import ReadStats, read_capture
-from decoders.connection_table import wanted
-from decoders.link_layers import BSD_AF_INET6
 
 _FRAGMENT = 0x1FFF
 for _af in BSD_AF_INET6:  # scapy binds the loopback header to this host's AF_INET6 only

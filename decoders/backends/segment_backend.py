@@ -7,10 +7,11 @@ import abc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from decoders.backends.base import Backend, CaptureReport
-from decoders.capture_file import ReadStats, sniff_format
-from decoders.connection_table import DEFAULT_MAX_CONNECTIONS, ConnectionSummary, ConnectionTable
-from decoders.link_layers import SUPPORTED_LINKTYPES, linktype_name
+from meshscope.decoders.backends.base import Backend, CaptureReport
+from meshscope.decoders.capture_file import ReadStats, sniff_format
+from meshscope.decoders.connection_table import DEFAULT_MAX_CONNECTIONS, ConnectionSummary, ConnectionTable
+from meshscope.decoders.link_layers import SUPPORTED_LINKTYPES, linktype_name
+
 from meshscope.model import Exchange
 
 # (ts, src, sport, dst, dport, seq, ack, flags, payload, missing, interface), as ConnectionTable.segment

@@ -6,16 +6,16 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 
-from meshscope.api.deps import store_of
+from meshscope.api.deps import reader_of
 from meshscope.api.schemas import AlertList
-from pipelines.store.base import Store
+from meshscope.pipelines import StoreReader
 
 router = APIRouter(prefix="/api/alerts", tags=["alerts"])
 
 
 @router.get("", response_model=AlertList)
 async def list_alerts(
-    store: Annotated[Store, Depends(store_of)],
+    store: Annotated[StoreReader, Depends(reader_of)],
     rule: Annotated[str | None, Query(max_length=200)] = None,
     group: Annotated[
         str | None, Query(max_length=500, description='group key, e.g. "upstream_cluster=catalog"')

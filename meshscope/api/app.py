@@ -17,8 +17,8 @@ from meshscope.api.security import BearerTokenMiddleware, required_token
 from meshscope.api.upload_stream import UploadRejected
 from meshscope.api.uploads import Uploads
 from meshscope.errors import UserError
+from meshscope.pipelines import Store, StoreUnavailable
 from meshscope.settings import Settings
-from pipelines.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("meshscope.api")
 STATIC = Path(__file__).parent / "static"
@@ -35,7 +35,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         owned = store is None
         if owned:
-            from pipelines.wiring import make_store
+            from meshscope.pipelines import make_store
 
             app.state.store = make_store(settings)
             await app.state.store.start()

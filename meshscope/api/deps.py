@@ -1,15 +1,16 @@
-"""Request-scoped access to what the app opened at start-up: the store and the uploads."""
+"""Request-scoped access to what the app opened at start-up: the store (through its read interface;
+routes never write it) and the uploads."""
 
 from __future__ import annotations
 
 from fastapi import Request
 
 from meshscope.api.uploads import Uploads
+from meshscope.pipelines import StoreReader
 from meshscope.settings import Settings
-from pipelines.store.base import Store
 
 
-def store_of(request: Request) -> Store:
+def reader_of(request: Request) -> StoreReader:
     return request.app.state.store
 
 

@@ -12,8 +12,8 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from meshscope.api.deps import store_of
-from pipelines.store.base import Store
+from meshscope.api.deps import reader_of
+from meshscope.pipelines import StoreReader
 
 router = APIRouter(tags=["service"])
 KINDS = ("access", "span", "exchange", "flow", "alert")
@@ -57,7 +57,7 @@ class ClusterTotals:
         self.full_at = 0.0
 
     @staticmethod
-    async def _sum(store: Store, start: float, end: float) -> dict[str, list[int]]:
+    async def _sum(store: StoreReader, start: float, end: float) -> dict[str, list[int]]:
         totals: dict[str, list[int]] = {}
         if end <= start:
             return totals
@@ -77,7 +77,7 @@ class ClusterTotals:
                 t[i] += v
         return out
 
-    async def totals(self, store: Store, now: float | None = None) -> dict[str, list[int]]:
+    async def totals(self, store: StoreReader, now: float | None = None) -> dict[str, list[int]]:
         now = time.time() if now is None else now
         settled = now - self.SETTLE_S
         if self.base_end is None or now - self.full_at > self.FULL_EVERY_S:
@@ -88,7 +88,8 @@ class ClusterTotals:
         return self._merge(self.base, await self._sum(store, self.base_end, now + 1))
 
 
-async def gather(store: Store, upload_counters: dict[str, int], clusters: ClusterTotals) -> list[Metric]:
+async def gather(store: StoreReader, upload_counters: dict[str, int],
+                 clusters: ClusterTotals) -> list[Metric]:
     """Read the figures from the store (per-cluster totals through ClusterTotals)."""
     ingested = CounterMetricFamily("meshscope_ingested_records", "Records stored, by kind", labels=["kind"])
     for kind in KINDS:
@@ -131,7 +132,7 @@ async def gather(store: Store, upload_counters: dict[str, int], clusters: Cluste
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-async def metrics(request: Request, store: Annotated[Store, Depends(store_of)]) -> Response:
+async def metrics(request: Request, store: Annotated[StoreReader, Depends(reader_of)]) -> Response:
     """Prometheus text exposition."""
     registry = CollectorRegistry(auto_describe=False)
     state = request.app.state

@@ -7,18 +7,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from collector.loss import account
-from meshscope.api.deps import settings_of, store_of
+from meshscope.api.deps import reader_of, settings_of
 from meshscope.api.schemas import ProxyInfo, ProxyList, ProxyLossInfo
+from meshscope.pipelines import StoreReader
+from meshscope.proxy import account
 from meshscope.settings import Settings
-from pipelines.store.base import Store
 
 router = APIRouter(prefix="/api/proxies", tags=["proxies"])
 
 
 @router.get("", response_model=ProxyList)
 async def list_proxies(
-    store: Annotated[Store, Depends(store_of)],
+    store: Annotated[StoreReader, Depends(reader_of)],
     settings: Annotated[Settings, Depends(settings_of)],
 ) -> ProxyList:
     """Proxies by node id; ``loss`` is filled for those whose admin address is in settings.proxy_admins."""

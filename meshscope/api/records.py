@@ -6,16 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from meshscope.api.deps import store_of
+from meshscope.api.deps import reader_of
 from meshscope.api.schemas import RecordsPage
-from pipelines.store.base import AccessQuery, Store
+from meshscope.pipelines import AccessQuery, StoreReader
 
 router = APIRouter(prefix="/api/records", tags=["records"])
 
 
 @router.get("", response_model=RecordsPage)
 async def list_records(
-    store: Annotated[Store, Depends(store_of)],
+    store: Annotated[StoreReader, Depends(reader_of)],
     start: Annotated[float | None, Query(description="epoch seconds, inclusive")] = None,
     end: Annotated[float | None, Query(description="epoch seconds, exclusive")] = None,
     status_class: Annotated[int | None, Query(ge=1, le=5, description="2 for 2xx, 5 for 5xx …")] = None,

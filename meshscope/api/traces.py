@@ -8,13 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.responses import Response
 
-from meshscope.api.deps import store_of, uploads_of
+from meshscope.api.deps import reader_of, uploads_of
 from meshscope.api.pcaps import SVG_HEADERS
 from meshscope.api.schemas import ErrorBody
 from meshscope.api.uploads import Uploads, capture_sources
+from meshscope.pipelines import StoreReader
 from meshscope.trace_graph import trace_svg
 from meshscope.traces import TraceView, assemble_trace
-from pipelines.store.base import Store
 
 router = APIRouter(prefix="/api/traces", tags=["traces"])
 RequestId = Annotated[
@@ -22,7 +22,7 @@ RequestId = Annotated[
 ]
 
 
-async def _found(store: Store, uploads: Uploads, request_id: str) -> TraceView:
+async def _found(store: StoreReader, uploads: Uploads, request_id: str) -> TraceView:
     view = await assemble_trace(store, request_id)
     if not view.found:
         raise HTTPException(404, f"nothing known about request {request_id}")
@@ -33,7 +33,7 @@ async def _found(store: Store, uploads: Uploads, request_id: str) -> TraceView:
 @router.get("/{request_id}", response_model=TraceView, responses={404: {"model": ErrorBody}})
 async def get_trace(
     request_id: RequestId,
-    store: Annotated[Store, Depends(store_of)],
+    store: Annotated[StoreReader, Depends(reader_of)],
     uploads: Annotated[Uploads, Depends(uploads_of)],
 ) -> TraceView:
     """Access records of every proxy the request crossed (ordered into hops), its spans, and the
@@ -48,7 +48,7 @@ async def get_trace(
 )
 async def get_trace_graph(
     request_id: RequestId,
-    store: Annotated[Store, Depends(store_of)],
+    store: Annotated[StoreReader, Depends(reader_of)],
     uploads: Annotated[Uploads, Depends(uploads_of)],
 ) -> Response:
     """The request's proxy hops and packet flows as one sequence diagram (SVG)."""

@@ -4,13 +4,12 @@ pcap/pcapng magic before more of it is written."""
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from decoders.capture_file import PCAP_MAGICS, PCAPNG_SHB
+from meshscope.decoders import capture_format
 
 MAX_FILES_PER_UPLOAD = 16
 
@@ -22,18 +21,6 @@ class UploadRejected(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-
-
-def capture_format(head: bytes) -> str | None:
-    """ "pcap" or "pcapng" from a file's first four bytes, else None."""
-    if len(head) < 4:
-        return None
-    magic = struct.unpack("<I", head[:4])[0]
-    if magic in PCAP_MAGICS:
-        return "pcap"
-    if magic == PCAPNG_SHB:
-        return "pcapng"
-    return None
 
 
 def display_name(name: str | None, index: int) -> str:

@@ -34,8 +34,8 @@ from python_multipart.multipart import parse_options_header
 
 from meshscope.api.upload_stream import CaptureFiles, MultipartCaptures, UploadRejected
 from meshscope.errors import UserError
+from meshscope.pipelines import StoreWriter
 from meshscope.settings import Settings
-from pipelines.store.base import StoreWriter
 
 log = logging.getLogger("meshscope.api.uploads")
 
@@ -117,8 +117,8 @@ def _end_worker(signum: int, _frame: Any) -> None:
 
 
 async def _analyse_into_store(settings: Settings, paths: list[str], folder: Path) -> dict[str, Any]:
-    from decoders.analyze import analyze
-    from pipelines.wiring import make_store
+    from meshscope.decoders import analyze
+    from meshscope.pipelines import make_store
 
     for stale in folder.glob("*.tmp"):  # left by a worker ended mid-write (the server stopped)
         stale.unlink(missing_ok=True)
@@ -208,7 +208,7 @@ def result_file(path: Path) -> Iterator[BinaryIO]:
 
 def render_svg(analysis: Any) -> str | None:
     """The flow graph of an analysis as SVG (the decoders' sequence-diagram renderer)."""
-    from decoders.graph_svg import render_svg as draw
+    from meshscope.decoders import render_svg as draw
 
     return draw(analysis.flows, analysis.by_id())
 

@@ -9,10 +9,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
-from meshscope.api.deps import store_of
+from meshscope.api.deps import reader_of
 from meshscope.api.schemas import DependencyLink, ErrorBody, ZipkinSpan
 from meshscope.model import Span
-from pipelines.store.base import Store
+from meshscope.pipelines import StoreReader
 
 router = APIRouter(prefix="/api/v2", tags=["zipkin"])
 DAY_MS = 86_400_000
@@ -65,26 +65,27 @@ def normalize_trace_id(trace_id: str) -> str:
 
 
 @router.get("/services", response_model=list[str])
-async def services(store: Annotated[Store, Depends(store_of)]) -> list[str]:
+async def services(store: Annotated[StoreReader, Depends(reader_of)]) -> list[str]:
     """Every local service name seen in spans."""
     return await store.service_names()
 
 
 @router.get("/spans", response_model=list[str])
-async def span_names(service: ServiceName, store: Annotated[Store, Depends(store_of)]) -> list[str]:
+async def span_names(service: ServiceName, store: Annotated[StoreReader, Depends(reader_of)]) -> list[str]:
     """Span names recorded by one service."""
     return await store.span_names(service)
 
 
 @router.get("/remoteServices", response_model=list[str])
-async def remote_services(service: ServiceName, store: Annotated[Store, Depends(store_of)]) -> list[str]:
+async def remote_services(service: ServiceName,
+                          store: Annotated[StoreReader, Depends(reader_of)]) -> list[str]:
     """Remote service names one service called or was called by."""
     return await store.remote_service_names(service)
 
 
 @router.get("/traces", response_model=list[list[ZipkinSpan]], response_model_exclude_none=True)
 async def traces(
-    store: Annotated[Store, Depends(store_of)],
+    store: Annotated[StoreReader, Depends(reader_of)],
     service: Annotated[str | None, Query(alias="serviceName", max_length=500)] = None,
     remote_service: Annotated[str | None, Query(alias="remoteServiceName", max_length=500)] = None,
     span_name: Annotated[str | None, Query(alias="spanName", max_length=500)] = None,
@@ -127,7 +128,7 @@ async def traces(
     response_model_exclude_none=True,
     responses={404: {"model": ErrorBody}},
 )
-async def trace(trace_id: TraceId, store: Annotated[Store, Depends(store_of)]) -> list[dict]:
+async def trace(trace_id: TraceId, store: Annotated[StoreReader, Depends(reader_of)]) -> list[dict]:
     """Every span of one trace."""
     spans = await store.spans_by_trace_id(normalize_trace_id(trace_id))
     if not spans and len(trace_id) > 16:  # stored as 128-bit while asked by its low half, or the reverse
@@ -139,7 +140,7 @@ async def trace(trace_id: TraceId, store: Annotated[Store, Depends(store_of)]) -
 
 @router.get("/traceMany", response_model=list[list[ZipkinSpan]], response_model_exclude_none=True)
 async def trace_many(
-    store: Annotated[Store, Depends(store_of)],
+    store: Annotated[StoreReader, Depends(reader_of)],
     trace_ids: Annotated[
         str,
         Query(
@@ -195,7 +196,7 @@ def dependency_links(traces: list[list[Span]]) -> list[DependencyLink]:
 
 @router.get("/dependencies", response_model=list[DependencyLink])
 async def dependencies(
-    store: Annotated[Store, Depends(store_of)],
+    store: Annotated[StoreReader, Depends(reader_of)],
     end_ts: Annotated[int, Query(alias="endTs", ge=0, le=2**53, description="epoch ms")],
     lookback: Annotated[int, Query(ge=0, le=2**53, description="ms before endTs")] = DAY_MS,
 ) -> list[DependencyLink]:

@@ -18,8 +18,8 @@ def add_arguments(parser) -> None:
 
 
 async def _serve(settings) -> None:
-    from collector.server import Collector
-    from pipelines.wiring import make_bus
+    from meshscope.collector import Collector
+    from meshscope.pipelines import make_bus
 
     bus = make_bus(settings)
     stop = asyncio.Event()

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _analyze_and_emit(args: argparse.Namespace) -> int:
-    from decoders.analyze import analyze
+    from meshscope.decoders import analyze
 
     bar = ProgressBar() if sys.stderr.isatty() else None
     try:
@@ -78,11 +78,11 @@ def _analyze_and_emit(args: argparse.Namespace) -> int:
 
 
 def _emit(result, args: argparse.Namespace) -> int:
-    from decoders.flow_text import render_text
+    from meshscope.decoders import render_text
 
     exchanges = result.by_id() if args.svg or not args.json else {}  # --json alone needs no lookup
     if args.svg:
-        from decoders.graph_svg import render_svg
+        from meshscope.decoders import render_svg
 
         try:
             Path(args.svg).write_text(render_svg(result.flows, exchanges, args.max_flows))
@@ -93,7 +93,7 @@ def _emit(result, args: argparse.Namespace) -> int:
         result.write_json(out.buffer)
         out.buffer.write(b"\n")
     elif args.mermaid:
-        from decoders.graph_mermaid import render_mermaid
+        from meshscope.decoders import render_mermaid
 
         out.write(render_mermaid(result.flows, exchanges, args.max_flows))
     else:

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.alerts.rules import load_rules
+    from meshscope.pipelines import load_rules
 
     settings = load_settings(args.config)
     if args.rules:
@@ -50,10 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(settings, rules, role: str, group: str | None, batch: int) -> int:
     """Run until SIGINT/SIGTERM (exit 0) or until a pipeline task dies (exit 1)."""
-    from pipelines.bus.base import BusUnavailable
-    from pipelines.indexer import Pipeline
-    from pipelines.store.base import StoreUnavailable
-    from pipelines.wiring import make_bus, make_store
+    from meshscope.pipelines import BusUnavailable, Pipeline, StoreUnavailable, make_bus, make_store
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

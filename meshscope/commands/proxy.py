@@ -9,11 +9,9 @@ import sys
 import threading
 from pathlib import Path
 
-import proxy
 from meshscope.errors import UserError
+from meshscope.proxy import EXAMPLES
 from meshscope.settings import Settings, load_settings
-
-EXAMPLES = Path(next(iter(proxy.__path__))).resolve() / "examples"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.proxy_command == "stats":
         return _stats(args, settings)
     if args.proxy_command == "demo-upstream":
-        from proxy.demo_upstream import main as demo_main
+        from meshscope.proxy import run_demo_upstream as demo_main
 
         demo_main(
             ["--host", args.host or settings.host, "--port", str(args.port or settings.demo_upstream_port)]
@@ -86,10 +84,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def build_from_arguments(args: argparse.Namespace, settings: Settings) -> dict:
     """The bootstrap the arguments ask for: from a routes file / example, or a user's Envoy config."""
-    from proxy.bootstrap import build_bootstrap
-    from proxy.inject import inject_telemetry, load_envoy_config
-    from proxy.routes import load_routes
-    from proxy.telemetry import CollectorTarget
+    from meshscope.proxy import (
+        CollectorTarget,
+        build_bootstrap,
+        inject_telemetry,
+        load_envoy_config,
+        load_routes,
+    )
 
     if args.no_telemetry:
         collector = None
@@ -137,8 +138,7 @@ def _routes_path(name: str | None) -> Path:
 
 
 def _config(args: argparse.Namespace, bootstrap: dict) -> int:
-    from proxy.bootstrap import dump_yaml
-    from proxy.launcher import validate
+    from meshscope.proxy import dump_yaml, validate
 
     if not args.no_validate:
         validate(bootstrap)
@@ -171,8 +171,7 @@ def listener_urls(bootstrap: dict) -> list[str]:
 
 
 def _run(args: argparse.Namespace, settings: Settings, bootstrap: dict) -> int:
-    from proxy.demo_upstream import DemoUpstream
-    from proxy.launcher import EnvoyProcess
+    from meshscope.proxy import DemoUpstream, EnvoyProcess
 
     stop = threading.Event()
     # SIGTERM ends the run like Ctrl-C does: Envoy is stopped, not orphaned
@@ -208,7 +207,7 @@ def _run(args: argparse.Namespace, settings: Settings, bootstrap: dict) -> int:
 def _stats(args: argparse.Namespace, settings: Settings) -> int:
     import httpx
 
-    from proxy.admin import AdminClient
+    from meshscope.proxy import AdminClient
 
     admin = AdminClient(args.admin or f"127.0.0.1:{settings.envoy_admin_port}")
     try:

@@ -7,9 +7,9 @@ import sys
 
 import orjson
 
+from meshscope.pipelines import AccessQuery
 from meshscope.reading import format_time, parse_time, with_store
 from meshscope.settings import load_settings
-from pipelines.store.base import AccessQuery
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -111,7 +111,7 @@ async def _bursts(stack) -> None:
     """A steady trickle while the spike rules watch their reference window (ElastAlert's rule: no
     spike against a window nobody watched), then a 5xx burst and a retry burst."""
     from meshscope.demo_traffic import BURSTS, drive, trickle
-    from pipelines.alerts.rules import load_rules
+    from meshscope.pipelines import load_rules
 
     spikes = [r.timeframe for r in load_rules(stack.settings.alert_rules) if r.type == "spike"]
     wait = max(spikes, default=0.0) + 2.0

@@ -14,6 +14,7 @@ FINAL_LOG_TYPES = frozenset({None, "NotSet", "DownstreamEnd", "TcpConnectionEnd"
 @dataclass(slots=True, kw_only=True)
 class AccessRecord(Record):
     kind = "access"
+    topic = "access"
 
     start_time: float  # epoch seconds
     protocol: str = "HTTP"  # "HTTP" or "TCP"
@@ -71,6 +72,12 @@ class AccessRecord(Record):
     @property
     def retried(self) -> bool:
         return (self.attempt_count or 1) > 1 or "URX" in self.response_flags
+
+    def time(self) -> float | None:
+        return self.start_time
+
+    def partition_key(self) -> str | None:
+        return self.request_id_norm or self.id
 
     def compute_id(self) -> str:
         parts: tuple = (

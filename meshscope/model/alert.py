@@ -11,6 +11,7 @@ from meshscope.model.record import Record
 @dataclass(slots=True, kw_only=True)
 class Alert(Record):
     kind = "alert"
+    topic = "alerts"
 
     rule: str
     group_key: str  # e.g. "upstream_cluster=catalog"
@@ -23,6 +24,9 @@ class Alert(Record):
     sample_request_ids: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     description: str = ""
+
+    def time(self) -> float | None:
+        return self.last_seen
 
     def compute_id(self) -> str:
         return record_id("alert", self.rule, self.group_key, self.state, f"{self.first_seen:.3f}")

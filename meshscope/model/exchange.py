@@ -70,6 +70,9 @@ class Exchange(Record):
     def request_id_norm(self) -> str | None:
         return normalize_request_id(self.request_id)
 
+    def time(self) -> float | None:
+        return self.request_time or self.response_time or self.conn.syn_time
+
     def compute_id(self) -> str:
         c = self.conn
         return record_id(

@@ -40,6 +40,9 @@ class Flow(Record):
     captures: list[str] = field(default_factory=list)
     exchange_ids: list[str] = field(default_factory=list)
 
+    def time(self) -> float | None:
+        return self.start
+
     def compute_id(self) -> str:
         first = self.hops[0] if self.hops else None
         return record_id(

@@ -13,6 +13,7 @@ R = TypeVar("R", bound="Record")
 @dataclasses.dataclass(slots=True, kw_only=True)
 class Record:
     kind: ClassVar[str] = "record"
+    topic: ClassVar[str | None] = None  # the bus topic records of this kind travel on (None: not on the bus)
 
     id: str = ""  # deterministic: filled from compute_id() when not given
 
@@ -22,6 +23,14 @@ class Record:
 
     def compute_id(self) -> str:  # pragma: no cover - every record overrides it
         raise NotImplementedError
+
+    def time(self) -> float | None:  # pragma: no cover - every record overrides it
+        """The record's own time in epoch seconds: what retention and time-based indices go by."""
+        raise NotImplementedError
+
+    def partition_key(self) -> str | None:
+        """What the bus partitions by, so that records about one request stay in order."""
+        return self.id
 
     def to_dict(self) -> dict[str, Any]:
         return orjson.loads(orjson.dumps(self))

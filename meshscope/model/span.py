@@ -11,6 +11,7 @@ from meshscope.model.record import Record
 @dataclass(slots=True, kw_only=True)
 class Span(Record):
     kind = "span"
+    topic = "spans"
 
     trace_id: str
     span_id: str
@@ -37,6 +38,12 @@ class Span(Record):
     @property
     def service_name(self) -> str | None:
         return (self.local_endpoint or {}).get("serviceName")
+
+    def time(self) -> float | None:
+        return self.timestamp / 1e6 if self.timestamp is not None else None
+
+    def partition_key(self) -> str | None:
+        return self.trace_id
 
     def compute_id(self) -> str:
         return record_id("span", self.trace_id, self.span_id, self.span_kind, self.shared, self.service_name)

@@ -13,8 +13,9 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from meshscope.pipelines.alerts.rules import Rule
+
 from meshscope.model import AccessRecord, Alert, Record
-from pipelines.alerts.rules import Rule
 
 SAMPLES = 5
 

@@ -7,10 +7,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from meshscope.pipelines.alerts.notify import WebhookNotifier, log_alert
 from prometheus_client import Counter
 
 from meshscope.model import Alert
-from pipelines.alerts.notify import WebhookNotifier, log_alert
 
 log = logging.getLogger("meshscope.alerts")
 

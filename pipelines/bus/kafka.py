@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator, Sequence
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from meshscope.pipelines.bus.base import Batch, Bus, BusUnavailable
+from meshscope.pipelines.bus.topics import RECORD_OF, TOPIC_OF, partition_key
 from prometheus_client import Counter
 
 from meshscope.model import Record
 from meshscope.settings import Settings
-from pipelines.bus.base import Batch, Bus, BusUnavailable
-from pipelines.topics import RECORD_OF, TOPIC_OF, partition_key
 
 log = logging.getLogger(__name__)
 UNDECODABLE = Counter("meshscope_bus_undecodable", "Bus messages that were not records (skipped)", ["topic"])

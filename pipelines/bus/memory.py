@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
+from meshscope.pipelines.bus.base import Batch, Bus, BusUnavailable
+
 from meshscope.model import Record
-from pipelines.bus.base import Batch, Bus, BusUnavailable
 
 
 @dataclass(slots=True)

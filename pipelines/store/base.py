@@ -105,6 +105,10 @@ class StoreReader(abc.ABC):
     async def node_ids(self) -> list[dict]:
         """Every proxy that has sent records: node id, cluster, record count, first/last seen."""
 
+    @abc.abstractmethod
+    async def count(self, kind: str) -> int:
+        """How many records of one kind ("access", "span", "exchange", "flow", "alert") are stored."""
+
 
 class Store(StoreWriter, StoreReader, abc.ABC):
     async def start(self) -> None:  # noqa: B027 - optional hook
@@ -118,9 +122,6 @@ class Store(StoreWriter, StoreReader, abc.ABC):
         """Delete records older than settings.retention_days (by each record's own time); return
         how many records (SQLite) or indices (Elasticsearch) went. The pipeline calls it periodically."""
 
-    @abc.abstractmethod
-    async def count(self, kind: str) -> int:
-        """How many records of one kind ("access", "span", "exchange", "flow", "alert") are stored."""
 
     async def __aenter__(self) -> Store:
         await self.start()

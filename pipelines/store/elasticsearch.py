@@ -22,6 +22,19 @@ from typing import Any
 import orjson
 from elastic_transport import ApiError, ConnectionError, ConnectionTimeout, TransportError
 from elasticsearch import AsyncElasticsearch, NotFoundError
+from meshscope.pipelines.store.base import AccessQuery, Page, Store, StoreUnavailable, WindowAggregate
+from meshscope.pipelines.store.indexed import (
+    check_group_by,
+    check_kinds,
+    decode_cursor,
+    encode_cursor,
+    flow_request_ids,
+    record_time,
+    service_of,
+    since,
+    span_query_terms,
+    tag_terms,
+)
 
 from meshscope.model import (
     RECORD_TYPES,
@@ -34,19 +47,6 @@ from meshscope.model import (
     normalize_request_id,
 )
 from meshscope.settings import Settings
-from pipelines.store.base import AccessQuery, Page, Store, StoreUnavailable, WindowAggregate
-from pipelines.store.indexed import (
-    check_group_by,
-    check_kinds,
-    decode_cursor,
-    encode_cursor,
-    flow_request_ids,
-    record_time,
-    service_of,
-    since,
-    span_query_terms,
-    tag_terms,
-)
 
 TEMPLATES = Path(__file__).parent / "templates"
 KINDS = ("access", "span", "exchange", "flow", "alert")

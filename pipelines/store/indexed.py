@@ -10,9 +10,6 @@ import orjson
 
 from meshscope.model import (
     RECORD_TYPES,
-    AccessRecord,
-    Alert,
-    Exchange,
     Flow,
     Record,
     Span,
@@ -26,18 +23,10 @@ GROUP_FIELDS = (
 
 
 def record_time(record: Record) -> float | None:
-    """The record's own time in epoch seconds: what retention and time-based indices go by."""
-    if isinstance(record, AccessRecord):
-        return record.start_time
-    if isinstance(record, Span):
-        return record.timestamp / 1e6 if record.timestamp is not None else None
-    if isinstance(record, Exchange):
-        return record.request_time or record.response_time or record.conn.syn_time
-    if isinstance(record, Flow):
-        return record.start
-    if isinstance(record, Alert):
-        return record.last_seen
-    raise ValueError(f"not a stored record kind: {type(record).__name__}")
+    """The record's own time (the model says which field it is for each kind)."""
+    if RECORD_TYPES.get(record.kind) is not type(record):
+        raise ValueError(f"not a stored record kind: {type(record).__name__}")
+    return record.time()
 
 
 def flow_request_ids(flow: Flow) -> list[str]:

@@ -18,11 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import orjson
-
-from meshscope.model import AccessRecord, Alert, Exchange, Flow, Record, Span, normalize_request_id
-from meshscope.settings import Settings
-from pipelines.store.base import AccessQuery, Page, Store, StoreUnavailable, WindowAggregate
-from pipelines.store.indexed import (
+from meshscope.pipelines.store.base import AccessQuery, Page, Store, StoreUnavailable, WindowAggregate
+from meshscope.pipelines.store.indexed import (
     check_group_by,
     check_kinds,
     decode_cursor,
@@ -34,6 +31,9 @@ from pipelines.store.indexed import (
     span_query_terms,
     tag_terms,
 )
+
+from meshscope.model import AccessRecord, Alert, Exchange, Flow, Record, Span, normalize_request_id
+from meshscope.settings import Settings
 
 T = TypeVar("T")
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from meshscope.pipelines.store.sqlite import SqliteStore
 
 from meshscope.api import create_app
 from meshscope.model import AccessRecord, Alert, Span
 from meshscope.settings import Settings
-from pipelines.store.sqlite import SqliteStore
 from tests.conftest import free_port
 
 RID = "1b4e28ba-2fa1-41d2-883f-0016d3cca427"  # as the client sent it (version digit 4)
@@ -84,7 +84,7 @@ def write_records(settings: Settings, records: list) -> None:
 
     async def go() -> None:
         if settings.store == "elasticsearch":
-            from pipelines.store.elasticsearch import ElasticsearchStore
+            from meshscope.pipelines.store.elasticsearch import ElasticsearchStore
 
             store = ElasticsearchStore(settings, refresh="wait_for")
         else:

@@ -12,17 +12,17 @@ import time
 
 import httpx
 import pytest
+from meshscope.collector.server import Collector
+from meshscope.pipelines.bus.memory import MemoryBus
+from meshscope.pipelines.indexer import Pipeline
+from meshscope.pipelines.store.sqlite import SqliteStore
+from meshscope.proxy.bootstrap import build_bootstrap
+from meshscope.proxy.demo_upstream import DemoUpstream
+from meshscope.proxy.launcher import EnvoyProcess
+from meshscope.proxy.routes import parse_routes
+from meshscope.proxy.telemetry import CollectorTarget
 
-from collector.server import Collector
 from meshscope.settings import Settings
-from pipelines.bus.memory import MemoryBus
-from pipelines.indexer import Pipeline
-from pipelines.store.sqlite import SqliteStore
-from proxy.bootstrap import build_bootstrap
-from proxy.demo_upstream import DemoUpstream
-from proxy.launcher import EnvoyProcess
-from proxy.routes import parse_routes
-from proxy.telemetry import CollectorTarget
 from tests.api.conftest import serve
 from tests.collector.envoy_lab import need_envoy
 from tests.conftest import free_port, need_binary, need_root

@@ -160,7 +160,7 @@ def test_results_survive_a_restart(api_settings, tmp_path):
 
 def test_bundled_lab_capture_real_tcpdump(api):
     """The decoders' sample: `tcpdump -i any` on the NodePort lab (real Envoy gateway, real iptables DNAT)."""
-    from decoders.samples import NODEPORT_LAB
+    from meshscope.decoders.samples import NODEPORT_LAB
 
     with api.client() as c:
         r = c.post(

@@ -247,8 +247,9 @@ def test_metrics_per_cluster(seeded):
 
 async def test_cluster_totals_count_each_record_once(data_dir):
     """/metrics' per-cluster totals: the settled past is summed once, the recent part at each scrape."""
+    from meshscope.pipelines.store.sqlite import SqliteStore
+
     from meshscope.api.metrics import ClusterTotals
-    from pipelines.store.sqlite import SqliteStore
     from tests.api.conftest import settings_for
 
     def rec(t: float, code: int = 200) -> AccessRecord:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from meshscope.pipelines.store.sqlite import SqliteStore
 
 from benchmarks.make_capture import write_http_tls
 from meshscope.settings import Settings
-from pipelines.store.sqlite import SqliteStore
 from tests.api.captures import lab_captures
 from tests.api.conftest import NOW, RID
 from tests.conftest import free_port

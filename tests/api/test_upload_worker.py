@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from meshscope.decoders.analysis import analyze
 
 from benchmarks.make_capture import write_http_tls
-from decoders.analyze import analyze
 from tests.api.captures import lab_captures
 from tests.api.conftest import NOW, RID, serve, settings_for, wait_done
 from tests.api.test_upload_memory import api_process, stored_counts  # noqa: F401 - fixture

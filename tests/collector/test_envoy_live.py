@@ -14,10 +14,11 @@ import uuid
 
 import httpx
 import pytest
+from meshscope.proxy.demo_upstream import DemoUpstream
+from meshscope.proxy.launcher import EnvoyProcess
+from meshscope.proxy.loss import account
 
 from meshscope.model import normalize_request_id
-from proxy.demo_upstream import DemoUpstream
-from proxy.launcher import EnvoyProcess
 from tests.collector.envoy_lab import APP_HOST, lab_bootstrap, lab_routes, listener_port, need_envoy
 from tests.conftest import free_port
 
@@ -98,7 +99,8 @@ async def test_one_record_per_request_with_ids_attempts_and_flags(lab, access_re
     # Envoy's own view: every entry written, none dropped, and the collector's account agrees
     counts = envoy.admin.access_log_counts()
     assert counts == {"logs_written": 13, "logs_dropped": 0}
-    (loss,) = await collector.loss([envoy.admin_address])
+    arrived = {"lab-proxy": sum(1 for r in records if r.node_id == "lab-proxy")}  # what the bus carried
+    (loss,) = await account([envoy.admin_address], arrived)
     assert (loss.node_id, loss.written, loss.dropped, loss.arrived, loss.gap) == ("lab-proxy", 13, 0, 13, 0)
 
     # spans: Envoy's Zipkin tracer tags each span with the request id it belongs to

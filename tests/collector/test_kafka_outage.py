@@ -9,8 +9,8 @@ import asyncio
 import grpc
 import pytest
 from envoy.service.accesslog.v3 import als_pb2_grpc
+from meshscope.collector.server import Collector
 
-from collector.server import Collector
 from meshscope.settings import Settings
 from tests.collector.als_messages import http_message
 from tests.collector.conftest import TopicReader
@@ -43,7 +43,7 @@ async def _send(port: int, messages) -> None:
 
 
 async def test_broker_hangs_records_spool_and_replay(broker, data_dir):
-    from pipelines.bus.kafka import KafkaBus
+    from meshscope.pipelines.bus.kafka import KafkaBus
 
     bus = KafkaBus(broker.bootstrap, request_timeout_s=2)
     await bus.start()

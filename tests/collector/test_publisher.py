@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from meshscope.collector.access_entries import LogSource, message_records
+from meshscope.collector.publisher import Backpressure, Publisher
+from meshscope.collector.spool import Spool, SpoolFull
+from meshscope.pipelines.bus.memory import MemoryBus
 
-from collector.access_entries import LogSource, message_records
-from collector.publisher import Backpressure, Publisher
-from collector.spool import Spool, SpoolFull
-from pipelines.bus.memory import MemoryBus
 from tests.collector.als_messages import http_message
 from tests.collector.conftest import TopicReader
 

@@ -6,11 +6,10 @@ import gzip
 
 import httpx
 import orjson
-
-from collector import zipkin_proto
-from collector.publisher import Publisher
-from collector.zipkin_receiver import make_app
-from pipelines.bus.memory import MemoryBus
+from meshscope.collector import zipkin_proto
+from meshscope.collector.publisher import Publisher
+from meshscope.collector.zipkin_receiver import make_app
+from meshscope.pipelines.bus.memory import MemoryBus
 
 TRACE = "463ac35c9f6413ad48485a3953bb6124"
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from collector.zipkin_spans import BadSpans, spans_from_json, spans_from_proto
+from meshscope.collector.zipkin_spans import BadSpans, spans_from_json, spans_from_proto
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=40)

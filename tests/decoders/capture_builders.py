@@ -236,7 +236,7 @@ def corner_cases(directory: Path) -> dict[str, Path]:
     """Every HTTP/TLS/TCP corner case the decoder handles, one capture each."""
     d = directory
     out: dict[str, Path] = {}
-    from decoders.peer_metadata import encode_peer_metadata
+    from meshscope.decoders.peer_metadata import encode_peer_metadata
 
     meta_c = encode_peer_metadata("webapp-7f9c", "shop", WORKLOAD_NAME="webapp")
     meta_s = encode_peer_metadata("catalog-5d4b", "shop")

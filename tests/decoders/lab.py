@@ -23,7 +23,7 @@ import time
 from itertools import count
 from pathlib import Path
 
-from decoders.peer_metadata import encode_peer_metadata
+from meshscope.decoders.peer_metadata import encode_peer_metadata
 
 CLIENT, NODE, GW, WEBAPP, CATALOG = "172.18.0.1", "172.18.0.2", "10.10.0.6", "10.10.0.9", "10.10.0.8"
 NODEPORT, TLS_NODEPORT = 30000, 30443

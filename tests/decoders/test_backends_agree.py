@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from meshscope.decoders.read import read_exchanges
 
-from decoders.read import read_exchanges
 from tests.conftest import need_binary
 from tests.decoders.canonical import canonical
 from tests.decoders.capture_builders import (

@@ -8,9 +8,9 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from meshscope.decoders.capture_file import ReadStats, read_capture
+from meshscope.decoders.read import read_exchanges
 
-from decoders.capture_file import ReadStats, read_capture
-from decoders.read import read_exchanges
 from meshscope.errors import CaptureError
 from tests.conftest import need_binary
 from tests.decoders.capture_builders import Conversation, http_request, http_response, write, write_pcapng

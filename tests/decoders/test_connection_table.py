@@ -11,17 +11,17 @@ import sys
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meshscope.decoders.connection_table import SYN, ConnectionTable
+from meshscope.decoders.read import read_exchanges
 
 from benchmarks.make_capture import write_syn_flood
-from decoders.connection_table import SYN, ConnectionTable
-from decoders.read import read_exchanges
 from tests.decoders.capture_builders import Conversation, http_request, http_response, write
 
 # The child's own peak (VmHWM): ru_maxrss would also count the pytest process it was forked from,
 # because Linux keeps the pre-exec high-water mark in it.
 CHILD = """
 import json, sys
-from decoders.read import read_exchanges
+from meshscope.decoders.read import read_exchanges
 stream, report = read_exchanges(sys.argv[1])
 n = sum(1 for _ in stream)
 status = open("/proc/self/status").read().split("VmHWM:")[1]

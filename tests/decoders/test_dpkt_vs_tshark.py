@@ -14,9 +14,9 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
+from meshscope.decoders.read import read_exchanges
 
 from benchmarks.bench_decoders import TSHARK_FIELDS
-from decoders.read import read_exchanges
 from tests.conftest import free_port, need_binary, need_root
 from tests.decoders.canonical import canonical
 from tests.decoders.capture_builders import write_cert

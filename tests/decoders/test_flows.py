@@ -5,10 +5,10 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meshscope.decoders.analysis import analyze, stitch
+from meshscope.decoders.flows import MAX_DEPTH
+from meshscope.decoders.samples import NODEPORT_LAB
 
-from decoders.analyze import analyze, stitch
-from decoders.flows import MAX_DEPTH
-from decoders.samples import NODEPORT_LAB
 from meshscope.model import HOP_KINDS, Flow, Hop
 from tests.conftest import need_binary
 from tests.decoders.made_exchanges import RID, RID_SAMPLED, conn, http, lab_path, tls

@@ -7,11 +7,11 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
+from meshscope.decoders.analysis import analyze, stitch
+from meshscope.decoders.graph_mermaid import render_mermaid
+from meshscope.decoders.graph_svg import render_svg
+from meshscope.decoders.samples import NODEPORT_LAB
 
-from decoders.analyze import analyze, stitch
-from decoders.graph_mermaid import render_mermaid
-from decoders.graph_svg import render_svg
-from decoders.samples import NODEPORT_LAB
 from tests.decoders.made_exchanges import RID, lab_path
 
 SVG_NS = "{http://www.w3.org/2000/svg}"

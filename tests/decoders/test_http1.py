@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meshscope.decoders.http1 import HttpStreamParser, parse_head
+from meshscope.decoders.read import read_exchanges
 
-from decoders.http1 import HttpStreamParser, parse_head
-from decoders.read import read_exchanges
 from tests.decoders.capture_builders import corner_cases
 
 

@@ -5,8 +5,8 @@ normalised), pooled upstream pairing, retries — in one `-i any` capture and ac
 from __future__ import annotations
 
 import pytest
+from meshscope.decoders.analysis import analyze
 
-from decoders.analyze import analyze
 from meshscope.model import normalize_request_id
 from tests.conftest import need_binary, need_root
 from tests.decoders.lab import CLIENT, GW, NODE, NODEPORT, SNI, TLS_NODEPORT, WEBAPP, Lab

@@ -6,9 +6,9 @@ from __future__ import annotations
 import struct
 
 import pytest
+from meshscope.decoders.link_layers import LINKTYPE_LINUX_SLL2, LINKTYPE_NULL, locate_ip
+from meshscope.decoders.read import read_exchanges
 
-from decoders.link_layers import LINKTYPE_LINUX_SLL2, LINKTYPE_NULL, locate_ip
-from decoders.read import read_exchanges
 from tests.decoders.capture_builders import LINKS, Conversation, http_request, http_response, write
 
 

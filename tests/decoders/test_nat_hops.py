@@ -3,7 +3,8 @@ several interfaces, captures without the handshake, and look-alikes that are not
 
 from __future__ import annotations
 
-from decoders.analyze import analyze
+from meshscope.decoders.analysis import analyze
+
 from tests.decoders.stitch_captures import Conversation, http_request, http_response, view, write
 
 T = 1_700_000_000.0

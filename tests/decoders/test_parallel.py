@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import orjson
+from meshscope.decoders.analysis import analyze
+from meshscope.decoders.samples import NODEPORT_LAB
 
 from benchmarks.make_capture import write_http_tls
-from decoders.analyze import analyze
-from decoders.samples import NODEPORT_LAB
 
 
 def _document(a) -> dict:
@@ -25,9 +25,9 @@ def test_two_workers_give_what_one_gives_on_generated_traffic(tmp_path):
 
 
 def test_workers_forgetting_which_connections_they_sent_lose_nothing(tmp_path, monkeypatch):
-    import decoders.parallel
+    from meshscope.decoders import parallel
 
-    monkeypatch.setattr(decoders.parallel, "MAX_KEYS", 3)  # forked workers see it: sent again and again
+    monkeypatch.setattr(parallel, "MAX_KEYS", 3)  # forked workers see it: sent again and again
     capture = tmp_path / "http_tls.pcap"
     write_http_tls(capture, 5_000)
     assert _document(analyze([capture], workers=2)) == _document(analyze([capture], workers=1))

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from meshscope.decoders.samples import NODEPORT_LAB
 
-from decoders.samples import NODEPORT_LAB
 from meshscope.cli import main
 
 MESHSCOPE = [sys.executable, "-m", "meshscope.cli"]

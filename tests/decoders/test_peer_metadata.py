@@ -7,8 +7,7 @@ import base64
 from google.protobuf import struct_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from decoders.peer_metadata import decode_peer_metadata, encode_peer_metadata
+from meshscope.decoders.peer_metadata import decode_peer_metadata, encode_peer_metadata
 
 
 def test_istio_style_metadata():

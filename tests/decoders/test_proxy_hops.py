@@ -4,7 +4,8 @@ TLS passthrough by SNI, and an upstream request that belongs to no downstream on
 
 from __future__ import annotations
 
-from decoders.analyze import analyze
+from meshscope.decoders.analysis import analyze
+
 from meshscope.model import normalize_request_id
 from tests.decoders.stitch_captures import (
     Conversation,

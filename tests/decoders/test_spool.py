@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from meshscope.decoders.spool import ExchangeSpool
 
-from decoders.spool import ExchangeSpool
 from tests.decoders.made_exchanges import conn, http
 
 
@@ -33,8 +33,8 @@ def test_joined_is_the_kept_lines_comma_separated(n, skip):
 
 def test_a_capture_given_twice_still_writes_every_exchange():
     # the copies folded away have the ids of the exchanges kept: skipping by id must not drop those
-    from decoders.analyze import analyze
-    from decoders.samples import NODEPORT_LAB
+    from meshscope.decoders.analysis import analyze
+    from meshscope.decoders.samples import NODEPORT_LAB
 
     once = analyze([NODEPORT_LAB])
     twice = analyze([NODEPORT_LAB, NODEPORT_LAB])

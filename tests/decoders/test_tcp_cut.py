@@ -5,11 +5,11 @@ on every corner case and on frames made odd on purpose."""
 from __future__ import annotations
 
 import pytest
+from meshscope.decoders.backends.dpkt_backend import DpktBackend
+from meshscope.decoders.capture_file import ReadStats
 from scapy.layers.inet import IP, TCP, IPOption_NOP
 from scapy.packet import Raw
 
-from decoders.backends.dpkt_backend import DpktBackend
-from decoders.capture_file import ReadStats
 from tests.decoders.capture_builders import LINKS, T0, Conversation, corner_cases, frame, write, write_frames
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from decoders.read import read_exchanges
-from decoders.tcp_reassembly import MAX_PENDING_BYTES, StreamReassembler
+from meshscope.decoders.read import read_exchanges
+from meshscope.decoders.tcp_reassembly import MAX_PENDING_BYTES, StreamReassembler
 
 
 class Collect:

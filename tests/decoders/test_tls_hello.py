@@ -6,9 +6,9 @@ import ssl
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meshscope.decoders.read import read_exchanges
+from meshscope.decoders.tls_hello import HelloAssembler, parse_client_hello, parse_server_hello
 
-from decoders.read import read_exchanges
-from decoders.tls_hello import HelloAssembler, parse_client_hello, parse_server_hello
 from tests.decoders.capture_builders import Conversation, corner_cases, tls_hellos, write
 
 

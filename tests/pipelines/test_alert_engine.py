@@ -5,8 +5,9 @@ Times are explicit event times, so these tests are exact and take no wall time.
 
 from __future__ import annotations
 
-from pipelines.alerts.engine import AlertEngine
-from pipelines.alerts.rules import parse_rules
+from meshscope.pipelines.alerts.engine import AlertEngine
+from meshscope.pipelines.alerts.rules import parse_rules
+
 from tests.pipelines.traffic import access
 
 T0 = 1_800_000_000.0

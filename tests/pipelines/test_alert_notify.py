@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
+from meshscope.pipelines.alerts.notify import WebhookNotifier, alertmanager_payload
+
 from meshscope.model import Alert
-from pipelines.alerts.notify import WebhookNotifier, alertmanager_payload
 from tests.conftest import free_port
 from tests.pipelines.traffic import WebhookReceiver
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from meshscope.pipelines.alerts.rules import load_rules, parse_duration, parse_rules
 
 from meshscope.errors import UserError
-from pipelines.alerts.rules import load_rules, parse_duration, parse_rules
 from tests.pipelines.traffic import access
 
 

@@ -9,14 +9,14 @@ import asyncio
 import time
 
 import pytest
+from meshscope.pipelines.alerts.rules import parse_rules
+from meshscope.pipelines.bus.topics import TOPIC_OF
+from meshscope.pipelines.indexer import Pipeline, read_deadletters
+from meshscope.pipelines.store.base import AccessQuery
+from meshscope.pipelines.wiring import make_bus, make_store
 
 from meshscope.model import AccessRecord, Span
 from meshscope.settings import Settings
-from pipelines.alerts.rules import parse_rules
-from pipelines.indexer import Pipeline, read_deadletters
-from pipelines.store.base import AccessQuery
-from pipelines.topics import TOPIC_OF
-from pipelines.wiring import make_bus, make_store
 from tests.pipelines.traffic import WebhookReceiver, access, wait_for
 
 RULES = parse_rules({"rules": [

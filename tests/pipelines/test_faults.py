@@ -10,13 +10,13 @@ import asyncio
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from meshscope.pipelines.alerts.rules import parse_rules
+from meshscope.pipelines.bus.kafka import KafkaBus
+from meshscope.pipelines.indexer import GROUP, Pipeline
+from meshscope.pipelines.store.base import AccessQuery, StoreUnavailable
+from meshscope.pipelines.wiring import make_store
 
 from meshscope.settings import Settings
-from pipelines.alerts.rules import parse_rules
-from pipelines.bus.kafka import KafkaBus
-from pipelines.indexer import GROUP, Pipeline
-from pipelines.store.base import AccessQuery, StoreUnavailable
-from pipelines.wiring import make_store
 from tests.pipelines.traffic import access, publish_stream, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

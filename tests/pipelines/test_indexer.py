@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
+from meshscope.pipelines.alerts.rules import parse_rules
+from meshscope.pipelines.bus.base import BusUnavailable
+from meshscope.pipelines.bus.memory import MemoryBus
+from meshscope.pipelines.indexer import Indexer, Pipeline, read_deadletters
+from meshscope.pipelines.store.sqlite import SqliteStore
 from prometheus_client import REGISTRY
 
 from meshscope.model import AccessRecord
 from meshscope.settings import Settings
-from pipelines.alerts.rules import parse_rules
-from pipelines.bus.base import BusUnavailable
-from pipelines.bus.memory import MemoryBus
-from pipelines.indexer import Indexer, Pipeline, read_deadletters
-from pipelines.store.sqlite import SqliteStore
 from tests.pipelines.traffic import access, wait_for
 
 NO_RULES = parse_rules({"rules": []})

@@ -7,10 +7,10 @@ import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from meshscope.pipelines.bus.base import BusUnavailable
+from meshscope.pipelines.bus.kafka import KafkaBus
 
 from meshscope.model import Span
-from pipelines.bus.base import BusUnavailable
-from pipelines.bus.kafka import KafkaBus
 from tests.pipelines.traffic import access
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from meshscope.pipelines.bus.base import BusUnavailable
+from meshscope.pipelines.bus.memory import MemoryBus
 
-from pipelines.bus.base import BusUnavailable
-from pipelines.bus.memory import MemoryBus
 from tests.pipelines.traffic import access
 
 

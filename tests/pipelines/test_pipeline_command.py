@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from meshscope.pipelines.bus.kafka import KafkaBus
+from meshscope.pipelines.store.sqlite import SqliteStore
 
 from meshscope.settings import Settings
-from pipelines.bus.kafka import KafkaBus
-from pipelines.store.sqlite import SqliteStore
 from tests.conftest import free_port
 from tests.pipelines.traffic import access, wait_for
 

@@ -7,12 +7,12 @@ import asyncio
 import time
 
 import pytest
+from meshscope.pipelines.store.base import AccessQuery, Store, StoreUnavailable
+from meshscope.pipelines.store.elasticsearch import ElasticsearchStore
+from meshscope.pipelines.store.sqlite import SqliteStore
 
 from meshscope.model import AccessRecord, Alert, Connection, Exchange, Flow, Hop, Span
 from meshscope.settings import Settings
-from pipelines.store.base import AccessQuery, Store, StoreUnavailable
-from pipelines.store.elasticsearch import ElasticsearchStore
-from pipelines.store.sqlite import SqliteStore
 from tests.pipelines.search_server import *  # noqa: F403 - the search_server / es_settings fixtures
 
 NOW = time.time() // 60 * 60  # whole minute: window boundaries below are predictable

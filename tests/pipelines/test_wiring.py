@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from meshscope.pipelines.bus.kafka import KafkaBus
+from meshscope.pipelines.bus.memory import MemoryBus
+from meshscope.pipelines.store.elasticsearch import ElasticsearchStore
+from meshscope.pipelines.store.sqlite import SqliteStore
+from meshscope.pipelines.wiring import make_bus, make_store
 
 from meshscope.errors import UserError
 from meshscope.settings import Settings, load_settings
-from pipelines.bus.kafka import KafkaBus
-from pipelines.bus.memory import MemoryBus
-from pipelines.store.elasticsearch import ElasticsearchStore
-from pipelines.store.sqlite import SqliteStore
-from pipelines.wiring import make_bus, make_store
 
 
 def test_defaults_are_the_embedded_pair(data_dir):

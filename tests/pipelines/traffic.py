@@ -66,7 +66,7 @@ async def publish_stream(bus, records: list[AccessRecord], *, batch: int = 100, 
     it (BusUnavailable). Returns how many attempts failed."""
     import asyncio
 
-    from pipelines.bus.base import BusUnavailable
+    from meshscope.pipelines.bus.base import BusUnavailable
 
     failures = 0
     deadline = time.monotonic() + give_up_after

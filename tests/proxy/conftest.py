@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from meshscope.proxy.demo_upstream import DemoUpstream
+from meshscope.proxy.routes import Endpoint, Routes, load_routes
+from meshscope.proxy.telemetry import CollectorTarget
 
-from proxy.demo_upstream import DemoUpstream
-from proxy.routes import Endpoint, Routes, load_routes
-from proxy.telemetry import CollectorTarget
 from tests.conftest import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "proxy" / "examples"

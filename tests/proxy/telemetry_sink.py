@@ -10,10 +10,10 @@ from concurrent import futures
 import grpc
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from fastapi import FastAPI, Request
+from meshscope.collector.zipkin_spans import spans_from_proto
+from meshscope.proxy.demo_upstream import DemoUpstream
+from meshscope.proxy.telemetry import CollectorTarget
 
-from collector.zipkin_spans import spans_from_proto
-from proxy.demo_upstream import DemoUpstream
-from proxy.telemetry import CollectorTarget
 from tests.conftest import free_port
 
 

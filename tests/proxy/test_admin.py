@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from meshscope.proxy.admin import AdminClient, AsyncAdminClient, parse_stats
+from meshscope.proxy.bootstrap import build_bootstrap
+from meshscope.proxy.launcher import EnvoyProcess
 
-from proxy.admin import AdminClient, AsyncAdminClient, parse_stats
-from proxy.bootstrap import build_bootstrap
-from proxy.launcher import EnvoyProcess
 from tests.conftest import free_port
 from tests.proxy.conftest import example, silent_collector
 

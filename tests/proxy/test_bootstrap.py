@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from meshscope.proxy.bootstrap import build_bootstrap, dump_yaml
+from meshscope.proxy.launcher import validate
+from meshscope.proxy.routes import load_routes
+from meshscope.proxy.telemetry import ALS_CLUSTER, ZIPKIN_CLUSTER, CollectorTarget
 
-from proxy.bootstrap import build_bootstrap, dump_yaml
-from proxy.launcher import validate
-from proxy.routes import load_routes
-from proxy.telemetry import ALS_CLUSTER, ZIPKIN_CLUSTER, CollectorTarget
 from tests.proxy.conftest import EXAMPLES
 
 pytestmark = pytest.mark.envoy

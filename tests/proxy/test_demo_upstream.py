@@ -9,8 +9,8 @@ import time
 
 import httpx
 import pytest
+from meshscope.proxy.demo_upstream import serve
 
-from proxy.demo_upstream import serve
 from tests.conftest import free_port
 
 
@@ -88,7 +88,8 @@ async def test_serve_in_an_event_loop():
 def test_runs_standalone():
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.demo_upstream", "--port", str(port)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "meshscope.proxy.demo_upstream", "--port", str(port)],
+        stdout=subprocess.PIPE, text=True,
     )
     try:
         assert proc.stdout.readline().strip() == f"demo upstream on http://127.0.0.1:{port}"

@@ -8,10 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from meshscope.proxy.inject import InjectError, inject_telemetry, load_envoy_config
+from meshscope.proxy.launcher import EnvoyProcess, validate
+from meshscope.proxy.telemetry import ALS_CLUSTER, ZIPKIN_CLUSTER, CollectorTarget
 
-from proxy.inject import InjectError, inject_telemetry, load_envoy_config
-from proxy.launcher import EnvoyProcess, validate
-from proxy.telemetry import ALS_CLUSTER, ZIPKIN_CLUSTER, CollectorTarget
 from tests.conftest import free_port
 from tests.proxy.telemetry_sink import TelemetrySink
 

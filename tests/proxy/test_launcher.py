@@ -7,9 +7,9 @@ import time
 
 import httpx
 import pytest
+from meshscope.proxy.bootstrap import build_bootstrap
+from meshscope.proxy.launcher import EnvoyError, EnvoyProcess, validate
 
-from proxy.bootstrap import build_bootstrap
-from proxy.launcher import EnvoyError, EnvoyProcess, validate
 from tests.proxy.conftest import example, silent_collector
 
 pytestmark = pytest.mark.envoy

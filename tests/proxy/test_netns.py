@@ -8,11 +8,11 @@ import subprocess
 
 import httpx
 import pytest
+from meshscope.proxy.bootstrap import build_bootstrap
+from meshscope.proxy.demo_upstream import DemoUpstream
+from meshscope.proxy.launcher import EnvoyProcess
+from meshscope.proxy.routes import parse_routes
 
-from proxy.bootstrap import build_bootstrap
-from proxy.demo_upstream import DemoUpstream
-from proxy.launcher import EnvoyProcess
-from proxy.routes import parse_routes
 from tests.conftest import free_port, need_binary, need_root
 
 pytestmark = [pytest.mark.envoy, pytest.mark.root, pytest.mark.slow]

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from proxy.routes import RoutesError, load_routes, parse_duration, parse_routes
+from meshscope.proxy.routes import RoutesError, load_routes, parse_duration, parse_routes
 
 PLAIN = """
 listeners:

@@ -8,10 +8,10 @@ import ssl
 
 import httpx
 import pytest
+from meshscope.proxy.bootstrap import build_bootstrap
+from meshscope.proxy.launcher import EnvoyProcess
+from meshscope.proxy.routes import Endpoint
 
-from proxy.bootstrap import build_bootstrap
-from proxy.launcher import EnvoyProcess
-from proxy.routes import Endpoint
 from tests.proxy.conftest import example, silent_collector
 from tests.proxy.telemetry_sink import TelemetrySink
 

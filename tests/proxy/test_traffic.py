@@ -7,10 +7,10 @@ import uuid
 
 import httpx
 import pytest
+from meshscope.proxy.bootstrap import build_bootstrap
+from meshscope.proxy.launcher import EnvoyProcess
 
 from meshscope.model import normalize_request_id
-from proxy.bootstrap import build_bootstrap
-from proxy.launcher import EnvoyProcess
 from tests.proxy.conftest import example, silent_collector
 from tests.proxy.telemetry_sink import TelemetrySink
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 import orjson
+from meshscope.decoders.backends import DEFAULT_BACKEND, CaptureReport, get_backend
+from meshscope.decoders.flows import build_flows
+from meshscope.decoders.legs import fold_copies, place_loopback
+from meshscope.decoders.nat_hops import build_legs, match_nat
+from meshscope.decoders.proxy_hops import match_proxy
+from meshscope.decoders.spool import ExchangeFacts, ExchangeSpool, slim
 
-from decoders.backends import DEFAULT_BACKEND, CaptureReport, get_backend
-from decoders.flows import build_flows
-from decoders.legs import fold_copies, place_loopback
-from decoders.nat_hops import build_legs, match_nat
-from decoders.proxy_hops import match_proxy
-from decoders.spool import ExchangeFacts, ExchangeSpool
 from meshscope.errors import CaptureError
 from meshscope.model import Exchange, Flow
 
@@ -30,20 +30,6 @@ Progress = Callable[[int, int], None]  # (bytes done over all captures, total by
 Batch = tuple[bytes, list[ExchangeFacts]]  # exchanges as JSON lines, and their facts in the same order
 PARALLEL_MIN_BYTES = 32 << 20  # below this one process is quicker than starting more
 MAX_WORKERS = 2  # each worker reads the whole file: beyond two, the reading outweighs the split
-
-# the headers that identify a request or say who handled it; the rest is dropped on reading
-REQUEST_HEADERS = frozenset((
-    "host", "user-agent", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-client-cert",
-    "x-envoy-attempt-count", "x-envoy-expected-rq-timeout-ms", "x-envoy-original-path", "x-envoy-internal",
-    "x-envoy-decorator-operation", "x-envoy-peer-metadata-id", "x-envoy-retry-on", "b3", "traceparent",
-    "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",
-    "x-ot-span-context", "content-length", "transfer-encoding", "connection",
-))
-RESPONSE_HEADERS = frozenset((
-    "server", "content-type", "content-length", "transfer-encoding", "connection", "x-request-id",
-    "x-envoy-upstream-service-time", "x-envoy-peer-metadata-id", "x-envoy-overloaded", "retry-after",
-))
-
 
 @dataclass(slots=True)
 class Analysis:
@@ -90,16 +76,6 @@ class Analysis:
         for piece in self._exchange_pieces():
             out.write(piece)
         out.write(b"]}")
-
-
-def slim(ex: Exchange) -> Exchange:
-    """Keep only the identifying headers of a freshly decoded exchange (peer metadata is decoded
-    already into peer_workload/peer_namespace)."""
-    if ex.headers:
-        ex.headers = {k: v for k, v in ex.headers.items() if k in REQUEST_HEADERS}
-    if ex.response_headers:
-        ex.response_headers = {k: v for k, v in ex.response_headers.items() if k in RESPONSE_HEADERS}
-    return ex
 
 
 def stitch(exchanges: Iterable[Exchange | ExchangeFacts]) -> Analysis:
@@ -154,7 +130,7 @@ def analyze(paths: Sequence[str | Path], backend: str = DEFAULT_BACKEND,
 
 
 def _workers(backend: str, size: int, workers: int | None) -> int:
-    from decoders.parallel import can_start_workers
+    from meshscope.decoders.parallel import can_start_workers
 
     if backend != "dpkt" or not can_start_workers():
         return 1
@@ -193,7 +169,7 @@ def _decode_all(files: list[Path], backend: str, progress: Progress | None,
                 progress(base + offset, total)
         n = _workers(backend, size, workers)
         if n > 1:
-            from decoders.parallel import decode_sharded
+            from meshscope.decoders.parallel import decode_sharded
 
             yield from decode_sharded(f, name, n, reports, tick)
         else:

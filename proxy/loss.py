@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import httpx
-
-from proxy.admin import AsyncAdminClient, access_log_counts, cluster_stat
-from proxy.telemetry import ALS_CLUSTER
+from meshscope.proxy.admin import AsyncAdminClient, access_log_counts, cluster_stat
+from meshscope.proxy.telemetry import ALS_CLUSTER
 
 
 @dataclass(slots=True)
@@ -67,6 +66,7 @@ async def account_one(admin: str, arrived: Mapping[str, int], timeout: float = 2
 
 async def account(proxy_admins: list[str], arrived: Mapping[str, int],
                   timeout: float = 2.0) -> list[ProxyLoss]:
-    """Per-proxy loss for every admin address; ``arrived`` maps node id → entries the collector received
-    (``Collector.servicer.arrived``). Unreachable proxies are reported, never raised."""
+    """Per-proxy loss for every admin address. ``arrived`` maps node id → access records stored for it
+    (``StoreReader.node_ids()``: the one definition of "arrived"). Unreachable proxies are reported,
+    never raised."""
     return list(await asyncio.gather(*(account_one(a, arrived, timeout) for a in proxy_admins)))

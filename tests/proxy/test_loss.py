@@ -7,10 +7,10 @@ import asyncio
 
 import httpx
 import pytest
+from meshscope.proxy.demo_upstream import DemoUpstream
+from meshscope.proxy.launcher import EnvoyProcess
+from meshscope.proxy.loss import account
 
-from collector.loss import account
-from proxy.demo_upstream import DemoUpstream
-from proxy.launcher import EnvoyProcess
 from tests.collector.envoy_lab import APP_HOST, lab_bootstrap, lab_routes, listener_port, need_envoy
 from tests.conftest import free_port
 
