@@ -7,13 +7,15 @@ import base64
 import binascii
 import functools
 
-from google.protobuf import struct_pb2
-from google.protobuf.message import DecodeError
-
 
 @functools.lru_cache(maxsize=4096)  # a mesh has few workloads; the same header repeats endlessly
 def decode_peer_metadata(value: str) -> tuple[str | None, str | None]:
     """(workload name, namespace) from the header value; (None, None) when it does not decode."""
+    # protobuf is imported on first use: it is a tenth of the CLI's start-up, and most captures
+    # (all but Istio's) never carry the header
+    from google.protobuf import struct_pb2
+    from google.protobuf.message import DecodeError
+
     try:
         raw = base64.b64decode(value.strip() + "=" * (-len(value.strip()) % 4), validate=False)
         meta = struct_pb2.Struct()
@@ -31,6 +33,8 @@ def decode_peer_metadata(value: str) -> tuple[str | None, str | None]:
 
 def encode_peer_metadata(name: str, namespace: str, **extra: str) -> str:
     """The header value Istio would send for a workload (used to build test traffic)."""
+    from google.protobuf import struct_pb2
+
     meta = struct_pb2.Struct()
     meta.update({"NAME": name, "NAMESPACE": namespace, **extra})
     return base64.b64encode(meta.SerializeToString()).decode()

@@ -10,7 +10,6 @@ import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import dpkt
 from meshscope.decoders.backends.segment_backend import Segment, SegmentBackend
 from meshscope.decoders.capture_file import CaptureRecord, ReadStats, read_capture
 from meshscope.decoders.link_layers import locate_ip
@@ -18,7 +17,6 @@ from meshscope.decoders.tcp_cut import TcpCut
 
 _IPV6_EXTENSIONS = frozenset((0, 43, 44, 51, 60))  # hop-by-hop, routing, fragment, AH, dest. options
 _IPV4_HEAD = struct.Struct("!BxHxxHxB").unpack_from  # version + IHL, total length, flags + offset, protocol
-_DPKT_ERRORS = (dpkt.UnpackError, IndexError, ValueError, KeyError, TypeError)
 
 
 class DpktBackend(SegmentBackend):
@@ -35,7 +33,11 @@ class DpktBackend(SegmentBackend):
         cut_one, mine = cut.cut, cut.mine
         addr6: dict[bytes, str] = {}
         ifaces: dict[int, str] = {}
-        IP6, TCP = dpkt.ip6.IP6, dpkt.tcp.TCP
+        # dpkt is imported at the first frame the reader did not cut: it is a third of the CLI's
+        # start-up (before the workers start), and an Ethernet or cooked IPv4 capture never needs it
+        IP6: type | None = None
+        TCP: type | None = None
+        dpkt_errors: tuple[type[Exception], ...] = ()
         undecodable = 0
         try:
             for item in read_capture(path, stats, progress, cut if self.cut_in_reader else None):
@@ -43,6 +45,8 @@ class DpktBackend(SegmentBackend):
                     yield item  # a Segment the reader cut already
                     continue
                 ts, linktype, iface, frame, orig = item
+                if IP6 is None:
+                    IP6, TCP, dpkt_errors = _dpkt()
                 loc = locate_ip(linktype, frame)
                 if loc is None:
                     continue
@@ -83,7 +87,7 @@ class DpktBackend(SegmentBackend):
                     continue
                 try:
                     ip = IP6(frame[off:])
-                except _DPKT_ERRORS:
+                except dpkt_errors:
                     undecodable += 1
                     continue
                 tcp = ip.data
@@ -102,6 +106,12 @@ class DpktBackend(SegmentBackend):
             undecodable += cut.undecodable
             if undecodable:
                 stats.add_damage(f"{undecodable} packets dpkt could not dissect")
+
+
+def _dpkt() -> tuple[type, type, tuple[type[Exception], ...]]:
+    import dpkt
+
+    return dpkt.ip6.IP6, dpkt.tcp.TCP, (dpkt.UnpackError, IndexError, ValueError, KeyError, TypeError)
 
 
 def _addr6(cache: dict[bytes, str], raw: bytes) -> str:
