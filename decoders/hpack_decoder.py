@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
+from meshscope.decoders.hpack_huffman import HuffmanError, decode_huffman
 
 STATIC = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in HeaderTable.STATIC_TABLE)
 STATIC_LEN = len(STATIC)  # 61
@@ -56,13 +56,12 @@ def _string(data: bytes, pos: int) -> tuple[str, int]:
     end = pos + length
     if end > len(data):
         raise HpackError("string runs past the end of the block")
-    raw = data[pos:end]
     if huffman:
         try:
-            raw = decode_huffman(raw)
-        except Exception as e:  # hpack raises its own HPACKDecodingError
+            return decode_huffman(data[pos:end]), end
+        except HuffmanError as e:
             raise HpackError(f"bad Huffman string: {e}") from None
-    return raw.decode("latin-1"), end
+    return data[pos:end].decode("latin-1"), end
 
 
 class HpackDecoder:
