@@ -89,7 +89,7 @@ def main() -> None:
         t = time.perf_counter()
         streams = write_h2_grpc(capture, a.packets)
         print(f"generated {capture} ({len(streams)} streams) in {time.perf_counter() - t:.1f} s")
-    print(f"capture: {capture.name}, {a.packets} packets, {capture.stat().st_size / 1e6:.0f} MB")
+    print(f"capture: {capture.name}, {a.packets} packets, {capture.stat().st_size / 1e6:.0f} MB", flush=True)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} cores")
 
     ours_name, tshark_name = "meshscope pcap analyze --json", "tshark -T fields"
@@ -102,6 +102,7 @@ def main() -> None:
             r = results.setdefault(name, {"runs": []})
             r["runs"].append({"seconds": wall, "cpu_seconds": cpu, "peak_rss_mb": rss,
                               "sum_of_process_peaks_mb": rss_bound, "processes": procs})
+            print(f"  {name}: {wall:.2f} s wall, {cpu:.2f} s CPU, {rss:.0f} MB", flush=True)
     print(f"\n{'what':32} {'wall s':>7} {'CPU s':>7} {'peak MB':>8} {'procs':>5}  runs (wall s)")
     for name, r in results.items():
         runs = sorted(r["runs"], key=lambda x: x["seconds"])
