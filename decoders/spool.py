@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from meshscope.model import Connection, Exchange
+from meshscope.model import Connection, Exchange, GrpcCall
 
 # request headers stitching reads (ids, forwarding chain, trace context, proxy marks)
 STITCH_HEADERS = tuple((
@@ -76,6 +76,9 @@ class ExchangeFacts:
     headers: dict[str, str] = field(default_factory=dict)
     alpn: list[str] = field(default_factory=list)
     tls_offered_versions: list[str] = field(default_factory=list)
+    protocol: str | None = None  # HTTP/2 and gRPC: what the graphs label a stream with
+    stream_id: int | None = None
+    grpc: GrpcCall | None = None
 
     @property
     def request_id(self) -> str | None:
@@ -97,7 +100,8 @@ class ExchangeFacts:
                    server_peer_namespace=_intern(ex.server_peer_namespace),
                    headers={name: _intern(h[name]) if name in _SHARED_VALUES else h[name]
                             for name in STITCH_HEADERS if name in h},
-                   alpn=ex.alpn or _NONE, tls_offered_versions=ex.tls_offered_versions or _NONE)
+                   alpn=ex.alpn or _NONE, tls_offered_versions=ex.tls_offered_versions or _NONE,
+                   protocol=ex.protocol, stream_id=ex.stream_id, grpc=ex.grpc)
 
 
     @staticmethod
@@ -123,7 +127,7 @@ class ExchangeFacts:
                 ex.server_peer_workload, ex.server_peer_namespace,
                 {name: intern(h[name]) if name in _SHARED_VALUES else h[name]
                  for name in STITCH_HEADERS if name in h},
-                ex.alpn or _NONE, ex.tls_offered_versions or _NONE)
+                ex.alpn or _NONE, ex.tls_offered_versions or _NONE, ex.protocol, ex.stream_id, ex.grpc)
 
     @classmethod
     def from_tuple(cls, t: tuple, conns: list[Connection]) -> ExchangeFacts:

@@ -2,13 +2,13 @@
 
 from meshscope.model.access import AccessRecord
 from meshscope.model.alert import Alert
-from meshscope.model.exchange import Connection, Exchange
+from meshscope.model.exchange import Connection, Exchange, GrpcCall, H2Stream
 from meshscope.model.flow import HOP_KINDS, Flow, Hop
 from meshscope.model.ids import normalize_request_id, record_id
 from meshscope.model.record import Record, register_nested
 from meshscope.model.span import Span
 
-register_nested(Exchange, conn=Connection)
+register_nested(Exchange, conn=Connection, h2=H2Stream, grpc=GrpcCall)
 register_nested(Flow, hops=Hop)
 
 RECORD_TYPES: dict[str, type[Record]] = {
@@ -16,6 +16,6 @@ RECORD_TYPES: dict[str, type[Record]] = {
 }
 
 __all__ = [
-    "AccessRecord", "Alert", "Connection", "Exchange", "Flow", "Hop", "HOP_KINDS", "Record",
-    "RECORD_TYPES", "Span", "normalize_request_id", "record_id",
+    "AccessRecord", "Alert", "Connection", "Exchange", "Flow", "GrpcCall", "H2Stream", "Hop", "HOP_KINDS",
+    "Record", "RECORD_TYPES", "Span", "normalize_request_id", "record_id",
 ]

@@ -43,8 +43,8 @@ def test_the_decoder_reads_back_what_the_generator_wrote(generated):
             "method": ex.method, "path": ex.uri, "authority": ex.host, "request_id": ex.request_id,
             "status": ex.status}
         if ex.protocol == "grpc":
-            facts["grpc_status"] = ex.grpc_status_code
-        assert not ex.damage and ex.undecoded_headers == 0
+            facts["grpc_status"] = ex.grpc.status_code
+        assert not ex.damage and ex.h2.undecoded_headers == 0
     assert analysis.reports[0].damage == []
     assert seen == _expected(streams)
 
