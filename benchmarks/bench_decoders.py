@@ -18,6 +18,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,7 +94,10 @@ def run(cmd: list[str]) -> tuple[float, float, float, float, int]:
     is the fairer comparison on a shared, busy machine; both are printed."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    # stderr into a file, not a pipe: a tool that warns a lot (tshark's dissector warnings) would
+    # fill the pipe and block, since it is read only at the end
+    err_file = tempfile.TemporaryFile()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file, cwd=ROOT)
     peaks: dict[int, int] = {}
     peak_sum = 0
     while p.poll() is None:
@@ -105,7 +109,9 @@ def run(cmd: list[str]) -> tuple[float, float, float, float, int]:
         peak_sum = max(peak_sum, total)
         time.sleep(0.02)
     wall = time.perf_counter() - start
-    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    err_file.seek(0)
+    err = err_file.read()[-4000:].decode(errors="replace")
+    err_file.close()
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed: {err.strip()[-500:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # grandchildren count once their parent waited
