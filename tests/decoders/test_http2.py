@@ -390,3 +390,14 @@ def test_proxy_hops_over_h2_by_b3_xff_and_normalised_request_id(tmp_path):
     assert hops[u_a].evidence["request_id"]["normalised"] == rid
     assert {"b3-traceid", "b3-parent", "x-forwarded-for"} <= set(hops[u_b].evidence["matched_by"])
     assert len({hop.evidence["attempts"][0]["upstream"] for hop in hops.values()}) == 1  # one pooled conn.
+
+
+def test_frame_plausibility_tells_http2_from_other_bytes():
+    from meshscope.decoders.http2_frames import plausible_frames
+
+    h2 = frame(HEADERS, END_HEADERS, 5, Encoder().encode(get("/x"))) + frame(DATA, 0, 5, b"abc")
+    assert plausible_frames(h2, True) and plausible_frames(h2[:-2], True)  # the last frame continues
+    assert not plausible_frames(frame(HEADERS, END_HEADERS, 4, b"\x82"), True)  # clients open odd streams
+    for other in (http_request("GET", "/"), b"HTTP/1.1 200 OK\r\n\r\n", b"\x16\x03\x01\x02\x00\x01",
+                  b"{\"json\": true, \"body\": [1, 2, 3]}", bytes(range(256))):
+        assert not plausible_frames(other, True) and not plausible_frames(other, False)
