@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+from meshscope.pipelines.alerts.alertmanager import AlertmanagerNotifier
 from meshscope.pipelines.alerts.engine import AlertEngine
 from meshscope.pipelines.alerts.notify import WebhookNotifier
-from meshscope.pipelines.alerts.outbox import AlertOutbox
+from meshscope.pipelines.alerts.outbox import AlertOutbox, count_from_zero
 from meshscope.pipelines.alerts.rules import Rule, load_rules
 from meshscope.pipelines.bus.base import Bus, BusUnavailable
 from meshscope.pipelines.bus.topics import ACCESS, SPANS
@@ -177,15 +178,17 @@ class Pipeline:
         if role == "index":
             rules = []
         self.engine = AlertEngine(load_rules(settings.alert_rules) if rules is None else rules)
-        self.notifier = WebhookNotifier(settings.alert_webhooks,
-                                        external_url=f"http://{settings.host}:{settings.api_port}")
+        external_url = f"http://{settings.host}:{settings.api_port}"
+        self.notifier = WebhookNotifier(settings.alert_webhooks, external_url=external_url)
+        self.alertmanager = AlertmanagerNotifier.from_settings(settings, external_url=external_url)
+        count_from_zero([r.name for r in self.engine.rules])
         self.indexer = Indexer(
             bus, store, Path(settings.data_dir) / "deadletter", max_batch=max_batch,
             group=group or (ALERT_GROUP if role == "alert" else GROUP),
             topics=(ACCESS,) if role == "alert" else (ACCESS, SPANS),
             engine=None if role == "index" else self.engine, write_records=role != "alert",
         )
-        self.outbox = AlertOutbox(self.indexer.write, self.notifier)
+        self.outbox = AlertOutbox(self.indexer.write, [self.notifier, self.alertmanager])
         self.indexer.outbox = self.outbox
         self.role = role
         self.tick = tick
@@ -199,6 +202,7 @@ class Pipeline:
             asyncio.create_task(self.indexer.run(), name="meshscope-indexer"),
             asyncio.create_task(self.outbox.run(), name="meshscope-alert-outbox"),
             asyncio.create_task(self._ticker(), name="meshscope-alert-tick"),
+            asyncio.create_task(self.alertmanager.run(), name="meshscope-alertmanager-resend"),
         ]
         for task in self._tasks:
             task.add_done_callback(_report_crash)
@@ -222,10 +226,10 @@ class Pipeline:
         tasks, self._tasks = self._tasks, []
         if not tasks:
             return
-        indexer, outbox, ticker = tasks
-        for task in (indexer, ticker):
+        indexer, outbox, ticker, resend = tasks
+        for task in (indexer, ticker, resend):
             task.cancel()
-        for task in (indexer, ticker):
+        for task in (indexer, ticker, resend):
             with contextlib.suppress(asyncio.CancelledError, Exception):  # a crash was logged already
                 await task
         if not outbox.done():
@@ -237,6 +241,7 @@ class Pipeline:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await outbox
         await self.notifier.aclose()
+        await self.alertmanager.aclose()
 
     async def __aenter__(self) -> Pipeline:
         await self.start()

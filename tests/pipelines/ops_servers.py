@@ -1,0 +1,123 @@
+"""Debian's real Alertmanager (0.25) and Prometheus (2.42) on loopback ports, for tests.
+
+Alertmanager runs without clustering, with a route that notifies a webhook the test serves after one
+second of grouping, and resolved notifications on. Prometheus scrapes the given targets every second.
+Both are stoppable and restartable on the same port and data directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.conftest import free_port, need
+from tests.pipelines.kafka_broker import _end, _wait_listening
+
+ALERTMANAGER = "prometheus-alertmanager"
+PROMETHEUS = "prometheus"
+
+
+def need_tool(name: str) -> str:
+    path = shutil.which(name)
+    need(path is not None, f"needs `{name}` (Debian package; scripts/setup.sh test installs it)")
+    return path  # type: ignore[return-value]
+
+
+class AlertmanagerServer:
+    """One Alertmanager whose only receiver is ``webhook_url``, grouping alerts by alertname."""
+
+    def __init__(self, workdir: Path, webhook_url: str, *,
+                 group_by: tuple[str, ...] = ("alertname",)) -> None:
+        self.binary = need_tool(ALERTMANAGER)
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.config = workdir / "alertmanager.yml"
+        self.config.write_text(yaml.safe_dump({
+            "route": {"receiver": "test", "group_by": list(group_by), "group_wait": "1s",
+                      "group_interval": "1s", "repeat_interval": "1h"},
+            "receivers": [{"name": "test", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}],
+        }))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.workdir / "alertmanager.log", "ab") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, f"--config.file={self.config}", f"--storage.path={self.workdir / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=",
+                 "--log.level=warn"],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        _wait_listening(self.proc, self.port, self.workdir / "alertmanager.log", 20.0)
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{self.url}/-/ready", timeout=2).status_code != 200:
+            assert time.monotonic() < deadline, "alertmanager never became ready"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        _end(self.proc)
+        self.proc = None
+
+    def alerts(self, **params: str) -> list[dict]:
+        """Alertmanager's own view: GET /api/v2/alerts (active only unless params say otherwise)."""
+        return httpx.get(f"{self.url}/api/v2/alerts", params=params, timeout=5).json()
+
+    def groups(self) -> list[dict]:
+        return httpx.get(f"{self.url}/api/v2/alerts/groups", timeout=5).json()
+
+
+class PrometheusServer:
+    """One Prometheus scraping ``targets`` (host:port) every second, optionally with rule files."""
+
+    def __init__(self, workdir: Path, targets: list[str], *, rule_files: list[Path] = ()) -> None:
+        self.binary = need_tool(PROMETHEUS)
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.config = workdir / "prometheus.yml"
+        self.config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(p) for p in rule_files],
+            "scrape_configs": [{"job_name": "meshscope", "static_configs": [{"targets": targets}]}],
+        }))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.workdir / "prometheus.log", "ab") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, f"--config.file={self.config}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        _wait_listening(self.proc, self.port, self.workdir / "prometheus.log", 30.0)
+
+    def stop(self) -> None:
+        _end(self.proc)
+        self.proc = None
+
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        """An instant query's result vector (raises on a query error)."""
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        body = httpx.get(f"{self.url}/api/v1/query", params=params, timeout=10).json()
+        assert body["status"] == "success", (expr, body)
+        return body["data"]["result"]
+
+    def targets_up(self) -> bool:
+        body = httpx.get(f"{self.url}/api/v1/targets", timeout=5).json()
+        active = body["data"]["activeTargets"]
+        return bool(active) and all(t["health"] == "up" for t in active)
