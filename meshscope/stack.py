@@ -97,7 +97,11 @@ class Stack:
             collector = Collector(s, bus)
             await collector.start()
             self._stops.append(("collector", collector.stop))
-            api = EmbeddedServer(create_app(s, self.store), s.host, s.api_port, name="api")
+            app = create_app(s, self.store)
+            # one scrape target for the whole stack: the API's /metrics also has the collector's
+            # registry (the pipeline's counters are this process's default registry)
+            app.state.metric_registries = [collector.metrics.registry]
+            api = EmbeddedServer(app, s.host, s.api_port, name="api")
             await api.start()
             self._stops.append(("api", api.stop))
             if self.with_proxy:

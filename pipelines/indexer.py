@@ -25,6 +25,7 @@ from meshscope.pipelines.alerts.outbox import AlertOutbox, count_from_zero
 from meshscope.pipelines.alerts.rules import Rule, load_rules
 from meshscope.pipelines.bus.base import Bus, BusUnavailable
 from meshscope.pipelines.bus.topics import ACCESS, SPANS
+from meshscope.pipelines.counters import TrafficCounters
 from meshscope.pipelines.store.base import StoreUnavailable, StoreWriter
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -34,7 +35,7 @@ from meshscope.settings import Settings
 log = logging.getLogger("meshscope.indexer")
 
 GROUP = "meshscope-indexer"
-INDEXED = Counter("meshscope_indexer_records", "Records written to the store", ["topic"])
+INDEXED = Counter("meshscope_indexer_records", "Records written to the store (indexed)", ["topic"])
 FAILURES = Counter("meshscope_indexer_store_failures", "Store writes that failed and were retried", ["topic"])
 DEADLETTERED = Counter("meshscope_indexer_deadlettered", "Records the store refused (dead-lettered)",
                        ["topic"])
@@ -62,6 +63,11 @@ class Indexer:
         self.outbox = outbox
         self.max_backoff = max_backoff
         self.write_records = write_records  # False: an alert-only worker, records are only watched
+        # per-cluster traffic counters; an alert-only worker watches what the index workers count
+        self.traffic = TrafficCounters() if write_records else None
+        for topic in self.topics:  # every series at 0 from the start: increase() sees the first change
+            for metric in (INDEXED, FAILURES, DEADLETTERED, LAG, BATCH_SECONDS):
+                metric.labels(topic)
         self.stats = {"indexed": 0, "observed": 0, "batches": 0, "store_failures": 0, "deadlettered": 0,
                       "commit_failures": 0}
 
@@ -73,6 +79,8 @@ class Indexer:
         rate_from, rate_count = time.monotonic(), 0
         async for batch in self.bus.consume(topic, self.group, self.max_batch):
             started = time.monotonic()
+            if self.traffic is not None and topic == ACCESS:
+                self.traffic.observe(batch.records)
             if self.engine is not None and topic == ACCESS:
                 # alerts see records as they arrive, not once a slow store has taken them
                 self.engine.observe(batch.records)
