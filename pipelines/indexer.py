@@ -29,7 +29,7 @@ from meshscope.pipelines.counters import TrafficCounters
 from meshscope.pipelines.store.base import StoreUnavailable, StoreWriter
 from prometheus_client import Counter, Gauge, Histogram
 
-from meshscope.model import AccessRecord, Record
+from meshscope.model import AccessRecord, Alert, Record
 from meshscope.settings import Settings
 
 log = logging.getLogger("meshscope.indexer")
@@ -196,11 +196,28 @@ class Pipeline:
             topics=(ACCESS,) if role == "alert" else (ACCESS, SPANS),
             engine=None if role == "index" else self.engine, write_records=role != "alert",
         )
-        self.outbox = AlertOutbox(self.indexer.write, [self.notifier, self.alertmanager])
+        self.bus = bus
+        self.outbox = AlertOutbox(self.indexer.write, [self.notifier, self.alertmanager],
+                                  publish=self._publish_alerts if bus.shared else None)
         self.indexer.outbox = self.outbox
         self.role = role
         self.tick = tick
         self._tasks: list[asyncio.Task] = []
+
+    async def _publish_alerts(self, topic: str, alerts: Sequence[Alert], attempts: int = 5) -> None:
+        """Put alerts on the bus's alerts topic for other consumers; a bus that stays down loses them
+        there (they are stored and notified all the same), with a log line, never an error."""
+        delay = 0.2
+        for attempt in range(attempts):
+            try:
+                await self.bus.publish(topic, alerts)
+                return
+            except BusUnavailable as exc:
+                if attempt + 1 == attempts:
+                    log.error("%d alert(s) not published on the bus topic %r: %s", len(alerts), topic, exc)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.indexer.max_backoff)
 
     async def start(self) -> None:
         """Start indexing, the alert timer and the outbox in the running loop."""
