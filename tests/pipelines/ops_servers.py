@@ -117,6 +117,13 @@ class PrometheusServer:
         assert body["status"] == "success", (expr, body)
         return body["data"]["result"]
 
+    def label_values(self, label: str, match: str) -> list[str]:
+        """What Grafana's ``label_values(match, label)`` asks Prometheus."""
+        url = f"{self.url}/api/v1/label/{label}/values"
+        body = httpx.get(url, params={"match[]": match}, timeout=10).json()
+        assert body["status"] == "success", (label, match, body)
+        return body["data"]
+
     def targets_up(self) -> bool:
         body = httpx.get(f"{self.url}/api/v1/targets", timeout=5).json()
         active = body["data"]["activeTargets"]
