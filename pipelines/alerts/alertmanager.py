@@ -19,11 +19,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 from meshscope.pipelines.alerts.notify import FAILED, SENT, alerts_url, rfc3339, target_label
 
+from meshscope.errors import UserError
 from meshscope.model import Alert
 from meshscope.settings import Settings
 
@@ -102,7 +103,10 @@ class AlertmanagerNotifier:
                  password: str | None = None, bearer_token: str | None = None,
                  ca_file: str | Path | None = None, external_url: str = "") -> None:
         if resend_interval <= 0:
-            raise ValueError("alertmanager_resend_interval must be positive")
+            raise UserError("alertmanager_resend_interval must be positive")
+        for u in urls:
+            if urlsplit(u).scheme not in ("http", "https") or not urlsplit(u).hostname:
+                raise UserError(f"alertmanager_urls: {u!r} is not an http(s) URL like http://am:9093")
         self.targets = [_Target(api_url(u), target_label(api_url(u))) for u in urls]
         self.urls = [t.url for t in self.targets]
         self.resend_interval = resend_interval

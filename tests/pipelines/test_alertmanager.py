@@ -14,6 +14,7 @@ from meshscope.pipelines.alerts.alertmanager import AlertmanagerNotifier, api_ur
 from meshscope.pipelines.alerts.notify import alertmanager_payload
 from prometheus_client import REGISTRY
 
+from meshscope.errors import UserError
 from meshscope.model import Alert
 from tests.pipelines.ops_servers import AlertmanagerServer
 from tests.pipelines.traffic import WebhookReceiver, wait_for
@@ -58,7 +59,9 @@ async def test_alerts_reach_alertmanager_group_resolve_and_survive_its_restart(t
     with WebhookReceiver() as receiver:
         am = AlertmanagerServer(tmp_path / "am", receiver.url)
         am.start()
-        notifier = AlertmanagerNotifier([am.url], resend_interval=1.0, attempts=2, backoff=0.05,
+        peer = AlertmanagerServer(tmp_path / "peer", receiver.url)  # a second member of an HA pair
+        peer.start()
+        notifier = AlertmanagerNotifier([am.url, peer.url], resend_interval=1.0, attempts=2, backoff=0.05,
                                         timeout=2.0, external_url="http://127.0.0.1:8000")
         target = am.url + "/api/v2/alerts"
         resender = asyncio.create_task(notifier.run())
@@ -72,6 +75,7 @@ async def test_alerts_reach_alertmanager_group_resolve_and_survive_its_restart(t
             active = await wait_for(lambda: _async(lambda: len(am.alerts()) == 2 and am.alerts()), 10,
                                     "both alerts in Alertmanager's API")
             assert {a["labels"]["upstream_cluster"] for a in active} == {"catalog", "webapp"}
+            assert {a["fingerprint"] for a in peer.alerts()} == {a["fingerprint"] for a in active}
             assert all(a["annotations"]["trace_url"] == "http://127.0.0.1:8000/#rid-2" for a in active)
             groups = am.groups()
             assert [g["labels"] for g in groups] == [{"alertname": "upstream-5xx-spike"}]
@@ -112,11 +116,17 @@ async def test_alerts_reach_alertmanager_group_resolve_and_survive_its_restart(t
             await asyncio.gather(resender, return_exceptions=True)
             await notifier.aclose()
             am.stop()
+            peer.stop()
 
 
 async def _async(check):
     """Run a blocking check (httpx, the receiver's list) off the event loop."""
     return await asyncio.to_thread(check)
+
+
+def test_urls_are_checked():
+    with pytest.raises(UserError, match="not an http"):
+        AlertmanagerNotifier(["am:9093"])
 
 
 async def test_settings_auth_and_tls(tmp_path):
