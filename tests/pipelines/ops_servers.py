@@ -28,44 +28,55 @@ def need_tool(name: str) -> str:
     return path  # type: ignore[return-value]
 
 
-class AlertmanagerServer:
-    """One Alertmanager whose only receiver is ``webhook_url``, grouping alerts by alertname."""
+class _Server:
+    """A Debian binary run on a loopback port, its output in workdir/<name>.log."""
 
-    def __init__(self, workdir: Path, webhook_url: str, *,
-                 group_by: tuple[str, ...] = ("alertname",)) -> None:
-        self.binary = need_tool(ALERTMANAGER)
+    name = ""
+
+    def __init__(self, binary: str, workdir: Path, config: dict) -> None:
+        self.binary = need_tool(binary)
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.config = workdir / "alertmanager.yml"
-        self.config.write_text(yaml.safe_dump({
-            "route": {"receiver": "test", "group_by": list(group_by), "group_wait": "1s",
-                      "group_interval": "1s", "repeat_interval": "1h"},
-            "receivers": [{"name": "test", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}],
-        }))
+        self.config = workdir / f"{self.name}.yml"
+        self.config.write_text(yaml.safe_dump(config))
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        with open(self.workdir / "alertmanager.log", "ab") as out:
-            self.proc = subprocess.Popen(
-                [self.binary, f"--config.file={self.config}", f"--storage.path={self.workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=",
-                 "--log.level=warn"],
-                stdout=out, stderr=subprocess.STDOUT,
-            )
-        _wait_listening(self.proc, self.port, self.workdir / "alertmanager.log", 20.0)
-        deadline = time.monotonic() + 20
-        while httpx.get(f"{self.url}/-/ready", timeout=2).status_code != 200:
-            assert time.monotonic() < deadline, "alertmanager never became ready"
-            time.sleep(0.1)
+    def _run(self, args: list[str], timeout: float) -> None:
+        log_path = self.workdir / f"{self.name}.log"
+        with open(log_path, "ab") as out:
+            self.proc = subprocess.Popen([*args, "--log.level=warn"], stdout=out, stderr=subprocess.STDOUT)
+        _wait_listening(self.proc, self.port, log_path, timeout)
 
     def stop(self) -> None:
         _end(self.proc)
         self.proc = None
+
+
+class AlertmanagerServer(_Server):
+    """One Alertmanager whose only receiver is ``webhook_url``, grouping alerts by alertname."""
+
+    name = "alertmanager"
+
+    def __init__(self, workdir: Path, webhook_url: str, *,
+                 group_by: tuple[str, ...] = ("alertname",)) -> None:
+        super().__init__(ALERTMANAGER, workdir, {
+            "route": {"receiver": "test", "group_by": list(group_by), "group_wait": "1s",
+                      "group_interval": "1s", "repeat_interval": "1h"},
+            "receivers": [{"name": "test", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}],
+        })
+
+    def start(self) -> None:
+        self._run([self.binary, f"--config.file={self.config}", f"--storage.path={self.workdir / 'data'}",
+                   f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="], 20.0)
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{self.url}/-/ready", timeout=2).status_code != 200:
+            assert time.monotonic() < deadline, "alertmanager never became ready"
+            time.sleep(0.1)
 
     def alerts(self, **params: str) -> list[dict]:
         """Alertmanager's own view: GET /api/v2/alerts (active only unless params say otherwise)."""
@@ -75,38 +86,21 @@ class AlertmanagerServer:
         return httpx.get(f"{self.url}/api/v2/alerts/groups", timeout=5).json()
 
 
-class PrometheusServer:
-    """One Prometheus scraping ``targets`` (host:port) every second, optionally with rule files."""
+class PrometheusServer(_Server):
+    """One Prometheus scraping ``targets`` (host:port) every second."""
 
-    def __init__(self, workdir: Path, targets: list[str], *, rule_files: list[Path] = ()) -> None:
-        self.binary = need_tool(PROMETHEUS)
-        self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.config = workdir / "prometheus.yml"
-        self.config.write_text(yaml.safe_dump({
+    name = "prometheus"
+
+    def __init__(self, workdir: Path, targets: list[str]) -> None:
+        super().__init__(PROMETHEUS, workdir, {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(p) for p in rule_files],
             "scrape_configs": [{"job_name": "meshscope", "static_configs": [{"targets": targets}]}],
-        }))
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        })
 
     def start(self) -> None:
-        with open(self.workdir / "prometheus.log", "ab") as out:
-            self.proc = subprocess.Popen(
-                [self.binary, f"--config.file={self.config}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-                stdout=out, stderr=subprocess.STDOUT,
-            )
-        _wait_listening(self.proc, self.port, self.workdir / "prometheus.log", 30.0)
-
-    def stop(self) -> None:
-        _end(self.proc)
-        self.proc = None
+        tsdb = self.workdir / "tsdb"
+        self._run([self.binary, f"--config.file={self.config}", f"--storage.tsdb.path={tsdb}",
+                   f"--web.listen-address=127.0.0.1:{self.port}"], 30.0)
 
     def query(self, expr: str, at: float | None = None) -> list[dict]:
         """An instant query's result vector (raises on a query error)."""

@@ -5,7 +5,6 @@ access records and alerts; compression, partitions and the security settings."""
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime
 
 import jsonschema
@@ -20,6 +19,7 @@ from meshscope.pipelines.store.sqlite import SqliteStore
 from meshscope.errors import UserError
 from meshscope.model import AccessRecord, Span
 from meshscope.settings import Settings
+from tests.pipelines.test_kafka_bus import raw_messages  # a plain aiokafka consumer, no group
 from tests.pipelines.traffic import access, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -57,22 +57,6 @@ ZIPKIN_V2_LIST = {
 }
 
 
-async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 20.0) -> list:
-    """A plain aiokafka consumer (its own group, from the earliest offset) reading `expected` messages."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"outside-{time.monotonic_ns()}",
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        messages: list = []
-        deadline = time.monotonic() + timeout
-        while len(messages) < expected and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                messages += batch
-        return messages
-    finally:
-        await consumer.stop()
-
-
 def envoy_span(i: int) -> Span:
     return Span(trace_id=f"{0xabc + i:032x}", span_id=f"{i + 1:016x}", parent_id=f"{0xfff:016x}",
                 name="ingress", span_kind="SERVER", timestamp=1_800_000_000_000_000 + i, duration=1500,
@@ -103,7 +87,7 @@ async def test_spans_topic_is_zipkin_v2_json_and_shared_with_zipkin_senders(tans
             await producer.stop()
 
         # a Zipkin-format consumer: every message is a v2 JSON list
-        messages = await read_topic(tansu.bootstrap, "zf.spans", 8)
+        messages = await raw_messages(tansu.bootstrap, "zf.spans", 2, 8)
         assert len(messages) == 8
         lists = [orjson.loads(m.value) for m in messages if m.value.startswith(b"[")]
         assert len(lists) == 7
@@ -141,7 +125,7 @@ async def test_access_records_carry_timestamp_and_schema_version_compressed(tans
         try:
             records = [access(i, t=1_800_000_000.25 + i, tag=compression) for i in range(20)]
             await bus.publish("access", records)
-            messages = await read_topic(tansu.bootstrap, f"af{compression}.access", 20)
+            messages = await raw_messages(tansu.bootstrap, f"af{compression}.access", 2, 20)
             assert len(messages) == 20
             by_id = {r.id: r for r in records}
             for m in messages:
@@ -174,7 +158,7 @@ async def test_alerts_are_published_on_the_alerts_topic(tansu, tmp_path):
         async with SqliteStore(settings) as store, Pipeline(settings, bus, store, rules=rules, tick=0.1) as p:
             await bus.publish("access", [access(i, code=503, tag="al") for i in range(8)])
             await wait_for(lambda: _handled(p), 30, "the alert")
-            messages = await read_topic(tansu.bootstrap, "al.alerts", 1)
+            messages = await raw_messages(tansu.bootstrap, "al.alerts", 1, 1)
     finally:
         await bus.stop()
     doc = orjson.loads(messages[0].value)
