@@ -92,6 +92,8 @@ class Stack:
             await self.store.start()
             self._stops.append(("store", self.store.stop))
             pipeline = Pipeline(s, bus, self.store)
+            if self.with_proxy:  # the lab routes' clusters: counted from 0 before their first request
+                pipeline.expect_clusters(LAB_CLUSTERS)
             await pipeline.start()
             self._stops.append(("pipeline", pipeline.stop))
             collector = Collector(s, bus)

@@ -3,7 +3,8 @@ upstream cluster, counted in process as access records pass the indexer.
 
 A cluster's three series are created at 0 the first time the cluster is seen, so a 5xx burst on a
 cluster that had only served 2xx until then is an increase from 0 that ``rate()`` and ``increase()``
-see (a series born with its first increment is invisible to them). Records are counted as delivered:
+see (a series born with its first increment is invisible to them); clusters known before their traffic
+(``meshscope up``'s lab routes) are created at start. Records are counted as delivered:
 a batch the bus delivers again after a crash is counted again (at-least-once), as Envoy's own counters
 would count a retried request.
 """
@@ -29,6 +30,15 @@ class TrafficCounters:
     def __init__(self) -> None:
         self._seen: set[str] = set()
 
+    def expect(self, clusters: Iterable[str]) -> None:
+        """Create the series of clusters known before their traffic (a proxy's configured clusters),
+        so even a cluster's very first requests, a burst of 5xx among them, are an increase from 0."""
+        for cluster in clusters:
+            if cluster not in self._seen:
+                self._seen.add(cluster)
+                for counter in (REQUESTS, RESPONSES_5XX, RETRIED):
+                    counter.labels(cluster)
+
     def observe(self, records: Iterable[Record]) -> None:
         counts: dict[str, list[int]] = {}
         for r in records:
@@ -42,11 +52,8 @@ class TrafficCounters:
                 c[1] += 1
             if r.retried:
                 c[2] += 1
+        self.expect(counts)  # the series exist at 0 from here on
         for cluster, (n, n5, nr) in counts.items():
-            if cluster not in self._seen:
-                self._seen.add(cluster)
-                for counter in (REQUESTS, RESPONSES_5XX, RETRIED):
-                    counter.labels(cluster)  # the series exists at 0 from here on
             REQUESTS.labels(cluster).inc(n)
             if n5:
                 RESPONSES_5XX.labels(cluster).inc(n5)

@@ -204,6 +204,12 @@ class Pipeline:
         self.tick = tick
         self._tasks: list[asyncio.Task] = []
 
+    def expect_clusters(self, clusters: Sequence[str]) -> None:
+        """Upstream clusters known before their traffic (the proxy's configuration): their request, 5xx
+        and retried counters start at 0 now, so Prometheus sees even their first burst whole."""
+        if self.indexer.traffic is not None:
+            self.indexer.traffic.expect(clusters)
+
     async def _publish_alerts(self, topic: str, alerts: Sequence[Alert], attempts: int = 5) -> None:
         """Put alerts on the bus's alerts topic for other consumers; a bus that stays down loses them
         there (they are stored and notified all the same), with a log line, never an error."""

@@ -45,6 +45,11 @@ async def test_series_exist_at_zero_before_the_first_burst(tmp_path):
         assert value("meshscope_requests_retried_total", upstream_cluster="counted-b") == 0.0
         assert value("meshscope_indexer_records_total", topic="access") >= 16
 
+        # clusters known from the proxy's configuration exist before their first request
+        pipeline.expect_clusters(["counted-c"])
+        assert value("meshscope_responses_5xx_total", upstream_cluster="counted-c") == 0.0
+        assert value("meshscope_requests_total", upstream_cluster="counted-c") == 0.0
+
 
 async def _indexed(pipeline, n: int) -> bool:
     await asyncio.sleep(0)
