@@ -506,7 +506,8 @@ class SqliteStore(Store):
             source = "access"
             if start is None and end is None:
                 source = f"(SELECT {column} FROM access ORDER BY start_time DESC LIMIT 50000)"
-            rows = await self._query(f"SELECT {column}, count(*) FROM {source}{_where(where)} GROUP BY 1", params)
+            sql = f"SELECT {column}, count(*) FROM {source}{_where(where)} GROUP BY 1"
+            rows = await self._query(sql, params)
             counted = []
             for value, n in rows:
                 values = value.strip(",").split(",") if field == "response_flags" else [value]

@@ -4,14 +4,15 @@ the real app and a real SQLite store."""
 from __future__ import annotations
 
 import pytest
+from meshscope.pipelines import TrafficEdge
 
 from meshscope.api.search import bucket_size
 from meshscope.api.service_graph import build_graph, service_name
 from meshscope.model import AccessRecord
-from meshscope.pipelines import TrafficEdge
 from tests.api.conftest import NOW, RID, RID_SC, TRACE, lab_records, write_records
 
 T0 = NOW // 60 * 60 - 600  # ten minutes ago, on a whole minute
+WEBAPP, CATALOG = "outbound|8080||webapp.shop.svc.cluster.local", "outbound|3000||catalog"
 
 
 def varied(i: int) -> AccessRecord:
@@ -28,7 +29,7 @@ def varied(i: int) -> AccessRecord:
         response_code=503 if i % 6 == 0 else 200,
         response_flags=["URX"] if i == 7 else [],
         attempt_count=2 if i in (7, 8) else 1,
-        upstream_cluster="outbound|8080||webapp.shop.svc.cluster.local" if i < 30 else "outbound|3000||catalog",
+        upstream_cluster=CATALOG if i >= 30 else WEBAPP,
     )
 
 
