@@ -15,9 +15,11 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
+from meshscope.pipelines.store import sqlite_rollup as rollup
 from meshscope.pipelines.store.base import (
     AccessQuery,
     AccessSearch,
@@ -281,9 +283,10 @@ class SqliteStore(Store):
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = connect(str(self.path))
-        conn.executescript(TABLES)
+        conn.executescript(TABLES + rollup.TABLE)
         _add_later_columns(conn)
         conn.executescript(INDEXES)
+        rollup.fill_if_missing(conn)
         return conn
 
     async def stop(self) -> None:
@@ -356,8 +359,10 @@ class SqliteStore(Store):
         inserted = conn.total_changes - before_changes
         if inserted == len(rows):
             conn.executemany(_NODE_ADD, _node_totals(rows))
+            rollup.add_rows(conn, rows, ACCESS_COLUMNS)
         elif inserted:
             conn.execute(_NODE_ADD_SINCE, (before_seq,))
+            rollup.add_since(conn, before_seq)
 
     async def apply_retention(self, now: float | None = None) -> int:
         cutoff = since(now, self.settings.retention_days)
@@ -371,6 +376,7 @@ class SqliteStore(Store):
             for table, column, unit in _RETENTION:
                 deleted += conn.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff / unit,)).rowcount
             conn.execute("DELETE FROM flow_request WHERE flow_id NOT IN (SELECT id FROM flow)")
+            rollup.retain(conn, cutoff)
             # node accounting follows what is still stored
             conn.execute("DELETE FROM node")
             conn.execute(
@@ -470,19 +476,31 @@ class SqliteStore(Store):
     async def access_histogram(self, query: AccessSearch, bucket_s: float) -> list[HistogramBucket]:
         if bucket_s <= 0:
             raise ValueError("bucket_s must be positive")
-        where, params = _search_filters(query)
-        if where is None:
-            return []
-        sql = (
-            "SELECT CAST(start_time / ? AS INTEGER) AS w, response_code / 100 AS c, count(*) FROM access"
-            + _where(where) + " GROUP BY w, c ORDER BY w"
-        )
+        parts: list[tuple[str, list[Any]]] = []
+        if rollup.usable(query, bucket_s):  # whole 10-second slots from the rollup, the edges from access
+            sql, params, lo, hi = rollup.histogram_sql(query, bucket_s)
+            parts.append((sql, params))
+            edges = [(query.start, lo), (hi, query.end)] if lo < hi else [(query.start, query.end)]
+        else:
+            edges = [(query.start, query.end)]
+        for start, end in edges:
+            if start is not None and end is not None and start >= end:
+                continue
+            where, params = _search_filters(replace(query, start=start, end=end))
+            if where is None:
+                return []
+            sql = (
+                "SELECT CAST(start_time / ? AS INTEGER) AS w, response_code / 100 AS c, count(*) FROM access"
+                + _where(where) + " GROUP BY w, c"
+            )
+            parts.append((sql, [bucket_s, *params]))
         buckets: dict[int, HistogramBucket] = {}
-        for w, c, n in await self._query(sql, [bucket_s, *params]):
-            bucket = buckets.setdefault(w, HistogramBucket(start=w * bucket_s))
-            name = status_class_name(c * 100 if c is not None else None)
-            bucket.counts[name] = bucket.counts.get(name, 0) + n
-        return list(buckets.values())
+        for sql, params in parts:
+            for w, c, n in await self._query(sql, params):
+                bucket = buckets.setdefault(w, HistogramBucket(start=w * bucket_s))
+                name = status_class_name(c * 100 if c is not None else None)
+                bucket.counts[name] = bucket.counts.get(name, 0) + n
+        return [buckets[w] for w in sorted(buckets)]
 
     async def search_values(
         self, field: str, prefix: str = "", start: float | None = None, end: float | None = None,

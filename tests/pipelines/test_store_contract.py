@@ -554,3 +554,66 @@ async def test_sqlite_keeps_records_across_a_restart_and_reads_while_writing(dat
     async with SqliteStore(settings) as store:
         assert await store.count("access") == 20_010
         assert [r.path for r in await store.access_by_request_id(big[-1].request_id)] == [big[-1].path]
+
+
+async def test_sqlite_histogram_rollup_counts_each_record_once(data_dir):
+    """The per-10-second rollup behind the histogram stays equal to the records after replays,
+    partial replays and retention that cuts a slot in two (checked against the raw scan: 5 s buckets)."""
+    records = [
+        access(i, start_time=NOW + i * 0.7, response_code=503 if i % 4 == 0 else 200,
+               upstream_cluster="catalog" if i % 3 else "webapp")
+        for i in range(100)
+    ]
+    async with SqliteStore(Settings(data_dir=data_dir)) as store:
+        await store.write(records)
+        await store.write(records[:30])  # a replay
+        await store.write(records[20:40] + [access(500, start_time=NOW + 65.5)])  # partly one
+
+        async def both(**kw) -> tuple[dict, dict]:
+            query = AccessSearch(start=NOW - 3.3, end=NOW + 200, **kw)
+            rolled = await store.access_histogram(query, 10)  # whole slots from the rollup
+            raw = await store.access_histogram(query, 5)  # 5 s buckets: the access table only
+            by_ten: dict[float, dict] = {}
+            for b in raw:
+                into = by_ten.setdefault(b.start // 10 * 10, {})
+                for k, n in b.counts.items():
+                    into[k] = into.get(k, 0) + n
+            return {b.start: b.counts for b in rolled}, by_ten
+
+        for kw in ({}, {"upstream_cluster": "catalog"}, {"status_class": 5}, {"node_id": "gateway-1"}):
+            rolled, raw = await both(**kw)
+            assert rolled == raw and rolled, kw
+        assert sum(sum(c.values()) for c in (await both())[0].values()) == 101
+        await store.apply_retention(now=NOW + 33.5 + store.settings.retention_days * 86400)
+        rolled, raw = await both()
+        assert rolled == raw and sum(sum(c.values()) for c in rolled.values()) == await store.count("access")
+
+
+async def test_sqlite_file_of_an_older_release_gains_the_search_columns(data_dir):
+    """An access table without path, duration and flags columns, nor a rollup: opening adds and fills them."""
+    import sqlite3
+
+    from meshscope.pipelines.store.sqlite import ACCESS_COLUMNS, TABLES, access_row
+
+    settings = Settings(data_dir=data_dir)
+    settings.db_path.parent.mkdir(parents=True, exist_ok=True)
+    old = sqlite3.connect(settings.db_path)
+    old.executescript(TABLES.replace("path TEXT, duration_ms REAL, flags TEXT,", ""))
+    columns = ACCESS_COLUMNS[: ACCESS_COLUMNS.index("doc") + 1]
+    records = search_set()
+    old.executemany(
+        f"INSERT INTO access ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        [access_row(r)[: len(columns)] for r in records],
+    )
+    old.commit()
+    old.close()
+    async with SqliteStore(settings) as store:
+        async def found(**kw) -> list[int]:
+            page = await store.search_access(AccessSearch(limit=100, **kw))
+            return sorted(int(r.start_time - NOW) for r in page.items)
+
+        assert await found(path_prefix="/api/v1/items/1") == [12, 16]
+        assert await found(response_flag="URX") == [14]
+        assert await found(min_duration_ms=175) == [18, 19]
+        buckets = await store.access_histogram(AccessSearch(start=NOW, end=NOW + 20), 10)
+        assert sum(sum(b.counts.values()) for b in buckets) == 20
