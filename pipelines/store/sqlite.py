@@ -88,6 +88,9 @@ CREATE INDEX IF NOT EXISTS access_trace ON access (trace_id) WHERE trace_id IS N
 -- 2xx/3xx queries are served as well by the time index: only error codes are worth an entry
 CREATE INDEX IF NOT EXISTS access_code ON access (response_code, start_time) WHERE response_code >= 400;
 CREATE INDEX IF NOT EXISTS access_cluster ON access (upstream_cluster, start_time);
+-- the search page: path prefixes as index ranges; only slow requests (100 ms and more) by duration
+CREATE INDEX IF NOT EXISTS access_path ON access (path, start_time);
+CREATE INDEX IF NOT EXISTS access_slow ON access (duration_ms, start_time) WHERE duration_ms >= 100;
 CREATE INDEX IF NOT EXISTS span_rid ON span (request_id_norm) WHERE request_id_norm IS NOT NULL;
 CREATE INDEX IF NOT EXISTS span_service ON span (service, ts);
 CREATE INDEX IF NOT EXISTS span_ts ON span (ts);
@@ -690,9 +693,11 @@ def _search_filters(query: AccessSearch) -> tuple[list[str] | None, list[Any]]:
         params += [query.status_class * 100, query.status_class * 100 + 99]
         if query.status_class >= 4:  # lets the planner use the partial access_code index
             where.append("response_code >= 400")
-    if query.path_prefix:
-        where.append("substr(path, 1, ?) = ?")
-        params += [len(query.path_prefix), query.path_prefix]
+    if query.path_prefix:  # a range of the path index: every string that starts with the prefix
+        where.append("path >= ? AND path < ?")
+        params += [query.path_prefix, query.path_prefix + "\U0010ffff"]
+    if query.min_duration_ms is not None and query.min_duration_ms >= 100:
+        where.append("duration_ms >= 100")  # spelled out so the planner may use the partial access_slow index
     if query.response_flag:
         where.append("instr(flags, ?) > 0")
         params.append(f",{query.response_flag},")

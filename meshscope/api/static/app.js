@@ -50,6 +50,7 @@ async function route() {
   if (mine !== generation) return;
   document.title = "meshscope · " + (main.querySelector("h1")?.textContent || r.view);
   main.dataset.ready = String(mine);  // the view has drawn everything it fetched (tests wait for it)
+  performance.mark("meshscope:view-ready", { detail: r.view });  // for timing in the browser's tools
   // keyboard users keep their place when a view redraws itself, and start at the top of a new one
   const again = sameView && focused ? document.getElementById(focused) : null;
   if (again) again.focus({ preventScroll: true });
@@ -85,5 +86,5 @@ document.addEventListener("click", (ev) => {
   if (a && a.getAttribute("href") === location.hash && !ev.defaultPrevented) route();
 });
 if (!location.hash) history.replaceState(null, "", "#/find");
-route();
-setTimeout(refreshFiringBadge, 50);
+// the badge waits for the first view: its request must not slow down what the user asked for
+route().then(refreshFiringBadge);
