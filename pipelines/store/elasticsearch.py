@@ -33,6 +33,7 @@ from meshscope.pipelines.store.base import (
     WindowAggregate,
 )
 from meshscope.pipelines.store.indexed import (
+    as_search,
     check_group_by,
     check_kinds,
     check_value_field,
@@ -294,63 +295,31 @@ class ElasticsearchStore(Store):
 
     async def list_access(self, query: AccessQuery) -> Page:
         """Newest first; the cursor is the sort key of the last item (search_after)."""
-        if query.limit < 1:
-            raise ValueError("limit must be at least 1")
-        filters: list[dict] = []
-        if query.start is not None or query.end is not None:
-            bounds = {"gte": query.start} if query.start is not None else {}
-            if query.end is not None:
-                bounds["lt"] = query.end
-            filters.append({"range": {"start_time": bounds}})
-        if query.status_class is not None:
-            filters.append(
-                {
-                    "range": {
-                        "response_code": {
-                            "gte": query.status_class * 100,
-                            "lte": query.status_class * 100 + 99,
-                        }
-                    }
-                }
-            )
-        for field in ("upstream_cluster", "authority", "node_id"):
-            value = getattr(query, field)
-            if value is not None:
-                filters.append({"term": {field: value}})
-        extra = {"search_after": decode_cursor(query.cursor)[:2]} if query.cursor else {}
-        resp = await self._search(
-            "access",
-            query={"bool": {"filter": filters}},
-            sort=[{"start_time": "desc"}, {"id": "desc"}],
-            size=min(query.limit + 1, MAX_HITS),
-            **extra,
-        )
-        hits = resp["hits"]["hits"]
-        more = len(hits) > query.limit
-        hits = hits[: query.limit]
-        cursor = encode_cursor(*hits[-1]["sort"]) if more else None
-        return Page([AccessRecord.from_dict(h["_source"]) for h in hits], cursor)
+        return await self.search_access(as_search(query))
 
     async def search_access(self, query: AccessSearch) -> Page:
-        """Newest first; the cursor is the sort key of the last item (search_after)."""
-        if query.limit < 1:
-            raise ValueError("limit must be at least 1")
+        """Newest first, paged as list_access."""
         filters = _search_filters(query)
         if filters is None:
             return Page([])
-        extra = {"search_after": decode_cursor(query.cursor)[:2]} if query.cursor else {}
+        return await self._access_page(filters, query.limit, query.cursor)
+
+    async def _access_page(self, filters: list[dict], limit: int, cursor: str | None) -> Page:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        extra = {"search_after": decode_cursor(cursor)[:2]} if cursor else {}
         resp = await self._search(
             "access",
             query={"bool": {"filter": filters}},
             sort=[{"start_time": "desc"}, {"id": "desc"}],
-            size=min(query.limit + 1, MAX_HITS),
+            size=min(limit + 1, MAX_HITS),
             **extra,
         )
         hits = resp["hits"]["hits"]
-        more = len(hits) > query.limit
-        hits = hits[: query.limit]
-        cursor = encode_cursor(*hits[-1]["sort"]) if more else None
-        return Page([AccessRecord.from_dict(h["_source"]) for h in hits], cursor)
+        more = len(hits) > limit
+        hits = hits[:limit]
+        next_cursor = encode_cursor(*hits[-1]["sort"]) if more else None
+        return Page([AccessRecord.from_dict(h["_source"]) for h in hits], next_cursor)
 
     async def _composite(self, query: dict, sources: list[dict], sub: dict | None = None) -> list[dict]:
         """Every bucket of a composite aggregation over access records, paged to the end."""

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import orjson
+from meshscope.pipelines.store.base import VALUE_FIELDS, AccessQuery, AccessSearch
 
 from meshscope.model import (
     RECORD_TYPES,
@@ -97,8 +98,6 @@ def status_class_name(code: int | None) -> str:
 
 
 def check_value_field(field: str) -> str:
-    from meshscope.pipelines.store.base import VALUE_FIELDS
-
     if field not in VALUE_FIELDS:
         raise ValueError(f"no values for {field!r}; choose from {', '.join(VALUE_FIELDS)}")
     return field
@@ -121,3 +120,12 @@ def percentile_of_counts(counts: dict[float, int], q: float) -> float | None:
 def trace_id_key(trace_id: str) -> str:
     """B3 trace ids are stored lower-cased; a 64-bit id is matched as written (Envoy logs it so)."""
     return trace_id.strip().lower()
+
+
+def as_search(query: AccessQuery) -> AccessSearch:
+    """The older listing query (AccessQuery) as the search that answers it: one owner for the filters."""
+    return AccessSearch(
+        start=query.start, end=query.end, status_class=query.status_class,
+        upstream_cluster=query.upstream_cluster, authority=query.authority, node_id=query.node_id,
+        limit=query.limit, cursor=query.cursor,
+    )

@@ -31,6 +31,7 @@ from meshscope.pipelines.store.base import (
     WindowAggregate,
 )
 from meshscope.pipelines.store.indexed import (
+    as_search,
     check_group_by,
     check_kinds,
     check_value_field,
@@ -437,44 +438,29 @@ class SqliteStore(Store):
 
     async def list_access(self, query: AccessQuery) -> Page:
         """Newest first; the cursor is the (start_time, id) of the last item (keyset paging)."""
-        if query.limit < 1:
-            raise ValueError("limit must be at least 1")
-        where, params = _access_filters(query)
-        if query.cursor:
-            key = decode_cursor(query.cursor)
-            where.append("(start_time, id) < (?, ?)")
-            params += key[:2]
-        sql = (
-            "SELECT id, start_time, doc FROM access"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY start_time DESC, id DESC LIMIT ?"
-        )
-        rows = await self._query(sql, [*params, query.limit + 1])
-        more = len(rows) > query.limit
-        rows = rows[: query.limit]
-        cursor = encode_cursor(rows[-1][1], rows[-1][0]) if more else None
-        return Page([AccessRecord.from_json(r[2]) for r in rows], cursor)
+        return await self.search_access(as_search(query))
 
     async def search_access(self, query: AccessSearch) -> Page:
-        """Newest first; keyset paging on (start_time, id) as list_access."""
-        if query.limit < 1:
-            raise ValueError("limit must be at least 1")
+        """Newest first, paged as list_access."""
         where, params = _search_filters(query)
         if where is None:
             return Page([])
-        if query.cursor:
-            key = decode_cursor(query.cursor)
+        return await self._access_page(where, params, query.limit, query.cursor)
+
+    async def _access_page(self, where: list[str], params: list[Any], limit: int, cursor: str | None) -> Page:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if cursor:
+            key = decode_cursor(cursor)
             where.append("(start_time, id) < (?, ?)")
             params += key[:2]
-        sql = (
-            "SELECT id, start_time, doc FROM access" + _where(where)
-            + " ORDER BY start_time DESC, id DESC LIMIT ?"
-        )
-        rows = await self._query(sql, [*params, query.limit + 1])
-        more = len(rows) > query.limit
-        rows = rows[: query.limit]
-        cursor = encode_cursor(rows[-1][1], rows[-1][0]) if more else None
-        return Page([AccessRecord.from_json(r[2]) for r in rows], cursor)
+        order = " ORDER BY start_time DESC, id DESC LIMIT ?"
+        sql = "SELECT id, start_time, doc FROM access" + _where(where) + order
+        rows = await self._query(sql, [*params, limit + 1])
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1][1], rows[-1][0]) if more else None
+        return Page([AccessRecord.from_json(r[2]) for r in rows], next_cursor)
 
     async def access_histogram(self, query: AccessSearch, bucket_s: float) -> list[HistogramBucket]:
         if bucket_s <= 0:
@@ -660,21 +646,6 @@ def _add_later_columns(conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-def _access_filters(query: AccessQuery) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    for clause, value in (("start_time >= ?", query.start), ("start_time < ?", query.end),
-                          ("upstream_cluster = ?", query.upstream_cluster),
-                          ("authority = ?", query.authority), ("node_id = ?", query.node_id)):
-        _condition(where, params, clause, value)
-    if query.status_class is not None:
-        where.append("response_code BETWEEN ? AND ?")
-        params += [query.status_class * 100, query.status_class * 100 + 99]
-        if query.status_class >= 4:  # spelled out so the planner may use the partial access_code index
-            where.append("response_code >= 400")
-    return where, params
 
 
 def _search_filters(query: AccessSearch) -> tuple[list[str] | None, list[Any]]:
