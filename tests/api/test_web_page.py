@@ -30,6 +30,7 @@ import yaml
 from meshscope.model import AccessRecord, normalize_request_id
 from tests.api.conftest import write_records
 from tests.conftest import free_port, need, need_binary, need_root
+from tests.stack.test_up import _wait_for as wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -54,17 +55,6 @@ CAPTURED_RID = str(uuid.uuid4())
 ZONE = "Europe/Berlin"
 
 pytestmark = [pytest.mark.chromium, pytest.mark.envoy, pytest.mark.slow]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 @dataclass
