@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -137,7 +138,8 @@ def stack(tmp_path_factory):
             stderr=subprocess.PIPE,
         )
         try:
-            time.sleep(1.0)  # tcpdump opens the interface
+            listening = select.select([dump.stderr], [], [], 20)[0]  # "listening on lo": it captures now
+            assert listening and b"listening" in dump.stderr.readline()
             with httpx.Client(timeout=10) as client:
                 for path in ("/headers", "/status/503"):
                     client.get(
@@ -147,7 +149,7 @@ def stack(tmp_path_factory):
         finally:
             dump.send_signal(signal.SIGINT)
             dump.wait(10)
-        assert running.pcap.stat().st_size > 500, dump.stderr.read()
+        assert CAPTURED_RID.encode() in running.pcap.read_bytes(), dump.stderr.read()
         with running.api() as api:
             wait_for(
                 lambda: len(api.get(f"/api/traces/{CAPTURED_RID}").json().get("hops", [])) >= 2,

@@ -143,6 +143,19 @@ async function renderUpload(main, route, isCurrent) {
   await flowGraph(graph, "/api/pcaps/" + encodeURIComponent(id) + "/graph.svg", "upload-graph", isCurrent);
 }
 
+/** Scroll the upload's flow graph to the section of flow n (its title reads "flow n: …"). */
+function showFlowInGraph(n) {
+  const graph = $("#upload-graph");
+  if (!graph) return;
+  const title = Array.from(graph.querySelectorAll("text")).find((t) => t.textContent.startsWith(`flow ${n}:`));
+  const box = graph.closest(".graph-box");
+  if (!title || !box) return;
+  const scale = graph.getBoundingClientRect().height / graph.viewBox.baseVal.height;
+  box.scrollIntoView({ block: "start" });
+  box.scrollTop = Math.max(0, title.getBBox().y * scale - 80 * scale);
+  box.focus({ preventScroll: true });
+}
+
 /** What a flow can be filtered by: its hosts, NodePorts, SNIs, HTTP statuses and request ids. */
 export function flowFacts(flow, exchanges) {
   const hosts = new Set([flow.client, flow.server]);
@@ -188,6 +201,7 @@ function flowsPanel(body, params, id) {
       facts.status.join(", ") || "-",
       el("td", { class: "mono" }, timeEl(f.start)),
       el("td", null, f.request_id ? requestLink(f.request_id) : "-"),
+      el("td", null, el("button", { type: "button", class: "copy", onclick: () => showFlowInGraph(i + 1) }, "in graph")),
     ]);
     tr.dataset.flow = String(i);
     return { tr, facts };
@@ -209,5 +223,5 @@ function flowsPanel(body, params, id) {
     el("h2", { id: "fl-h" }, "Flows ", count),
     el("div", { class: "filters", role: "search", "aria-label": "filter flows" }, inputs),
     el("table", { id: "flows" }, el("thead", null, el("tr", null,
-      ["#", "client ⇒ server", "hops", "HTTP status", "start", "request"].map((h) => el("th", { scope: "col" }, h)))), tbody));
+      ["#", "client ⇒ server", "hops", "HTTP status", "start", "request", "graph"].map((h) => el("th", { scope: "col" }, h)))), tbody));
 }

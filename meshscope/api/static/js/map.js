@@ -82,23 +82,32 @@ function draw(panel, g, range) {
     refX: "10", refY: "5", markerWidth: "7", markerHeight: "7", orient: "auto-start-reverse" },
   svg("path", { d: "M0,0 L10,5 L0,10 z", class: "c" + { healthy: "2xx", degraded: "4xx", failing: "5xx" }[h] })))));
   panel.append(el("div", { style: "overflow:auto" }, root));
+  const fanOut = new Map(), fanIn = new Map();
+  for (const e of g.edges) {
+    fanOut.set(e.source, (fanOut.get(e.source) || 0) + 1);
+    fanIn.set(e.target, (fanIn.get(e.target) || 0) + 1);
+  }
   for (const e of g.edges) {
     const a = pos.get(e.source), b = pos.get(e.target);
     const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2;
     const back = x2 <= x1;
     const d = back ? `M${a.x + NODE_W / 2},${a.y + NODE_H} C${a.x + NODE_W / 2},${a.y + NODE_H + 60} ${b.x + NODE_W / 2},${b.y + NODE_H + 60} ${b.x + NODE_W / 2},${b.y + NODE_H}`
       : `M${x1},${y1} C${x1 + COL_GAP / 2},${y1} ${x2 - COL_GAP / 2},${y2} ${x2 - 2},${y2}`;
-    const mx = back ? (a.x + b.x) / 2 + NODE_W / 2 : (x1 + x2) / 2, my = back ? Math.max(a.y, b.y) + NODE_H + 50 : (y1 + y2) / 2;
+    // labels on the straight stretch next to the end that has fewer edges: a fan-out labels each edge at its
+    // target's row, a fan-in at its source's row, so labels of one node's edges never pile up
+    const nearTarget = fanOut.get(e.source) >= fanIn.get(e.target);
+    const mx = back ? (a.x + b.x) / 2 + NODE_W / 2 : nearTarget ? x2 - COL_GAP / 2 + 4 : x1 + COL_GAP / 2 - 4;
+    const my = back ? Math.max(a.y, b.y) + NODE_H + 50 : (nearTarget ? y2 : y1) - 12;
     const label = `${rate(e.rate)} · p99 ${fmtMs(e.p99_ms)}`;
     const label2 = `5xx ${fmtPct(e.error_ratio)} · retried ${fmtPct(e.retried_ratio)}`;
     // named by its <title> (an aria-label would have to repeat the shortened visible text)
     const edge = svg("a", { href: findHash(range, { service: e.source, cluster: e.cluster }), class: "edge " + e.health },
     svg("title", null, `${e.source} to ${e.target} (${e.cluster}): ${label}, ${label2}, ${e.health}`),
     svg("path", { d, "marker-end": `url(#arrow-${e.health})` }),
-    svg("text", { x: mx, y: my - 4, "text-anchor": "middle" }, label),
-    svg("text", { x: mx, y: my + 10, "text-anchor": "middle" }, label2));
+    svg("text", { x: mx, y: my - 8, "text-anchor": "middle" }, label),
+    svg("text", { x: mx, y: my + 5, "text-anchor": "middle" }, label2));
     root.append(edge);
-    if (!back) for (const t of edge.querySelectorAll("text")) fitText(t, COL_GAP - 16);
+    if (!back) for (const t of edge.querySelectorAll("text")) fitText(t, COL_GAP - 24);
   }
   for (const n of g.nodes) {
     const p = pos.get(n.id);
