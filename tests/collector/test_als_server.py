@@ -164,3 +164,21 @@ async def test_full_collector_stops_reading_the_stream_until_the_bus_takes_recor
         await collector.stop()
     ids = [r.request_id for r in records]
     assert ids == [f"req-{i}" for i in range(300)]  # all of them, in order
+
+
+async def test_a_proxy_without_node_id_is_named_by_log_name_and_peer_address(running, access_reader):
+    collector, _ = running
+    await _stream(collector.als_port, [http_message(2, node_id="", start=700)])
+    records = await access_reader.wait_for(2)
+    assert {r.node_id for r in records} == {"anonymous~127.0.0.1~meshscope"}
+    assert collector.servicer.arrived["anonymous~127.0.0.1~meshscope"] == 2
+
+
+def test_anonymous_node_ids_from_grpc_peers():
+    from meshscope.collector.als_server import anonymous_node_id
+    from meshscope.model import parse_node_id
+
+    assert anonymous_node_id("ipv4:10.0.0.7:43210", "http_als") == "anonymous~10.0.0.7~http_als"
+    assert anonymous_node_id("ipv6:[::1]:5000", "") == "anonymous~::1~unnamed"
+    node = parse_node_id(anonymous_node_id("ipv4:10.0.0.7:43210", "http_als"))
+    assert (node.role, node.ip, node.name) == ("proxy", "10.0.0.7", "http_als")
