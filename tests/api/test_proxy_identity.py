@@ -4,11 +4,11 @@ sent no node id by log name and the peer address of their stream."""
 from __future__ import annotations
 
 from meshscope.model import AccessRecord
-
 from tests.api.conftest import NOW, serve, settings_for, write_records
 
 ISTIO_NODE = "sidecar~10.244.0.12~productpage-v1-6b7f6f8d5c-x2k9p.bookinfo~bookinfo.svc.cluster.local"
-GATEWAY_NODE = "router~10.244.0.3~istio-ingressgateway-5d8b7c9f-abcde.istio-system~istio-system.svc.cluster.local"
+GATEWAY_NODE = ("router~10.244.0.3~istio-ingressgateway-5d8b7c9f-abcde.istio-system"
+                "~istio-system.svc.cluster.local")
 ANONYMOUS = "anonymous~10.0.0.7~http_als"  # what the collector names a stream without a node id
 
 

@@ -176,6 +176,7 @@ async def test_a_proxy_without_node_id_is_named_by_log_name_and_peer_address(run
 
 def test_anonymous_node_ids_from_grpc_peers():
     from meshscope.collector.als_server import anonymous_node_id
+
     from meshscope.model import parse_node_id
 
     assert anonymous_node_id("ipv4:10.0.0.7:43210", "http_als") == "anonymous~10.0.0.7~http_als"
