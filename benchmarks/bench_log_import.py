@@ -43,8 +43,8 @@ TARGET = 100_000
 
 def istio_line(i: int) -> str:
     rid = f"a8a0f1d2-{i % 65536:04x}-4567-8abc-{i:012x}"
-    return (f'[2024-05-01T12:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}Z] "GET /productpage/{i % 97} '
-            'HTTP/1.1" 200 - via_upstream - "-" 0 5293 35 34 "10.0.0.1" "curl/8.0" '
+    when = f"2024-05-01T12:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}Z"
+    return (f'[{when}] "GET /productpage/{i % 97} HTTP/1.1" 200 - via_upstream - "-" 0 5293 35 34 "10.0.0.1" "curl/8.0" '
             f'"{rid}" "productpage:9080" "10.244.0.12:9080" inbound|9080|| 127.0.0.6:51237 '
             f"10.244.0.12:9080 10.244.{i % 200}.{i % 250}:{30000 + i % 30000} "
             "outbound_.9080_._.productpage.default.svc.cluster.local default\n")
@@ -75,7 +75,8 @@ def file_rate(path: Path) -> tuple[float, ImportReport]:
 
 
 def als_rate(entries: int) -> float:
-    messages = [http_message(100, node_id="bench", start=i).SerializeToString() for i in range(0, entries, 100)]
+    messages = [http_message(100, node_id="bench", start=i).SerializeToString()
+                for i in range(0, entries, 100)]
     source = LogSource("bench", "bench", "bench")
     t = time.perf_counter()
     n = 0
@@ -105,7 +106,8 @@ def gigabyte_run(size: int = 1024**3) -> tuple[float, int, int]:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     report = ImportReport()
     t = time.perf_counter()
-    n = sum(len(b) for b in parse_lines(read_lines(io.BufferedReader(Stream(), 1 << 16)), LineParser(), report))
+    lines = read_lines(io.BufferedReader(Stream(), 1 << 16))
+    n = sum(len(b) for b in parse_lines(lines, LineParser(), report))
     took = time.perf_counter() - t
     return n / took, n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
 
@@ -129,7 +131,8 @@ def main() -> None:
     peer = als_rate(args.lines)
     print(f"Istio text lines → AccessRecords:           {text_rate:>10,.0f} lines/s  "
           f"(target {TARGET:,}: {text_rate / TARGET:.2f}x)")
-    print(f"mixed text/JSON/kubectl-prefixed, gzip file: {gz_rate:>10,.0f} lines/s  {dict(gz_report.by_format)}")
+    print(f"mixed text/JSON/kubectl-prefixed, gzip file: {gz_rate:>10,.0f} lines/s  "
+          f"{dict(gz_report.by_format)}")
     print(f"peer, gRPC ALS protobuf entries → records:   {peer:>10,.0f} entries/s")
     print(f"ratio text line / protobuf entry:            {text_rate / peer:.2f}x")
     if args.gigabyte:
