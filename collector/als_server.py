@@ -16,7 +16,7 @@ import grpc
 from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf.message import DecodeError
 from meshscope.collector.access_entries import LogSource, message_records
-from meshscope.collector.publisher import Publisher
+from meshscope.collector.publisher import Backpressure, Publisher
 from meshscope.pipelines.bus import ACCESS
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,13 @@ class AccessLogServicer:
                                     f"cannot convert StreamAccessLogsMessage: {exc!r}")
             if records:
                 protocol = "tcp" if records[0].protocol == "TCP" else "http"
-                await self.publisher.submit(ACCESS, records, protocol)
+                try:
+                    await self.publisher.submit(ACCESS, records, protocol)
+                except Backpressure as exc:
+                    # a failed stream is what Envoy counts (and reconnects after): nothing is
+                    # acknowledged that is not on disk
+                    self.streams_failed[source.node_id] += 1
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"collector cannot take records: {exc}")
                 self.arrived[source.node_id] += len(records)
         return _EMPTY_RESPONSE
 

@@ -52,6 +52,8 @@ class Collector:
         """Start the publisher's replay, the gRPC server and the HTTP receiver; return once both listen.
         A port that cannot be bound is an OSError naming it (nothing is left running)."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if not getattr(self.bus, "durable", True):
+            log.warning("collector: the bus is not durable; acknowledged records live in memory only")
         host = self.settings.host
         await self.publisher.start()
         try:
@@ -92,9 +94,12 @@ class Collector:
         await self.publisher.stop()
 
     def health(self) -> dict:
-        """/healthz body: 'degraded' while records wait in the spool for the bus."""
+        """/healthz and /readyz body: 'degraded' while records wait in the spool for the bus, 'not
+        ready' while records are refused (disk full, spool full), each with the reason."""
+        status, reason = self.publisher.readiness()
         return {
-            "status": "degraded" if self.publisher.degraded else "ok",
+            "status": status,
+            "reason": reason,
             "spool_bytes": self.publisher.spool.pending_bytes,
             "access_entries_by_proxy": dict(self.servicer.arrived),
             "access_streams_failed": dict(self.servicer.streams_failed),

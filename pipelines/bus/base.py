@@ -27,6 +27,14 @@ class Batch:
 
 
 class Bus(abc.ABC):
+    #: an acknowledgement survives this process (Kafka: the broker has it; in-process: only with its log)
+    durable: bool = True
+
+    @property
+    def failure(self) -> str | None:
+        """Why the bus could not take records last time, when it knows (None: no known problem)."""
+        return None
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect (a no-op for the in-process bus)."""
 
