@@ -44,7 +44,8 @@ TARGET = 100_000
 def istio_line(i: int) -> str:
     rid = f"a8a0f1d2-{i % 65536:04x}-4567-8abc-{i:012x}"
     when = f"2024-05-01T12:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}Z"
-    return (f'[{when}] "GET /productpage/{i % 97} HTTP/1.1" 200 - via_upstream - "-" 0 5293 35 34 "10.0.0.1" "curl/8.0" '
+    return (f'[{when}] "GET /productpage/{i % 97} HTTP/1.1" 200 - via_upstream - "-" 0 5293 35 34 '
+            '"10.0.0.1" "curl/8.0" '
             f'"{rid}" "productpage:9080" "10.244.0.12:9080" inbound|9080|| 127.0.0.6:51237 '
             f"10.244.0.12:9080 10.244.{i % 200}.{i % 250}:{30000 + i % 30000} "
             "outbound_.9080_._.productpage.default.svc.cluster.local default\n")

@@ -93,7 +93,7 @@ def test_services_probes_and_service_monitor_hang_together(shape):
             assert probes, f"{shape}: container {c['name']} has no probe"
             for probe in probes:
                 assert probe["httpGet"]["port"] in names
-                assert probe["httpGet"]["path"] in ("/healthz", "/metrics")
+                assert probe["httpGet"]["path"] in ("/healthz", "/readyz", "/metrics")
             for source in c.get("envFrom", []):
                 name = source["configMapRef"]["name"]
                 assert any(o["kind"] == "ConfigMap" and o["metadata"]["name"] == name for o in objects)
