@@ -145,7 +145,8 @@ async def test_full_collector_stops_reading_the_stream_until_the_bus_takes_recor
     """Bus full and spool full: the stream is not read on (backpressure), nothing is refused or lost;
     once a consumer makes room, the stream completes and every entry arrives."""
     bus = MemoryBus(capacity=40, publish_timeout=0.05)
-    settings = Settings(data_dir=data_dir, als_port=free_port(), zipkin_port=free_port())
+    settings = Settings(data_dir=data_dir, als_port=free_port(), zipkin_port=free_port(),
+                        otlp_grpc_port=0, otlp_http_port=0)
     collector = Collector(settings, bus, max_spool_bytes=40_000, publish_timeout=0.1)
     await collector.start()
     reader = None

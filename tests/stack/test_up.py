@@ -62,7 +62,8 @@ def _alive(pid: int) -> bool:
 
 def test_up_with_traffic_then_clean_shutdown(tmp_path):
     ports = {k: free_port() for k in ("api_port", "zipkin_port", "als_port", "envoy_admin_port",
-                                      "proxy_port", "demo_upstream_port")}
+                                      "proxy_port", "demo_upstream_port", "otlp_grpc_port",
+                                      "otlp_http_port")}
     config = tmp_path / "meshscope.yaml"
     config.write_text(yaml.safe_dump({**ports, "data_dir": str(tmp_path / "data")}))
     log = (tmp_path / "up.log").open("w+")
@@ -121,7 +122,8 @@ def test_up_with_traffic_then_clean_shutdown(tmp_path):
 def test_second_up_reuses_the_stored_data(tmp_path):
     """Records stored by one run are there for the next (same data dir)."""
     ports = {k: free_port() for k in ("api_port", "zipkin_port", "als_port", "envoy_admin_port",
-                                      "proxy_port", "demo_upstream_port")}
+                                      "proxy_port", "demo_upstream_port", "otlp_grpc_port",
+                                      "otlp_http_port")}
     config = tmp_path / "meshscope.yaml"
     config.write_text(yaml.safe_dump({**ports, "data_dir": str(tmp_path / "data")}))
     base = f"http://127.0.0.1:{ports['api_port']}"
