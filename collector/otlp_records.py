@@ -124,12 +124,26 @@ def _attribute_readers() -> dict[str, tuple[str, Callable[[Any], Any]]]:
 ATTRIBUTES = _attribute_readers()
 
 
+_RESOLVED: dict[str, tuple[str, Callable[[Any], Any]] | None] = {}
+
+
+def _resolve(key: str) -> tuple[str, Callable[[Any], Any]] | None:
+    """The reader of an attribute key: by name; as an operator ("RESPONSE_CODE"); as a request header
+    ("x-envoy-attempt-count"). Remembered per key: the same few keys come with every record."""
+    try:
+        return _RESOLVED[key]
+    except KeyError:
+        pass
+    reader = ATTRIBUTES.get(key) or ATTRIBUTES.get(operator_key(key)) or ATTRIBUTES.get(f"REQ({key.upper()})")
+    if len(_RESOLVED) < 10_000:
+        _RESOLVED[key] = reader
+    return reader
+
+
 def _fields_from_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in attrs.items():
-        # by name; as an operator ("RESPONSE_CODE"); as a request header ("x-envoy-attempt-count")
-        reader = (ATTRIBUTES.get(key) or ATTRIBUTES.get(operator_key(key))
-                  or ATTRIBUTES.get(f"REQ({key.upper()})"))
+        reader = _resolve(key)
         if reader is None:
             continue
         name, read = reader
