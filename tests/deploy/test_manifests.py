@@ -169,3 +169,32 @@ def test_the_wheel_builds_from_what_the_image_copies(tmp_path):
     for module in ("meshscope/cli.py", "meshscope/collector/access_log_lines.py", "meshscope/api/logs.py",
                    "meshscope/pipelines/bus/kafka.py", "meshscope/proxy/launcher.py"):
         assert module in names
+
+
+def test_the_istio_guide_names_only_declared_providers_and_the_collector_service():
+    """Every provider a Telemetry resource names is declared in meshconfig.yaml, and every provider
+    points at the collector Service on the port the Service exposes for it."""
+    meshconfig = yaml.safe_load((DEPLOY / "istio" / "meshconfig.yaml").read_text())
+    declared = {p["name"]: p for p in meshconfig["spec"]["meshConfig"]["extensionProviders"]}
+    service_ports = {p["port"]: p["name"] for o in build(DEPLOY / "kubernetes" / "embedded")
+                     if o["kind"] == "Service" and o["metadata"]["name"] == "meshscope-collector"
+                     for p in o["spec"]["ports"]}
+    expected = {"envoyHttpAls": "grpc-als", "envoyTcpAls": "grpc-als", "envoyOtelAls": "grpc-otlp",
+                "zipkin": "http-zipkin", "opentelemetry": "grpc-otlp"}
+    for provider in declared.values():
+        (kind,) = [k for k in provider if k != "name"]
+        body = provider[kind]
+        assert body["service"] == "meshscope-collector.meshscope.svc.cluster.local"
+        assert service_ports[body["port"]] == expected[kind], provider["name"]
+    http_headers = declared["meshscope-http-als"]["envoyHttpAls"]["additionalRequestHeadersToLog"]
+    assert {"x-b3-traceid", "x-b3-spanid", "x-envoy-attempt-count"} <= set(http_headers)
+    named = set()
+    for name in ("telemetry-mesh.yaml", "telemetry-workload.yaml"):
+        doc = yaml.safe_load((DEPLOY / "istio" / name).read_text())
+        assert doc["apiVersion"] == "telemetry.istio.io/v1" and doc["kind"] == "Telemetry"
+        for section in ("accessLogging", "tracing"):
+            for entry in doc["spec"].get(section, []):
+                named |= {p["name"] for p in entry["providers"]}
+                if section == "tracing":
+                    assert len(entry["providers"]) == 1  # a proxy takes one tracing provider
+    assert named == set(declared)
