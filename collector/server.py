@@ -121,6 +121,7 @@ class Collector:
             "reason": reason,
             "spool_bytes": self.publisher.spool.pending_bytes,
             "access_entries_by_proxy": dict(self.servicer.arrived),
+            "otlp_log_records_by_proxy": dict(self.otlp.arrived),
             "access_streams_failed": dict(self.servicer.streams_failed),
             "spool_lines_skipped": self.publisher.spool.skipped,
         }
