@@ -1,10 +1,11 @@
-"""The collector: receives Envoy's gRPC access logs and Zipkin v2 spans, turns them into records and
-publishes them to the bus durably. One module per transport or concern:
+"""The collector: receives Envoy's gRPC access logs, Zipkin v2 spans and OTLP logs and traces, turns them
+into records and publishes them to the bus durably. One module per transport or concern:
 
 - ``server``: ``Collector(settings, bus)``, the startable whole (``meshscope collector``, ``meshscope up``)
 - ``als_server`` + ``access_entries``: the AccessLogService and entry → AccessRecord conversion
 - ``zipkin_receiver`` + ``zipkin_spans`` + ``zipkin_proto``: ``POST /api/v2/spans`` (JSON, proto3)
 - ``access_log_lines``: Envoy access-log lines (files, ``kubectl logs``, ``stern``) → AccessRecords
+- ``otlp_receiver`` + ``otlp_records``: OTLP/gRPC (4317) and OTLP/HTTP (4318) logs and traces
 - ``publisher`` + ``spool``: bus acknowledgement, disk spool, replay, backpressure, metrics
 
 The door: the rest of meshscope imports only the names below.
