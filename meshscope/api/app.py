@@ -11,7 +11,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from meshscope.api import alerts, logs, metrics, pcaps, proxies, records, search, service_graph, traces, zipkin
+from meshscope.api import (
+    alerts,
+    logs,
+    metrics,
+    pcaps,
+    proxies,
+    records,
+    search,
+    service_graph,
+    traces,
+    zipkin,
+)
 from meshscope.api.schemas import ErrorBody, Health
 from meshscope.api.security import BearerTokenMiddleware, required_token
 from meshscope.api.upload_stream import UploadRejected
