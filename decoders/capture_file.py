@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from meshscope.decoders.link_layers import FIXED_LAYOUTS
 from meshscope.decoders.tcp_cut import IPV4_TCP_MIN, TcpCut, linked_head
+from meshscope.decoders.tcp_flags import CONTROL, IP_FRAGMENTED
 
 from meshscope.errors import CaptureError
 
@@ -199,10 +200,10 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
                 # IPv4 without options carrying TCP: the cheap test here (another shard's
                 # connection, a pure ACK: most packets), the cut for what is left
                 et, vhl, total, frag, proto, sport, dport, doff, flags = head(buf, start)
-                if et == 0x0800 and vhl == 0x45 and proto == 6 and not frag & 0x3FFF:
+                if et == 0x0800 and vhl == 0x45 and proto == 6 and not frag & IP_FRAGMENTED:
                     if count > 1 and ((sport ^ dport) & 0xFF) % count != index:  # TcpCut.mine, inlined
                         continue
-                    if total and not flags & 7 and total - 20 - ((doff >> 4) << 2) <= 0:
+                    if total and not flags & CONTROL and total - 20 - ((doff >> 4) << 2) <= 0:
                         continue
                     ip = start + ip_at
                     seg = cut_one(buf, ip, ip + 20, end, total, sec + frac / divisor,
