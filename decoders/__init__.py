@@ -15,6 +15,7 @@ _EXPORTS = {
     "render_text": ".flow_text",
     "Message": ".sequence", "Sequence": ".sequence", "build_sequence": ".sequence",
     "NODEPORT_LAB": ".samples",
+    "KeyLog": ".tls_keylog",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -100,11 +100,12 @@ def capture_names(paths: Sequence[Path]) -> list[str]:
 
 
 def analyze(paths: Sequence[str | Path], backend: str = DEFAULT_BACKEND,
-            progress: Progress | None = None, workers: int | None = None) -> Analysis:
+            progress: Progress | None = None, workers: int | None = None, keylog=None) -> Analysis:
     """Decode the captures (analysed together: a NAT's two sides may be in two files) and stitch them.
     ``workers``: decode processes per capture (default: one per core for a dpkt capture of at
     least PARALLEL_MIN_BYTES, else 1). Raises CaptureError (a UserError) when a file cannot be
-    read at all."""
+    read at all. ``keylog`` (decoders.tls_keylog.KeyLog) decrypts TLS; pcapng Decryption Secrets
+    Blocks are read either way."""
     files = [Path(p) for p in paths]
     if not files:
         raise CaptureError("no capture given")
@@ -119,7 +120,7 @@ def analyze(paths: Sequence[str | Path], backend: str = DEFAULT_BACKEND,
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        analysis = stitch(spool.park_batches(_decode_all(files, backend, progress, reports, workers)))
+        analysis = stitch(spool.park_batches(_decode_all(files, backend, progress, reports, workers, keylog)))
     finally:
         if gc_was_on:
             gc.enable()
@@ -157,7 +158,7 @@ def _batches(exchanges: Iterable[Exchange], size: int = 1000) -> Iterator[Batch]
 
 
 def _decode_all(files: list[Path], backend: str, progress: Progress | None,
-                reports: list[CaptureReport], workers: int | None) -> Iterator[Batch]:
+                reports: list[CaptureReport], workers: int | None, keylog=None) -> Iterator[Batch]:
     sizes = [f.stat().st_size for f in files]
     total = sum(sizes)
     done = 0
@@ -171,9 +172,10 @@ def _decode_all(files: list[Path], backend: str, progress: Progress | None,
         if n > 1:
             from meshscope.decoders.parallel import decode_sharded
 
-            yield from decode_sharded(f, name, n, reports, tick)
+            yield from decode_sharded(f, name, n, reports, tick, keylog=keylog)
         else:
             decoder = get_backend(backend)
+            decoder.keylog = keylog
             yield from _batches(decoder.decode(f, capture=name, progress=tick))
             reports.append(decoder.report or CaptureReport(capture=name))
         done += size
