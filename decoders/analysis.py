@@ -22,6 +22,7 @@ from meshscope.decoders.legs import fold_copies, place_loopback
 from meshscope.decoders.nat_hops import build_legs, match_nat
 from meshscope.decoders.proxy_hops import match_proxy
 from meshscope.decoders.spool import ExchangeFacts, ExchangeSpool, slim
+from meshscope.decoders.tls_termination import inferred_tls_links
 
 from meshscope.errors import CaptureError
 from meshscope.model import Exchange, Flow
@@ -83,7 +84,8 @@ def stitch(exchanges: Iterable[Exchange | ExchangeFacts]) -> Analysis:
     sightings = fold_copies(exchanges)  # type: ignore[arg-type]
     legs = build_legs(sightings, match_nat(sightings))
     place_loopback(legs)
-    flows = build_flows(legs, match_proxy(legs))
+    links = match_proxy(legs)
+    flows = build_flows(legs, links + inferred_tls_links(legs, links))
     kept = sorted((ex for s in sightings for ex in s.exchanges),
                   key=lambda e: (e.conn.capture, e.request_time or 0))
     folded = {i for s in sightings for i in s.duplicates}

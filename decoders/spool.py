@@ -23,7 +23,7 @@ from meshscope.model import Connection, Exchange
 STITCH_HEADERS = tuple((
     "x-request-id", "x-forwarded-for", "x-envoy-attempt-count", "x-envoy-expected-rq-timeout-ms",
     "x-envoy-decorator-operation", "x-envoy-internal", "b3", "x-b3-traceid", "x-b3-spanid",
-    "x-b3-parentspanid", "x-b3-sampled",
+    "x-b3-parentspanid", "x-b3-sampled", "x-forwarded-proto", "x-envoy-external-address",
 ))
 
 
@@ -33,7 +33,7 @@ REQUEST_HEADERS = frozenset((
     "x-envoy-attempt-count", "x-envoy-expected-rq-timeout-ms", "x-envoy-original-path", "x-envoy-internal",
     "x-envoy-decorator-operation", "x-envoy-peer-metadata-id", "x-envoy-retry-on", "b3", "traceparent",
     "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",
-    "x-ot-span-context", "content-length", "transfer-encoding", "connection",
+    "x-ot-span-context", "content-length", "transfer-encoding", "connection", "x-envoy-external-address",
 ))
 RESPONSE_HEADERS = frozenset((
     "server", "content-type", "content-length", "transfer-encoding", "connection", "x-request-id",
@@ -76,6 +76,7 @@ class ExchangeFacts:
     headers: dict[str, str] = field(default_factory=dict)
     alpn: list[str] = field(default_factory=list)
     tls_offered_versions: list[str] = field(default_factory=list)
+    tls_decryption: str | None = None  # set when a key log was given (decoders.tls_decrypting_analyzer)
 
     @property
     def request_id(self) -> str | None:
@@ -97,7 +98,8 @@ class ExchangeFacts:
                    server_peer_namespace=_intern(ex.server_peer_namespace),
                    headers={name: _intern(h[name]) if name in _SHARED_VALUES else h[name]
                             for name in STITCH_HEADERS if name in h},
-                   alpn=ex.alpn or _NONE, tls_offered_versions=ex.tls_offered_versions or _NONE)
+                   alpn=ex.alpn or _NONE, tls_offered_versions=ex.tls_offered_versions or _NONE,
+                   tls_decryption=ex.tls_decryption)
 
 
     @staticmethod
@@ -123,7 +125,7 @@ class ExchangeFacts:
                 ex.server_peer_workload, ex.server_peer_namespace,
                 {name: intern(h[name]) if name in _SHARED_VALUES else h[name]
                  for name in STITCH_HEADERS if name in h},
-                ex.alpn or _NONE, ex.tls_offered_versions or _NONE)
+                ex.alpn or _NONE, ex.tls_offered_versions or _NONE, ex.tls_decryption)
 
     @classmethod
     def from_tuple(cls, t: tuple, conns: list[Connection]) -> ExchangeFacts:

@@ -11,13 +11,16 @@ is needed: the decrypted request carries the request id, and proxy_hops links it
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
-from meshscope.decoders.legs import endpoint, exchange_time
+from meshscope.decoders.legs import Leg, endpoint, exchange_time
+from meshscope.decoders.proxy_hops import ProxyLink
 
 from meshscope.model import Exchange
 
 MAX_OPEN_S = 300.0  # a client connection reused for this long still counts as a candidate
+MAX_CANDIDATES = 64  # most recent connections per client address or SNI considered for one request
 SLACK_S = 0.005
 WEIGHTS = {  # how much each piece of evidence says; they add up to at most 1.0
     "sni = authority": 0.35,
@@ -26,7 +29,9 @@ WEIGHTS = {  # how much each piece of evidence says; they add up to at most 1.0
     "x-forwarded-proto: https": 0.1,
     "leaves the gateway's address": 0.1,
     "the only TLS connection open then": 0.05,
+    "first request right after its handshake": 0.05,
 }
+FRESH_S = 0.25  # a new connection's first request follows its handshake this closely
 MIN_CONFIDENCE = 0.45  # below this a candidate is not reported at all
 TIE = 0.02  # candidates this close are ambiguous
 
@@ -72,7 +77,7 @@ STRONG = frozenset({"sni = authority", "x-forwarded-for ends with the client",
                     "x-envoy-external-address is the client"})
 
 
-def _score(tls: Exchange, up: Exchange, alone: bool) -> tuple[float, list[str]]:
+def _score(tls: Exchange, up: Exchange, alone: bool, fresh: bool) -> tuple[float, list[str]]:
     why: list[str] = []
     h = up.headers
     sni = (tls.sni or "").lower()
@@ -89,7 +94,50 @@ def _score(tls: Exchange, up: Exchange, alone: bool) -> tuple[float, list[str]]:
         why.append("leaves the gateway's address")
     if alone:
         why.append("the only TLS connection open then")
+    elif fresh:
+        why.append("first request right after its handshake")
     return sum(WEIGHTS[w] for w in why), why
+
+
+class _Hellos:
+    """TLS exchanges indexed by client address and by SNI, each in time order, so that a request's
+    candidates are found by bisection (linear in the capture, not requests × connections)."""
+
+    def __init__(self, hellos: list[Exchange]) -> None:
+        hellos = sorted(hellos, key=exchange_time)
+        self.times = [exchange_time(x) for x in hellos]
+        self.by_ip: dict[str, tuple[list[float], list[Exchange]]] = {}
+        self.by_sni: dict[str, tuple[list[float], list[Exchange]]] = {}
+        for t, x in zip(self.times, hellos, strict=True):
+            for index, key in ((self.by_ip, x.conn.src), (self.by_sni, (x.sni or "").lower())):
+                if key:
+                    times, rows = index.setdefault(key, ([], []))
+                    times.append(t)
+                    rows.append(x)
+
+    def open_at(self, t: float) -> int:
+        """How many TLS connections began in the window before t (any client)."""
+        return bisect_right(self.times, t + SLACK_S) - bisect_left(self.times, t - MAX_OPEN_S)
+
+    @staticmethod
+    def window(entry: tuple[list[float], list[Exchange]] | None, t: float) -> list[Exchange]:
+        if entry is None:
+            return []
+        times, rows = entry
+        lo, hi = bisect_left(times, t - MAX_OPEN_S), bisect_right(times, t + SLACK_S)
+        return rows[max(lo, hi - MAX_CANDIDATES):hi]
+
+    def candidates(self, up: Exchange, t: float) -> list[Exchange]:
+        h = up.headers
+        xff = [p.strip() for p in h.get("x-forwarded-for", "").split(",") if p.strip()]
+        found: dict[int, Exchange] = {}
+        sni = _host(up.host or h.get(":authority") or h.get("host")) or ""
+        for entry in (self.by_ip.get(xff[-1]) if xff else None,
+                      self.by_ip.get(h.get("x-envoy-external-address", "")), self.by_sni.get(sni)):
+            for x in self.window(entry, t):
+                if x.conn.key != up.conn.key:
+                    found[id(x)] = x
+        return list(found.values())
 
 
 def infer_terminations(tls_exchanges: list[Exchange],
@@ -98,7 +146,7 @@ def infer_terminations(tls_exchanges: list[Exchange],
     connection(s) that explain it. Requests with no plausible TLS parent are left out.
 
     Only TLS exchanges that were not decrypted should come in (decrypted ones are linked exactly)."""
-    hellos = sorted((t for t in tls_exchanges if t.exchange_type == "tls"), key=exchange_time)
+    hellos = _Hellos([x for x in tls_exchanges if x.exchange_type == "tls"])
     out: list[InferredTermination] = []
     for up in http_exchanges:
         if up.exchange_type != "http" or up.method is None:
@@ -108,11 +156,14 @@ def infer_terminations(tls_exchanges: list[Exchange],
                 or h.get("x-forwarded-for")):
             continue  # nothing says a proxy forwarded it
         t = exchange_time(up)
-        before = [x for x in hellos if exchange_time(x) - SLACK_S <= t <= exchange_time(x) + MAX_OPEN_S
-                  and x.conn.key != up.conn.key]
+        before = hellos.candidates(up, t)
+        if not before:
+            continue
+        alone = hellos.open_at(t) == 1
+        fresh = [x for x in before if t - _handshake_end(x) <= FRESH_S]
         scored = []
         for x in before:
-            score, why = _score(x, up, len(before) == 1)
+            score, why = _score(x, up, alone, len(fresh) == 1 and x is fresh[0])
             if STRONG.intersection(why) and score >= MIN_CONFIDENCE:  # timing alone is no evidence
                 scored.append((x, score, why))
         if not scored:
@@ -120,6 +171,9 @@ def infer_terminations(tls_exchanges: list[Exchange],
         scored.sort(key=lambda s: (-s[1], -exchange_time(s[0])))
         best = scored[0]
         rivals = [s for s in scored if best[1] - s[1] < TIE]
+        fresh_rivals = [s for s in rivals if s[0] in fresh]
+        if len(fresh_rivals) > 1:  # it follows several new handshakes at once: one of those
+            rivals = fresh_rivals
         if len(rivals) > 1 and _distinct_clients(rivals):
             out.append(InferredTermination(up, None, best[1], best[2], ambiguous=True, candidates=rivals))
         else:
@@ -127,6 +181,33 @@ def infer_terminations(tls_exchanges: list[Exchange],
     return out
 
 
+def _handshake_end(x: Exchange) -> float:
+    return x.response_time if x.response_time is not None else exchange_time(x)
+
+
 def _distinct_clients(rivals: list[tuple[Exchange, float, list[str]]]) -> bool:
     """Rivals that are the same connection seen twice (two interfaces) are one candidate."""
     return len({(x.conn.src, x.conn.sport, x.conn.client_isn) for x, _, _ in rivals}) > 1
+
+
+def inferred_tls_links(legs: list[Leg], links: list[ProxyLink]) -> list[ProxyLink]:
+    """Proxy hops from a TLS-terminating gateway's client connections (not decrypted) to the upstream
+    requests nothing else explains; their evidence says ``inferred`` (and ``ambiguous``: then one
+    hop per candidate, each saying so)."""
+    linked = {a.id for link in links for a in link.attempts}
+    tls_ex, http_ex = [], []
+    for leg in legs:
+        for ex in leg.exchanges:
+            if ex.exchange_type == "tls" and ex.tls_decryption != "decrypted":
+                tls_ex.append(ex)
+            elif ex.exchange_type == "http" and ex.id not in linked:
+                http_ex.append(ex)
+    if not tls_ex or not http_ex:
+        return []
+    out: list[ProxyLink] = []
+    for inf in infer_terminations(tls_ex, http_ex):
+        parents = [inf.tls] if inf.tls is not None else [c[0] for c in inf.candidates]
+        for parent in parents:
+            out.append(ProxyLink(parent=parent, attempts=[inf.upstream], kind="l7-proxy",
+                                 evidence=inf.summary()))
+    return out

@@ -60,3 +60,12 @@ def test_no_link_without_evidence_or_outside_the_window():
     early = _upstream(9.0, "172.18.0.1")  # before the handshake
     stranger = _upstream(10.2, "192.0.2.1", host="other.lab")  # timing alone is not evidence
     assert infer_terminations([hello], [plain, early, stranger]) == []
+
+
+def test_sequential_connections_the_fresh_one_wins_with_less_confidence():
+    old = tls(conn("172.18.0.1:50001", f"{GW}:8443", isn=1, t=10.0), 10.0, "secure.lab")
+    new = tls(conn("172.18.0.1:50002", f"{GW}:8443", isn=2, t=12.0), 12.0, "secure.lab")
+    [link] = infer_terminations([old, new], [_upstream(12.01, "172.18.0.1")])
+    assert link.tls is new and not link.ambiguous
+    assert "first request right after its handshake" in link.evidence
+    assert [c[0] for c in link.candidates] == [new, old]  # the other stays visible as a candidate
