@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 import orjson
 from python_multipart.multipart import parse_options_header
 
-from meshscope.api.upload_stream import CaptureFiles, MultipartCaptures, UploadRejected
+from meshscope.api.upload_stream import KEYLOG_FILE, CaptureFiles, MultipartCaptures, UploadRejected
 from meshscope.errors import UserError
 from meshscope.pipelines import StoreWriter
 from meshscope.settings import Settings
@@ -87,11 +87,12 @@ class ProgressFile:
         os.replace(tmp, self.path)
 
 
-def run_analysis(settings: Settings, paths: list[str], folder: str) -> dict[str, Any]:
+def run_analysis(settings: Settings, paths: list[str], folder: str,
+                 keylog: str | None = None) -> dict[str, Any]:
     """In the worker process: decode and stitch the captures, write their exchanges and flows to the
     store in batches and the results into the upload's folder; only counts and reports go back, so the
     server never holds an analysis, however large the capture."""
-    return asyncio.run(_analyse_into_store(settings, paths, Path(folder)))
+    return asyncio.run(_analyse_into_store(settings, paths, Path(folder), keylog))
 
 
 def init_worker() -> None:
@@ -116,13 +117,15 @@ def _end_worker(signum: int, _frame: Any) -> None:
     os._exit(128 + signum)
 
 
-async def _analyse_into_store(settings: Settings, paths: list[str], folder: Path) -> dict[str, Any]:
-    from meshscope.decoders import analyze
+async def _analyse_into_store(settings: Settings, paths: list[str], folder: Path,
+                              keylog_path: str | None = None) -> dict[str, Any]:
+    from meshscope.decoders import KeyLog, analyze
     from meshscope.pipelines import make_store
 
     for stale in folder.glob("*.tmp"):  # left by a worker ended mid-write (the server stopped)
         stale.unlink(missing_ok=True)
-    analysis = analyze(paths, progress=ProgressFile(folder / "progress.json"))
+    keylog = KeyLog.from_files([Path(keylog_path)]) if keylog_path else None
+    analysis = analyze(paths, progress=ProgressFile(folder / "progress.json"), keylog=keylog)
     try:
         # a store of the configured kind, opened here: SQLite's WAL takes a second writing process
         async with make_store(settings) as store:
@@ -386,6 +389,7 @@ class Uploads:
             "error": None,
             "counts": None,
             "captures": [],
+            "keylog": files.keylog_bytes is not None,  # whether one came (never what it held)
         }
         self._save_status(upload_id, status)
         self.counters["uploads"] += 1
@@ -426,10 +430,12 @@ class Uploads:
             return
         folder = self.root / upload_id
         paths = [str(folder / f["stored"]) for f in status["files"]]
+        keylog = folder / KEYLOG_FILE
         self._update(upload_id, state="analysing")
         try:
             result = await asyncio.get_running_loop().run_in_executor(
-                self._pool, run_analysis, self.settings, paths, str(folder)
+                self._pool, run_analysis, self.settings, paths, str(folder),
+                str(keylog) if keylog.exists() else None,
             )
         except asyncio.CancelledError:
             raise
@@ -447,6 +453,8 @@ class Uploads:
             log.exception("analysis of upload %s failed", upload_id)
             self._fail(upload_id, f"analysis failed: {exc}")
             return
+        finally:
+            keylog.unlink(missing_ok=True)  # a key log is a secret: it lives only as long as its analysis
         captures = [self._capture_summary(r, status["files"]) for r in result["reports"]]
         self.counters["analysed"] += 1
         self._update(
