@@ -56,8 +56,9 @@ class Analyzer:
         """The open exchange(s) end before their time (the connection was evicted)."""
         self.damage(None, True, text)
 
-    def close(self, ts: float) -> None:
-        """The connection is over: emit whatever is still open, as it stands."""
+    def close(self, ts: float, why: str = "capture-end") -> None:
+        """The connection is over (``why``: "fin", "rst", "evicted", "capture-end"): emit whatever
+        is still open, as it stands."""
         self.done = True
 
     # -- shared by the analyzers ------------------------------------------------------------------

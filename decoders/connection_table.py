@@ -246,7 +246,7 @@ class ConnectionTable:
         if analyzer is not None:
             if why == "evicted" and not analyzer.done and analyzer.busy():
                 analyzer.cut_short("connection evicted: too many connections tracked at once")
-            analyzer.close(ts)
+            analyzer.close(ts, why)
         if self.on_connection is not None:
             c2s, s2c = tc.c2s, tc.s2c
             self.on_connection(ConnectionSummary(

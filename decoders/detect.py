@@ -8,6 +8,8 @@ from __future__ import annotations
 from meshscope.decoders.analyzer import Analyzer, Host, Opaque
 from meshscope.decoders.http1 import looks_like_request, looks_like_response
 from meshscope.decoders.http1_analyzer import Http1Analyzer
+from meshscope.decoders.http2_analyzer import Http2Analyzer
+from meshscope.decoders.http2_frames import PREFACE, plausible_frames
 from meshscope.decoders.tls_analyzer import TlsAnalyzer
 from meshscope.decoders.tls_hello import looks_like_handshake
 
@@ -21,8 +23,12 @@ def choose_analyzer(host: Host, from_client: bool, payload: bytes) -> Analyzer:
             from meshscope.decoders.tls_decrypting_analyzer import DecryptingTlsAnalyzer
             return DecryptingTlsAnalyzer(host, keylog, client_hello_seen=from_client)
         return TlsAnalyzer(host, client_hello_seen=from_client)
+    if from_client and len(payload) >= 3 and PREFACE.startswith(payload[:len(PREFACE)]):
+        return Http2Analyzer(host)
     if looks_like_request(payload) if from_client else looks_like_response(payload):
         return Http1Analyzer(host)
+    if midstream and plausible_frames(payload, from_client):
+        return Http2Analyzer(host, midstream=True)
     if midstream and not (len(payload) >= 3 and 20 <= payload[0] <= 23 and payload[1] == 3):
         # joined mid-stream, perhaps inside a body: look for the next HTTP/1 message
         return Http1Analyzer(host, hunting=True)

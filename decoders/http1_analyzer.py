@@ -102,11 +102,27 @@ class Http1Analyzer(Analyzer):
         if status == 101 or (ex.method == "CONNECT" and 200 <= status < 300):
             # the connection now carries another protocol (h2c, WebSocket, a tunnel)
             self.done = True
-            self._response_end(0, head.ts)
-            self.client.stop()  # type: ignore[attr-defined]
-            self.server.stop()  # type: ignore[attr-defined]
+            if status == 101 and head.headers.get("upgrade", "").lower() == "h2c":
+                self._upgrade_h2c(ex)
+            else:
+                self._response_end(0, head.ts)
+                self.client.stop()  # type: ignore[attr-defined]
+                self.server.stop()  # type: ignore[attr-defined]
             return False
         return not (ex.method == "HEAD" or status in (204, 304))
+
+    def _upgrade_h2c(self, ex: Exchange) -> None:
+        """RFC 9113 section 3.2 (RFC 7540 3.2): the request continues as stream 1 of HTTP/2."""
+        from meshscope.decoders.http2_analyzer import Http2Analyzer
+
+        self.responding = None
+        h2 = Http2Analyzer(self.host, upgraded=ex)
+        h2.index, h2.exchanges = self.index, self.exchanges
+        client, server = self.client, self.server
+        server.after_stop = h2.server.data  # type: ignore[attr-defined]  # the bytes after the 101
+        client.stop()  # type: ignore[attr-defined]
+        server.stop()  # type: ignore[attr-defined]
+        self.host.hand_over(h2)
 
     def _response_end(self, body_bytes: int, ts: float) -> None:
         ex = self.responding
@@ -115,7 +131,7 @@ class Http1Analyzer(Analyzer):
             self.responding = None
             self.emit(ex)
 
-    def close(self, ts: float) -> None:
+    def close(self, ts: float, why: str = "capture-end") -> None:
         if not self.done:
             self.client.close(ts)  # type: ignore[attr-defined]
             self.server.close(ts)  # type: ignore[attr-defined]

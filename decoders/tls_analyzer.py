@@ -89,7 +89,7 @@ class TlsAnalyzer(Analyzer):
                 self.emit(self.tls)
                 self.tls = None
 
-    def close(self, ts: float) -> None:
+    def close(self, ts: float, why: str = "capture-end") -> None:
         if self.tls is not None:
             self.emit(self.tls)
             self.tls = None

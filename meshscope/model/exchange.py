@@ -1,4 +1,4 @@
-"""Exchange: one HTTP request/response or TLS handshake seen in a packet capture."""
+"""Exchange: one HTTP/1 request/response, HTTP/2 stream (gRPC call) or TLS handshake seen in a capture."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ class Connection:
 class Exchange(Record):
     kind = "exchange"
 
-    exchange_type: str  # "http" or "tls"
+    exchange_type: str  # "http" (HTTP/1 or HTTP/2) or "tls"
     conn: Connection
-    index: int = 0  # position on its connection (0, 1, 2 … for keep-alive)
+    index: int = 0  # position on its connection (0, 1, 2 … for keep-alive; the stream id on HTTP/2)
     request_time: float | None = None
     response_time: float | None = None
     # HTTP
@@ -65,6 +65,27 @@ class Exchange(Record):
     tls_cipher_suite: str | None = None
     tls_client_identity: str | None = None  # SPIFFE ids from the certificates (URI SAN)
     tls_server_identity: str | None = None
+    # HTTP/2 (one stream) and gRPC on top of it
+    protocol: str | None = None  # "h2" or "grpc" (None: HTTP/1.x or TLS)
+    stream_id: int | None = None
+    scheme: str | None = None  # :scheme (:method, :path, :authority are method, uri, host)
+    trailers: dict[str, str] = field(default_factory=dict)  # response trailers (HEADERS after the DATA)
+    end_time: float | None = None  # the stream's last frame either way
+    ended: str | None = None  # "END_STREAM", "RST_STREAM CANCEL by client", "GOAWAY …", "capture end", …
+    pushed_by: int | None = None  # a server push: the stream its PUSH_PROMISE came on
+    undecoded_headers: int = 0  # header fields whose HPACK table entry the capture never saw
+    grpc_service: str | None = None
+    grpc_method: str | None = None
+    grpc_status: str | None = None  # by name: "OK", "UNAVAILABLE", …
+    grpc_status_code: int | None = None
+    grpc_message: str | None = None
+    grpc_timeout: str | None = None  # as sent ("100m")
+    grpc_encoding: str | None = None
+    grpc_request_messages: int = 0
+    grpc_response_messages: int = 0
+    grpc_request_sizes: list[int] = field(default_factory=list)  # the first few messages' lengths
+    grpc_response_sizes: list[int] = field(default_factory=list)
+    grpc_compressed: bool = False  # a message had its compressed flag set
     # damage seen on this exchange (gaps, truncation)
     damage: list[str] = field(default_factory=list)
 
