@@ -171,11 +171,11 @@ class DecryptingTlsAnalyzer(Analyzer):
         self.emit(ex)
         self.done = True
 
-    def close(self, ts: float) -> None:
+    def close(self, ts: float, why: str = "capture-end") -> None:
         if self.done:
             return
         if self.inner is not None:
-            self.inner.close(ts)
+            self.inner.close(ts, why)
             self._pass_inner()
         self._finish()
 

@@ -58,6 +58,9 @@ def gateway_capture(tmp_path_factory):
                     curl(f"https://shop.example.com:{port}/headers?n={i}", d / "curl.keys", "--http1.1",
                          "--interface", CLIENT, "-H", f"x-request-id: {RID.format(i)}", port=port)
                     time.sleep(0.5)
+                curl(f"https://shop.example.com:{port}/headers?n=h2", d / "curl.keys", "--http2",
+                     "--interface", CLIENT, "-H", f"x-request-id: {RID.format(9)}", port=port)
+                time.sleep(0.5)
                 both = [subprocess.Popen(  # two at once from the same client: not to be told apart
                     ["curl", "-sk", "-o", "/dev/null", "--http1.1", "--interface", CLIENT, "--resolve",
                      f"shop.example.com:{port}:127.0.0.1", f"https://shop.example.com:{port}/headers?n=both{j}"])
@@ -76,24 +79,32 @@ def test_with_key_log_requests_are_decrypted_and_linked_by_request_id(gateway_ca
     _d, pcap, keys, port, up_port = gateway_capture
     a = analyze([pcap], keylog=KeyLog.from_files([keys]))
     client_side = _http(a, port)
-    assert len(client_side) == 5
+    assert len(client_side) == 6
+    [h2] = [e for e in client_side if e.protocol == "h2"]  # h2 inside TLS: the HTTP/2 analyzer read it
+    assert (h2.method, h2.uri, h2.host, h2.status) == \
+        ("GET", "/headers?n=h2", f"shop.example.com:{port}", 200)
     for ex in client_side:
         assert (ex.tls_decryption, ex.tls_version, ex.sni) == ("decrypted", "TLS 1.3", "shop.example.com")
         assert ex.tls_cipher_suite.startswith("TLS_") and ex.status == 200 and ex.method == "GET"
     theirs = tshark_fields(pcap, keys, f"http.request and tcp.dstport == {port}",
                            ["tcp.srcport", "http.request.method", "http.request.uri", "http.host",
                             "http.request.line"])
-    ours = {(str(e.conn.sport), e.method, e.uri, e.host) for e in client_side}
+    ours = {(str(e.conn.sport), e.method, e.uri, e.host) for e in client_side if e.protocol != "h2"}
     assert ours == {tuple(row[:4]) for row in theirs}
+    [row] = tshark_fields(pcap, keys, f"http2.headers.method and tcp.dstport == {port}",
+                          ["tcp.srcport", "http2.headers.method", "http2.headers.path",
+                           "http2.headers.authority"])
+    assert tuple(row) == (str(h2.conn.sport), h2.method, h2.uri, h2.host)
     by_id = a.by_id()
-    for i in range(3):
+    for i in (0, 1, 2, "h2"):
         [flow] = [f for f in a.flows if f.exchange_ids and by_id[f.exchange_ids[0]].uri == f"/headers?n={i}"
                   and by_id[f.exchange_ids[0]].conn.dport == port]
         [hop] = flow.hops
         assert hop.kind == "l7-proxy" and "inferred" not in hop.evidence
-        assert hop.dst.endswith(f":{up_port}") and flow.request_id[:14] == RID.format(i)[:14]
+        assert hop.dst.endswith(f":{up_port}")
+        assert flow.request_id[:14] == RID.format(9 if i == "h2" else i)[:14]
     tls = [e for e in a.exchanges if e.exchange_type == "tls"]
-    assert len(tls) == 5 and all(e.tls_decryption == "decrypted" for e in tls)
+    assert len(tls) == 6 and all(e.tls_decryption == "decrypted" for e in tls)
 
 
 def test_pcapng_secrets_block_decrypts_without_keylog_option(gateway_capture):
@@ -101,7 +112,7 @@ def test_pcapng_secrets_block_decrypts_without_keylog_option(gateway_capture):
     ng = d / "gw-with-keys.pcapng"
     subprocess.run(["editcap", "--inject-secrets", f"tls,{keys}", str(pcap), str(ng)], check=True, timeout=60)
     a = analyze([ng])
-    assert [e.tls_decryption for e in _http(a, port)] == ["decrypted"] * 5
+    assert [e.tls_decryption for e in _http(a, port)] == ["decrypted"] * 6
 
 
 def test_without_keys_hops_are_inferred_and_ambiguity_is_shown(gateway_capture):
@@ -124,7 +135,7 @@ def test_without_keys_hops_are_inferred_and_ambiguity_is_shown(gateway_capture):
             else:
                 assert uri not in sure
                 sure[uri] = client
-    assert {"/headers?n=0", "/headers?n=1", "/headers?n=2"} <= set(sure)
+    assert {"/headers?n=0", "/headers?n=1", "/headers?n=2", "/headers?n=h2"} <= set(sure)
     for uri, client in sure.items():  # every sure link is the connection that really carried it
         assert _client_ports_for(pcap, port, uri) == {client}
     # the two concurrent connections: a request that followed both handshakes names both, picks none
@@ -136,7 +147,8 @@ def test_without_keys_hops_are_inferred_and_ambiguity_is_shown(gateway_capture):
 def _client_ports_for(pcap, port, uri):
     """Which client connection carried a request, from tshark with the key log (ground truth)."""
     keys = next(pcap.parent.glob("data/keys/*.keys"))
-    rows = tshark_fields(pcap, keys, f'http.request.uri == "{uri}" and tcp.dstport == {port}',
+    rows = tshark_fields(pcap, keys, f'(http.request.uri == "{uri}" or http2.headers.path == "{uri}") '
+                         f'and tcp.dstport == {port}',
                          ["tcp.srcport"])
     return {int(r[0]) for r in rows}
 
@@ -147,7 +159,7 @@ def test_a_key_log_without_this_session_says_no_key(gateway_capture, tmp_path):
     other.write_text(f"CLIENT_RANDOM {'42' * 32} {'00' * 48}\n")
     a = analyze([pcap], keylog=KeyLog.from_files([other]))
     tls = [e for e in a.exchanges if e.exchange_type == "tls"]
-    assert len(tls) == 5 and {e.tls_decryption for e in tls} == {"no key"}
+    assert len(tls) == 6 and {e.tls_decryption for e in tls} == {"no key"}
     assert not _http(a, port)
 
 
