@@ -6,14 +6,18 @@ reported as ambiguous with both candidates, never assigned to one at random.
 Evidence, as Envoy writes it: the ClientHello's SNI equals the upstream Host / ``:authority``; the
 last ``x-forwarded-for`` entry (or ``x-envoy-external-address``) is the TLS client's address;
 ``x-forwarded-proto: https``; the upstream request leaves the address the TLS connection arrived at;
-and it happens after the handshake while that connection can still be open. With keys none of this
-is needed: the decrypted request carries the request id, and proxy_hops links it exactly."""
+and it happens after the handshake while that connection can still be open. An Istio sidecar is
+such a gateway too: its mTLS leg (on the pod's eth0) carries Istio's SNI naming the service the
+plaintext request asks for, and that request leaves 127.0.0.6 for the address the mTLS leg arrived
+at (on the pod's loopback). With keys none of this is needed: the decrypted request carries the
+request id, and proxy_hops links it exactly."""
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
+from meshscope.decoders.istio_mtls import INBOUND_PASSTHROUGH_SOURCE, parse_istio_sni
 from meshscope.decoders.legs import Leg, endpoint, exchange_time
 from meshscope.decoders.proxy_hops import ProxyLink
 
@@ -22,8 +26,10 @@ from meshscope.model import Exchange
 MAX_OPEN_S = 300.0  # a client connection reused for this long still counts as a candidate
 MAX_CANDIDATES = 64  # most recent connections per client address or SNI considered for one request
 SLACK_S = 0.005
-WEIGHTS = {  # how much each piece of evidence says; they add up to at most 1.0
+WEIGHTS = {  # how much each piece of evidence says (the sum is capped at 1.0)
     "sni = authority": 0.35,
+    "istio sni names the authority's service": 0.35,
+    "sidecar inbound: 127.0.0.6 to where the mTLS leg arrived": 0.3,
     "x-forwarded-for ends with the client": 0.25,
     "x-envoy-external-address is the client": 0.15,
     "x-forwarded-proto: https": 0.1,
@@ -74,15 +80,32 @@ def _host(authority: str | None) -> str | None:
 
 
 STRONG = frozenset({"sni = authority", "x-forwarded-for ends with the client",
-                    "x-envoy-external-address is the client"})
+                    "x-envoy-external-address is the client", "istio sni names the authority's service",
+                    "sidecar inbound: 127.0.0.6 to where the mTLS leg arrived"})
+
+
+def _sni_names(sni: str | None) -> list[str]:
+    """The names an SNI stands for: itself, and for Istio's (outbound_.8080_._.catalog.shop.svc…)
+    the service's host, ``name.namespace`` and ``name``."""
+    if not sni:
+        return []
+    ist = parse_istio_sni(sni)
+    if ist is None:
+        return [sni.lower()]
+    return list(dict.fromkeys([ist.host.lower(), ist.service.lower(), ist.host.split(".")[0].lower()]))
 
 
 def _score(tls: Exchange, up: Exchange, alone: bool, fresh: bool) -> tuple[float, list[str]]:
     why: list[str] = []
     h = up.headers
     sni = (tls.sni or "").lower()
-    if sni and sni == _host(up.host or h.get(":authority") or h.get("host")):
+    authority = _host(up.host or h.get(":authority") or h.get("host"))
+    if sni and sni == authority:
         why.append("sni = authority")
+    elif authority and parse_istio_sni(sni) is not None and authority in _sni_names(sni):
+        why.append("istio sni names the authority's service")
+    if up.conn.src == INBOUND_PASSTHROUGH_SOURCE and up.conn.dst == tls.conn.dst:
+        why.append("sidecar inbound: 127.0.0.6 to where the mTLS leg arrived")
     xff = [p.strip() for p in h.get("x-forwarded-for", "").split(",") if p.strip()]
     if xff and xff[-1] == tls.conn.src:
         why.append("x-forwarded-for ends with the client")
@@ -96,7 +119,7 @@ def _score(tls: Exchange, up: Exchange, alone: bool, fresh: bool) -> tuple[float
         why.append("the only TLS connection open then")
     elif fresh:
         why.append("first request right after its handshake")
-    return sum(WEIGHTS[w] for w in why), why
+    return min(1.0, sum(WEIGHTS[w] for w in why)), why
 
 
 class _Hellos:
@@ -108,8 +131,11 @@ class _Hellos:
         self.times = [exchange_time(x) for x in hellos]
         self.by_ip: dict[str, tuple[list[float], list[Exchange]]] = {}
         self.by_sni: dict[str, tuple[list[float], list[Exchange]]] = {}
+        self.by_dst: dict[str, tuple[list[float], list[Exchange]]] = {}
         for t, x in zip(self.times, hellos, strict=True):
-            for index, key in ((self.by_ip, x.conn.src), (self.by_sni, (x.sni or "").lower())):
+            keys = [(self.by_ip, x.conn.src), (self.by_dst, x.conn.dst)]
+            keys += [(self.by_sni, name) for name in _sni_names(x.sni)]
+            for index, key in keys:
                 if key:
                     times, rows = index.setdefault(key, ([], []))
                     times.append(t)
@@ -132,8 +158,9 @@ class _Hellos:
         xff = [p.strip() for p in h.get("x-forwarded-for", "").split(",") if p.strip()]
         found: dict[int, Exchange] = {}
         sni = _host(up.host or h.get(":authority") or h.get("host")) or ""
+        inbound = self.by_dst.get(up.conn.dst) if up.conn.src == INBOUND_PASSTHROUGH_SOURCE else None
         for entry in (self.by_ip.get(xff[-1]) if xff else None,
-                      self.by_ip.get(h.get("x-envoy-external-address", "")), self.by_sni.get(sni)):
+                      self.by_ip.get(h.get("x-envoy-external-address", "")), self.by_sni.get(sni), inbound):
             for x in self.window(entry, t):
                 if x.conn.key != up.conn.key:
                     found[id(x)] = x
@@ -153,7 +180,7 @@ def infer_terminations(tls_exchanges: list[Exchange],
             continue
         h = up.headers
         if not (h.get("x-forwarded-proto", "").lower() == "https" or "x-envoy-external-address" in h
-                or h.get("x-forwarded-for")):
+                or h.get("x-forwarded-for") or up.conn.src == INBOUND_PASSTHROUGH_SOURCE):
             continue  # nothing says a proxy forwarded it
         t = exchange_time(up)
         before = hellos.candidates(up, t)

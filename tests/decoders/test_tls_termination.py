@@ -69,3 +69,20 @@ def test_sequential_connections_the_fresh_one_wins_with_less_confidence():
     assert link.tls is new and not link.ambiguous
     assert "first request right after its handshake" in link.evidence
     assert [c[0] for c in link.candidates] == [new, old]  # the other stays visible as a candidate
+
+
+def test_istio_sidecar_inbound_loopback_leg_joins_the_mtls_leg():
+    """The pod's eth0 capture shows the peer sidecar's mTLS connection (Istio SNI); its loopback capture
+    shows the sidecar's plaintext request to the app, from 127.0.0.6."""
+    sni = "outbound_.8080_._.catalog.shop.svc.cluster.local"
+    mtls = tls(conn("10.10.0.6:40000", "10.10.0.9:8080", isn=1, t=10.0, capture="pod-eth0.pcap"), 10.0, sni,
+               alpn=["istio-peer-exchange", "istio"])
+    other = tls(conn("10.10.0.7:40001", "10.10.0.8:8080", isn=2, t=10.0, capture="pod-eth0.pcap"), 10.0,
+                "outbound_.8080_._.inventory.shop.svc.cluster.local")
+    inbound = http(conn("127.0.0.6:41000", "10.10.0.9:8080", isn=3, t=10.01, capture="pod-lo.pcap",
+                        interface="lo"), 10.011, host="catalog.shop:8080")
+    [link] = infer_terminations([mtls, other], [inbound])
+    assert link.tls is mtls and link.inferred and not link.ambiguous
+    assert {"istio sni names the authority's service",
+            "sidecar inbound: 127.0.0.6 to where the mTLS leg arrived"} <= set(link.evidence)
+    assert link.confidence <= 1.0
