@@ -152,11 +152,17 @@ class TlsSession:
                 return
             data = data[d.skip:]
             d.skip = 0
-        d.buf += data
-        if d.framing_lost:
-            self._resync(d, ts)
-        if not d.framing_lost:
-            self._records(d, ts)
+        if d.buf or d.framing_lost:
+            d.buf += data
+            if d.framing_lost:
+                self._resync(d, ts)
+            if not d.framing_lost:
+                self._records(d, ts)
+            return
+        # the common case: whole records straight from the segment, only an unfinished tail is kept
+        pos = self._scan(d, data, ts)
+        if pos is not None and pos < len(data):
+            d.buf += data[pos:]
 
     def gap(self, from_client: bool, nbytes: int, ts: float) -> None:
         """``nbytes`` of this direction were lost from the capture."""
@@ -198,24 +204,33 @@ class TlsSession:
 
     # -- records --------------------------------------------------------------------------------
     def _records(self, d: _Direction, ts: float) -> None:
-        buf = d.buf
+        pos = self._scan(d, d.buf, ts)
+        if pos:
+            del d.buf[:pos]
+
+    def _scan(self, d: _Direction, src: bytes | bytearray, ts: float) -> int | None:
+        """Handle the whole records in ``src``; how far that got (None: framing was lost, and what
+        was left is in the direction's buffer, being resynchronised)."""
         pos = 0
-        n = len(buf)
+        n = len(src)
+        record = self._record
         while n - pos >= 5:
-            ctype = buf[pos]
-            rlen = (buf[pos + 3] << 8) | buf[pos + 4]
-            if not (20 <= ctype <= 24 and buf[pos + 1] == 3 and rlen <= MAX_CIPHERTEXT):
-                del buf[:pos]
+            ctype = src[pos]
+            rlen = (src[pos + 3] << 8) | src[pos + 4]
+            if not (20 <= ctype <= 24 and src[pos + 1] == 3 and rlen <= MAX_CIPHERTEXT):
+                if src is d.buf:
+                    del d.buf[:pos]
+                else:
+                    d.buf += src[pos:]
                 self.report.note(f"{'client' if d.from_client else 'server'} bytes are not TLS records")
                 self._lose_framing(d, 0, ts)
-                return
+                return None
             end = pos + 5 + rlen
             if end > n:
                 break
-            self._record(d, ctype, bytes(buf[pos:pos + 5]), bytes(buf[pos + 5:end]), ts)
+            record(d, ctype, bytes(src[pos:pos + 5]), bytes(src[pos + 5:end]), ts)
             pos = end
-        if pos:
-            del buf[:pos]
+        return pos
 
     def _record(self, d: _Direction, ctype: int, header: bytes, fragment: bytes, ts: float) -> None:
         r = self.report
