@@ -5,6 +5,7 @@ pcap/pcapng magic before more of it is written."""
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,7 @@ class CaptureFiles:
         self.close()
         if self.keylog_bytes is not None:
             raise UploadRejected(400, "at most one key-log part per upload")
-        path = self.folder / KEYLOG_FILE
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(self.folder / KEYLOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self._fh = os.fdopen(fd, "wb")
         self._keylog = True
         self.keylog_bytes = 0
@@ -191,3 +191,27 @@ class MultipartCaptures:
     def finish(self) -> None:
         self.parser.finalize()
         self.feed(b"")
+
+
+async def receive_body(content_type: str, body: AsyncIterator[bytes], files: CaptureFiles) -> None:
+    """Stream a request body into ``files``: multipart file parts, or the whole body as one capture."""
+    ctype, params = parse_options_header(content_type or "")
+    if ctype == b"multipart/form-data":
+        boundary = params.get(b"boundary")
+        if not boundary:
+            raise UploadRejected(400, "multipart body without a boundary")
+        multipart = MultipartCaptures(boundary, files)
+        async for chunk in body:
+            multipart.feed(chunk)
+        try:
+            multipart.finish()
+        except UploadRejected:
+            raise
+        except Exception as exc:
+            raise UploadRejected(400, f"malformed multipart body: {exc}") from exc
+        files.close()
+        return
+    files.open(None)
+    async for chunk in body:
+        files.write(chunk)
+    files.close()
