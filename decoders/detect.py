@@ -25,6 +25,9 @@ def choose_analyzer(host: Host, from_client: bool, payload: bytes) -> Analyzer:
         return TlsAnalyzer(host, client_hello_seen=from_client)
     if from_client and len(payload) >= 3 and PREFACE.startswith(payload[:len(PREFACE)]):
         return Http2Analyzer(host)
+    if not from_client and payload[3:4] == b"\x04" and plausible_frames(payload, False):
+        # the server's preface (a SETTINGS frame) may come first: gRPC servers send it on accept
+        return Http2Analyzer(host, midstream=midstream)
     if looks_like_request(payload) if from_client else looks_like_response(payload):
         return Http1Analyzer(host)
     if midstream and plausible_frames(payload, from_client):

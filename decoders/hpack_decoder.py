@@ -10,9 +10,10 @@ one is faster (see tests/decoders/test_hpack_decoder.py). Bounded: table size, h
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 
-from hpack.huffman_table import decode_huffman
+from hpack.huffman_table import HUFFMAN_COMPLETE, HUFFMAN_EMIT_SYMBOL, HUFFMAN_FAIL, HUFFMAN_TABLE
 from hpack.table import HeaderTable
 
 STATIC = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in HeaderTable.STATIC_TABLE)
@@ -25,6 +26,50 @@ MAX_HEADER_LIST = 256 * 1024  # decoded names and values (+32 each) of one block
 
 class HpackError(ValueError):
     """The block cannot be decoded further (the table is out of step from here)."""
+
+
+def _byte_machine() -> tuple[list[int], list[str], list[bool]]:
+    """hpack's Huffman state machine (a nibble at a time), composed into one step per byte: for state
+    s and byte b at s * 256 + b, the next state (-1: invalid code), the symbols emitted (as text) and
+    whether the string may end there. Half the lookups, and no per-nibble flag tests."""
+    nxt, out, ends = [-1] * 65536, [""] * 65536, [False] * 65536
+    for state in range(256):
+        for byte in range(256):
+            st, text, ok = state, "", True
+            flags = 0
+            for nibble in (byte >> 4, byte & 0x0F):
+                st, flags, sym = HUFFMAN_TABLE[st * 16 + nibble]
+                if flags & HUFFMAN_FAIL:
+                    ok = False
+                    break
+                if flags & HUFFMAN_EMIT_SYMBOL:
+                    text += chr(sym)
+            if ok:
+                i = state * 256 + byte
+                nxt[i], out[i], ends[i] = st, sys.intern(text), bool(flags & HUFFMAN_COMPLETE)
+    return nxt, out, ends
+
+
+_MACHINE: tuple[list[int], list[str], list[bool]] | None = None  # built on first use (~0.2 s)
+
+
+def decode_huffman(raw: bytes) -> str:
+    """A Huffman-coded string (RFC 7541 Appendix B) as text (latin-1, as the rest of the decoder)."""
+    global _MACHINE
+    if _MACHINE is None:
+        _MACHINE = _byte_machine()
+    nxt, out, ends = _MACHINE
+    state, i = 0, 0
+    parts = []
+    for b in raw:
+        i = (state << 8) | b
+        state = nxt[i]
+        if state < 0:
+            raise HpackError("bad Huffman code")
+        parts.append(out[i])
+    if raw and not ends[i]:
+        raise HpackError("Huffman string ends inside a symbol")
+    return "".join(parts)
 
 
 def _integer(data: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
@@ -56,13 +101,9 @@ def _string(data: bytes, pos: int) -> tuple[str, int]:
     end = pos + length
     if end > len(data):
         raise HpackError("string runs past the end of the block")
-    raw = data[pos:end]
     if huffman:
-        try:
-            raw = decode_huffman(raw)
-        except Exception as e:  # hpack raises its own HPACKDecodingError
-            raise HpackError(f"bad Huffman string: {e}") from None
-    return raw.decode("latin-1"), end
+        return decode_huffman(data[pos:end]), end
+    return data[pos:end].decode("latin-1"), end
 
 
 class HpackDecoder:
@@ -110,21 +151,25 @@ class HpackDecoder:
         return None, None
 
     def _decode(self, data: bytes, out: list) -> None:
+        # the common cases inline (one-byte indices, a table in step): this loop is the hot path
         pos, n, total = 0, len(data), 0
-        lookup = self._lookup
+        lookup, table, static = self._lookup, self.table, STATIC
+        in_step = self.in_step
         while pos < n:
             b = data[pos]
             if b & 0x80:  # indexed field (6.1)
-                index, pos = _integer(data, pos, 7)
-                name, value = lookup(index)
-            elif b & 0x40:  # literal, incremental indexing (6.2.1)
-                index, pos = _integer(data, pos, 6)
-                name = lookup(index)[0] if index else None
-                if not index:
-                    name, pos = _string(data, pos)
-                value, pos = _string(data, pos)
-                self._add(name, value)
-            elif b & 0x20:  # dynamic table size update (6.3)
+                index = b & 0x7F
+                if index == 0x7F:
+                    index, pos = _integer(data, pos, 7)
+                else:
+                    pos += 1
+                if 0 < index <= STATIC_LEN:
+                    name, value = static[index - 1]
+                elif in_step and STATIC_LEN < index <= STATIC_LEN + len(table):
+                    name, value = table[index - STATIC_LEN - 1]
+                else:
+                    name, value = lookup(index)
+            elif b & 0x20 and not b & 0x40:  # dynamic table size update (6.3)
                 size, pos = _integer(data, pos, 5)
                 if size > self.allowed or size > MAX_TABLE_SIZE:
                     raise HpackError(f"table size update to {size} above the allowed "
@@ -132,12 +177,27 @@ class HpackDecoder:
                 self.max_size = size
                 self._evict()
                 continue
-            else:  # literal without indexing / never indexed (6.2.2, 6.2.3)
-                index, pos = _integer(data, pos, 4)
-                name = lookup(index)[0] if index else None
+            else:  # literals: with incremental indexing (6.2.1), without (6.2.2), never indexed (6.2.3)
+                indexing = b & 0x40
+                if indexing:
+                    index = b & 0x3F
+                    prefix = 0x3F
+                else:
+                    index = b & 0x0F
+                    prefix = 0x0F
+                if index == prefix:
+                    index, pos = _integer(data, pos, 6 if indexing else 4)
+                else:
+                    pos += 1
                 if not index:
                     name, pos = _string(data, pos)
+                elif index <= STATIC_LEN:
+                    name = static[index - 1][0]
+                else:
+                    name = lookup(index)[0]
                 value, pos = _string(data, pos)
+                if indexing:
+                    self._add(name, value)
             total += (len(name) if name else 0) + (len(value) if value else 0) + ENTRY_OVERHEAD
             if total > MAX_HEADER_LIST:
                 raise HpackError(f"header list over {MAX_HEADER_LIST} bytes")

@@ -45,7 +45,7 @@ from meshscope.decoders.http2_frames import (
 )
 from meshscope.decoders.peer_metadata import decode_peer_metadata
 
-from meshscope.model import Exchange
+from meshscope.model import Exchange, GrpcCall, H2Stream
 
 MAX_HEADER_BLOCK = 256 * 1024  # a header block (HEADERS + CONTINUATION) larger than this is not decoded
 MAX_CONTINUATIONS = 512
@@ -55,14 +55,15 @@ MAX_FRAME_LIMIT = (1 << 24) - 1
 _CLOSED_KEPT = 4096  # stream ids remembered as closed on a connection joined mid-way
 CLOSE_REASONS = {"capture-end": "capture end", "fin": "connection closed", "rst": "connection reset",
                  "evicted": "connection evicted"}
-PSEUDO = {":method": "method", ":path": "uri", ":authority": "host", ":scheme": "scheme"}
 
 
 class _Stream:
-    __slots__ = ("ex", "client_ended", "server_ended", "responded", "req_msgs", "resp_msgs")
+    __slots__ = ("ex", "h2", "client_ended", "server_ended", "responded", "req_msgs", "resp_msgs", "end_time")
 
-    def __init__(self, ex: Exchange) -> None:
+    def __init__(self, ex: Exchange, ts: float | None = None) -> None:
         self.ex = ex
+        self.h2 = ex.h2 = H2Stream()
+        self.end_time = ts  # the last frame either way (copied to the exchange when it ends)
         self.client_ended = False
         self.server_ended = False
         self.responded = False  # a final (non-1xx) response head was seen
@@ -343,7 +344,7 @@ class Http2Analyzer(Analyzer):
         if upgraded is not None:  # RFC 7540 section 3.2: the upgrading request is stream 1
             upgraded.index = upgraded.stream_id = 1
             upgraded.protocol = "h2"
-            st = self.streams[1] = _Stream(upgraded)
+            st = self.streams[1] = _Stream(upgraded, upgraded.request_time)
             st.client_ended = True
             settings = upgraded.headers.get("http2-settings")
             if settings:
@@ -368,8 +369,7 @@ class Http2Analyzer(Analyzer):
         ex.stream_id = sid
         ex.protocol = "h2"
         ex.http_version = "HTTP/2"
-        ex.end_time = ts
-        st = self.streams[sid] = _Stream(ex)
+        st = self.streams[sid] = _Stream(ex, ts)
         if len(self.streams) > MAX_STREAMS:
             oldest = next(iter(self.streams.values()))
             oldest.ex.damage.append(f"more than {MAX_STREAMS} streams open at once: emitted early")
@@ -382,7 +382,7 @@ class Http2Analyzer(Analyzer):
             st = self._open(sid, None)
             st.ex.damage.append("stream began before the capture")
         if st is not None:
-            st.ex.end_time = ts
+            st.end_time = ts
         return st
 
     def count_data(self, st: _Stream, from_client: bool, data: bytes | None, n: int) -> None:
@@ -416,7 +416,7 @@ class Http2Analyzer(Analyzer):
             st.client_ended = True
         else:
             st.server_ended = True
-        st.ex.end_time = ts
+        st.end_time = ts
         if st.client_ended and st.server_ended:
             self._finish(st, "END_STREAM")
 
@@ -436,7 +436,7 @@ class Http2Analyzer(Analyzer):
             if promised in self.streams:
                 return
             st = self._open(promised, ts)
-            st.ex.pushed_by = sid
+            st.h2.pushed_by = sid
             st.client_ended = True  # a promised request has no body
             self._request(st, headers, unknown, ts)
             return
@@ -451,7 +451,7 @@ class Http2Analyzer(Analyzer):
             if not from_client:
                 st.ex.damage.append("request not captured")
         ex = st.ex
-        ex.end_time = ts
+        st.end_time = ts
         if from_client:
             if ex.method is None and not st.client_ended and not ex.headers:
                 self._request(st, headers, unknown, ts)
@@ -464,35 +464,35 @@ class Http2Analyzer(Analyzer):
                 else:
                     self._response(st, headers, unknown, ts)
             else:
-                ex.trailers = {k: v for k, v in headers.items() if k[:1] != ":"}
-                self._unknown(ex, unknown, from_client)
+                st.h2.trailers = {k: v for k, v in headers.items() if k[:1] != ":"}
+                self._unknown(st, unknown, from_client)
         if flags & END_STREAM:
             self.end_side(st, from_client, ts)
 
-    def _unknown(self, ex: Exchange, unknown: int, from_client: bool) -> None:
+    def _unknown(self, st: _Stream, unknown: int, from_client: bool) -> None:
         if unknown:
-            ex.undecoded_headers += unknown
-            self.report(ex, from_client, f"{unknown} header fields refer to HPACK table entries sent "
+            st.h2.undecoded_headers += unknown
+            self.report(st.ex, from_client, f"{unknown} header fields refer to HPACK table entries sent "
                         "before the capture began: not decoded")
 
     def _request(self, st: _Stream, headers: dict[str, str], unknown: int, ts: float) -> None:
         ex = st.ex
         ex.request_time = ts
-        for name, attr in PSEUDO.items():
-            value = headers.pop(name, None)
-            if value is not None:
-                setattr(ex, attr, value)
+        ex.method = headers.pop(":method", None)
+        ex.uri = headers.pop(":path", None)
+        ex.host = headers.pop(":authority", None)
+        st.h2.scheme = headers.pop(":scheme", None)
         ex.headers = headers
         meta = headers.get("x-envoy-peer-metadata")
         if meta:
             ex.peer_workload, ex.peer_namespace = decode_peer_metadata(meta)
         if is_grpc(headers.get("content-type")):
             ex.protocol = "grpc"
-            ex.grpc_service, ex.grpc_method = service_method(ex.uri)
-            ex.grpc_timeout = headers.get("grpc-timeout")
-            ex.grpc_encoding = headers.get("grpc-encoding")
+            service, method = service_method(ex.uri)
+            ex.grpc = GrpcCall(service=service, method=method, timeout=headers.get("grpc-timeout"),
+                               encoding=headers.get("grpc-encoding"))
             st.req_msgs, st.resp_msgs = MessageReader(), MessageReader()
-        self._unknown(ex, unknown, True)
+        self._unknown(st, unknown, True)
 
     def _response(self, st: _Stream, headers: dict[str, str], unknown: int, ts: float) -> None:
         ex = st.ex
@@ -505,15 +505,16 @@ class Http2Analyzer(Analyzer):
         meta = headers.get("x-envoy-peer-metadata")
         if meta:
             ex.server_peer_workload, ex.server_peer_namespace = decode_peer_metadata(meta)
-        if ex.protocol != "grpc" and is_grpc(headers.get("content-type")):  # request not captured
+        if ex.grpc is None and is_grpc(headers.get("content-type")):  # request not captured
             ex.protocol = "grpc"
+            ex.grpc = GrpcCall()
             st.req_msgs, st.resp_msgs = MessageReader(), MessageReader()
-        self._unknown(ex, unknown, False)
+        self._unknown(st, unknown, False)
 
     def reset(self, side: _Direction, sid: int, code: int, ts: float) -> None:
         st = self.streams.get(sid) or (self.stream_for_data(side, sid, ts) if self.midstream else None)
         if st is not None:
-            st.ex.end_time = ts
+            st.end_time = ts
             self._finish(st, f"RST_STREAM {error_name(code)} by {'client' if side.from_client else 'server'}")
 
     def settings(self, from_client: bool, payload: bytes) -> None:
@@ -533,7 +534,7 @@ class Http2Analyzer(Analyzer):
         parity = 0 if from_client else 1  # the receiver's streams: server's even, client's odd
         for sid in [s for s in self.streams if s > last_sid and s & 1 == parity]:
             st = self.streams[sid]
-            st.ex.end_time = ts
+            st.end_time = ts
             self._finish(st, f"{self.goaway_text} (last stream {last_sid})")
 
     def _finish(self, st: _Stream, how: str) -> None:
@@ -545,19 +546,22 @@ class Http2Analyzer(Analyzer):
             if len(self.closed) >= _CLOSED_KEPT:
                 self.closed.clear()
             self.closed.add(sid)
-        ex.ended = how
-        if ex.protocol == "grpc":
-            source = ex.trailers if "grpc-status" in ex.trailers else ex.response_headers
+        h2 = st.h2
+        h2.ended = how
+        h2.end_time = st.end_time
+        call = ex.grpc
+        if call is not None:
+            source = h2.trailers if "grpc-status" in h2.trailers else ex.response_headers
             code = source.get("grpc-status")
             if code is not None:
-                ex.grpc_status = status_name(code)
-                ex.grpc_status_code = int(code) if code.strip().isdigit() else None
-                ex.grpc_message = grpc_message(source.get("grpc-message"))
-            for reader, prefix in ((st.req_msgs, "request"), (st.resp_msgs, "response")):
-                if reader is not None:
-                    setattr(ex, f"grpc_{prefix}_messages", reader.count)
-                    setattr(ex, f"grpc_{prefix}_sizes", reader.sizes)
-                    ex.grpc_compressed |= reader.compressed
+                call.status = status_name(code)
+                call.status_code = int(code) if code.strip().isdigit() else None
+                call.message = grpc_message(source.get("grpc-message"))
+            req, resp = st.req_msgs, st.resp_msgs
+            if req is not None and resp is not None:
+                call.request_messages, call.request_sizes = req.count, req.sizes
+                call.response_messages, call.response_sizes = resp.count, resp.sizes
+                call.compressed = req.compressed or resp.compressed
         self.emit(ex)
 
     def cut_short(self, text: str) -> None:
@@ -568,7 +572,7 @@ class Http2Analyzer(Analyzer):
     def close(self, ts: float, why: str = "capture-end") -> None:
         why = self.goaway_text or CLOSE_REASONS.get(why, why)
         for st in list(self.streams.values()):
-            if self.goaway_text is None and st.ex.end_time is None:
-                st.ex.end_time = ts
+            if st.end_time is None:
+                st.end_time = ts
             self._finish(st, why)
         self.done = True

@@ -281,8 +281,8 @@ def _attempt(c: Exchange, leg: Leg) -> dict:
            "attempt_count": c.headers.get("x-envoy-attempt-count"), "request_id": c.request_id}
     if c.stream_id is not None:  # HTTP/2: which stream of a pooled upstream connection
         row["stream_id"] = c.stream_id
-    if c.grpc_status is not None:
-        row["grpc_status"] = c.grpc_status
+    if c.grpc is not None and c.grpc.status is not None:
+        row["grpc_status"] = c.grpc.status
     return row
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from meshscope.model import Connection, Exchange
+from meshscope.model import Connection, Exchange, GrpcCall
 
 # request headers stitching reads (ids, forwarding chain, trace context, proxy marks)
 STITCH_HEADERS = tuple((
@@ -78,9 +78,7 @@ class ExchangeFacts:
     tls_offered_versions: list[str] = field(default_factory=list)
     protocol: str | None = None  # HTTP/2 and gRPC: what the graphs label a stream with
     stream_id: int | None = None
-    grpc_service: str | None = None
-    grpc_method: str | None = None
-    grpc_status: str | None = None
+    grpc: GrpcCall | None = None
     tls_decryption: str | None = None  # set when a key log was given (decoders.tls_decrypting_analyzer)
 
     @property
@@ -104,8 +102,7 @@ class ExchangeFacts:
                    headers={name: _intern(h[name]) if name in _SHARED_VALUES else h[name]
                             for name in STITCH_HEADERS if name in h},
                    alpn=ex.alpn or _NONE, tls_offered_versions=ex.tls_offered_versions or _NONE,
-                   protocol=ex.protocol, stream_id=ex.stream_id, grpc_service=_intern(ex.grpc_service),
-                   grpc_method=_intern(ex.grpc_method), grpc_status=ex.grpc_status,
+                   protocol=ex.protocol, stream_id=ex.stream_id, grpc=ex.grpc,
                    tls_decryption=ex.tls_decryption)
 
 
@@ -132,9 +129,8 @@ class ExchangeFacts:
                 ex.server_peer_workload, ex.server_peer_namespace,
                 {name: intern(h[name]) if name in _SHARED_VALUES else h[name]
                  for name in STITCH_HEADERS if name in h},
-                ex.alpn or _NONE, ex.tls_offered_versions or _NONE, ex.protocol, ex.stream_id,
-                ex.grpc_service and intern(ex.grpc_service), ex.grpc_method and intern(ex.grpc_method),
-                ex.grpc_status, ex.tls_decryption)
+                ex.alpn or _NONE, ex.tls_offered_versions or _NONE, ex.protocol, ex.stream_id, ex.grpc,
+                ex.tls_decryption)
 
     @classmethod
     def from_tuple(cls, t: tuple, conns: list[Connection]) -> ExchangeFacts:

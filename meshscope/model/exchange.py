@@ -29,6 +29,37 @@ class Connection:
 
 
 @dataclass(slots=True, kw_only=True)
+class H2Stream:
+    """What an HTTP/2 stream adds to a request/response (:method, :path, :authority, :status are the
+    exchange's method, uri, host and status)."""
+
+    scheme: str | None = None  # :scheme
+    trailers: dict[str, str] = field(default_factory=dict)  # response trailers (HEADERS after the DATA)
+    end_time: float | None = None  # the stream's last frame either way
+    ended: str | None = None  # "END_STREAM", "RST_STREAM CANCEL by client", "GOAWAY …", "capture end", …
+    pushed_by: int | None = None  # a server push: the stream its PUSH_PROMISE came on
+    undecoded_headers: int = 0  # header fields whose HPACK table entry the capture never saw
+
+
+@dataclass(slots=True, kw_only=True)
+class GrpcCall:
+    """A gRPC call on an HTTP/2 stream (content-type application/grpc*)."""
+
+    service: str | None = None  # from :path /package.Service/Method
+    method: str | None = None
+    status: str | None = None  # by name: "OK", "UNAVAILABLE", … (trailers, or a trailers-only response)
+    status_code: int | None = None
+    message: str | None = None  # grpc-message, percent-decoded
+    timeout: str | None = None  # grpc-timeout as sent ("100m")
+    encoding: str | None = None  # grpc-encoding
+    request_messages: int = 0  # length-prefixed messages each way
+    response_messages: int = 0
+    request_sizes: list[int] = field(default_factory=list)  # the first few messages' lengths
+    response_sizes: list[int] = field(default_factory=list)
+    compressed: bool = False  # a message had its compressed flag set
+
+
+@dataclass(slots=True, kw_only=True)
 class Exchange(Record):
     kind = "exchange"
 
@@ -65,27 +96,11 @@ class Exchange(Record):
     tls_cipher_suite: str | None = None
     tls_client_identity: str | None = None  # SPIFFE ids from the certificates (URI SAN)
     tls_server_identity: str | None = None
-    # HTTP/2 (one stream) and gRPC on top of it
-    protocol: str | None = None  # "h2" or "grpc" (None: HTTP/1.x or TLS)
+    # HTTP/2 (one stream) and gRPC on top of it; None on HTTP/1 and TLS exchanges
+    protocol: str | None = None  # "h2" or "grpc"
     stream_id: int | None = None
-    scheme: str | None = None  # :scheme (:method, :path, :authority are method, uri, host)
-    trailers: dict[str, str] = field(default_factory=dict)  # response trailers (HEADERS after the DATA)
-    end_time: float | None = None  # the stream's last frame either way
-    ended: str | None = None  # "END_STREAM", "RST_STREAM CANCEL by client", "GOAWAY …", "capture end", …
-    pushed_by: int | None = None  # a server push: the stream its PUSH_PROMISE came on
-    undecoded_headers: int = 0  # header fields whose HPACK table entry the capture never saw
-    grpc_service: str | None = None
-    grpc_method: str | None = None
-    grpc_status: str | None = None  # by name: "OK", "UNAVAILABLE", …
-    grpc_status_code: int | None = None
-    grpc_message: str | None = None
-    grpc_timeout: str | None = None  # as sent ("100m")
-    grpc_encoding: str | None = None
-    grpc_request_messages: int = 0
-    grpc_response_messages: int = 0
-    grpc_request_sizes: list[int] = field(default_factory=list)  # the first few messages' lengths
-    grpc_response_sizes: list[int] = field(default_factory=list)
-    grpc_compressed: bool = False  # a message had its compressed flag set
+    h2: H2Stream | None = None
+    grpc: GrpcCall | None = None
     # damage seen on this exchange (gaps, truncation)
     damage: list[str] = field(default_factory=list)
 

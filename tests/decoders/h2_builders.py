@@ -38,12 +38,21 @@ class H2Pair:
         self.server_events: list = []
         self.client_events: list = []
 
-    def start(self, handshake: bool = True) -> H2Pair:
+    def start(self, handshake: bool = True, server_first: bool = False) -> H2Pair:
+        """The prefaces; ``server_first``: the server's SETTINGS go out on accept, before the
+        client's preface (as gRPC servers do)."""
         if handshake:
             self.conv.handshake()
-        self.client.initiate_connection()
-        self.flush()
-        self.server.initiate_connection()
+        if server_first:
+            self.server.initiate_connection()
+            out = self.server.data_to_send()
+            self.conv.send(False, out, self.mss)
+            self.client.initiate_connection()  # the client's preface before its answer to those SETTINGS
+            self.client_events += self.client.receive_data(out)
+        else:
+            self.client.initiate_connection()
+            self.flush()
+            self.server.initiate_connection()
         self.flush()
         return self
 

@@ -58,11 +58,11 @@ def test_multiplexed_streams_interleave_and_each_is_an_exchange(tmp_path):
     assert [e.stream_id for e in exchanges] == [1, 3, 5, 7, 9]
     for i, e in enumerate(exchanges):
         assert (e.protocol, e.exchange_type, e.http_version) == ("h2", "http", "HTTP/2")
-        assert (e.method, e.uri, e.host, e.scheme) == ("GET", f"/item/{i}", "svc:8080", "http")
+        assert (e.method, e.uri, e.host, e.h2.scheme) == ("GET", f"/item/{i}", "svc:8080", "http")
         assert e.request_id == f"rid-{i}" and e.headers["x-b3-traceid"].startswith("80f1")
         assert e.status == 200 + e.stream_id and e.response_body_bytes == 900
-        assert e.ended == "END_STREAM" and e.index == e.stream_id and not e.damage
-        assert e.request_time <= e.response_time <= e.end_time
+        assert e.h2.ended == "END_STREAM" and e.index == e.stream_id and not e.damage
+        assert e.request_time <= e.response_time <= e.h2.end_time
     assert report.damage == [] and report.exchanges == 5
 
 
@@ -73,13 +73,25 @@ def test_grpc_call_with_trailers_messages_and_compressed_flag(tmp_path):
               grpc_frame(b"\x08\x01"), trailers=[("grpc-status", "0"), ("grpc-message", "fine%20%E2%9C%93")])
     p.conv.close()
     (e,), _ = decode(tmp_path, p.conv.packets)
-    assert (e.protocol, e.grpc_service, e.grpc_method) == ("grpc", "grpc.health.v1.Health", "Check")
-    assert (e.grpc_status, e.grpc_status_code, e.grpc_message) == ("OK", 0, "fine ✓")
-    assert e.grpc_timeout == "250m" and e.grpc_compressed
-    assert (e.grpc_request_messages, e.grpc_request_sizes) == (2, [9, 40])
-    assert (e.grpc_response_messages, e.grpc_response_sizes) == (1, [2])
-    assert e.trailers == {"grpc-status": "0", "grpc-message": "fine%20%E2%9C%93"}
+    assert (e.protocol, e.grpc.service, e.grpc.method) == ("grpc", "grpc.health.v1.Health", "Check")
+    assert (e.grpc.status, e.grpc.status_code, e.grpc.message) == ("OK", 0, "fine ✓")
+    assert e.grpc.timeout == "250m" and e.grpc.compressed
+    assert (e.grpc.request_messages, e.grpc.request_sizes) == (2, [9, 40])
+    assert (e.grpc.response_messages, e.grpc.response_sizes) == (1, [2])
+    assert e.h2.trailers == {"grpc-status": "0", "grpc-message": "fine%20%E2%9C%93"}
     assert e.request_body_bytes == 14 + 45 and e.status == 200
+
+
+def test_server_preface_first_as_grpc_servers_send_it(tmp_path):
+    p = H2Pair().start(server_first=True)
+    sid = p.request(GRPC_CHECK, grpc_frame(b""))
+    p.respond(sid, [(":status", "200"), ("content-type", "application/grpc")], grpc_frame(b"\x08\x01"),
+              trailers=[("grpc-status", "0")])
+    p.conv.close()
+    assert p.conv.packets[3].sport == 8080  # the first payload is the server's SETTINGS
+    (e,), report = decode(tmp_path, p.conv.packets)
+    assert (e.grpc.status, e.request_id, e.stream_id) == ("OK", GRPC_CHECK[-1][1], 1)
+    assert report.damage == []
 
 
 def test_grpc_trailers_only_response_carries_the_status(tmp_path):
@@ -89,9 +101,9 @@ def test_grpc_trailers_only_response_carries_the_status(tmp_path):
                     ("grpc-message", "upstream connect error")])
     p.conv.close()
     (e,), _ = decode(tmp_path, p.conv.packets)
-    assert (e.grpc_status, e.grpc_status_code) == ("UNAVAILABLE", 14)
-    assert e.grpc_message == "upstream connect error"
-    assert e.grpc_response_messages == 0 and e.trailers == {} and e.ended == "END_STREAM"
+    assert (e.grpc.status, e.grpc.status_code) == ("UNAVAILABLE", 14)
+    assert e.grpc.message == "upstream connect error"
+    assert e.grpc.response_messages == 0 and e.h2.trailers == {} and e.h2.ended == "END_STREAM"
 
 
 def test_continuation_padding_and_priority(tmp_path):
@@ -111,7 +123,7 @@ def test_continuation_padding_and_priority(tmp_path):
     conv.close()
     (e,), report = decode(tmp_path, conv.packets)
     assert (e.uri, e.request_id, e.headers["x-long"]) == ("/split", "cont-1", "v" * 300)
-    assert e.status == 404 and e.response_body_bytes == 8 and e.ended == "END_STREAM"
+    assert e.status == 404 and e.response_body_bytes == 8 and e.h2.ended == "END_STREAM"
     assert not e.damage and report.damage == []
 
 
@@ -132,17 +144,17 @@ def test_reset_mid_response_and_goaway_with_streams_in_flight(tmp_path):
     p.flush()
     p.conv.close()
     by_sid = {e.stream_id: e for e in decode(tmp_path, p.conv.packets)[0]}
-    assert by_sid[s1].ended == "RST_STREAM CANCEL by client" and by_sid[s1].response_body_bytes == 7
+    assert by_sid[s1].h2.ended == "RST_STREAM CANCEL by client" and by_sid[s1].response_body_bytes == 7
     assert by_sid[s1].status == 200
-    assert by_sid[s5].ended == "GOAWAY NO_ERROR by server (last stream 3)" and by_sid[s5].status is None
-    assert by_sid[s3].ended == "END_STREAM" and by_sid[s3].response_body_bytes == 4
+    assert by_sid[s5].h2.ended == "GOAWAY NO_ERROR by server (last stream 3)" and by_sid[s5].status is None
+    assert by_sid[s3].h2.ended == "END_STREAM" and by_sid[s3].response_body_bytes == 4
 
 
 def test_open_streams_at_capture_end_say_so(tmp_path):
     p = H2Pair().start()
     p.request(get("/hanging"))
     (e,), _ = decode(tmp_path, p.conv.packets)
-    assert e.ended == "capture end" and e.status is None and e.uri == "/hanging"
+    assert e.h2.ended == "capture end" and e.status is None and e.uri == "/hanging"
 
 
 def test_dynamic_table_size_updates_keep_the_table_in_step(tmp_path):
@@ -175,7 +187,7 @@ def test_capture_starting_mid_connection_decodes_literals_and_reports_the_rest(t
     assert e.stream_id == 7 and e.protocol == "h2"
     # new literals decode; the values indexed before the capture began are not guessed
     assert e.headers.get("x-fresh") == "literal-value" and e.uri == "/late"
-    assert e.status == 503 and e.undecoded_headers > 0
+    assert e.status == 503 and e.h2.undecoded_headers > 0
     assert "x-request-id" not in e.headers and e.method == "GET"  # static-table entry: known
     assert any("HPACK table entries sent before the capture began" in d for d in e.damage)
     assert any("before the capture began" in d for d in report.damage)
@@ -193,9 +205,9 @@ def test_server_push(tmp_path):
     p.conv.close()
     exchanges, _ = decode(tmp_path, p.conv.packets)
     pushed = next(e for e in exchanges if e.stream_id == 2)
-    assert (pushed.uri, pushed.pushed_by, pushed.status) == ("/style.css", 1, 200)
+    assert (pushed.uri, pushed.h2.pushed_by, pushed.status) == ("/style.css", 1, 200)
     assert pushed.response_body_bytes == 6
-    assert pushed.ended == "END_STREAM"
+    assert pushed.h2.ended == "END_STREAM"
 
 
 def test_h2c_upgrade_makes_the_request_stream_one(tmp_path):
@@ -268,7 +280,7 @@ def test_frame_over_the_negotiated_maximum_is_skipped(tmp_path):
     conv.close()
     (e,), report = decode(tmp_path, conv.packets)
     assert any("DATA frame of 20000 bytes over the maximum of 16384" in d for d in report.damage)
-    assert (e.request_id, e.status, e.request_body_bytes, e.ended) == ("big-1", 413, 4, "END_STREAM")
+    assert (e.request_id, e.status, e.request_body_bytes, e.h2.ended) == ("big-1", 413, 4, "END_STREAM")
 
 
 def test_length_past_the_end_of_the_capture(tmp_path):
@@ -276,7 +288,7 @@ def test_length_past_the_end_of_the_capture(tmp_path):
     conv.send(True, frame(DATA, END_STREAM, 1, b"q" * 100)[:9 + 10])  # the frame claims 100, 10 arrive
     exchanges, report = decode(tmp_path, conv.packets)
     (e,) = exchanges
-    assert e.uri == "/cut" and e.request_body_bytes == 10 and e.ended == "capture end"
+    assert e.uri == "/cut" and e.request_body_bytes == 10 and e.h2.ended == "capture end"
 
 
 def test_reset_codes_and_goaway_by_name(tmp_path):
@@ -285,7 +297,7 @@ def test_reset_codes_and_goaway_by_name(tmp_path):
                     + frame(GOAWAY, 0, 0, (1).to_bytes(4, "big") + (11).to_bytes(4, "big")))
     conv.close()
     (e,), _ = decode(tmp_path, conv.packets)
-    assert e.ended == "RST_STREAM REFUSED_STREAM by server"
+    assert e.h2.ended == "RST_STREAM REFUSED_STREAM by server"
 
 
 def _fuzz_capture(tmp_path: Path, client: bytes, server: bytes, mss: int) -> Path:
@@ -335,4 +347,4 @@ def test_other_backends_agree_on_http2(tmp_path, backend):
     other, _ = decode(tmp_path, p.conv.packets, backend=backend)
     assert [e.to_dict() if hasattr(e, "to_dict") else e for e in other] == \
         [e.to_dict() if hasattr(e, "to_dict") else e for e in ref]
-    assert [e.grpc_status for e in other] == ["OK", None]
+    assert [e.grpc and e.grpc.status for e in other] == ["OK", None]

@@ -55,10 +55,10 @@ def test_grpc_calls_direct(decoded):
     assert ok.conn.key[2:] == (GRPC, GRPC_PORT) and ok.conn is not None
     for e in (ok, nf):
         assert (e.protocol, e.method, e.uri) == ("grpc", "POST", "/grpc.health.v1.Health/Check")
-        assert (e.grpc_service, e.grpc_method, e.status) == ("grpc.health.v1.Health", "Check", 200)
-        assert e.grpc_request_messages == 1 and e.ended == "END_STREAM" and e.grpc_timeout
-    assert (ok.grpc_status, ok.grpc_response_messages) == ("OK", 1)
-    assert (nf.grpc_status, nf.grpc_status_code) == ("NOT_FOUND", 5)
+        assert (e.grpc.service, e.grpc.method, e.status) == ("grpc.health.v1.Health", "Check", 200)
+        assert e.grpc.request_messages == 1 and e.h2.ended == "END_STREAM" and e.grpc.timeout
+    assert (ok.grpc.status, ok.grpc.response_messages) == ("OK", 1)
+    assert (nf.grpc.status, nf.grpc.status_code) == ("NOT_FOUND", 5)
     assert (ok.stream_id, nf.stream_id) == (1, 3)  # one channel, two streams
 
 
@@ -71,7 +71,7 @@ def test_multiplexed_calls_through_envoy_on_one_pooled_upstream(decoded):
         down = [e for e in sides if e.conn.dport == ENVOY_PORT]
         up = [e for e in sides if e.conn.dport == GRPC_PORT]
         assert len(down) == len(up) == 1, sides
-        assert down[0].grpc_status == up[0].grpc_status == "OK"
+        assert down[0].grpc.status == up[0].grpc.status == "OK"
         assert up[0].headers["x-envoy-attempt-count"] == "1" and up[0].conn.src == ENVOY
         down_conns.add(down[0].conn.key)
         up_conns.add(up[0].conn.key)
@@ -105,7 +105,7 @@ def test_proxy_hops_retries_and_protocol_changes(lab_capture):
     _, h1_sides = hops["curl-h1-1"]
     down, up = h1_sides[0], h1_sides[-1]
     assert (down.protocol, down.http_version) == (None, "HTTP/1.1")
-    assert (up.protocol, up.grpc_status, up.conn.dport) == ("grpc", "OK", GRPC_PORT)
+    assert (up.protocol, up.grpc.status, up.conn.dport) == ("grpc", "OK", GRPC_PORT)
 
 
 def _as_list(v):
@@ -150,7 +150,7 @@ def test_streams_match_tshark_http2_fields(lab_capture, decoded):
         if e.stream_id is None:
             continue
         facts = {":method": e.method, ":path": e.uri, ":authority": e.host, "x-request-id": e.request_id,
-                 ":status": str(e.status), "grpc-status": e.trailers.get("grpc-status")
+                 ":status": str(e.status), "grpc-status": e.h2.trailers.get("grpc-status")
                  or e.response_headers.get("grpc-status")}
         ours[(e.conn.sport, e.conn.dport, e.stream_id)] = {k: v for k, v in facts.items() if v is not None}
     theirs = _tshark_streams(lab_capture)
