@@ -108,9 +108,10 @@ class DecryptingTlsAnalyzer(Analyzer):
             self.damage(self.tls, True, "ClientHello not captured")
 
     def held(self) -> int:
-        s = self.session
-        n = len(s.client.buf) + len(s.server.buf) + len(s.client.hs) + len(s.server.hs)
-        return n + (self.inner.held() if self.inner is not None else 0)
+        """Unfinished records (handshake messages are small and short-lived: not counted)."""
+        s, inner = self.session, self.inner
+        n = len(s.client.buf) + len(s.server.buf)
+        return n if inner is None else n + inner.held()
 
     def busy(self) -> bool:
         return True
