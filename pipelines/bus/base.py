@@ -27,6 +27,10 @@ class Batch:
 
 
 class Bus(abc.ABC):
+    # True when programs other than meshscope's pipeline read the topics (Kafka): alerts are published
+    # there too. The in-process bus keeps what no group has consumed, so nothing goes there unread.
+    shared: bool = False
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect (a no-op for the in-process bus)."""
 
