@@ -102,7 +102,7 @@ class ExchangeFacts:
                    headers={name: _intern(h[name]) if name in _SHARED_VALUES else h[name]
                             for name in STITCH_HEADERS if name in h},
                    alpn=ex.alpn or _NONE, tls_offered_versions=ex.tls_offered_versions or _NONE,
-                   protocol=ex.protocol, stream_id=ex.stream_id, grpc=ex.grpc,
+                   protocol=ex.protocol, stream_id=ex.stream_id, grpc=_slim_grpc(ex.grpc),
                    tls_decryption=ex.tls_decryption)
 
 
@@ -129,8 +129,8 @@ class ExchangeFacts:
                 ex.server_peer_workload, ex.server_peer_namespace,
                 {name: intern(h[name]) if name in _SHARED_VALUES else h[name]
                  for name in STITCH_HEADERS if name in h},
-                ex.alpn or _NONE, ex.tls_offered_versions or _NONE, ex.protocol, ex.stream_id, ex.grpc,
-                ex.tls_decryption)
+                ex.alpn or _NONE, ex.tls_offered_versions or _NONE, ex.protocol, ex.stream_id,
+                _slim_grpc(ex.grpc), ex.tls_decryption)
 
     @classmethod
     def from_tuple(cls, t: tuple, conns: list[Connection]) -> ExchangeFacts:
@@ -143,6 +143,14 @@ _CONN_FIELDS = Connection.__slots__
 _NONE: list[str] = []  # shared by every exchange without ALPN/versions; facts are never changed
 _SHARED_VALUES = frozenset(("x-forwarded-for", "x-b3-sampled", "x-envoy-attempt-count", "x-envoy-internal",
                             "x-envoy-expected-rq-timeout-ms", "x-envoy-decorator-operation"))
+
+
+def _slim_grpc(call: GrpcCall | None) -> GrpcCall | None:
+    """What stitching and the graphs read of a gRPC call (service, method, status), no lists of its own."""
+    if call is None:
+        return None
+    return GrpcCall(service=_intern(call.service), method=_intern(call.method), status=call.status,
+                    request_sizes=_NONE, response_sizes=_NONE)
 
 
 def _intern(value: str | None) -> str | None:

@@ -26,9 +26,9 @@ RECORD_TYPES: dict[str, type[Record]] = {
 }
 
 __all__ = [
-    "AccessRecord", "Alert", "Connection", "Exchange", "Flow", "GrpcCall", "H2Stream", "Hop", "HOP_KINDS",
-    "Record",
+    "AccessRecord", "Alert", "Connection", "Exchange", "Flow", "Hop", "HOP_KINDS", "Record",
     "RECORD_TYPES", "Span", "normalize_request_id", "record_id",
+    "GrpcCall", "H2Stream",  # what an HTTP/2 stream and a gRPC call add to an Exchange
     "ProxyNode", "parse_node_id",  # Istio node ids
     # the Zipkin v2 JSON codec
     "BadSpans", "normalize_trace_id", "pad_hex_id", "span_from_zipkin", "span_to_zipkin",
