@@ -131,8 +131,9 @@ def tls_connections(pcap: Path, keylog: KeyLog | None, server_ports: set[int],
 
 
 @contextlib.contextmanager
-def tcpdump_lo(path: Path, ports: list[int]):
-    """Real tcpdump on loopback for these ports, stopped (and drained) on exit."""
+def tcpdump_lo(path: Path, ports: list[int], drain: float = 0.5):
+    """Real tcpdump on loopback for these ports, stopped on exit after ``drain`` seconds (to write what
+    the kernel already handed it)."""
     filt = " or ".join(f"tcp port {p}" for p in ports)
     dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-s", "0", "-w", str(path),
                              filt],
@@ -143,7 +144,7 @@ def tcpdump_lo(path: Path, ports: list[int]):
         while b"listening" not in line and time.time() < deadline:
             line = dump.stderr.readline()
         yield
-        time.sleep(0.5)
+        time.sleep(drain)
     finally:
         dump.terminate()
         dump.wait(timeout=10)
