@@ -16,7 +16,7 @@ import grpc
 from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf.message import DecodeError
 from meshscope.collector.access_entries import LogSource, message_records
-from meshscope.collector.publisher import Publisher
+from meshscope.collector.publisher import Backpressure, Publisher
 from meshscope.pipelines.bus import ACCESS
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 SERVICE = "envoy.service.accesslog.v3.AccessLogService"
 StreamAccessLogsMessage = als_pb2.StreamAccessLogsMessage
 _EMPTY_RESPONSE = als_pb2.StreamAccessLogsResponse().SerializeToString()
+
+
+def anonymous_node_id(peer: str, log_name: str) -> str:
+    """A stand-in node id for a proxy that sends none (Envoy without ``--service-node``/``node.id``):
+    ``anonymous~PEER_IP~LOG_NAME``, in Istio's ``TYPE~IP~NAME`` shape so the one node-id parser shows
+    it by log name and address. The peer's port is left out: it changes with every reconnection."""
+    addr = peer.split(":", 1)[1] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    host = addr.rsplit(":", 1)[0].strip("[]") if ":" in addr else addr
+    return f"anonymous~{host}~{log_name or 'unnamed'}"
 
 
 class AccessLogServicer:
@@ -55,7 +64,8 @@ class AccessLogServicer:
                         grpc.StatusCode.INVALID_ARGUMENT,
                         "the first StreamAccessLogsMessage of a stream must carry an identifier")
                 ident = message.identifier
-                source = LogSource(ident.node.id, ident.node.cluster, ident.log_name)
+                node_id = ident.node.id or anonymous_node_id(context.peer(), ident.log_name)
+                source = LogSource(node_id, ident.node.cluster, ident.log_name)
             try:
                 records = message_records(message, source)
             except Exception as exc:  # noqa: BLE001 - a message we cannot convert fails its stream only
@@ -66,7 +76,13 @@ class AccessLogServicer:
                                     f"cannot convert StreamAccessLogsMessage: {exc!r}")
             if records:
                 protocol = "tcp" if records[0].protocol == "TCP" else "http"
-                await self.publisher.submit(ACCESS, records, protocol)
+                try:
+                    await self.publisher.submit(ACCESS, records, protocol)
+                except Backpressure as exc:
+                    # a failed stream is what Envoy counts (and reconnects after): nothing is
+                    # acknowledged that is not on disk
+                    self.streams_failed[source.node_id] += 1
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"collector cannot take records: {exc}")
                 self.arrived[source.node_id] += len(records)
         return _EMPTY_RESPONSE
 

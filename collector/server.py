@@ -13,6 +13,7 @@ import socket
 
 import uvicorn
 from meshscope.collector.als_server import AccessLogServer, AccessLogServicer
+from meshscope.collector.otlp_receiver import HttpListener, OtlpReceiver
 from meshscope.collector.publisher import Publisher, PublisherMetrics
 from meshscope.collector.zipkin_receiver import make_app
 from meshscope.pipelines.bus import Bus
@@ -39,6 +40,11 @@ class Collector:
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None
         self._zipkin_port = settings.zipkin_port
+        # OTLP logs and traces (Istio's envoyOtelAls and opentelemetry providers): gRPC and HTTP
+        self.otlp = OtlpReceiver(self.publisher)
+        self.otlp_grpc = AccessLogServer(self.otlp, settings.host, settings.otlp_grpc_port)
+        self.otlp_http = HttpListener(self.otlp.http_app(), settings.host, settings.otlp_http_port,
+                                      "OTLP/HTTP receiver")
 
     @property
     def als_port(self) -> int:
@@ -52,6 +58,8 @@ class Collector:
         """Start the publisher's replay, the gRPC server and the HTTP receiver; return once both listen.
         A port that cannot be bound is an OSError naming it (nothing is left running)."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if not getattr(self.bus, "durable", True):
+            log.warning("collector: the bus is not durable; acknowledged records live in memory only")
         host = self.settings.host
         await self.publisher.start()
         try:
@@ -78,11 +86,24 @@ class Collector:
                 await self.stop()
                 raise OSError(f"the Zipkin receiver on {host}:{self._zipkin_port} did not start")
             await asyncio.sleep(0.02)
-        log.info("collector: access logs on %s:%d, spans on %s:%d", host, self.als_port, host,
-                 self.zipkin_port)
+        try:
+            await self.otlp_grpc.start()
+        except (OSError, RuntimeError) as exc:
+            await self.stop()
+            raise OSError(f"the OTLP/gRPC receiver could not listen on "
+                          f"{host}:{self.settings.otlp_grpc_port}: {exc}") from exc
+        try:
+            await self.otlp_http.start()
+        except OSError:
+            await self.stop()
+            raise
+        log.info("collector: access logs on %s:%d, spans on %s:%d, OTLP on %s:%d (gRPC) and %d (HTTP)", host,
+                 self.als_port, host, self.zipkin_port, host, self.otlp_grpc.port, self.otlp_http.port)
 
     async def stop(self) -> None:
         """Stop receiving, then stop the publisher (spooled records stay on disk for the next run)."""
+        await self.otlp_http.stop()
+        await self.otlp_grpc.stop()
         if self._http is not None:
             self._http.should_exit = True
         if self._http_task is not None:
@@ -92,11 +113,15 @@ class Collector:
         await self.publisher.stop()
 
     def health(self) -> dict:
-        """/healthz body: 'degraded' while records wait in the spool for the bus."""
+        """/healthz and /readyz body: 'degraded' while records wait in the spool for the bus, 'not
+        ready' while records are refused (disk full, spool full), each with the reason."""
+        status, reason = self.publisher.readiness()
         return {
-            "status": "degraded" if self.publisher.degraded else "ok",
+            "status": status,
+            "reason": reason,
             "spool_bytes": self.publisher.spool.pending_bytes,
             "access_entries_by_proxy": dict(self.servicer.arrived),
+            "otlp_log_records_by_proxy": dict(self.otlp.arrived),
             "access_streams_failed": dict(self.servicer.streams_failed),
             "spool_lines_skipped": self.publisher.spool.skipped,
         }

@@ -57,7 +57,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def make_app(publisher: Publisher, health: Callable[[], dict] | None = None,
              max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
-    """The receiver's ASGI app; ``health`` supplies the /healthz body (status 'ok' or 'degraded')."""
+    """The receiver's ASGI app; ``health`` supplies the /healthz and /readyz body (status 'ok',
+    'degraded' or 'not ready', with a reason)."""
     metrics = publisher.metrics
 
     async def post_spans(request: Request) -> Response:
@@ -92,11 +93,17 @@ def make_app(publisher: Publisher, health: Callable[[], dict] | None = None,
         body = health() if health else {"status": "ok"}
         return JSONResponse(body)
 
+    async def readyz(request: Request) -> Response:
+        """Readiness: 503 with the reason while the collector refuses records (disk full, bus stuck)."""
+        body = health() if health else {"status": "ok"}
+        return JSONResponse(body, status_code=503 if body.get("status") == "not ready" else 200)
+
     async def prometheus(request: Request) -> Response:
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[
         Route("/api/v2/spans", post_spans, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
     ])
