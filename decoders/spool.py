@@ -23,7 +23,7 @@ from meshscope.model import Connection, Exchange, GrpcCall
 STITCH_HEADERS = tuple((
     "x-request-id", "x-forwarded-for", "x-envoy-attempt-count", "x-envoy-expected-rq-timeout-ms",
     "x-envoy-decorator-operation", "x-envoy-internal", "b3", "x-b3-traceid", "x-b3-spanid",
-    "x-b3-parentspanid", "x-b3-sampled",
+    "x-b3-parentspanid", "x-b3-sampled", "x-forwarded-proto", "x-envoy-external-address",
 ))
 
 
@@ -33,7 +33,7 @@ REQUEST_HEADERS = frozenset((
     "x-envoy-attempt-count", "x-envoy-expected-rq-timeout-ms", "x-envoy-original-path", "x-envoy-internal",
     "x-envoy-decorator-operation", "x-envoy-peer-metadata-id", "x-envoy-retry-on", "b3", "traceparent",
     "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",
-    "x-ot-span-context", "content-length", "transfer-encoding", "connection",
+    "x-ot-span-context", "content-length", "transfer-encoding", "connection", "x-envoy-external-address",
 ))
 RESPONSE_HEADERS = frozenset((
     "server", "content-type", "content-length", "transfer-encoding", "connection", "x-request-id",
@@ -79,6 +79,7 @@ class ExchangeFacts:
     protocol: str | None = None  # HTTP/2 and gRPC: what the graphs label a stream with
     stream_id: int | None = None
     grpc: GrpcCall | None = None
+    tls_decryption: str | None = None  # set when a key log was given (decoders.tls_decrypting_analyzer)
 
     @property
     def request_id(self) -> str | None:
@@ -101,7 +102,8 @@ class ExchangeFacts:
                    headers={name: _intern(h[name]) if name in _SHARED_VALUES else h[name]
                             for name in STITCH_HEADERS if name in h},
                    alpn=ex.alpn or _NONE, tls_offered_versions=ex.tls_offered_versions or _NONE,
-                   protocol=ex.protocol, stream_id=ex.stream_id, grpc=_slim_grpc(ex.grpc))
+                   protocol=ex.protocol, stream_id=ex.stream_id, grpc=_slim_grpc(ex.grpc),
+                   tls_decryption=ex.tls_decryption)
 
 
     @staticmethod
@@ -128,7 +130,7 @@ class ExchangeFacts:
                 {name: intern(h[name]) if name in _SHARED_VALUES else h[name]
                  for name in STITCH_HEADERS if name in h},
                 ex.alpn or _NONE, ex.tls_offered_versions or _NONE, ex.protocol, ex.stream_id,
-                _slim_grpc(ex.grpc))
+                _slim_grpc(ex.grpc), ex.tls_decryption)
 
     @classmethod
     def from_tuple(cls, t: tuple, conns: list[Connection]) -> ExchangeFacts:
