@@ -85,8 +85,10 @@ class AccessLogServicer:
 class AccessLogServer:
     """A grpc.aio server carrying the AccessLogService on host:port (port 0 picks a free one)."""
 
-    def __init__(self, servicer: AccessLogServicer, host: str, port: int) -> None:
+    def __init__(self, servicer: AccessLogServicer, host: str, port: int, *,
+                 max_message_bytes: int = 4 * 1024 * 1024) -> None:
         self.servicer = servicer
+        self.max_message_bytes = max_message_bytes
         self.host = host
         self.port = port
         self._server: grpc.aio.Server | None = None
@@ -94,7 +96,9 @@ class AccessLogServer:
     async def start(self) -> int:
         # Envoy keeps one long-lived stream per logger; keepalive notices dead peers
         self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            # Envoy flushes its buffer at 16 KiB (buffer_size_bytes): 4 MiB is generous, 64 MiB was a
+            # way to make the process hold gigabytes
+            ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a second collector on the same port must fail, not share it
             # read ahead up to 8 MiB per stream while a message is being published: a short stall
             # of this process (a big span batch, the embedded indexer) then does not fill Envoy's

@@ -13,10 +13,12 @@ import socket
 
 import uvicorn
 from meshscope.collector.als_server import AccessLogServer, AccessLogServicer
+from meshscope.collector.intake import IntakeLimits
 from meshscope.collector.publisher import Publisher, PublisherMetrics
 from meshscope.collector.zipkin_receiver import make_app
 from meshscope.pipelines.bus import Bus
 
+from meshscope.errors import UserError
 from meshscope.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,11 +32,19 @@ class Collector:
         self.settings = settings
         self.bus = bus
         self.metrics = PublisherMetrics()
+        try:
+            s = settings
+            intake = IntakeLimits(max_ahead=s.intake_max_ahead_s, max_behind=s.intake_max_behind_s,
+                                  time_policy=s.intake_time_policy, max_field=s.intake_max_field,
+                                  max_entry=s.intake_max_entry)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
         self.publisher = Publisher(bus, settings.data_dir / "spool", metrics=self.metrics,
                                    max_inflight=max_inflight, max_spool_bytes=max_spool_bytes,
-                                   publish_timeout=publish_timeout)
+                                   publish_timeout=publish_timeout, intake=intake)
         self.servicer = AccessLogServicer(self.publisher)
-        self.als = AccessLogServer(self.servicer, settings.host, settings.als_port)
+        self.als = AccessLogServer(self.servicer, settings.host, settings.als_port,
+                                   max_message_bytes=settings.collector_max_message_bytes)
         self.app = make_app(self.publisher, health=self.health)
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None

@@ -41,6 +41,15 @@ class Settings:
     api_token: str | None = None  # required for every endpoint but health when bound beyond loopback
     upload_max_bytes: int = 2 * 1024**3
     upload_max_count: int = 1000
+    # collector intake (issue 12): records dated outside [now - behind, now + ahead] are clamped or
+    # rejected; text fields and whole entries past these sizes are cut or rejected; gRPC messages past
+    # collector_max_message_bytes are refused (Envoy flushes its access-log buffer at 16 KiB)
+    intake_max_ahead_s: int = 3600
+    intake_max_behind_s: int = 30 * 86400
+    intake_time_policy: str = "clamp"
+    intake_max_field: int = 16 * 1024
+    intake_max_entry: int = 64 * 1024
+    collector_max_message_bytes: int = 4 * 1024 * 1024
     # proxies whose admin API the collector reads for loss accounting ("127.0.0.1:15000")
     proxy_admins: list[str] = field(default_factory=list)
 
