@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import grpc
 from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf.message import DecodeError
+from meshscope.collector.access_control import ReceiverAccess, peer_identity
 from meshscope.collector.access_entries import LogSource, message_records
 from meshscope.collector.publisher import Backpressure, Publisher
 from meshscope.pipelines.bus import ACCESS
@@ -29,8 +30,9 @@ _EMPTY_RESPONSE = als_pb2.StreamAccessLogsResponse().SerializeToString()
 class AccessLogServicer:
     """Receives access-log streams; counts what arrived per proxy (node id) for loss accounting."""
 
-    def __init__(self, publisher: Publisher) -> None:
+    def __init__(self, publisher: Publisher, access: ReceiverAccess | None = None) -> None:
         self.publisher = publisher
+        self.access = access or ReceiverAccess()
         self.arrived: Counter[str] = Counter()  # node id -> entries received and made safe
         self.streams_failed: Counter[str] = Counter()  # node id ("" before an identifier) -> streams
 
@@ -39,6 +41,7 @@ class AccessLogServicer:
         """Handle one stream: the identifier from its first message applies to every entry."""
         source: LogSource | None = None
         metrics = self.publisher.metrics
+        identity = peer_identity(context, self.access)
         async for raw in requests:
             try:
                 message = StreamAccessLogsMessage.FromString(raw)
@@ -64,6 +67,9 @@ class AccessLogServicer:
                 self.streams_failed[source.node_id] += 1
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"cannot convert StreamAccessLogsMessage: {exc!r}")
+            if records and identity is not None:
+                for r in records:
+                    r.node_auth = identity
             if records:
                 protocol = "tcp" if records[0].protocol == "TCP" else "http"
                 try:
@@ -86,8 +92,9 @@ class AccessLogServer:
     """A grpc.aio server carrying the AccessLogService on host:port (port 0 picks a free one)."""
 
     def __init__(self, servicer: AccessLogServicer, host: str, port: int, *,
-                 max_message_bytes: int = 4 * 1024 * 1024) -> None:
+                 access: ReceiverAccess | None = None, max_message_bytes: int = 4 * 1024 * 1024) -> None:
         self.servicer = servicer
+        self.access = access or ReceiverAccess()
         self.max_message_bytes = max_message_bytes
         self.host = host
         self.port = port
@@ -95,7 +102,7 @@ class AccessLogServer:
 
     async def start(self) -> int:
         # Envoy keeps one long-lived stream per logger; keepalive notices dead peers
-        self._server = grpc.aio.server(options=[
+        self._server = grpc.aio.server(interceptors=self.access.grpc_interceptors(), options=[
             # Envoy flushes its buffer at 16 KiB (buffer_size_bytes): 4 MiB is generous, 64 MiB was a
             # way to make the process hold gigabytes
             ("grpc.max_receive_message_length", self.max_message_bytes),
@@ -108,7 +115,10 @@ class AccessLogServer:
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ])
         self._server.add_generic_rpc_handlers((self.servicer.handler(),))
-        bound = self._server.add_insecure_port(f"{self.host}:{self.port}")
+        credentials = self.access.grpc_credentials()
+        address = f"{self.host}:{self.port}"
+        bound = (self._server.add_secure_port(address, credentials) if credentials is not None
+                 else self._server.add_insecure_port(address))
         if not bound:
             raise OSError(f"cannot bind the access-log gRPC server to {self.host}:{self.port}")
         self.port = bound

@@ -12,6 +12,7 @@ import logging
 import socket
 
 import uvicorn
+from meshscope.collector.access_control import receiver_access
 from meshscope.collector.als_server import AccessLogServer, AccessLogServicer
 from meshscope.collector.intake import IntakeLimits
 from meshscope.collector.publisher import Publisher, PublisherMetrics
@@ -42,10 +43,11 @@ class Collector:
         self.publisher = Publisher(bus, settings.data_dir / "spool", metrics=self.metrics,
                                    max_inflight=max_inflight, max_spool_bytes=max_spool_bytes,
                                    publish_timeout=publish_timeout, intake=intake)
-        self.servicer = AccessLogServicer(self.publisher)
-        self.als = AccessLogServer(self.servicer, settings.host, settings.als_port,
+        self.access = receiver_access(settings)  # refuses an exposed collector without credentials
+        self.servicer = AccessLogServicer(self.publisher, self.access)
+        self.als = AccessLogServer(self.servicer, settings.host, settings.als_port, access=self.access,
                                    max_message_bytes=settings.collector_max_message_bytes)
-        self.app = make_app(self.publisher, health=self.health)
+        self.app = self.access.http_guard(make_app(self.publisher, health=self.health))
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None
         self._zipkin_port = settings.zipkin_port
@@ -82,7 +84,7 @@ class Collector:
                           f"{exc.strerror or exc}") from exc
         self._zipkin_port = sock.getsockname()[1]
         self._http = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                                   lifespan="off"))
+                                                   lifespan="off", **self.access.uvicorn_ssl()))
         self._http.install_signal_handlers = lambda: None  # the embedding program owns signals
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="collector-zipkin-http")
         while not self._http.started:

@@ -50,6 +50,12 @@ class Settings:
     intake_max_field: int = 16 * 1024
     intake_max_entry: int = 64 * 1024
     collector_max_message_bytes: int = 4 * 1024 * 1024
+    # collector access control (collector/access_control.py): beyond loopback the receivers need a bearer
+    # token (collector_token, else api_token) and/or client certificates signed by collector_client_ca
+    collector_token: str | None = None
+    collector_tls_cert: Path | None = None
+    collector_tls_key: Path | None = None
+    collector_client_ca: Path | None = None
     # proxies whose admin API the collector reads for loss accounting ("127.0.0.1:15000")
     proxy_admins: list[str] = field(default_factory=list)
 
