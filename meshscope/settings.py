@@ -41,6 +41,10 @@ class Settings:
     api_token: str | None = None  # required for every endpoint but health when bound beyond loopback
     upload_max_bytes: int = 2 * 1024**3
     upload_max_count: int = 1000
+    # the HTTP servers close a connection whose request head is not in after this many seconds, or
+    # whose body stops arriving for this long (meshscope/slow_clients.py)
+    http_head_timeout_s: int = 10
+    http_body_timeout_s: int = 30
     # collector intake (issue 12): records dated outside [now - behind, now + ahead] are clamped or
     # rejected; text fields and whole entries past these sizes are cut or rejected; gRPC messages past
     # collector_max_message_bytes are refused (Envoy flushes its access-log buffer at 16 KiB)

@@ -97,7 +97,7 @@ class Stack:
             collector = Collector(s, bus)
             await collector.start()
             self._stops.append(("collector", collector.stop))
-            api = EmbeddedServer(create_app(s, self.store), s.host, s.api_port, name="api")
+            api = EmbeddedServer(create_app(s, self.store), s.host, s.api_port, name="api", settings=s)
             await api.start()
             self._stops.append(("api", api.stop))
             if self.with_proxy:
