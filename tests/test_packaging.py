@@ -80,3 +80,11 @@ def test_doors_export_what_they_name():
         for name in package.__all__:
             value = getattr(package, name)
             assert not (hasattr(value, "__path__") or type(value).__name__ == "module"), (door, name)
+
+
+def test_the_tree_passes_ruff():
+    """The checks CI runs include the lint: a stray ``import decoders`` anywhere fails here."""
+    ruff = Path(sys.executable).with_name("ruff")
+    result = subprocess.run([str(ruff), "check", "--no-cache", str(TOP)], capture_output=True, text=True,
+                            cwd=TOP)
+    assert result.returncode == 0, result.stdout[-3000:]
