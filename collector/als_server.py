@@ -2,14 +2,16 @@
 
 The method is registered with raw-bytes requests so a malformed message is answered with a clear
 INVALID_ARGUMENT for that stream alone (grpc's own deserializer would only say "Exception
-deserializing request"). Each message is published before the next is read, so a slow bus slows the
-reading of the stream (backpressure) instead of filling memory.
+deserializing request"). Up to ``read_ahead`` messages of a stream are being published while the next
+is read, no more, so a slow bus slows the reading of the stream (backpressure) instead of filling
+memory; the stream ends OK only once every message is durable, and fails if one cannot be.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 
 import grpc
@@ -42,6 +44,9 @@ class AccessLogServicer:
         source: LogSource | None = None
         metrics = self.publisher.metrics
         identity = peer_identity(context, self.access)
+        # messages being made durable while the next ones are read: a group commit then covers many
+        # messages of the stream (Envoy's are small), and the stream ends OK only once all are on disk
+        ahead: deque[asyncio.Task] = deque()
         async for raw in requests:
             try:
                 message = StreamAccessLogsMessage.FromString(raw)
@@ -72,15 +77,28 @@ class AccessLogServicer:
                     r.node_auth = identity
             if records:
                 protocol = "tcp" if records[0].protocol == "TCP" else "http"
-                try:
-                    await self.publisher.submit(ACCESS, records, protocol)
-                except Backpressure as exc:
-                    # a failed stream is what Envoy counts (and reconnects after): nothing is
-                    # acknowledged that is not on disk
-                    self.streams_failed[source.node_id] += 1
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"collector cannot take records: {exc}")
-                self.arrived[source.node_id] += len(records)
+                ahead.append(asyncio.create_task(self._submit(source.node_id, records, protocol)))
+                while ahead and (len(ahead) > self.read_ahead or ahead[0].done()):
+                    await self._settle(ahead.popleft(), source.node_id, context)
+        while ahead:
+            await self._settle(ahead.popleft(), source.node_id if source else "", context)
         return _EMPTY_RESPONSE
+
+    #: messages of one stream read ahead while earlier ones are still being made durable
+    read_ahead = 32
+
+    async def _submit(self, node_id: str, records: list, protocol: str) -> None:
+        await self.publisher.submit(ACCESS, records, protocol)
+        self.arrived[node_id] += len(records)
+
+    async def _settle(self, task: asyncio.Task, node_id: str, context: grpc.aio.ServicerContext) -> None:
+        try:
+            await task
+        except Backpressure as exc:
+            # a failed stream is what Envoy counts (and reconnects after): nothing is acknowledged
+            # that is not on disk
+            self.streams_failed[node_id] += 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"collector cannot take records: {exc}")
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service registration for a grpc.aio server (requests arrive as bytes)."""
