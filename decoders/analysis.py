@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -36,7 +36,9 @@ class Analysis:
     """What a set of captures showed: exchanges (copies folded), flows, and one report per capture.
 
     ``exchanges`` iterates as Exchange records (a list, or the on-disk spool of analyze());
-    ``by_id()`` gives what the renderers read for each kept exchange."""
+    ``by_id()`` gives what the renderers read for each kept exchange. ``write_json`` writes the one
+    document of an analysis — ``{captures, duplicates, flows, exchanges}`` — that both
+    ``meshscope pcap analyze --json`` prints and ``GET /api/pcaps/{id}/flows`` serves."""
 
     exchanges: Sequence[Exchange] | ExchangeSpool
     flows: list[Flow]
@@ -56,20 +58,23 @@ class Analysis:
             for i, ex in enumerate(self.exchanges):
                 yield b"," + orjson.dumps(ex) if i else orjson.dumps(ex)
 
-    def _head(self) -> bytes:
-        return orjson.dumps({"captures": [dataclasses.asdict(r) for r in self.reports],
-                             "duplicates": self.duplicates})
+    def _head(self, lead: Mapping[str, object] | None) -> bytes:
+        """The document's opening fields, without its closing brace; ``lead`` fields come first."""
+        head = {**(lead or {}), "captures": [dataclasses.asdict(r) for r in self.reports],
+                "duplicates": self.duplicates}
+        return orjson.dumps(head)[:-1]
 
-    def to_dict(self) -> dict:
-        return orjson.loads(self.to_json())
+    def to_dict(self, lead: Mapping[str, object] | None = None) -> dict:
+        return orjson.loads(self.to_json(lead))
 
-    def to_json(self) -> bytes:
-        return (self._head()[:-1] + b',"flows":' + orjson.dumps(self.flows) + b',"exchanges":['
+    def to_json(self, lead: Mapping[str, object] | None = None) -> bytes:
+        return (self._head(lead) + b',"flows":' + orjson.dumps(self.flows) + b',"exchanges":['
                 + b"".join(self._exchange_pieces()) + b"]}")
 
-    def write_json(self, out: BinaryIO) -> None:
-        """The same document as to_json(), written piece by piece: never the whole text in memory."""
-        out.write(self._head()[:-1] + b',"flows":[')
+    def write_json(self, out: BinaryIO, lead: Mapping[str, object] | None = None) -> None:
+        """The same document as to_json(), written piece by piece: never the whole text in memory.
+        ``lead``: fields put before the analysis's own (an upload's ``id``)."""
+        out.write(self._head(lead) + b',"flows":[')
         for i, flow in enumerate(self.flows):
             out.write(b"," + orjson.dumps(flow) if i else orjson.dumps(flow))
         out.write(b'],"exchanges":[')

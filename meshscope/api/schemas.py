@@ -50,9 +50,13 @@ class UploadStatus(BaseModel):
 
 
 class UploadFlows(BaseModel):
+    """An upload's analysis document (decoders.Analysis), led by the upload's id."""
+
     id: str
     flows: list[Flow]
     exchanges: list[Exchange]
+    captures: list[dict] = Field([], description="each capture's report, as `meshscope pcap analyze --json`")
+    duplicates: int = Field(0, description="exchange copies folded away (one connection seen twice)")
 
 
 class RecordsPage(BaseModel):

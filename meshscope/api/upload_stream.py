@@ -4,6 +4,7 @@ pcap/pcapng magic before more of it is written."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,27 @@ class MultipartCaptures:
     def finish(self) -> None:
         self.parser.finalize()
         self.feed(b"")
+
+
+async def receive_body(content_type: str, body: AsyncIterator[bytes], files: CaptureFiles) -> None:
+    """Stream a request body into ``files``: multipart file parts, or the whole body as one capture."""
+    ctype, params = parse_options_header(content_type or "")
+    if ctype == b"multipart/form-data":
+        boundary = params.get(b"boundary")
+        if not boundary:
+            raise UploadRejected(400, "multipart body without a boundary")
+        multipart = MultipartCaptures(boundary, files)
+        async for chunk in body:
+            multipart.feed(chunk)
+        try:
+            multipart.finish()
+        except UploadRejected:
+            raise
+        except Exception as exc:
+            raise UploadRejected(400, f"malformed multipart body: {exc}") from exc
+        files.close()
+        return
+    files.open(None)
+    async for chunk in body:
+        files.write(chunk)
+    files.close()

@@ -8,9 +8,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from meshscope.decoders.analysis import analyze, stitch
-from meshscope.decoders.graph_mermaid import render_mermaid
-from meshscope.decoders.graph_svg import render_svg
+from meshscope.decoders.graph_mermaid import diagram_mermaid, render_mermaid
+from meshscope.decoders.graph_svg import diagram_svg, render_svg
+from meshscope.decoders.graph_text import diagram_text
 from meshscope.decoders.samples import NODEPORT_LAB
+from meshscope.decoders.sequence import flow_diagram
 
 from tests.decoders.made_exchanges import RID, lab_path
 
@@ -76,3 +78,15 @@ def test_mermaid_is_the_same_diagram(lab):
     assert any("ClientHello SNI secure.lab" in ln for ln in lines)
     assert text.count("rect rgb") == text.count("    end") == 4
     assert not any(";" in ln or "#" in ln for ln in lines[1:])  # Mermaid syntax characters are removed
+
+
+def test_text_is_the_same_diagram(lab):
+    """The three renderers take one Diagram: the text one shows the sections and arrows the others draw."""
+    diagram = flow_diagram(lab.flows, lab.by_id())
+    text = diagram_text(diagram)
+    assert [s.title for s in diagram.sections] == re.findall(r"^flow \d+: (.*)$", text, re.M)
+    assert text.count("DNAT NodePort") == 4 and text.count("ClientHello SNI secure.lab") == 2
+    assert "172.18.0.1 -> node (172.18.0.2): TCP handshake → 172.18.0.2:30000" in text
+    assert len(text.splitlines()) == len(diagram.sections) + sum(len(s.messages) for s in diagram.sections)
+    assert diagram_mermaid(diagram) == render_mermaid(lab.flows, lab.by_id())
+    assert diagram_svg(diagram) == render_svg(lab.flows, lab.by_id())
