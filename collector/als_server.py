@@ -2,16 +2,16 @@
 
 The method is registered with raw-bytes requests so a malformed message is answered with a clear
 INVALID_ARGUMENT for that stream alone (grpc's own deserializer would only say "Exception
-deserializing request"). Up to ``read_ahead`` messages of a stream are being published while the next
-is read, no more, so a slow bus slows the reading of the stream (backpressure) instead of filling
-memory; the stream ends OK only once every message is durable, and fails if one cannot be.
+deserializing request"). While one batch of a stream is being published, the records of the messages
+read meanwhile wait to go as the next batch (up to 5,000, then reading stops: backpressure instead of
+filling memory); the stream ends OK only once every record is durable, and fails if one cannot be.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import grpc
@@ -44,9 +44,10 @@ class AccessLogServicer:
         source: LogSource | None = None
         metrics = self.publisher.metrics
         identity = peer_identity(context, self.access)
-        # messages being made durable while the next ones are read: a group commit then covers many
-        # messages of the stream (Envoy's are small), and the stream ends OK only once all are on disk
-        ahead: deque[asyncio.Task] = deque()
+        # records of messages read while earlier ones are being made durable are coalesced into the
+        # next publish: a group commit then covers many of Envoy's small messages, and the stream
+        # ends OK only once all are on disk
+        sink: _StreamSink | None = None
         async for raw in requests:
             try:
                 message = StreamAccessLogsMessage.FromString(raw)
@@ -76,34 +77,72 @@ class AccessLogServicer:
                 for r in records:
                     r.node_auth = identity
             if records:
-                protocol = "tcp" if records[0].protocol == "TCP" else "http"
-                ahead.append(asyncio.create_task(self._submit(source.node_id, records, protocol)))
-                while ahead and (len(ahead) > self.read_ahead or ahead[0].done()):
-                    await self._settle(ahead.popleft(), source.node_id, context)
-        while ahead:
-            await self._settle(ahead.popleft(), source.node_id if source else "", context)
+                if sink is None:
+                    protocol = "tcp" if records[0].protocol == "TCP" else "http"
+                    sink = _StreamSink(self, source.node_id, protocol)
+                try:
+                    await sink.put(records)
+                except Backpressure as exc:
+                    await self._refused(source.node_id, context, exc)
+        if sink is not None:
+            try:
+                await sink.close()
+            except Backpressure as exc:
+                await self._refused(sink.node_id, context, exc)
         return _EMPTY_RESPONSE
 
-    #: messages of one stream read ahead while earlier ones are still being made durable
-    read_ahead = 32
-
-    async def _submit(self, node_id: str, records: list, protocol: str) -> None:
-        await self.publisher.submit(ACCESS, records, protocol)
-        self.arrived[node_id] += len(records)
-
-    async def _settle(self, task: asyncio.Task, node_id: str, context: grpc.aio.ServicerContext) -> None:
-        try:
-            await task
-        except Backpressure as exc:
-            # a failed stream is what Envoy counts (and reconnects after): nothing is acknowledged
-            # that is not on disk
-            self.streams_failed[node_id] += 1
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"collector cannot take records: {exc}")
+    async def _refused(self, node_id: str, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        # a failed stream is what Envoy counts (and reconnects after): nothing is acknowledged that
+        # is not on disk
+        self.streams_failed[node_id] += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"collector cannot take records: {exc}")
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service registration for a grpc.aio server (requests arrive as bytes)."""
         method = grpc.stream_unary_rpc_method_handler(self.stream_access_logs)
         return grpc.method_handlers_generic_handler(SERVICE, {"StreamAccessLogs": method})
+
+
+class _StreamSink:
+    """One stream's records on their way to the publisher: one publish at a time, and what arrives
+    meanwhile waits (up to ``max_waiting`` records) to go in the next, as one batch."""
+
+    max_waiting = 5000
+
+    def __init__(self, servicer: AccessLogServicer, node_id: str, protocol: str) -> None:
+        self.servicer, self.node_id, self.protocol = servicer, node_id, protocol
+        self.waiting: list = []
+        self.task: asyncio.Task | None = None
+        self.error: BaseException | None = None
+
+    async def put(self, records: list) -> None:
+        if self.error is not None:
+            raise self.error
+        self.waiting.extend(records)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._pump())
+        elif len(self.waiting) >= self.max_waiting:  # backpressure: stop reading the stream
+            await asyncio.shield(self.task)
+            if self.error is not None:
+                raise self.error
+
+    async def _pump(self) -> None:
+        while self.waiting and self.error is None:
+            batch, self.waiting = self.waiting, []
+            try:
+                await self.servicer.publisher.submit(ACCESS, batch, self.protocol)
+            except Backpressure as exc:
+                self.error = exc
+                return
+            self.servicer.arrived[self.node_id] += len(batch)
+
+    async def close(self) -> None:
+        while self.task is not None and not self.task.done():
+            await asyncio.shield(self.task)
+        if self.waiting and self.error is None:
+            await self._pump()
+        if self.error is not None:
+            raise self.error
 
 
 class AccessLogServer:

@@ -24,8 +24,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def api(tmp_path):
     port = free_port()
     log = tmp_path / "api.log"
+    # an upload a killed run left half-written: no status, never listed
+    leftover = tmp_path / "data" / "pcaps" / ("ab" * 16)
+    leftover.mkdir(parents=True)
+    (leftover / "capture-0.pcap").write_bytes(b"\xd4\xc3\xb2\xa1" + b"\0" * 100)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MESHSCOPE_DATA_DIR": str(tmp_path / "data"),
-           "MESHSCOPE_HTTP_HEAD_TIMEOUT_S": "1", "MESHSCOPE_HTTP_BODY_TIMEOUT_S": "1"}
+           "MESHSCOPE_HTTP_HEAD_TIMEOUT_S": "1", "MESHSCOPE_HTTP_BODY_TIMEOUT_S": "1",
+           "MESHSCOPE_UPLOAD_MAX_COUNT": "3"}
     proc = subprocess.Popen([*MESHSCOPE, "api", "--port", str(port)], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     try:
@@ -39,6 +44,7 @@ def api(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
         yield port, log
+        assert not leftover.exists()  # removed at start
     finally:
         proc.terminate()
         try:
@@ -81,6 +87,29 @@ def test_half_heads_and_stalled_bodies_are_closed(api):
         assert httpx.get(f"http://127.0.0.1:{port}/api/records", timeout=5).status_code == 200
     finally:
         for s in [*heads, body, idle]:
+            s.close()
+
+
+def test_idle_uploads_take_no_slot_and_stalled_ones_expire(api, tmp_path):
+    port, _ = api
+    pcaps = tmp_path / "data" / "pcaps"
+    idle = []
+    for _ in range(10):  # more than upload_max_count (3): headers, then no data
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /api/pcaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                  b"Content-Length: 100000\r\n\r\n")
+        idle.append(s)
+    stalled = socket.create_connection(("127.0.0.1", port))
+    stalled.sendall(b"POST /api/pcaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                    b"Content-Length: 100000\r\n\r\n\xd4\xc3\xb2\xa1" + b"\0" * 2000)
+    try:
+        time.sleep(0.5)
+        assert len(list(pcaps.iterdir())) <= 1  # only the one that sent data holds a slot
+        assert all(_closed_within(s, 5) for s in [*idle, stalled])
+        time.sleep(0.5)
+        assert list(pcaps.iterdir()) == []  # the stalled upload's folder is gone again
+    finally:
+        for s in [*idle, stalled]:
             s.close()
 
 
