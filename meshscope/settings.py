@@ -29,6 +29,16 @@ class Settings:
     bus: str = "memory"
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_topic_prefix: str = "meshscope."
+    kafka_partitions: int = 3  # for topics meshscope creates when missing
+    kafka_replication_factor: int = 1
+    kafka_compression: str | None = None  # producer compression: zstd, lz4, gzip, snappy (None: off)
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    kafka_sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ca_file: Path | None = None
+    kafka_cert_file: Path | None = None  # client certificate (mutual TLS)
+    kafka_key_file: Path | None = None
     store: str = "sqlite"
     sqlite_path: Path | None = None  # default: data_dir / "meshscope.db"
     elasticsearch_url: str = "http://127.0.0.1:9200"
@@ -37,6 +47,14 @@ class Settings:
     # alerts
     alert_rules: Path | None = None  # default: the bundled pipelines/default_rules.yaml
     alert_webhooks: list[str] = field(default_factory=list)
+    # Alertmanager (POST /api/v2/alerts): every URL gets every alert, as Prometheus does for an HA cluster
+    alertmanager_urls: list[str] = field(default_factory=list)
+    alertmanager_resend_interval: float = 60.0  # seconds between re-sends of active alerts
+    alertmanager_username: str | None = None  # basic auth
+    alertmanager_password: str | None = None
+    alertmanager_bearer_token: str | None = None
+    alertmanager_ca_file: Path | None = None  # CA bundle for https Alertmanagers
+    alertmanager_timeout: float = 10.0
     # API
     api_token: str | None = None  # required for every endpoint but health when bound beyond loopback
     upload_max_bytes: int = 2 * 1024**3
@@ -106,6 +124,11 @@ def _coerce(default: object, annotation: object, value: object) -> object:
         return list(value)  # type: ignore[arg-type]
     if "Path" in ann:
         return Path(str(value))
+    if ann.startswith("float"):
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"expected a number, got {value!r}") from exc
     if ann.startswith("int") or isinstance(default, int):
         try:
             return int(value)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from meshscope.doors import lazy_exports
 _EXPORTS = {
     "AccessQuery": ".store", "Page": ".store", "Store": ".store", "StoreReader": ".store",
     "StoreUnavailable": ".store", "StoreWriter": ".store",
+    "AccessSearch": ".store", "HistogramBucket": ".store", "TrafficEdge": ".store", "VALUE_FIELDS": ".store",
     "Bus": ".bus", "BusUnavailable": ".bus",
     "make_bus": ".wiring", "make_store": ".wiring",
     "Pipeline": ".indexer",

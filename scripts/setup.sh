@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything meshscope and its tests need on a fresh Debian machine: system tools
-# (tshark, tcpdump, iptables, wrk, chromium) when root, then a venv in .venv with the project.
+# (tshark, tcpdump, iptables, wrk, chromium, prometheus, alertmanager) when root, then a venv in .venv with the project.
 # Usage: scripts/setup.sh [test]   (with "test", the test extras too). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,12 @@ for tool in tshark:tshark tcpdump:tcpdump iptables:iptables wrk:wrk ip:iproute2 
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
+# the alerting and metrics tests run Debian's Prometheus (with promtool) and Alertmanager (with amtool)
+if [ -n "$extras" ]; then
+  for tool in promtool:prometheus prometheus-alertmanager:prometheus-alertmanager; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
+  done
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: apt-get install ${need_apt[*]}" >&2

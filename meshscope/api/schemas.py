@@ -132,3 +132,43 @@ class DependencyLink(BaseModel):
     child: str
     callCount: int
     errorCount: int = 0
+
+
+class HistogramBar(BaseModel):
+    start: float = Field(description="epoch seconds; the bar covers [start, start + bucket_s)")
+    counts: dict[str, int] = Field(description='matching records by status class: "2xx" … "5xx", "none"')
+
+
+class Histogram(BaseModel):
+    start: float
+    end: float
+    bucket_s: int
+    total: int
+    bars: list[HistogramBar] = Field(description="in time order; empty buckets left out")
+
+
+class GraphNode(BaseModel):
+    id: str = Field(description="a workload (proxy cluster) or an upstream service")
+    kind: str = Field(description="workload (its proxy sent records) or service (seen only as upstream)")
+    inbound: int = Field(0, description="requests into it in the range")
+    inbound_5xx: int = 0
+    health: str = "healthy"
+
+
+class GraphEdge(BaseModel):
+    source: str
+    target: str
+    cluster: str = Field(description="the Envoy upstream cluster, as logged")
+    requests: int
+    rate: float = Field(description="requests per second over the range")
+    error_ratio: float = Field(description="share of 5xx responses, 0..1")
+    retried_ratio: float = Field(description="share of retried requests, 0..1")
+    p99_ms: float | None = None
+    health: str = Field(description="healthy, degraded or failing (by 5xx ratio)")
+
+
+class ServiceGraph(BaseModel):
+    start: float
+    end: float
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]

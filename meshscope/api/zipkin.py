@@ -176,3 +176,30 @@ async def dependencies(
         None, None, end_ts, min(lookback, end_ts), None, None, {}, MAX_DEPENDENCY_TRACES
     )
     return dependency_links(found)
+
+
+# Zipkin's autocomplete keys: tags Envoy puts on its spans, answered from the access records holding the
+# same values (indexed there), so Grafana and the Zipkin UI offer what meshscope's own search page offers
+AUTOCOMPLETE_FIELDS = {
+    "http.method": "method",
+    "http.status_code": "response_code",
+    "upstream_cluster": "upstream_cluster",
+    "node_id": "node_id",
+    "response_flags": "response_flags",
+}
+
+
+@router.get("/autocompleteKeys", response_model=list[str])
+async def autocomplete_keys() -> list[str]:
+    """The span tag keys whose values /autocompleteValues lists."""
+    return list(AUTOCOMPLETE_FIELDS)
+
+
+@router.get("/autocompleteValues", response_model=list[str])
+async def autocomplete_values(
+    store: Annotated[StoreReader, Depends(reader_of)],
+    key: Annotated[str, Query(min_length=1, max_length=200)],
+) -> list[str]:
+    """Values seen for one autocomplete key, the most frequent first; none for another key (as Zipkin)."""
+    field = AUTOCOMPLETE_FIELDS.get(key)
+    return await store.search_values(field, limit=200) if field else []

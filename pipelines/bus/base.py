@@ -35,6 +35,10 @@ class Bus(abc.ABC):
         """Why the bus could not take records last time, when it knows (None: no known problem)."""
         return None
 
+    # True when programs other than meshscope's pipeline read the topics (Kafka): alerts are published
+    # there too. The in-process bus keeps what no group has consumed, so nothing goes there unread.
+    shared: bool = False
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect (a no-op for the in-process bus)."""
 
