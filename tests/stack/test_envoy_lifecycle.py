@@ -34,6 +34,13 @@ def _up(config: Path, log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -63,8 +70,8 @@ def test_sigkill_of_up_takes_envoy_along_and_a_stale_one_is_stopped(tmp_path):
                                    "--disable-hot-restart", "-l", "error"], start_new_session=True,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         (data / "envoy" / "envoy.pid").write_text(f"{orphan.pid}\n")
-        _wait_for(lambda: httpx.get(f"http://127.0.0.1:{ports['envoy_admin_port']}/ready", timeout=1)
-                  .status_code == 200, 30, "the stale Envoy")
+        admin = f"http://127.0.0.1:{ports['envoy_admin_port']}/ready"
+        _wait_for(lambda: _ready(admin), 30, "the stale Envoy")
         log2 = tmp_path / "up2.log"
         proc = _up(config, log2)
         _wait_for(lambda: "meshscope is up" in log2.read_text() or proc.poll() is not None, 120, "up again")
