@@ -9,7 +9,6 @@ proved who it is ("mtls:<subject>", "token") so records can say so.
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import ssl
 from dataclasses import dataclass
@@ -20,20 +19,10 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshscope.errors import UserError
-from meshscope.settings import Settings
+from meshscope.settings import Settings, is_loopback
 
 #: paths any HTTP client may read (probes and metrics carry no records)
 OPEN_HTTP_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and "localhost": only this machine can connect."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(slots=True, frozen=True)
