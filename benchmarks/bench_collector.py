@@ -177,7 +177,8 @@ async def end_to_end_rate(messages: list[bytes], target_entries: int,
     expected = streams * (entries_in(first) + rounds * per_round)
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp), als_port=free_port(), zipkin_port=free_port())
+        settings = Settings(data_dir=Path(tmp), als_port=free_port(), zipkin_port=free_port(),
+                        otlp_grpc_port=0, otlp_http_port=0)
         # durable, as `meshscope up` runs it: every acknowledgement waits for the write-ahead log's fsync
         bus = MemoryBus(capacity=500_000, wal_dir=Path(tmp) / "bus")
         consumed = 0

@@ -29,6 +29,15 @@ StreamAccessLogsMessage = als_pb2.StreamAccessLogsMessage
 _EMPTY_RESPONSE = als_pb2.StreamAccessLogsResponse().SerializeToString()
 
 
+def anonymous_node_id(peer: str, log_name: str) -> str:
+    """A stand-in node id for a proxy that sends none (Envoy without ``--service-node``/``node.id``):
+    ``anonymous~PEER_IP~LOG_NAME``, in Istio's ``TYPE~IP~NAME`` shape so the one node-id parser shows
+    it by log name and address. The peer's port is left out: it changes with every reconnection."""
+    addr = peer.split(":", 1)[1] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    host = addr.rsplit(":", 1)[0].strip("[]") if ":" in addr else addr
+    return f"anonymous~{host}~{log_name or 'unnamed'}"
+
+
 class AccessLogServicer:
     """Receives access-log streams; counts what arrived per proxy (node id) for loss accounting."""
 
@@ -64,7 +73,8 @@ class AccessLogServicer:
                         grpc.StatusCode.INVALID_ARGUMENT,
                         "the first StreamAccessLogsMessage of a stream must carry an identifier")
                 ident = message.identifier
-                source = LogSource(ident.node.id, ident.node.cluster, ident.log_name)
+                node_id = ident.node.id or anonymous_node_id(context.peer(), ident.log_name)
+                source = LogSource(node_id, ident.node.cluster, ident.log_name)
             try:
                 records = message_records(message, source)
             except Exception as exc:  # noqa: BLE001 - a message we cannot convert fails its stream only

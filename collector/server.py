@@ -15,6 +15,7 @@ import uvicorn
 from meshscope.collector.access_control import receiver_access
 from meshscope.collector.als_server import AccessLogServer, AccessLogServicer
 from meshscope.collector.intake import IntakeLimits
+from meshscope.collector.otlp_receiver import HttpListener, OtlpReceiver
 from meshscope.collector.publisher import Publisher, PublisherMetrics
 from meshscope.collector.zipkin_receiver import make_app
 from meshscope.pipelines.bus import Bus
@@ -51,6 +52,14 @@ class Collector:
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None
         self._zipkin_port = settings.zipkin_port
+        # OTLP logs and traces (Istio's envoyOtelAls and opentelemetry providers): gRPC and HTTP
+        self.otlp = OtlpReceiver(self.publisher)
+        # the same access rules as ALS and Zipkin (token and mTLS on gRPC; the token on HTTP)
+        self.otlp_grpc = AccessLogServer(self.otlp, settings.host, settings.otlp_grpc_port,
+                                         access=self.access,
+                                         max_message_bytes=settings.collector_max_message_bytes)
+        self.otlp_http = HttpListener(self.access.http_guard(self.otlp.http_app()), settings.host,
+                                      settings.otlp_http_port, "OTLP/HTTP receiver")
 
     @property
     def als_port(self) -> int:
@@ -92,11 +101,24 @@ class Collector:
                 await self.stop()
                 raise OSError(f"the Zipkin receiver on {host}:{self._zipkin_port} did not start")
             await asyncio.sleep(0.02)
-        log.info("collector: access logs on %s:%d, spans on %s:%d", host, self.als_port, host,
-                 self.zipkin_port)
+        try:
+            await self.otlp_grpc.start()
+        except (OSError, RuntimeError) as exc:
+            await self.stop()
+            raise OSError(f"the OTLP/gRPC receiver could not listen on "
+                          f"{host}:{self.settings.otlp_grpc_port}: {exc}") from exc
+        try:
+            await self.otlp_http.start()
+        except OSError:
+            await self.stop()
+            raise
+        log.info("collector: access logs on %s:%d, spans on %s:%d, OTLP on %s:%d (gRPC) and %d (HTTP)", host,
+                 self.als_port, host, self.zipkin_port, host, self.otlp_grpc.port, self.otlp_http.port)
 
     async def stop(self) -> None:
         """Stop receiving, then stop the publisher (spooled records stay on disk for the next run)."""
+        await self.otlp_http.stop()
+        await self.otlp_grpc.stop()
         if self._http is not None:
             self._http.should_exit = True
         if self._http_task is not None:
@@ -114,6 +136,7 @@ class Collector:
             "reason": reason,
             "spool_bytes": self.publisher.spool.pending_bytes,
             "access_entries_by_proxy": dict(self.servicer.arrived),
+            "otlp_log_records_by_proxy": dict(self.otlp.arrived),
             "access_streams_failed": dict(self.servicer.streams_failed),
             "spool_lines_skipped": self.publisher.spool.skipped,
         }

@@ -23,6 +23,8 @@ class Settings:
     api_port: int = 8000
     zipkin_port: int = 9411
     als_port: int = 18000
+    otlp_grpc_port: int = 4317  # OTLP/gRPC logs and traces
+    otlp_http_port: int = 4318  # OTLP/HTTP (protobuf, JSON)
     envoy_admin_port: int = 15000
     proxy_port: int = 15001
     demo_upstream_port: int = 18080

@@ -36,7 +36,10 @@ fi
 stamp=".venv/.installed${extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: pip install -e .${extras} into .venv (log: .venv/pip.log)" >&2
-  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e ".${extras}"; } \
+  # xds-protos ships an old copy of opentelemetry/proto (instrumentation_library_logs, no scope_logs) at the
+  # same paths as opentelemetry-proto: whichever installs last wins, so put the published one back last
+  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e ".${extras}" \
+         && .venv/bin/pip install -q --force-reinstall --no-deps "opentelemetry-proto>=1.45,<2"; } \
       >.venv/pip.log 2>&1; then
     cat .venv/pip.log >&2
     exit 1

@@ -81,8 +81,13 @@ class ProxyLossInfo(BaseModel):
 
 
 class ProxyInfo(BaseModel):
-    node_id: str
+    node_id: str = Field(description="Envoy's node id; ``anonymous~PEER_IP~LOG_NAME`` for a proxy that "
+                         "sent none")
     node_cluster: str | None = None
+    role: str = Field("proxy", description="gateway, sidecar or proxy (from an Istio node id)")
+    name: str | None = Field(None, description="the pod (Istio), the log name (anonymous), else the id")
+    namespace: str | None = None
+    ip: str | None = Field(None, description="the pod's address (Istio) or the stream's peer (anonymous)")
     records: int = Field(description="records received from this proxy")
     first_seen: float | None = None
     last_seen: float | None = None

@@ -107,7 +107,8 @@ def test_up_with_traffic_then_clean_shutdown(tmp_path):
     counted, alerts delivered once it is back), its receiver, and resolve; Prometheus sees the whole
     5xx burst and every dashboard query has data; then a clean shutdown that leaves no process behind."""
     ports = {k: free_port() for k in ("api_port", "zipkin_port", "als_port", "envoy_admin_port",
-                                      "proxy_port", "demo_upstream_port")}
+                                      "proxy_port", "demo_upstream_port", "otlp_grpc_port",
+                                      "otlp_http_port")}
     receiver = WebhookReceiver().__enter__()
     am = AlertmanagerServer(tmp_path / "alertmanager", receiver.url)
     prom = PrometheusServer(tmp_path / "prometheus", [f"127.0.0.1:{ports['api_port']}"])
@@ -205,7 +206,8 @@ def test_up_with_traffic_then_clean_shutdown(tmp_path):
 def test_second_up_reuses_the_stored_data(tmp_path):
     """Records stored by one run are there for the next (same data dir)."""
     ports = {k: free_port() for k in ("api_port", "zipkin_port", "als_port", "envoy_admin_port",
-                                      "proxy_port", "demo_upstream_port")}
+                                      "proxy_port", "demo_upstream_port", "otlp_grpc_port",
+                                      "otlp_http_port")}
     config = tmp_path / "meshscope.yaml"
     config.write_text(yaml.safe_dump({**ports, "data_dir": str(tmp_path / "data")}))
     base = f"http://127.0.0.1:{ports['api_port']}"
