@@ -41,7 +41,8 @@ def _store_with_records(data: Path, n: int = 3000) -> Path:
 
 def _up(tmp_path: Path, data: Path, *extra: str, wait: float = 60) -> tuple[subprocess.Popen, str, dict]:
     ports = {k: free_port() for k in ("api_port", "zipkin_port", "als_port", "envoy_admin_port",
-                                      "proxy_port", "demo_upstream_port")}
+                                      "proxy_port", "demo_upstream_port", "otlp_grpc_port",
+                                      "otlp_http_port")}
     config = tmp_path / "meshscope.yaml"
     config.write_text(yaml.safe_dump({**ports, "data_dir": str(data)}))
     proc = subprocess.Popen([*MESHSCOPE, "--config", str(config), "up", "--no-proxy", *extra],

@@ -50,7 +50,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def test_sigkill_of_up_takes_envoy_along_and_a_stale_one_is_stopped(tmp_path):
     need_envoy()
     ports = {k: free_port() for k in ("api_port", "zipkin_port", "als_port", "envoy_admin_port",
-                                      "proxy_port", "demo_upstream_port")}
+                                      "proxy_port", "demo_upstream_port", "otlp_grpc_port",
+                                      "otlp_http_port")}
     data = tmp_path / "data"
     config = tmp_path / "meshscope.yaml"
     config.write_text(yaml.safe_dump({**ports, "data_dir": str(data)}))
