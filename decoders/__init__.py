@@ -16,6 +16,7 @@ _EXPORTS = {
     "diagram_svg": ".graph_svg", "diagram_mermaid": ".graph_mermaid", "diagram_text": ".graph_text",
     "render_svg": ".graph_svg", "render_mermaid": ".graph_mermaid", "render_text": ".flow_text",
     "NODEPORT_LAB": ".samples",
+    "KeyLog": ".tls_keylog",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

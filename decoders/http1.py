@@ -84,7 +84,7 @@ class HttpStreamParser:
     reports gaps and garbage."""
 
     __slots__ = ("is_request", "on_head", "on_end", "on_damage", "on_lost", "state", "buf", "scan_from",
-                 "remaining", "body_bytes", "head_ts")
+                 "remaining", "body_bytes", "head_ts", "after_stop")
 
     def __init__(self, is_request: bool, on_head: Callable[[HttpHead], bool],
                  on_end: Callable[[int, float], None], on_damage: Callable[[str], None],
@@ -100,6 +100,8 @@ class HttpStreamParser:
         self.remaining = 0
         self.body_bytes = 0
         self.head_ts = 0.0
+        # where the bytes after a protocol switch go (an h2c upgrade); None: dropped
+        self.after_stop: Callable[[bytes, float], None] | None = None
 
     # -- input -----------------------------------------------------------------------------------
     def feed(self, data: bytes, ts: float) -> None:
@@ -128,6 +130,8 @@ class HttpStreamParser:
                 self.body_bytes += len(data)
                 return
             elif st == DEAD:
+                if self.after_stop is not None and data:
+                    self.after_stop(data, ts)
                 return
             else:
                 self.buf += data
@@ -331,4 +335,6 @@ class HttpStreamParser:
     def stop(self) -> None:
         """Stop parsing this direction (protocol switched, e.g. 101 or CONNECT)."""
         self.state = DEAD
+        if self.after_stop is not None and self.buf:
+            self.after_stop(bytes(self.buf), self.head_ts)
         self.buf.clear()

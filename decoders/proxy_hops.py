@@ -276,6 +276,16 @@ def _retries(attempts: list[Exchange]) -> int:
     return max([len(attempts), *counts]) - 1
 
 
+def _attempt(c: Exchange, leg: Leg) -> dict:
+    row = {"upstream": conn_text(leg.sides[0].conn), "status": c.status,
+           "attempt_count": c.headers.get("x-envoy-attempt-count"), "request_id": c.request_id}
+    if c.stream_id is not None:  # HTTP/2: which stream of a pooled upstream connection
+        row["stream_id"] = c.stream_id
+    if c.grpc is not None and c.grpc.status is not None:
+        row["grpc_status"] = c.grpc.status
+    return row
+
+
 def _evidence(parent: Exchange, parent_leg: Leg, members: list[tuple[Exchange, Leg, list[str]]]) -> dict:
     first = members[0][0]
     ev: dict = {
@@ -297,10 +307,5 @@ def _evidence(parent: Exchange, parent_leg: Leg, members: list[tuple[Exchange, L
             b3["b3"] = first.headers["b3"]
         if b3:  # as sent, not normalised
             ev["b3"] = b3
-    ev["attempts"] = [
-        {"upstream": conn_text(leg.sides[0].conn),
-         "status": c.status, "attempt_count": c.headers.get("x-envoy-attempt-count"),
-         "request_id": c.request_id}
-        for c, leg, _ in members
-    ]
+    ev["attempts"] = [_attempt(c, leg) for c, leg, _ in members]
     return ev

@@ -24,10 +24,31 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
 
 
+def request_label(ex: Exchange) -> str:
+    """What a request is called in the graphs: method and path; a gRPC call by its service's short name
+    and method; an HTTP/2 stream with its stream id."""
+    call = getattr(ex, "grpc", None)
+    if call is not None and call.method:
+        what = f"gRPC {(call.service or '').rsplit('.', 1)[-1]}/{call.method}"
+    else:
+        what = f"{ex.method or '?'} {ex.uri or ''}"
+    sid = getattr(ex, "stream_id", None)
+    return what if sid is None else f"{what} stream {sid}"
+
+
+def response_label(ex: Exchange) -> str | None:
+    """The status, and a gRPC call's status by name ("200 UNAVAILABLE")."""
+    call = getattr(ex, "grpc", None)
+    grpc = f" {call.status}" if call is not None and call.status else ""
+    if ex.status is None:
+        return f"gRPC{grpc}" if grpc else None
+    return f"{ex.status} {ex.reason or ''}".strip() + grpc
+
+
 def flow_title(flow: Flow, root: Exchange | None) -> str:
     what = ""
     if root is not None:
-        what = f"{root.method} {root.uri}" if root.exchange_type == "http" else f"TLS {root.sni or ''}"
+        what = request_label(root) if root.exchange_type == "http" else f"TLS {root.sni or ''}"
     rid = f"  x-request-id {flow.request_id}" if flow.request_id else ""
     return f"{_short(what)}{rid}".strip()
 
@@ -124,11 +145,11 @@ def _exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> lis
             out.append(Message(ex.response_time or t0, dst, src, f"ServerHello {ex.tls_version}", "response"))
         return out
     rid = ex.request_id
-    label = f"{ex.method or '?'} {ex.uri or ''}"
+    label = request_label(ex)
     if rid and len(rid) > 14:  # enough of the id to tell requests apart, and its sampling digit
         label += f" rid {rid[:8]}…v{rid[14]}"
     out.append(Message(t0, src, dst, _short(label), "request"))
-    if ex.status is not None:
-        status = f"{ex.status} {ex.reason or ''}".strip()
+    status = response_label(ex)
+    if status is not None:
         out.append(Message(ex.response_time or t0, dst, src, status, "response"))
     return out

@@ -7,6 +7,8 @@ from __future__ import annotations
 import socket
 import struct
 
+from meshscope.decoders.tcp_flags import CONTROL
+
 # what decides whether a frame is wanted, from the IPv4 header on: version + IHL, total length,
 # flags + fragment offset, protocol; then (for a 20-byte IPv4 header) TCP ports, data offset, flags
 _IPV4_TCP_FIELDS = "BxHxxHxB10xHH8xBB"
@@ -55,12 +57,12 @@ class TcpCut:
             return None
         flags = off_flags & 0x1FF
         if (total or frame_end - ip) - (tcp - ip) - doff <= 0:  # no payload on the wire
-            if not flags & 7:
+            if not flags & CONTROL:
                 return None  # a pure ACK
             payload, missing = b"", 0
         else:
             payload = buf[tcp + doff:end]
-            if not payload and not flags & 7:
+            if not payload and not flags & CONTROL:
                 return None  # its payload all cut off by the snaplen: nothing left to use
         addrs = self._addrs
         src, dst = buf[ip + 12:ip + 16], buf[ip + 16:ip + 20]

@@ -15,6 +15,7 @@ from meshscope.decoders.backends.segment_backend import Segment, SegmentBackend
 from meshscope.decoders.capture_file import CaptureRecord, ReadStats, read_capture
 from meshscope.decoders.link_layers import locate_ip
 from meshscope.decoders.tcp_cut import TcpCut
+from meshscope.decoders.tcp_flags import CONTROL, IP_FRAGMENTED
 
 _IPV6_EXTENSIONS = frozenset((0, 43, 44, 51, 60))  # hop-by-hop, routing, fragment, AH, dest. options
 _IPV4_HEAD = struct.Struct("!BxHxxHxB").unpack_from  # version + IHL, total length, flags + offset, protocol
@@ -54,7 +55,7 @@ class DpktBackend(SegmentBackend):
                 version = frame[off] >> 4
                 if version == 4:
                     vhl, total, frag, proto = _IPV4_HEAD(frame, off)
-                    if proto != 6 or frag & 0x3FFF:
+                    if proto != 6 or frag & IP_FRAGMENTED:
                         continue  # not TCP, or an IP fragment (TCP is not fragmented in practice)
                     t = off + ((vhl & 15) << 2)  # the TCP header, after any IPv4 options
                     if len(frame) < t + 14:
@@ -77,7 +78,7 @@ class DpktBackend(SegmentBackend):
                         continue
                     plen = (frame[off + 4] << 8) | frame[off + 5]
                     paylen = (plen or len(frame) - t) - ((frame[t + 12] >> 4) << 2)
-                    if paylen <= 0 and not frame[t + 13] & 7:
+                    if paylen <= 0 and not frame[t + 13] & CONTROL:
                         continue
                 elif nxt not in _IPV6_EXTENSIONS:
                     continue
@@ -93,7 +94,7 @@ class DpktBackend(SegmentBackend):
                     continue
                 payload = tcp.data
                 flags = tcp.flags
-                if not payload and not flags & 7:
+                if not payload and not flags & CONTROL:
                     continue
                 yield (ts, addr6.get(ip.src) or _addr6(addr6, ip.src), tcp.sport,
                        addr6.get(ip.dst) or _addr6(addr6, ip.dst), tcp.dport, tcp.seq, tcp.ack,

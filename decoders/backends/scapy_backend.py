@@ -11,13 +11,13 @@ from meshscope.decoders.backends.segment_backend import Segment, SegmentBackend
 from meshscope.decoders.capture_file import ReadStats, read_capture
 from meshscope.decoders.connection_table import wanted
 from meshscope.decoders.link_layers import BSD_AF_INET6
+from meshscope.decoders.tcp_flags import IP_FRAGMENT_OFFSET
 from scapy.config import conf
 from scapy.layers import inet6, l2  # noqa: F401  (registers link types and IPv6 with scapy)
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import bind_layers
 
-_FRAGMENT = 0x1FFF
 for _af in BSD_AF_INET6:  # scapy binds the loopback header to this host's AF_INET6 only
     bind_layers(l2.Loopback, IPv6, type=_af)
 
@@ -42,7 +42,7 @@ class ScapyBackend(SegmentBackend):
                 ip = tcp.underlayer
                 if not isinstance(ip, IP | IPv6):
                     ip = pkt.getlayer(IPv6) or pkt.getlayer(IP)
-                if isinstance(ip, IP) and (ip.flags.MF or ip.frag & _FRAGMENT):
+                if isinstance(ip, IP) and (ip.flags.MF or ip.frag & IP_FRAGMENT_OFFSET):
                     continue
                 # the bytes scapy dissected the payload from: re-building it (bytes()) is not exact
                 # once scapy's TLS or HTTP layers are loaded, and Ethernet padding is already cut

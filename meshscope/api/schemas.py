@@ -47,6 +47,7 @@ class UploadStatus(BaseModel):
     error: str | None = None
     counts: dict[str, int] | None = None
     captures: list[CaptureSummary] = []
+    keylog: bool = Field(False, description="a TLS key log came with the upload (used, then deleted)")
 
 
 class UploadFlows(BaseModel):

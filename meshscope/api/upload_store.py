@@ -32,18 +32,22 @@ class StoredAnalysis:
     reports: list[Any]
 
 
-def run_analysis(settings: Settings, paths: list[str], folder: str) -> StoredAnalysis:
-    """In the worker process: the whole job for one upload (see the module's docstring)."""
-    return asyncio.run(_analyse_into_store(settings, paths, Path(folder)))
+def run_analysis(settings: Settings, paths: list[str], folder: str,
+                 keylog: str | None = None) -> StoredAnalysis:
+    """In the worker process: the whole job for one upload (see the module's docstring); ``keylog``:
+    a TLS key log to decrypt with."""
+    return asyncio.run(_analyse_into_store(settings, paths, Path(folder), keylog))
 
 
-async def _analyse_into_store(settings: Settings, paths: list[str], folder: Path) -> StoredAnalysis:
-    from meshscope.decoders import analyze, render_svg
+async def _analyse_into_store(settings: Settings, paths: list[str], folder: Path,
+                              keylog_path: str | None = None) -> StoredAnalysis:
+    from meshscope.decoders import KeyLog, analyze, render_svg
     from meshscope.pipelines import make_store
 
     for stale in folder.glob("*.tmp"):  # left by a worker ended mid-write (the server stopped)
         stale.unlink(missing_ok=True)
-    analysis = analyze(paths, progress=ProgressFile(folder / PROGRESS_FILE))
+    keylog = KeyLog.from_files([Path(keylog_path)]) if keylog_path else None
+    analysis = analyze(paths, progress=ProgressFile(folder / PROGRESS_FILE), keylog=keylog)
     try:
         # a store of the configured kind, opened here: SQLite's WAL takes a second writing process
         async with make_store(settings) as store:

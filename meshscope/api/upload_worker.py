@@ -82,14 +82,14 @@ class AnalysisWorker:
         for process in processes:
             process.terminate()
 
-    async def analyse(self, paths: list[str], folder: str) -> StoredAnalysis:
+    async def analyse(self, paths: list[str], folder: str, keylog: str | None = None) -> StoredAnalysis:
         """Run one upload's analysis on the worker; WorkerDied when the process died under it (the next
         analysis gets a new worker)."""
         if self._pool is None:
             raise RuntimeError("the analysis worker is not running")
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self._pool, run_analysis, self.settings, paths, folder
+                self._pool, run_analysis, self.settings, paths, folder, keylog
             )
         except BrokenProcessPool:
             log.error("the analysis worker died on %s", folder)

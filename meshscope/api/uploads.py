@@ -23,7 +23,7 @@ import orjson
 
 from meshscope.api.upload_status import STATUS_FILE, UploadStatus
 from meshscope.api.upload_store import FLOWS_FILE, GRAPH_FILE
-from meshscope.api.upload_stream import CaptureFiles, UploadRejected, receive_body
+from meshscope.api.upload_stream import KEYLOG_FILE, CaptureFiles, UploadRejected, receive_body
 from meshscope.api.upload_worker import AnalysisWorker, WorkerDied
 from meshscope.errors import UserError
 from meshscope.pipelines import StoreWriter
@@ -197,6 +197,7 @@ class Uploads:
                 self.counters["rejected"] += 1
             raise
         status = UploadStatus.queued(upload_id, files.files, files.total)
+        status.extra["keylog"] = files.keylog_bytes is not None  # whether one came, never what it held
         status.save(folder)
         self.counters["uploads"] += 1
         self._schedule(upload_id)
@@ -215,8 +216,10 @@ class Uploads:
         folder = self.root / upload_id
         status.start()
         status.save(folder)
+        keylog = folder / KEYLOG_FILE
         try:
-            result = await self.worker.analyse([str(folder / f["stored"]) for f in status.files], str(folder))
+            result = await self.worker.analyse([str(folder / f["stored"]) for f in status.files], str(folder),
+                                               str(keylog) if keylog.exists() else None)
         except asyncio.CancelledError:
             raise
         except (WorkerDied, UserError) as exc:  # WorkerDied: the next uploads get a new worker
@@ -224,6 +227,8 @@ class Uploads:
         except Exception as exc:  # the decoders or the store failed: reported, never a crash
             log.exception("analysis of upload %s failed", upload_id)
             return self._fail(status, f"analysis failed: {exc}")
+        finally:
+            keylog.unlink(missing_ok=True)  # a key log is a secret: it lives only as long as its analysis
         status.finish(result.counts, [capture_summary(r, status.files) for r in result.reports])
         status.save(folder)
         self.counters["analysed"] += 1

@@ -1,4 +1,4 @@
-"""Exchange: one HTTP request/response or TLS handshake seen in a packet capture."""
+"""Exchange: one HTTP/1 request/response, HTTP/2 stream (gRPC call) or TLS handshake seen in a capture."""
 
 from __future__ import annotations
 
@@ -29,12 +29,43 @@ class Connection:
 
 
 @dataclass(slots=True, kw_only=True)
+class H2Stream:
+    """What an HTTP/2 stream adds to a request/response (:method, :path, :authority, :status are the
+    exchange's method, uri, host and status)."""
+
+    scheme: str | None = None  # :scheme
+    trailers: dict[str, str] = field(default_factory=dict)  # response trailers (HEADERS after the DATA)
+    end_time: float | None = None  # the stream's last frame either way
+    ended: str | None = None  # "END_STREAM", "RST_STREAM CANCEL by client", "GOAWAY …", "capture end", …
+    pushed_by: int | None = None  # a server push: the stream its PUSH_PROMISE came on
+    undecoded_headers: int = 0  # header fields whose HPACK table entry the capture never saw
+
+
+@dataclass(slots=True, kw_only=True)
+class GrpcCall:
+    """A gRPC call on an HTTP/2 stream (content-type application/grpc*)."""
+
+    service: str | None = None  # from :path /package.Service/Method
+    method: str | None = None
+    status: str | None = None  # by name: "OK", "UNAVAILABLE", … (trailers, or a trailers-only response)
+    status_code: int | None = None
+    message: str | None = None  # grpc-message, percent-decoded
+    timeout: str | None = None  # grpc-timeout as sent ("100m")
+    encoding: str | None = None  # grpc-encoding
+    request_messages: int = 0  # length-prefixed messages each way
+    response_messages: int = 0
+    request_sizes: list[int] = field(default_factory=list)  # the first few messages' lengths
+    response_sizes: list[int] = field(default_factory=list)
+    compressed: bool = False  # a message had its compressed flag set
+
+
+@dataclass(slots=True, kw_only=True)
 class Exchange(Record):
     kind = "exchange"
 
-    exchange_type: str  # "http" or "tls"
+    exchange_type: str  # "http" (HTTP/1 or HTTP/2) or "tls"
     conn: Connection
-    index: int = 0  # position on its connection (0, 1, 2 … for keep-alive)
+    index: int = 0  # position on its connection (0, 1, 2 … for keep-alive; the stream id on HTTP/2)
     request_time: float | None = None
     response_time: float | None = None
     # HTTP
@@ -59,6 +90,17 @@ class Exchange(Record):
     alpn: list[str] = field(default_factory=list)
     tls_offered_versions: list[str] = field(default_factory=list)
     tls_version: str | None = None  # chosen by the ServerHello
+    # decryption from a key log: "decrypted" (also on the HTTP exchanges read through it), "no key",
+    # "wrong key", "handshake not captured", "unsupported cipher suite …"; None when no key log was given
+    tls_decryption: str | None = None
+    tls_cipher_suite: str | None = None
+    tls_client_identity: str | None = None  # SPIFFE ids from the certificates (URI SAN)
+    tls_server_identity: str | None = None
+    # HTTP/2 (one stream) and gRPC on top of it; None on HTTP/1 and TLS exchanges
+    protocol: str | None = None  # "h2" or "grpc"
+    stream_id: int | None = None
+    h2: H2Stream | None = None
+    grpc: GrpcCall | None = None
     # damage seen on this exchange (gaps, truncation)
     damage: list[str] = field(default_factory=list)
 

@@ -11,8 +11,9 @@ import sys
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from meshscope.decoders.connection_table import SYN, ConnectionTable
+from meshscope.decoders.connection_table import ConnectionTable
 from meshscope.decoders.read import read_exchanges
+from meshscope.decoders.tcp_flags import SYN
 
 from benchmarks.make_capture import write_syn_flood
 from tests.decoders.capture_builders import Conversation, http_request, http_response, write

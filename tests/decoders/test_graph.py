@@ -90,3 +90,38 @@ def test_text_is_the_same_diagram(lab):
     assert len(text.splitlines()) == len(diagram.sections) + sum(len(s.messages) for s in diagram.sections)
     assert diagram_mermaid(diagram) == render_mermaid(lab.flows, lab.by_id())
     assert diagram_svg(diagram) == render_svg(lab.flows, lab.by_id())
+
+
+def test_http2_streams_show_their_stream_id_and_grpc_method_and_status(tmp_path):
+    """A gRPC call through a proxy, retried on UNAVAILABLE: the graphs name the method, the stream and
+    each attempt's gRPC status (SVG, Mermaid and text draw the same Diagram)."""
+    from meshscope.decoders.flow_text import render_text
+
+    from tests.decoders.capture_builders import Conversation, write
+    from tests.decoders.h2_builders import H2Pair, grpc_frame
+
+    call = [(":method", "POST"), (":scheme", "http"), (":path", "/shop.v1.Catalog/List"),
+            (":authority", "cat"), ("content-type", "application/grpc"), ("x-request-id", "grpc-call-1")]
+    down = H2Pair(Conversation(client="10.0.0.1", server="10.0.0.5", sport=8080)).start()
+    up = H2Pair(Conversation(client="10.0.0.5", server="10.0.0.9", sport=50051, cisn=7000,
+                             sisn=90000)).start()
+    sid = down.request(call, grpc_frame(b""))
+    up.conv.t = down.conv.t
+    for attempt in (1, 2):
+        u = up.request(call + [("x-envoy-attempt-count", str(attempt))], grpc_frame(b""))
+        up.respond(u, [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "14")])
+    down.conv.t = up.conv.t
+    down.respond(sid, [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "14")])
+    a = analyze([write(tmp_path / "grpc.pcap", sorted(down.conv.packets + up.conv.packets,
+                                                      key=lambda p: float(p.time)))])
+    diagram = flow_diagram(a.flows, a.by_id())
+    text = diagram_text(diagram)
+    assert "gRPC Catalog/List stream 1" in text and "gRPC Catalog/List stream 3" in text
+    assert text.count("<- ") >= 3 and text.count("200 UNAVAILABLE") == 3
+    assert "l7-proxy ×2 attempts" in text
+    mermaid = diagram_mermaid(diagram)
+    assert "gRPC Catalog/List stream 1" in mermaid and "200 UNAVAILABLE" in mermaid
+    assert "gRPC Catalog/List stream 1" in " ".join(_texts(diagram_svg(diagram)))
+    flows = render_text(a.flows, a.by_id())
+    assert "gRPC Catalog/List stream 1 cat → 200 UNAVAILABLE" in flows
+    assert "attempts stream 1 200 UNAVAILABLE, stream 3 200 UNAVAILABLE" in flows
