@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from meshscope.collector.intake import IntakeCheck, IntakeLimits
 from meshscope.collector.spool import Spool, SpoolFull
 from meshscope.pipelines.bus import Bus, BusUnavailable
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -50,6 +51,9 @@ class PublisherMetrics:
         self.spool_bytes = Gauge("meshscope_collector_spool_bytes", "spooled bytes not yet replayed",
                                  registry=r)
         self.inflight = Gauge("meshscope_collector_inflight", "records held in memory", registry=r)
+        self.intake = Counter("meshscope_collector_intake", "records intake fixed or refused (time outside "
+                              "the window, request id, field or entry size)", ["protocol", "action"],
+                              registry=r)
 
 
 class Publisher:
@@ -66,6 +70,7 @@ class Publisher:
         publish_timeout: float = 5.0,
         retry_interval: float = 0.5,
         max_wait: float = 10.0,
+        intake: IntakeLimits | None = None,
     ) -> None:
         self.bus = bus
         self.spool = Spool(spool_dir, max_bytes=max_spool_bytes)
@@ -74,6 +79,7 @@ class Publisher:
         self.publish_timeout = publish_timeout
         self.retry_interval = retry_interval
         self.max_wait = max_wait
+        self.intake = IntakeCheck(intake, count=lambda p, a, n: self.metrics.intake.labels(p, a).inc(n))
         self.bus_error: str | None = None  # why the bus refused last (None once it acknowledges again)
         self.refusing: str | None = None  # why records were last refused (disk full, spool full)
         self._refused_at = 0.0
@@ -123,8 +129,11 @@ class Publisher:
         """Return once every record is acknowledged by the bus or fsync'ed to the spool."""
         if not records:
             return
+        self.metrics.received.labels(protocol).inc(len(records))
+        records = self.intake.apply(records, protocol)
+        if not records:
+            return
         n = len(records)
-        self.metrics.received.labels(protocol).inc(n)
         await self._reserve(n, protocol, wait)
         try:
             if not self.spool:

@@ -12,12 +12,15 @@ import logging
 import socket
 
 import uvicorn
+from meshscope.collector.access_control import receiver_access
 from meshscope.collector.als_server import AccessLogServer, AccessLogServicer
+from meshscope.collector.intake import IntakeLimits
 from meshscope.collector.otlp_receiver import HttpListener, OtlpReceiver
 from meshscope.collector.publisher import Publisher, PublisherMetrics
 from meshscope.collector.zipkin_receiver import make_app
 from meshscope.pipelines.bus import Bus
 
+from meshscope.errors import UserError
 from meshscope.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,20 +34,32 @@ class Collector:
         self.settings = settings
         self.bus = bus
         self.metrics = PublisherMetrics()
+        try:
+            s = settings
+            intake = IntakeLimits(max_ahead=s.intake_max_ahead_s, max_behind=s.intake_max_behind_s,
+                                  time_policy=s.intake_time_policy, max_field=s.intake_max_field,
+                                  max_entry=s.intake_max_entry)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
         self.publisher = Publisher(bus, settings.data_dir / "spool", metrics=self.metrics,
                                    max_inflight=max_inflight, max_spool_bytes=max_spool_bytes,
-                                   publish_timeout=publish_timeout)
-        self.servicer = AccessLogServicer(self.publisher)
-        self.als = AccessLogServer(self.servicer, settings.host, settings.als_port)
-        self.app = make_app(self.publisher, health=self.health)
+                                   publish_timeout=publish_timeout, intake=intake)
+        self.access = receiver_access(settings)  # refuses an exposed collector without credentials
+        self.servicer = AccessLogServicer(self.publisher, self.access)
+        self.als = AccessLogServer(self.servicer, settings.host, settings.als_port, access=self.access,
+                                   max_message_bytes=settings.collector_max_message_bytes)
+        self.app = self.access.http_guard(make_app(self.publisher, health=self.health))
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None
         self._zipkin_port = settings.zipkin_port
         # OTLP logs and traces (Istio's envoyOtelAls and opentelemetry providers): gRPC and HTTP
         self.otlp = OtlpReceiver(self.publisher)
-        self.otlp_grpc = AccessLogServer(self.otlp, settings.host, settings.otlp_grpc_port)
-        self.otlp_http = HttpListener(self.otlp.http_app(), settings.host, settings.otlp_http_port,
-                                      "OTLP/HTTP receiver")
+        # the same access rules as ALS and Zipkin (token and mTLS on gRPC; the token on HTTP)
+        self.otlp_grpc = AccessLogServer(self.otlp, settings.host, settings.otlp_grpc_port,
+                                         access=self.access,
+                                         max_message_bytes=settings.collector_max_message_bytes)
+        self.otlp_http = HttpListener(self.access.http_guard(self.otlp.http_app()), settings.host,
+                                      settings.otlp_http_port, "OTLP/HTTP receiver")
 
     @property
     def als_port(self) -> int:
@@ -78,7 +93,7 @@ class Collector:
                           f"{exc.strerror or exc}") from exc
         self._zipkin_port = sock.getsockname()[1]
         self._http = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                                   lifespan="off"))
+                                                   lifespan="off", **self.access.uvicorn_ssl()))
         self._http.install_signal_handlers = lambda: None  # the embedding program owns signals
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="collector-zipkin-http")
         while not self._http.started:

@@ -80,7 +80,7 @@ class Spool:
         """Append one batch and fsync it; SpoolFull when it would pass ``max_bytes``."""
         prefix = topic.encode() + b"\t"
         data = b"".join(prefix + orjson.dumps(r) + b"\n" for r in records)
-        if self._pending + len(data) > self.max_bytes:
+        if self._pending and self._pending + len(data) > self.max_bytes:  # one batch alone always fits
             raise SpoolFull(f"spool full: {self._pending} bytes pending of {self.max_bytes}")
         writer = self._open_writer()
         good = writer.tell()

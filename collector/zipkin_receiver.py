@@ -83,6 +83,10 @@ def make_app(publisher: Publisher, health: Callable[[], dict] | None = None,
         except BadSpans as exc:
             metrics.rejected.labels(protocol, "malformed").inc()
             return _error(400, str(exc))
+        identity = request.scope.get("state", {}).get("peer_auth")
+        if identity:
+            for span in spans:
+                span.tags["meshscope.auth"] = identity
         try:
             await publisher.submit(SPANS, spans, protocol, wait=False)
         except Backpressure as exc:

@@ -7,6 +7,7 @@ An environment variable is the field name upper-cased: ``MESHSCOPE_API_PORT=8080
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,25 @@ class Settings:
     api_token: str | None = None  # required for every endpoint but health when bound beyond loopback
     upload_max_bytes: int = 2 * 1024**3
     upload_max_count: int = 1000
+    # the HTTP servers close a connection whose request head is not in after this many seconds, or
+    # whose body stops arriving for this long (meshscope/slow_clients.py)
+    http_head_timeout_s: int = 10
+    http_body_timeout_s: int = 30
+    # collector intake (issue 12): records dated outside [now - behind, now + ahead] are clamped or
+    # rejected; text fields and whole entries past these sizes are cut or rejected; gRPC messages past
+    # collector_max_message_bytes are refused (Envoy flushes its access-log buffer at 16 KiB)
+    intake_max_ahead_s: int = 3600
+    intake_max_behind_s: int = 30 * 86400
+    intake_time_policy: str = "clamp"
+    intake_max_field: int = 16 * 1024
+    intake_max_entry: int = 64 * 1024
+    collector_max_message_bytes: int = 4 * 1024 * 1024
+    # collector access control (collector/access_control.py): beyond loopback the receivers need a bearer
+    # token (collector_token, else api_token) and/or client certificates signed by collector_client_ca
+    collector_token: str | None = None
+    collector_tls_cert: Path | None = None
+    collector_tls_key: Path | None = None
+    collector_client_ca: Path | None = None
     # proxies whose admin API the collector reads for loss accounting ("127.0.0.1:15000")
     proxy_admins: list[str] = field(default_factory=list)
 
@@ -70,6 +90,17 @@ class Settings:
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and "localhost": only this machine can connect (the API and the collector
+    require credentials beyond it)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Settings:

@@ -13,6 +13,7 @@ _EXPORTS = {
     "Bus": ".bus", "BusUnavailable": ".bus",
     "make_bus": ".wiring", "make_store": ".wiring",
     "Pipeline": ".indexer",
+    "StoreDamaged": ".store.sqlite", "repair_sqlite": ".store.sqlite:repair",
     "Rule": ".alerts.rules", "load_rules": ".alerts.rules",
 }
 __all__ = sorted(_EXPORTS)

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from meshscope.api.upload_status import UploadStatus
+from meshscope.api.upload_status import STATUS_FILE, UploadStatus
 from meshscope.api.upload_store import FLOWS_FILE, GRAPH_FILE
 from meshscope.api.upload_stream import KEYLOG_FILE, CaptureFiles, UploadRejected, receive_body
 from meshscope.api.upload_worker import AnalysisWorker, WorkerDied
@@ -88,6 +88,11 @@ class Uploads:
         self.root.mkdir(parents=True, exist_ok=True)
         self.worker.start()
         for folder in sorted(self.root.iterdir()):
+            if UPLOAD_ID.match(folder.name) and folder.is_dir() and not (folder / STATUS_FILE).exists():
+                # an upload cut off mid-transfer (the process was killed): never listed, never finished
+                log.info("removing the partial upload %s left by an earlier run", folder.name)
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
             status = self.status(folder.name)
             if status and not status.state.finished:
                 log.info("resuming analysis of upload %s", folder.name)
@@ -161,6 +166,15 @@ class Uploads:
                 raise UploadRejected(413, f"upload larger than the limit of {limit} bytes")
         except ValueError:
             raise UploadRejected(400, "bad Content-Length") from None
+        # an upload counts against the limit only once data arrives, and gives up when it stalls:
+        # idle connections cannot take every slot
+        body = _stall_guarded(body, float(self.settings.http_body_timeout_s))
+        try:
+            first = await anext(body)
+        except StopAsyncIteration:
+            raise UploadRejected(400, "no capture in the request (send a pcap/pcapng body or a file part)") \
+                from None
+        body = _prepend(first, body)
         stored = sum(1 for f in self.root.iterdir() if UPLOAD_ID.match(f.name))
         if stored >= self.settings.upload_max_count:
             raise UploadRejected(
@@ -223,3 +237,22 @@ class Uploads:
         self.counters["failed"] += 1
         status.fail(error)
         status.save(self.root / status.id)
+
+
+async def _stall_guarded(body: AsyncIterator[bytes], timeout: float) -> AsyncIterator[bytes]:
+    """The body's chunks; UploadRejected(408) when none arrives for ``timeout`` seconds."""
+    chunks = aiter(body)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), timeout)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadRejected(408, f"upload stalled: no data for {timeout:g} s") from None
+        yield chunk
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk

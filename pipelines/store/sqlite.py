@@ -12,6 +12,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,7 @@ from meshscope.pipelines.store.indexed import (
     trace_id_key,
 )
 
+from meshscope.errors import UserError
 from meshscope.model import AccessRecord, Alert, Exchange, Flow, Record, Span, normalize_request_id
 from meshscope.settings import Settings
 
@@ -221,6 +223,71 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+class StoreDamaged(UserError):
+    """The SQLite file failed its integrity check at open: a one-line message says what to do."""
+
+
+def check_integrity(path: str) -> None:
+    """``PRAGMA quick_check`` (and that the file is a database at all); StoreDamaged naming the file."""
+    detail = None
+    try:
+        conn = connect(path)
+        try:
+            rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            conn.close()
+        if rows != ["ok"]:
+            first = " ".join(rows[0].replace("*** in database main ***", "").split())
+            detail = first + (f" and {len(rows) - 1} more problems" if len(rows) > 1 else "")
+    except sqlite3.DatabaseError as exc:
+        detail = " ".join(str(exc).split())
+    if detail is not None:
+        raise StoreDamaged(
+            f"the SQLite store {path} is damaged ({detail}): start with --repair to copy what is readable "
+            "into a fresh file (the damaged one is kept beside it), or move it aside and start fresh")
+
+
+def repair(path: str | os.PathLike) -> str:
+    """Move a damaged store aside (``<name>.damaged-<time>``, with its -wal/-shm) and copy every row
+    still readable into a fresh file; returns a one-line report."""
+    path = str(path)
+    aside = f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, aside + suffix)
+    fresh = connect(path)
+    fresh.executescript(TABLES + INDEXES)
+    copied: dict[str, int] = {}
+    lost: list[str] = []
+    try:
+        old = sqlite3.connect(f"file:{aside}?mode=ro", uri=True)
+        tables = [r[0] for r in fresh.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                  if not r[0].startswith("sqlite_")]
+    except sqlite3.DatabaseError as exc:
+        fresh.close()
+        return f"{path}: nothing was readable ({exc}); started fresh, the damaged file is {aside}"
+    for table in tables:
+        n = 0
+        try:
+            cur = old.execute(f"SELECT * FROM {table}")  # noqa: S608 - names from our own schema
+            fresh.execute("BEGIN")
+            while rows := cur.fetchmany(1000):
+                marks = ",".join("?" * len(rows[0]))
+                fresh.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", rows)  # noqa: S608
+                n += len(rows)
+        except sqlite3.DatabaseError as exc:
+            lost.append(f"{table} after {n} rows ({exc})")
+        finally:
+            if fresh.in_transaction:
+                fresh.execute("COMMIT")
+        copied[table] = n
+    old.close()
+    fresh.close()
+    summary = ", ".join(f"{t} {n}" for t, n in copied.items() if n)
+    return (f"{path}: repaired, rows kept: {summary or 'none'}"
+            + (f"; unreadable: {'; '.join(lost)}" if lost else "") + f"; the damaged file is {aside}")
+
+
 class WalCheckpointer:
     """Checkpoints the WAL every interval_s on its own connection and thread (PASSIVE: writers
     and readers go on meanwhile), and once more when stopped."""
@@ -286,6 +353,8 @@ class SqliteStore(Store):
         self._checkpointer.start()
 
     def _open_writer(self) -> sqlite3.Connection:
+        if self.path.exists() and self.path.stat().st_size > 0:
+            check_integrity(str(self.path))
         conn = connect(str(self.path))
         conn.executescript(TABLES + rollup.TABLE)
         _add_later_columns(conn)

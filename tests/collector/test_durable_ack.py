@@ -159,7 +159,8 @@ def _spans(n: int, start: int = 0) -> bytes:
 
 def _config(tmp_path: Path, data_dir: Path) -> tuple[Path, dict]:
     ports = {k: free_port() for k in ("api_port", "zipkin_port", "als_port", "envoy_admin_port",
-                                      "proxy_port", "demo_upstream_port")}
+                                      "proxy_port", "demo_upstream_port", "otlp_grpc_port",
+                                      "otlp_http_port")}
     config = tmp_path / f"meshscope-{len(list(tmp_path.glob('meshscope-*.yaml')))}.yaml"
     config.write_text(yaml.safe_dump({**ports, "data_dir": str(data_dir)}))
     return config, ports

@@ -118,7 +118,11 @@ async def test_sdk_http_exporters_protobuf_and_gzip(running, access_reader, span
     _check_sdk_records(await span_reader.wait_for(2), await access_reader.wait_for(2), rid)
 
 
-def otlp_json_logs(body: object, attributes: list | None = None, time_ns: int = 1714564800123000000) -> dict:
+T0 = int(time.time()) - 3600  # within the collector's intake window (30 days behind at most)
+
+
+def otlp_json_logs(body: object, attributes: list | None = None,
+                   time_ns: int = T0 * 10**9 + 123000000) -> dict:
     return {"resourceLogs": [{
         "resource": {"attributes": [{"key": "node_name", "value": {"stringValue": "gw-1"}}]},
         "scopeLogs": [{"logRecords": [{
@@ -144,7 +148,7 @@ async def test_otlp_json_logs_and_traces_gzip(running, access_reader, span_reade
         "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "gw"}}]},
         "scopeSpans": [{"spans": [{
             "traceId": f"{TRACE_ID:032x}", "spanId": "00f067aa0ba902b7", "name": "ingress", "kind": 2,
-            "startTimeUnixNano": "1714564800000000000", "endTimeUnixNano": "1714564800250000000",
+            "startTimeUnixNano": str(T0 * 10**9), "endTimeUnixNano": str(T0 * 10**9 + 250000000),
             "attributes": [{"key": "guid:x-request-id", "value": {"stringValue": "json-rid"}},
                            {"key": "http.status_code", "value": {"stringValue": "201"}}],
         }]}],
@@ -158,7 +162,7 @@ async def test_otlp_json_logs_and_traces_gzip(running, access_reader, span_reade
     (rec,) = await access_reader.wait_for(1)
     assert (rec.method, rec.path, rec.response_code, rec.request_id) == ("POST", "/pay", 201, "json-rid")
     assert rec.response_flags == ["DC"] and rec.node_id == "gw-1"
-    assert rec.start_time == pytest.approx(1714564800.123)
+    assert rec.start_time == pytest.approx(T0 + 0.123)
     assert rec.trace_id == "463ac35c9f6413ad48485a3953bb6124"
     (span,) = await span_reader.wait_for(1)
     assert span.trace_id == f"{TRACE_ID:032x}" and span.span_kind == "SERVER" and span.duration == 250_000
@@ -208,7 +212,7 @@ async def test_bad_otlp_input_gets_clear_errors(running, access_reader):
         # a request with a kvlist body is read as Istio's JSON keys
         request = logs_service_pb2.ExportLogsServiceRequest()
         log = request.resource_logs.add().scope_logs.add().log_records.add()
-        log.time_unix_nano = 1714564800 * 10**9
+        log.time_unix_nano = T0 * 10**9
         for key, value in (("method", "GET"), ("path", "/kv"), ("request_id", "kv-rid")):
             log.body.kvlist_value.values.add(key=key, value=common_pb2.AnyValue(string_value=value))
         raw = await channel.unary_unary(f"/{LOGS_SERVICE}/Export")(request.SerializeToString(), timeout=10)
