@@ -145,7 +145,8 @@ async def measure(label: str, path: str, args, collector: Collector, sink, envoy
 
 async def run_sink(args) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp), als_port=free_port(), zipkin_port=free_port())
+        settings = Settings(data_dir=Path(tmp), als_port=free_port(), zipkin_port=free_port(),
+                        otlp_grpc_port=0, otlp_http_port=0)
         bus = make_bus(settings)
         store = make_store(settings) if args.sink == "store" else None
         await bus.start()

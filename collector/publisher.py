@@ -1,11 +1,13 @@
 """Records from the receivers to the bus, durably: acknowledged by the bus, or fsync'ed to the spool.
 
 ``submit`` returns only once its records are safe (bus ack or spool fsync), so a receiver that awaits
-it acknowledges nothing it could still lose. When the bus fails, the publisher switches to the spool
-(new records queue behind the spooled ones, keeping their order) and a replay task drains the spool
-into the bus once it answers again. Memory is bounded by ``max_inflight`` records and disk by the
-spool's size: past either, ``submit`` waits (the gRPC stream stops being read) or, with
-``wait=False``, raises Backpressure (the Zipkin receiver answers 503).
+it acknowledges nothing it could still lose; the bus must be durable itself (Kafka, or the in-process
+bus with its write-ahead log). When the bus fails, the publisher switches to the spool (new records
+queue behind the spooled ones, keeping their order) and a replay task drains the spool into the bus
+once it answers again. Memory is bounded by ``max_inflight`` records and disk by the spool's size:
+past either, ``submit`` waits up to ``max_wait`` seconds (the gRPC stream stops being read) or, with
+``wait=False``, at once raises Backpressure (the Zipkin receiver answers 503, the gRPC stream fails).
+A spool that cannot be written (disk full) is Backpressure too, and ``readiness`` says why.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from meshscope.collector.intake import IntakeCheck, IntakeLimits
 from meshscope.collector.spool import Spool, SpoolFull
 from meshscope.pipelines.bus import Bus, BusUnavailable
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -47,6 +51,9 @@ class PublisherMetrics:
         self.spool_bytes = Gauge("meshscope_collector_spool_bytes", "spooled bytes not yet replayed",
                                  registry=r)
         self.inflight = Gauge("meshscope_collector_inflight", "records held in memory", registry=r)
+        self.intake = Counter("meshscope_collector_intake", "records intake fixed or refused (time outside "
+                              "the window, request id, field or entry size)", ["protocol", "action"],
+                              registry=r)
 
 
 class Publisher:
@@ -62,6 +69,8 @@ class Publisher:
         max_spool_bytes: int = 1024**3,
         publish_timeout: float = 5.0,
         retry_interval: float = 0.5,
+        max_wait: float = 10.0,
+        intake: IntakeLimits | None = None,
     ) -> None:
         self.bus = bus
         self.spool = Spool(spool_dir, max_bytes=max_spool_bytes)
@@ -69,6 +78,11 @@ class Publisher:
         self.max_inflight = max_inflight
         self.publish_timeout = publish_timeout
         self.retry_interval = retry_interval
+        self.max_wait = max_wait
+        self.intake = IntakeCheck(intake, count=lambda p, a, n: self.metrics.intake.labels(p, a).inc(n))
+        self.bus_error: str | None = None  # why the bus refused last (None once it acknowledges again)
+        self.refusing: str | None = None  # why records were last refused (disk full, spool full)
+        self._refused_at = 0.0
         self._inflight = 0
         self._room = asyncio.Condition()
         self._spool_lock = asyncio.Lock()
@@ -92,25 +106,50 @@ class Publisher:
         """True while records wait in the spool (the bus was down or slow)."""
         return bool(self.spool)
 
+    #: how long after a refusal readiness still says "not ready" (senders retry within it)
+    REFUSAL_MEMORY = 10.0
+
+    def readiness(self) -> tuple[str, str | None]:
+        """("ok" | "degraded" | "not ready", the reason): not ready while records are being refused."""
+        if self.refusing and time.monotonic() - self._refused_at < self.REFUSAL_MEMORY:
+            return "not ready", self.refusing
+        if self.spool:
+            return "degraded", f"{self.spool.pending_bytes} bytes spooled on disk: the bus is not " \
+                               f"acknowledging ({self.bus_error or 'catching up'})"
+        return "ok", None
+
+    def _refuse(self, protocol: str, reason: str, why: str, cause: BaseException | None = None) -> None:
+        self.metrics.rejected.labels(protocol, reason).inc()
+        self.refusing, self._refused_at = why, time.monotonic()
+        log.warning("refusing records: %s", why)
+        raise Backpressure(why) from cause
+
     async def submit(self, topic: str, records: Sequence[Record], protocol: str, *,
                      wait: bool = True) -> None:
         """Return once every record is acknowledged by the bus or fsync'ed to the spool."""
         if not records:
             return
+        self.metrics.received.labels(protocol).inc(len(records))
+        records = self.intake.apply(records, protocol)
+        if not records:
+            return
         n = len(records)
-        self.metrics.received.labels(protocol).inc(n)
         await self._reserve(n, protocol, wait)
         try:
             if not self.spool:
                 try:
                     await asyncio.wait_for(self.bus.publish(topic, records), self.publish_timeout)
                     self.metrics.published.labels(protocol).inc(n)
+                    self.bus_error = self.refusing = None
                     return
                 except (BusUnavailable, TimeoutError) as exc:
+                    self.bus_error = str(exc) or "no answer within the publish timeout"
                     log.warning("bus did not acknowledge %d %s records (%s): spooling", n, topic, exc)
-                except Exception:  # a bus bug must not lose what the sender was told is safe
+                except Exception as exc:  # a bus bug must not lose what the sender was told is safe
+                    self.bus_error = repr(exc)
                     log.exception("bus failed unexpectedly on %d %s records: spooling", n, topic)
             await self._to_spool(topic, list(records), protocol, wait)
+            self.refusing = None
         finally:
             await self._release(n)
 
@@ -119,11 +158,15 @@ class Publisher:
         async with self._room:
             # one batch larger than the whole bound still passes alone, else it could never go
             if self._inflight and self._inflight + n > self.max_inflight:
+                why = f"{self._inflight} records in flight (limit {self.max_inflight})"
                 if not wait:
-                    self.metrics.rejected.labels(protocol, "backpressure").inc()
-                    raise Backpressure(f"{self._inflight} records in flight (limit {self.max_inflight})")
-                await self._room.wait_for(
-                    lambda: self._inflight == 0 or self._inflight + n <= self.max_inflight)
+                    self._refuse(protocol, "backpressure", why)
+                try:
+                    room = self._room.wait_for(
+                        lambda: self._inflight == 0 or self._inflight + n <= self.max_inflight)
+                    await asyncio.wait_for(room, self.max_wait)
+                except TimeoutError as exc:
+                    self._refuse(protocol, "backpressure", f"{why} for {self.max_wait:g} s", exc)
             self._inflight += n
             self.metrics.inflight.set(self._inflight)
 
@@ -135,16 +178,20 @@ class Publisher:
 
     # ---- spool -------------------------------------------------------------------------------
     async def _to_spool(self, topic: str, records: list[Record], protocol: str, wait: bool) -> None:
+        give_up = time.monotonic() + (self.max_wait if wait else 0.0)
         while True:
             try:
                 async with self._spool_lock:
                     await asyncio.to_thread(self.spool.append, topic, records)
                 break
             except SpoolFull as exc:
-                if not wait:
-                    self.metrics.rejected.labels(protocol, "spool_full").inc()
-                    raise Backpressure(str(exc)) from exc
+                if time.monotonic() >= give_up:
+                    self._refuse(protocol, "spool_full", f"{exc}; the bus is not acknowledging "
+                                 f"({self.bus_error or 'unknown'})", exc)
                 await asyncio.sleep(self.retry_interval)  # the replay task frees room
+            except OSError as exc:  # disk full or failing: nothing is acknowledged from memory
+                self._refuse(protocol, "disk", f"cannot write the spool in {self.spool.dir}: "
+                             f"{exc.strerror or exc} (the bus: {self.bus_error or 'unknown'})", exc)
         self.metrics.spooled.labels(protocol).inc(len(records))
         self.metrics.spool_bytes.set(self.spool.pending_bytes)
         self._spool_wake.set()
@@ -165,6 +212,7 @@ class Publisher:
                 try:
                     await asyncio.wait_for(self.bus.publish(batch.topic, batch.records), self.publish_timeout)
                 except (BusUnavailable, TimeoutError) as exc:
+                    self.bus_error = str(exc) or "no answer within the publish timeout"
                     log.info("spool replay waiting for the bus: %s", exc)
                     await asyncio.sleep(self.retry_interval)
                     continue

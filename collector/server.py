@@ -12,11 +12,15 @@ import logging
 import socket
 
 import uvicorn
+from meshscope.collector.access_control import receiver_access
 from meshscope.collector.als_server import AccessLogServer, AccessLogServicer
+from meshscope.collector.intake import IntakeLimits
+from meshscope.collector.otlp_receiver import HttpListener, OtlpReceiver
 from meshscope.collector.publisher import Publisher, PublisherMetrics
 from meshscope.collector.zipkin_receiver import make_app
 from meshscope.pipelines.bus import Bus
 
+from meshscope.errors import UserError
 from meshscope.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,15 +34,32 @@ class Collector:
         self.settings = settings
         self.bus = bus
         self.metrics = PublisherMetrics()
+        try:
+            s = settings
+            intake = IntakeLimits(max_ahead=s.intake_max_ahead_s, max_behind=s.intake_max_behind_s,
+                                  time_policy=s.intake_time_policy, max_field=s.intake_max_field,
+                                  max_entry=s.intake_max_entry)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
         self.publisher = Publisher(bus, settings.data_dir / "spool", metrics=self.metrics,
                                    max_inflight=max_inflight, max_spool_bytes=max_spool_bytes,
-                                   publish_timeout=publish_timeout)
-        self.servicer = AccessLogServicer(self.publisher)
-        self.als = AccessLogServer(self.servicer, settings.host, settings.als_port)
-        self.app = make_app(self.publisher, health=self.health)
+                                   publish_timeout=publish_timeout, intake=intake)
+        self.access = receiver_access(settings)  # refuses an exposed collector without credentials
+        self.servicer = AccessLogServicer(self.publisher, self.access)
+        self.als = AccessLogServer(self.servicer, settings.host, settings.als_port, access=self.access,
+                                   max_message_bytes=settings.collector_max_message_bytes)
+        self.app = self.access.http_guard(make_app(self.publisher, health=self.health))
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None
         self._zipkin_port = settings.zipkin_port
+        # OTLP logs and traces (Istio's envoyOtelAls and opentelemetry providers): gRPC and HTTP
+        self.otlp = OtlpReceiver(self.publisher)
+        # the same access rules as ALS and Zipkin (token and mTLS on gRPC; the token on HTTP)
+        self.otlp_grpc = AccessLogServer(self.otlp, settings.host, settings.otlp_grpc_port,
+                                         access=self.access,
+                                         max_message_bytes=settings.collector_max_message_bytes)
+        self.otlp_http = HttpListener(self.access.http_guard(self.otlp.http_app()), settings.host,
+                                      settings.otlp_http_port, "OTLP/HTTP receiver")
 
     @property
     def als_port(self) -> int:
@@ -52,6 +73,8 @@ class Collector:
         """Start the publisher's replay, the gRPC server and the HTTP receiver; return once both listen.
         A port that cannot be bound is an OSError naming it (nothing is left running)."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if not getattr(self.bus, "durable", True):
+            log.warning("collector: the bus is not durable; acknowledged records live in memory only")
         host = self.settings.host
         await self.publisher.start()
         try:
@@ -70,7 +93,7 @@ class Collector:
                           f"{exc.strerror or exc}") from exc
         self._zipkin_port = sock.getsockname()[1]
         self._http = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                                   lifespan="off"))
+                                                   lifespan="off", **self.access.uvicorn_ssl()))
         self._http.install_signal_handlers = lambda: None  # the embedding program owns signals
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="collector-zipkin-http")
         while not self._http.started:
@@ -78,11 +101,24 @@ class Collector:
                 await self.stop()
                 raise OSError(f"the Zipkin receiver on {host}:{self._zipkin_port} did not start")
             await asyncio.sleep(0.02)
-        log.info("collector: access logs on %s:%d, spans on %s:%d", host, self.als_port, host,
-                 self.zipkin_port)
+        try:
+            await self.otlp_grpc.start()
+        except (OSError, RuntimeError) as exc:
+            await self.stop()
+            raise OSError(f"the OTLP/gRPC receiver could not listen on "
+                          f"{host}:{self.settings.otlp_grpc_port}: {exc}") from exc
+        try:
+            await self.otlp_http.start()
+        except OSError:
+            await self.stop()
+            raise
+        log.info("collector: access logs on %s:%d, spans on %s:%d, OTLP on %s:%d (gRPC) and %d (HTTP)", host,
+                 self.als_port, host, self.zipkin_port, host, self.otlp_grpc.port, self.otlp_http.port)
 
     async def stop(self) -> None:
         """Stop receiving, then stop the publisher (spooled records stay on disk for the next run)."""
+        await self.otlp_http.stop()
+        await self.otlp_grpc.stop()
         if self._http is not None:
             self._http.should_exit = True
         if self._http_task is not None:
@@ -92,11 +128,15 @@ class Collector:
         await self.publisher.stop()
 
     def health(self) -> dict:
-        """/healthz body: 'degraded' while records wait in the spool for the bus."""
+        """/healthz and /readyz body: 'degraded' while records wait in the spool for the bus, 'not
+        ready' while records are refused (disk full, spool full), each with the reason."""
+        status, reason = self.publisher.readiness()
         return {
-            "status": "degraded" if self.publisher.degraded else "ok",
+            "status": status,
+            "reason": reason,
             "spool_bytes": self.publisher.spool.pending_bytes,
             "access_entries_by_proxy": dict(self.servicer.arrived),
+            "otlp_log_records_by_proxy": dict(self.otlp.arrived),
             "access_streams_failed": dict(self.servicer.streams_failed),
             "spool_lines_skipped": self.publisher.spool.skipped,
         }

@@ -7,6 +7,7 @@ in the order they were spooled; a torn last line (a crash mid-write) is ignored,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -79,12 +80,17 @@ class Spool:
         """Append one batch and fsync it; SpoolFull when it would pass ``max_bytes``."""
         prefix = topic.encode() + b"\t"
         data = b"".join(prefix + orjson.dumps(r) + b"\n" for r in records)
-        if self._pending + len(data) > self.max_bytes:
+        if self._pending and self._pending + len(data) > self.max_bytes:  # one batch alone always fits
             raise SpoolFull(f"spool full: {self._pending} bytes pending of {self.max_bytes}")
         writer = self._open_writer()
-        writer.write(data)
-        writer.flush()
-        os.fsync(writer.fileno())
+        good = writer.tell()
+        try:
+            writer.write(data)
+            writer.flush()
+            os.fsync(writer.fileno())
+        except OSError:
+            self._cut(good)
+            raise
         self._pending += len(data)
         if writer.tell() >= self.segment_bytes:
             self._close_writer()
@@ -97,6 +103,21 @@ class Spool:
             self._writer_path = self.dir / f"seg-{seq:012d}.log"
             self._writer = open(self._writer_path, "ab")  # noqa: SIM115 - kept open across appends
         return self._writer
+
+    def _cut(self, good: int) -> None:
+        """After a failed write (ENOSPC): cut the segment back to its last whole batch and close it, so a
+        torn line can never be joined to the next record; the next append starts a new segment."""
+        path, writer = self._writer_path, self._writer
+        with contextlib.suppress(OSError):
+            writer.truncate(good)
+        with contextlib.suppress(OSError):
+            writer.close()  # may try to flush what did not fit; the truncate below removes it again
+        with contextlib.suppress(OSError):
+            os.truncate(path, good)
+        self._writer = self._writer_path = None
+        if good == 0 and path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def _close_writer(self) -> None:
         if self._writer is not None:

@@ -57,7 +57,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def make_app(publisher: Publisher, health: Callable[[], dict] | None = None,
              max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
-    """The receiver's ASGI app; ``health`` supplies the /healthz body (status 'ok' or 'degraded')."""
+    """The receiver's ASGI app; ``health`` supplies the /healthz and /readyz body (status 'ok',
+    'degraded' or 'not ready', with a reason)."""
     metrics = publisher.metrics
 
     async def post_spans(request: Request) -> Response:
@@ -82,6 +83,10 @@ def make_app(publisher: Publisher, health: Callable[[], dict] | None = None,
         except BadSpans as exc:
             metrics.rejected.labels(protocol, "malformed").inc()
             return _error(400, str(exc))
+        identity = request.scope.get("state", {}).get("peer_auth")
+        if identity:
+            for span in spans:
+                span.tags["meshscope.auth"] = identity
         try:
             await publisher.submit(SPANS, spans, protocol, wait=False)
         except Backpressure as exc:
@@ -92,11 +97,17 @@ def make_app(publisher: Publisher, health: Callable[[], dict] | None = None,
         body = health() if health else {"status": "ok"}
         return JSONResponse(body)
 
+    async def readyz(request: Request) -> Response:
+        """Readiness: 503 with the reason while the collector refuses records (disk full, bus stuck)."""
+        body = health() if health else {"status": "ok"}
+        return JSONResponse(body, status_code=503 if body.get("status") == "not ready" else 200)
+
     async def prometheus(request: Request) -> Response:
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[
         Route("/api/v2/spans", post_spans, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
     ])

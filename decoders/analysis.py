@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -22,6 +22,7 @@ from meshscope.decoders.legs import fold_copies, place_loopback
 from meshscope.decoders.nat_hops import build_legs, match_nat
 from meshscope.decoders.proxy_hops import match_proxy
 from meshscope.decoders.spool import ExchangeFacts, ExchangeSpool, slim
+from meshscope.decoders.tls_termination import inferred_tls_links
 
 from meshscope.errors import CaptureError
 from meshscope.model import Exchange, Flow
@@ -36,7 +37,9 @@ class Analysis:
     """What a set of captures showed: exchanges (copies folded), flows, and one report per capture.
 
     ``exchanges`` iterates as Exchange records (a list, or the on-disk spool of analyze());
-    ``by_id()`` gives what the renderers read for each kept exchange."""
+    ``by_id()`` gives what the renderers read for each kept exchange. ``write_json`` writes the one
+    document of an analysis — ``{captures, duplicates, flows, exchanges}`` — that both
+    ``meshscope pcap analyze --json`` prints and ``GET /api/pcaps/{id}/flows`` serves."""
 
     exchanges: Sequence[Exchange] | ExchangeSpool
     flows: list[Flow]
@@ -56,20 +59,23 @@ class Analysis:
             for i, ex in enumerate(self.exchanges):
                 yield b"," + orjson.dumps(ex) if i else orjson.dumps(ex)
 
-    def _head(self) -> bytes:
-        return orjson.dumps({"captures": [dataclasses.asdict(r) for r in self.reports],
-                             "duplicates": self.duplicates})
+    def _head(self, lead: Mapping[str, object] | None) -> bytes:
+        """The document's opening fields, without its closing brace; ``lead`` fields come first."""
+        head = {**(lead or {}), "captures": [dataclasses.asdict(r) for r in self.reports],
+                "duplicates": self.duplicates}
+        return orjson.dumps(head)[:-1]
 
-    def to_dict(self) -> dict:
-        return orjson.loads(self.to_json())
+    def to_dict(self, lead: Mapping[str, object] | None = None) -> dict:
+        return orjson.loads(self.to_json(lead))
 
-    def to_json(self) -> bytes:
-        return (self._head()[:-1] + b',"flows":' + orjson.dumps(self.flows) + b',"exchanges":['
+    def to_json(self, lead: Mapping[str, object] | None = None) -> bytes:
+        return (self._head(lead) + b',"flows":' + orjson.dumps(self.flows) + b',"exchanges":['
                 + b"".join(self._exchange_pieces()) + b"]}")
 
-    def write_json(self, out: BinaryIO) -> None:
-        """The same document as to_json(), written piece by piece: never the whole text in memory."""
-        out.write(self._head()[:-1] + b',"flows":[')
+    def write_json(self, out: BinaryIO, lead: Mapping[str, object] | None = None) -> None:
+        """The same document as to_json(), written piece by piece: never the whole text in memory.
+        ``lead``: fields put before the analysis's own (an upload's ``id``)."""
+        out.write(self._head(lead) + b',"flows":[')
         for i, flow in enumerate(self.flows):
             out.write(b"," + orjson.dumps(flow) if i else orjson.dumps(flow))
         out.write(b'],"exchanges":[')
@@ -83,7 +89,8 @@ def stitch(exchanges: Iterable[Exchange | ExchangeFacts]) -> Analysis:
     sightings = fold_copies(exchanges)  # type: ignore[arg-type]
     legs = build_legs(sightings, match_nat(sightings))
     place_loopback(legs)
-    flows = build_flows(legs, match_proxy(legs))
+    links = match_proxy(legs)
+    flows = build_flows(legs, links + inferred_tls_links(legs, links))
     kept = sorted((ex for s in sightings for ex in s.exchanges),
                   key=lambda e: (e.conn.capture, e.request_time or 0))
     folded = {i for s in sightings for i in s.duplicates}
@@ -100,11 +107,12 @@ def capture_names(paths: Sequence[Path]) -> list[str]:
 
 
 def analyze(paths: Sequence[str | Path], backend: str = DEFAULT_BACKEND,
-            progress: Progress | None = None, workers: int | None = None) -> Analysis:
+            progress: Progress | None = None, workers: int | None = None, keylog=None) -> Analysis:
     """Decode the captures (analysed together: a NAT's two sides may be in two files) and stitch them.
     ``workers``: decode processes per capture (default: one per core for a dpkt capture of at
     least PARALLEL_MIN_BYTES, else 1). Raises CaptureError (a UserError) when a file cannot be
-    read at all."""
+    read at all. ``keylog`` (decoders.tls_keylog.KeyLog) decrypts TLS; pcapng Decryption Secrets
+    Blocks are read either way."""
     files = [Path(p) for p in paths]
     if not files:
         raise CaptureError("no capture given")
@@ -119,7 +127,7 @@ def analyze(paths: Sequence[str | Path], backend: str = DEFAULT_BACKEND,
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        analysis = stitch(spool.park_batches(_decode_all(files, backend, progress, reports, workers)))
+        analysis = stitch(spool.park_batches(_decode_all(files, backend, progress, reports, workers, keylog)))
     finally:
         if gc_was_on:
             gc.enable()
@@ -157,7 +165,7 @@ def _batches(exchanges: Iterable[Exchange], size: int = 1000) -> Iterator[Batch]
 
 
 def _decode_all(files: list[Path], backend: str, progress: Progress | None,
-                reports: list[CaptureReport], workers: int | None) -> Iterator[Batch]:
+                reports: list[CaptureReport], workers: int | None, keylog=None) -> Iterator[Batch]:
     sizes = [f.stat().st_size for f in files]
     total = sum(sizes)
     done = 0
@@ -171,9 +179,10 @@ def _decode_all(files: list[Path], backend: str, progress: Progress | None,
         if n > 1:
             from meshscope.decoders.parallel import decode_sharded
 
-            yield from decode_sharded(f, name, n, reports, tick)
+            yield from decode_sharded(f, name, n, reports, tick, keylog=keylog)
         else:
             decoder = get_backend(backend)
+            decoder.keylog = keylog
             yield from _batches(decoder.decode(f, capture=name, progress=tick))
             reports.append(decoder.report or CaptureReport(capture=name))
         done += size

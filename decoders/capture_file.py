@@ -28,6 +28,8 @@ MAX_RECORD = 1 << 20  # no real link layer carries more; tcpdump's largest snapl
 MAX_BLOCK = 16 << 20  # pcapng blocks beyond this are damage, not data
 CHUNK = 1 << 20
 MAX_DAMAGE = 50
+PCAPNG_DSB = 0x0000000A  # Decryption Secrets Block (what `editcap --inject-secrets` writes)
+DSB_TLS_KEYLOG = 0x544C534B  # "TLSK": the secrets are NSS key-log lines
 
 
 class CaptureRecord(NamedTuple):
@@ -54,6 +56,8 @@ class ReadStats:
     offset: int = 0
     truncated: bool = False
     damage: list[str] = field(default_factory=list)
+    # pcapng Decryption Secrets Blocks of type TLSK: key-log text, a secret (kept out of repr)
+    tls_key_logs: list[bytes] = field(default_factory=list, repr=False)
 
     def add_damage(self, text: str) -> None:
         if len(self.damage) < MAX_DAMAGE:
@@ -274,6 +278,9 @@ def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator
                     data = body[4:4 + caplen]
                 elif btype == 2:  # obsolete Packet Block
                     if_id, _drops, ts_hi, ts_lo, caplen, orig = struct.unpack_from(order + "HHIIII", body, 0)
+                elif btype == PCAPNG_DSB:
+                    _read_dsb(body, order, stats, c.base + start)
+                    continue
                 else:
                     continue  # name resolution, statistics, custom blocks: nothing for us
                 if btype != 3:
@@ -295,6 +302,17 @@ def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator
     finally:
         stats.packets += packets
         stats.bytes += nbytes
+
+
+def _read_dsb(body: bytes, order: str, stats: ReadStats, offset: int) -> None:
+    """A Decryption Secrets Block: keep TLS key-log text; other secret types are noted, not read."""
+    stype, slen = struct.unpack_from(order + "II", body, 0)
+    if 8 + slen > len(body):
+        stats.add_damage(f"decryption secrets block at byte {offset} overruns its block")
+    elif stype == DSB_TLS_KEYLOG:
+        stats.tls_key_logs.append(bytes(body[8:8 + slen]))
+    else:
+        stats.add_damage(f"decryption secrets of type 0x{stype:08x} at byte {offset} not supported")
 
 
 def _parse_idb(body: bytes, order: str, index: int) -> _Interface:

@@ -96,6 +96,11 @@ class _Tracked:
     def note_damage(self, text: str) -> None:
         self.table.note_damage(self.conn, text)
 
+    @property
+    def keylog(self):
+        """The TLS key log the capture is read with (None: TLS is read as hellos only)."""
+        return self.table.keylog
+
     def hand_over(self, analyzer: Analyzer) -> None:
         """From now on ``analyzer`` gets this connection's bytes (first choice, or a protocol switch)."""
         old, self.analyzer = self.analyzer, analyzer
@@ -119,8 +124,10 @@ class ConnectionTable:
 
     def __init__(self, capture: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  max_buffered: int = DEFAULT_MAX_BUFFERED,
-                 on_connection: Callable[[ConnectionSummary], None] | None = None) -> None:
+                 on_connection: Callable[[ConnectionSummary], None] | None = None,
+                 keylog=None) -> None:
         self.capture = capture
+        self.keylog = keylog  # decoders.tls_keylog.KeyLog: TLS records are decrypted with it
         self.max_connections = max_connections
         self.max_buffered = max_buffered
         self.buffered = 0  # bytes held by all connections together

@@ -18,6 +18,10 @@ def choose_analyzer(host: Host, from_client: bool, payload: bytes) -> Analyzer:
     """The analyzer for a connection whose first payload (in capture order) is ``payload``."""
     midstream = not host.conn.handshake_seen
     if looks_like_handshake(payload) and (from_client or payload[5:6] == b"\x02"):
+        keylog = getattr(host, "keylog", None)
+        if keylog is not None:  # keys were given: read through the records
+            from meshscope.decoders.tls_decrypting_analyzer import DecryptingTlsAnalyzer
+            return DecryptingTlsAnalyzer(host, keylog, client_hello_seen=from_client)
         return TlsAnalyzer(host, client_hello_seen=from_client)
     if from_client and len(payload) >= 3 and PREFACE.startswith(payload[:len(PREFACE)]):
         return Http2Analyzer(host)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from meshscope.decoders.sequence import request_label, response_label
+
 from meshscope.model import Exchange, Flow, Hop
 
 
@@ -41,6 +43,12 @@ def hop_lines(n: int, hop: Hop) -> list[str]:
             why.append(f"x-forwarded-for {ev['x_forwarded_for']}")
         if ev.get("downstream"):
             why.append(f"for {ev['downstream']}")
+        attempts = ev.get("attempts", [])
+        if any("stream_id" in a or "grpc_status" in a for a in attempts):  # HTTP/2, gRPC
+            why.append("attempts " + ", ".join(
+                " ".join(x for x in (f"stream {a['stream_id']}" if "stream_id" in a else "",
+                                     str(a.get("status") or "?"), a.get("grpc_status") or "") if x)
+                for a in attempts))
     return ["  ".join(head), " " * 20 + "; ".join(why)]
 
 
@@ -50,6 +58,8 @@ def flow_lines(flow: Flow, exchanges: Mapping[str, Exchange]) -> list[str]:
         what = ""
     elif root.exchange_type == "tls":
         what = f"TLS SNI {root.sni or '-'}"
+    elif getattr(root, "stream_id", None) is not None:  # an HTTP/2 stream (a gRPC call)
+        what = f"{request_label(root)} {root.host or ''} → {response_label(root) or '?'}"
     else:
         status = root.status if root.status is not None else "?"
         what = f"{root.method} {root.host or ''}{root.uri or ''} → {status}"

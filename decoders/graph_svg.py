@@ -1,4 +1,4 @@
-"""Flow graph as an SVG sequence diagram (hand-written SVG: no drawing library needed).
+"""A sequence diagram (``Diagram``) as SVG (hand-written SVG: no drawing library needed).
 
 One column per host, arrows in time order: handshakes grey, ClientHellos purple, requests blue,
 responses dashed green, NAT rewrites orange and dashed, proxy hops as notes on the proxy's column.
@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from xml.sax.saxutils import escape
 
-from meshscope.decoders.sequence import Message, Sequence, build_sequence
+from meshscope.decoders.diagram import Diagram, Message
+from meshscope.decoders.sequence import flow_diagram
 
 from meshscope.model import Exchange, Flow
 
@@ -29,23 +30,23 @@ STYLE = {
 
 def render_svg(flows: Iterable[Flow], exchanges: Mapping[str, Exchange], max_flows: int = 20) -> str:
     """The flows' sequence diagram as an SVG document."""
-    return sequence_svg(build_sequence(flows, exchanges, max_flows))
+    return diagram_svg(flow_diagram(flows, exchanges, max_flows))
 
 
-def sequence_svg(seq: Sequence) -> str:
-    cols = {p: LEFT + COL_W // 2 + i * COL_W for i, p in enumerate(seq.participants)}
+def diagram_svg(diagram: Diagram) -> str:
+    """The diagram as an SVG document: a column per participant, a titled block per section."""
+    cols = {p: LEFT + COL_W // 2 + i * COL_W for i, p in enumerate(diagram.participants)}
     rows: list[str] = []
     y = TOP + 20
-    current = -1
-    for m in seq.messages:
-        if m.flow != current:
-            current = m.flow
-            y += ROW_H
-            title = escape(seq.titles[m.flow])
-            rows.append(f'<text x="8" y="{y}" class="flow">flow {m.flow + 1}: {title}</text>')
-            y += ROW_H // 2
+    for n, section in enumerate(diagram.sections):
+        if not section.messages:
+            continue
         y += ROW_H
-        rows.append(_message(m, cols, y, seq.starts[m.flow]))
+        rows.append(f'<text x="8" y="{y}" class="flow">flow {n + 1}: {escape(section.title)}</text>')
+        y += ROW_H // 2
+        for m in section.messages:
+            y += ROW_H
+            rows.append(_message(m, cols, y, section.start))
     height = y + ROW_H * 2
     width = max(LEFT + COL_W * max(len(cols), 1) + 20, 600)
     parts = [
@@ -62,7 +63,7 @@ def sequence_svg(seq: Sequence) -> str:
         parts.append(f'<line x1="{x}" y1="{TOP}" x2="{x}" y2="{height - ROW_H}" stroke="#bbb"/>')
         parts.append(f'<rect x="{x - COL_W // 2 + 8}" y="{TOP - 36}" width="{COL_W - 16}" height="30" rx="4" '
                      f'fill="#eef3fb" stroke="#6b8cc7"/>')
-        name = seq.labels.get(p)
+        name = diagram.labels.get(p)
         lines = [(name, "head", TOP - 24), (p, "t", TOP - 11)] if name else [(p, "head", TOP - 17)]
         for text, cls, ty in lines:
             parts.append(f'<text x="{x}" y="{ty}" text-anchor="middle" class="{cls}">{escape(text)}</text>')

@@ -1,4 +1,4 @@
-"""A flow as a sequence of messages between hosts: what the SVG and Mermaid flow graphs draw.
+"""Flows as a sequence diagram (``Diagram``, one section per flow): what the flow graphs draw.
 
 One column per host (workload name where known), and in time order: TCP handshakes, TLS
 ClientHellos (with SNI) and ServerHellos, HTTP requests and responses, NAT rewrites and proxy hops.
@@ -7,34 +7,12 @@ ClientHellos (with SNI) and ServerHellos, HTTP requests and responses, NAT rewri
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+
+from meshscope.decoders.diagram import Diagram, Message, Section
 
 from meshscope.model import Exchange, Flow, Hop
 
 MAX_LABEL = 48
-
-
-@dataclass(slots=True)
-class Message:
-    t: float
-    src: str  # participant key (ip)
-    dst: str
-    label: str
-    style: str  # "handshake", "hello", "request", "response", "nat", "note"
-    flow: int = 0  # which flow (index in the diagram) it belongs to
-
-
-@dataclass(slots=True)
-class Sequence:
-    participants: list[str] = field(default_factory=list)  # ips in order of first appearance
-    labels: dict[str, str] = field(default_factory=dict)  # ip → workload name, where known
-
-    def title(self, ip: str) -> str:
-        name = self.labels.get(ip)
-        return f"{name} ({ip})" if name else ip
-    messages: list[Message] = field(default_factory=list)
-    titles: list[str] = field(default_factory=list)  # one per flow
-    starts: list[float] = field(default_factory=list)
 
 
 def _ip(endpoint: str) -> str:
@@ -46,32 +24,46 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
 
 
+def request_label(ex: Exchange) -> str:
+    """What a request is called in the graphs: method and path; a gRPC call by its service's short name
+    and method; an HTTP/2 stream with its stream id."""
+    call = getattr(ex, "grpc", None)
+    if call is not None and call.method:
+        what = f"gRPC {(call.service or '').rsplit('.', 1)[-1]}/{call.method}"
+    else:
+        what = f"{ex.method or '?'} {ex.uri or ''}"
+    sid = getattr(ex, "stream_id", None)
+    return what if sid is None else f"{what} stream {sid}"
+
+
+def response_label(ex: Exchange) -> str | None:
+    """The status, and a gRPC call's status by name ("200 UNAVAILABLE")."""
+    call = getattr(ex, "grpc", None)
+    grpc = f" {call.status}" if call is not None and call.status else ""
+    if ex.status is None:
+        return f"gRPC{grpc}" if grpc else None
+    return f"{ex.status} {ex.reason or ''}".strip() + grpc
+
+
 def flow_title(flow: Flow, root: Exchange | None) -> str:
     what = ""
     if root is not None:
-        what = f"{root.method} {root.uri}" if root.exchange_type == "http" else f"TLS {root.sni or ''}"
+        what = request_label(root) if root.exchange_type == "http" else f"TLS {root.sni or ''}"
     rid = f"  x-request-id {flow.request_id}" if flow.request_id else ""
     return f"{_short(what)}{rid}".strip()
 
 
-def build_sequence(flows: Iterable[Flow], exchanges: Mapping[str, Exchange], max_flows: int = 20) -> Sequence:
-    """The messages of (at most max_flows) flows, flow after flow, each in time order."""
-    seq = Sequence()
+def flow_diagram(flows: Iterable[Flow], exchanges: Mapping[str, Exchange], max_flows: int = 20) -> Diagram:
+    """The messages of (at most max_flows) flows, one section per flow, each in time order."""
+    diagram = Diagram()
     for n, flow in enumerate(flows):
         if n >= max_flows:
             break
         root = exchanges.get(flow.exchange_ids[0]) if flow.exchange_ids else None
-        seq.titles.append(flow_title(flow, root))
-        seq.starts.append(flow.start or 0.0)
-        msgs = _flow_messages(flow, exchanges, seq.labels)
+        msgs = _flow_messages(flow, exchanges, diagram.labels)
         msgs.sort(key=lambda m: m.t)
-        for m in msgs:
-            m.flow = n
-            for p in (m.src, m.dst):
-                if p not in seq.participants:
-                    seq.participants.append(p)
-        seq.messages += msgs
-    return seq
+        diagram.add(Section(flow_title(flow, root), flow.start or 0.0, msgs))
+    return diagram
 
 
 def _flow_messages(flow: Flow, exchanges: Mapping[str, Exchange], labels: dict[str, str]) -> list[Message]:
@@ -153,11 +145,11 @@ def _exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> lis
             out.append(Message(ex.response_time or t0, dst, src, f"ServerHello {ex.tls_version}", "response"))
         return out
     rid = ex.request_id
-    label = f"{ex.method or '?'} {ex.uri or ''}"
+    label = request_label(ex)
     if rid and len(rid) > 14:  # enough of the id to tell requests apart, and its sampling digit
         label += f" rid {rid[:8]}…v{rid[14]}"
     out.append(Message(t0, src, dst, _short(label), "request"))
-    if ex.status is not None:
-        status = f"{ex.status} {ex.reason or ''}".strip()
+    status = response_label(ex)
+    if status is not None:
         out.append(Message(ex.response_time or t0, dst, src, status, "response"))
     return out

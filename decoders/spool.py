@@ -23,7 +23,7 @@ from meshscope.model import Connection, Exchange, GrpcCall
 STITCH_HEADERS = tuple((
     "x-request-id", "x-forwarded-for", "x-envoy-attempt-count", "x-envoy-expected-rq-timeout-ms",
     "x-envoy-decorator-operation", "x-envoy-internal", "b3", "x-b3-traceid", "x-b3-spanid",
-    "x-b3-parentspanid", "x-b3-sampled",
+    "x-b3-parentspanid", "x-b3-sampled", "x-forwarded-proto", "x-envoy-external-address",
 ))
 
 
@@ -33,7 +33,7 @@ REQUEST_HEADERS = frozenset((
     "x-envoy-attempt-count", "x-envoy-expected-rq-timeout-ms", "x-envoy-original-path", "x-envoy-internal",
     "x-envoy-decorator-operation", "x-envoy-peer-metadata-id", "x-envoy-retry-on", "b3", "traceparent",
     "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",
-    "x-ot-span-context", "content-length", "transfer-encoding", "connection",
+    "x-ot-span-context", "content-length", "transfer-encoding", "connection", "x-envoy-external-address",
 ))
 RESPONSE_HEADERS = frozenset((
     "server", "content-type", "content-length", "transfer-encoding", "connection", "x-request-id",
@@ -79,6 +79,7 @@ class ExchangeFacts:
     protocol: str | None = None  # HTTP/2 and gRPC: what the graphs label a stream with
     stream_id: int | None = None
     grpc: GrpcCall | None = None
+    tls_decryption: str | None = None  # set when a key log was given (decoders.tls_decrypting_analyzer)
 
     @property
     def request_id(self) -> str | None:
@@ -101,7 +102,8 @@ class ExchangeFacts:
                    headers={name: _intern(h[name]) if name in _SHARED_VALUES else h[name]
                             for name in STITCH_HEADERS if name in h},
                    alpn=ex.alpn or _NONE, tls_offered_versions=ex.tls_offered_versions or _NONE,
-                   protocol=ex.protocol, stream_id=ex.stream_id, grpc=ex.grpc)
+                   protocol=ex.protocol, stream_id=ex.stream_id, grpc=_slim_grpc(ex.grpc),
+                   tls_decryption=ex.tls_decryption)
 
 
     @staticmethod
@@ -127,7 +129,8 @@ class ExchangeFacts:
                 ex.server_peer_workload, ex.server_peer_namespace,
                 {name: intern(h[name]) if name in _SHARED_VALUES else h[name]
                  for name in STITCH_HEADERS if name in h},
-                ex.alpn or _NONE, ex.tls_offered_versions or _NONE, ex.protocol, ex.stream_id, ex.grpc)
+                ex.alpn or _NONE, ex.tls_offered_versions or _NONE, ex.protocol, ex.stream_id,
+                _slim_grpc(ex.grpc), ex.tls_decryption)
 
     @classmethod
     def from_tuple(cls, t: tuple, conns: list[Connection]) -> ExchangeFacts:
@@ -140,6 +143,14 @@ _CONN_FIELDS = Connection.__slots__
 _NONE: list[str] = []  # shared by every exchange without ALPN/versions; facts are never changed
 _SHARED_VALUES = frozenset(("x-forwarded-for", "x-b3-sampled", "x-envoy-attempt-count", "x-envoy-internal",
                             "x-envoy-expected-rq-timeout-ms", "x-envoy-decorator-operation"))
+
+
+def _slim_grpc(call: GrpcCall | None) -> GrpcCall | None:
+    """What stitching and the graphs read of a gRPC call (service, method, status), no lists of its own."""
+    if call is None:
+        return None
+    return GrpcCall(service=_intern(call.service), method=_intern(call.method), status=call.status,
+                    request_sizes=_NONE, response_sizes=_NONE)
 
 
 def _intern(value: str | None) -> str | None:

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "api": ("api", "serve the HTTP API and web page"),
     "trace": ("trace", "everything known about one request id"),
     "records": ("records", "list stored access records"),
+    "logs": ("logs", "import Envoy access-log files (Istio text/JSON, Envoy default, custom format)"),
     "alerts": ("alerts", "list alerts"),
     "up": ("up", "run the whole embedded stack in one process group"),
 }

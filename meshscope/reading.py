@@ -65,4 +65,7 @@ def parse_time(text: str | None, now: float | None = None) -> float | None:
 def format_time(t: float | None) -> str:
     if t is None:
         return "-"
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    try:
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    except (OverflowError, OSError, ValueError):  # a stored value past year 9999 must not crash a reader
+        return f"{t!r} (out of range)"

@@ -7,14 +7,18 @@ import contextlib
 
 import uvicorn
 
+from meshscope.settings import Settings
+from meshscope.slow_clients import quiet_disconnects, uvicorn_options
+
 
 class EmbeddedServer:
     """``await EmbeddedServer(app, host, port).start()`` returns once the port listens; ``stop()`` ends it."""
 
     def __init__(self, app: object, host: str, port: int, *, name: str = "http",
-                 lifespan: str = "on") -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                lifespan=lifespan)
+                 lifespan: str = "on", settings: Settings | None = None) -> None:
+        # read timeouts on request heads and bodies; a client gone mid-request is one log line
+        config = uvicorn.Config(quiet_disconnects(app), host=host, port=port, log_level="warning",
+                                access_log=False, lifespan=lifespan, **uvicorn_options(settings))
         self.name, self.host, self.port = name, host, port
         self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

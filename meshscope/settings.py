@@ -7,6 +7,7 @@ An environment variable is the field name upper-cased: ``MESHSCOPE_API_PORT=8080
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ class Settings:
     api_port: int = 8000
     zipkin_port: int = 9411
     als_port: int = 18000
+    otlp_grpc_port: int = 4317  # OTLP/gRPC logs and traces
+    otlp_http_port: int = 4318  # OTLP/HTTP (protobuf, JSON)
     envoy_admin_port: int = 15000
     proxy_port: int = 15001
     demo_upstream_port: int = 18080
@@ -29,6 +32,16 @@ class Settings:
     bus: str = "memory"
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_topic_prefix: str = "meshscope."
+    kafka_partitions: int = 3  # for topics meshscope creates when missing
+    kafka_replication_factor: int = 1
+    kafka_compression: str | None = None  # producer compression: zstd, lz4, gzip, snappy (None: off)
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    kafka_sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ca_file: Path | None = None
+    kafka_cert_file: Path | None = None  # client certificate (mutual TLS)
+    kafka_key_file: Path | None = None
     store: str = "sqlite"
     sqlite_path: Path | None = None  # default: data_dir / "meshscope.db"
     elasticsearch_url: str = "http://127.0.0.1:9200"
@@ -37,10 +50,37 @@ class Settings:
     # alerts
     alert_rules: Path | None = None  # default: the bundled pipelines/default_rules.yaml
     alert_webhooks: list[str] = field(default_factory=list)
+    # Alertmanager (POST /api/v2/alerts): every URL gets every alert, as Prometheus does for an HA cluster
+    alertmanager_urls: list[str] = field(default_factory=list)
+    alertmanager_resend_interval: float = 60.0  # seconds between re-sends of active alerts
+    alertmanager_username: str | None = None  # basic auth
+    alertmanager_password: str | None = None
+    alertmanager_bearer_token: str | None = None
+    alertmanager_ca_file: Path | None = None  # CA bundle for https Alertmanagers
+    alertmanager_timeout: float = 10.0
     # API
     api_token: str | None = None  # required for every endpoint but health when bound beyond loopback
     upload_max_bytes: int = 2 * 1024**3
     upload_max_count: int = 1000
+    # the HTTP servers close a connection whose request head is not in after this many seconds, or
+    # whose body stops arriving for this long (meshscope/slow_clients.py)
+    http_head_timeout_s: int = 10
+    http_body_timeout_s: int = 30
+    # collector intake (issue 12): records dated outside [now - behind, now + ahead] are clamped or
+    # rejected; text fields and whole entries past these sizes are cut or rejected; gRPC messages past
+    # collector_max_message_bytes are refused (Envoy flushes its access-log buffer at 16 KiB)
+    intake_max_ahead_s: int = 3600
+    intake_max_behind_s: int = 30 * 86400
+    intake_time_policy: str = "clamp"
+    intake_max_field: int = 16 * 1024
+    intake_max_entry: int = 64 * 1024
+    collector_max_message_bytes: int = 4 * 1024 * 1024
+    # collector access control (collector/access_control.py): beyond loopback the receivers need a bearer
+    # token (collector_token, else api_token) and/or client certificates signed by collector_client_ca
+    collector_token: str | None = None
+    collector_tls_cert: Path | None = None
+    collector_tls_key: Path | None = None
+    collector_client_ca: Path | None = None
     # proxies whose admin API the collector reads for loss accounting ("127.0.0.1:15000")
     proxy_admins: list[str] = field(default_factory=list)
 
@@ -50,6 +90,17 @@ class Settings:
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and "localhost": only this machine can connect (the API and the collector
+    require credentials beyond it)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -87,6 +138,11 @@ def _coerce(default: object, annotation: object, value: object) -> object:
         return list(value)  # type: ignore[arg-type]
     if "Path" in ann:
         return Path(str(value))
+    if ann.startswith("float"):
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"expected a number, got {value!r}") from exc
     if ann.startswith("int") or isinstance(default, int):
         try:
             return int(value)  # type: ignore[arg-type]

@@ -92,12 +92,18 @@ class Stack:
             await self.store.start()
             self._stops.append(("store", self.store.stop))
             pipeline = Pipeline(s, bus, self.store)
+            if self.with_proxy:  # the lab routes' clusters: counted from 0 before their first request
+                pipeline.expect_clusters(LAB_CLUSTERS)
             await pipeline.start()
             self._stops.append(("pipeline", pipeline.stop))
             collector = Collector(s, bus)
             await collector.start()
             self._stops.append(("collector", collector.stop))
-            api = EmbeddedServer(create_app(s, self.store), s.host, s.api_port, name="api")
+            app = create_app(s, self.store)
+            # one scrape target for the whole stack: the API's /metrics also has the collector's
+            # registry (the pipeline's counters are this process's default registry)
+            app.state.metric_registries = [collector.metrics.registry]
+            api = EmbeddedServer(app, s.host, s.api_port, name="api", settings=s)
             await api.start()
             self._stops.append(("api", api.stop))
             if self.with_proxy:

@@ -1,9 +1,10 @@
 """A request's combined flow graph: its proxy hops (from access logs) and its packet flows (from
-captures) in one sequence diagram, drawn with the decoders' sequence renderer."""
+captures) as one sequence diagram — a section for the hops, then the decoders' section per flow."""
 
 from __future__ import annotations
 
-from meshscope.decoders import Message, Sequence, build_sequence, sequence_svg
+from meshscope.decoders import Diagram, Message, Section, diagram_svg, flow_diagram
+from meshscope.model import parse_node_id
 from meshscope.traces import TraceHop, TraceView
 
 
@@ -13,17 +14,11 @@ def _ip(address: str | None) -> str | None:
     return address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
 
 
-def proxy_name(node_id: str) -> str:
-    """The workload part of an Istio node id (``sidecar~10.0.0.9~webapp-1.shop~shop.svc…`` → webapp-1)."""
-    parts = node_id.split("~")
-    return parts[2].split(".")[0] if len(parts) >= 3 and parts[2] else node_id
-
-
 def _hop_messages(hop: TraceHop, labels: dict[str, str]) -> list[Message]:
     """A proxy hop as messages: downstream → proxy, the proxy's note, proxy → upstream and the answers."""
     record = hop.record
     proxy = _ip(record.downstream_local) or hop.node_id or "proxy"
-    labels[proxy] = f"{hop.role} {proxy_name(hop.node_id)}"[:40]  # a proxy's name beats a cluster name
+    labels[proxy] = f"{hop.role} {parse_node_id(hop.node_id).name}"[:40]  # a proxy's name beats a cluster's
     client = _ip(record.downstream_remote) or "client"
     upstream = _ip(hop.upstream_host) or hop.upstream_cluster or "upstream"
     if hop.upstream_cluster and upstream != hop.upstream_cluster:
@@ -43,31 +38,19 @@ def _hop_messages(hop: TraceHop, labels: dict[str, str]) -> list[Message]:
     ]
 
 
-def trace_sequence(view: TraceView) -> Sequence:
+def trace_diagram(view: TraceView) -> Diagram:
     """Section 1: the proxy hops; then one section per packet flow carrying the request."""
-    exchanges = {e.id: e for e in view.exchanges}
-    packets = build_sequence(view.flows, exchanges)
-    seq = Sequence(labels=dict(packets.labels))
-    offset = 0
+    packets = flow_diagram(view.flows, {e.id: e for e in view.exchanges})
+    diagram = Diagram(labels=dict(packets.labels))
     if view.hops:
-        msgs = [m for hop in view.hops for m in _hop_messages(hop, seq.labels)]
+        msgs = [m for hop in view.hops for m in _hop_messages(hop, diagram.labels)]
         msgs.sort(key=lambda m: m.t)
-        seq.titles.append(f"proxy access logs  x-request-id {view.request_id_norm}")
-        seq.starts.append(msgs[0].t)
-        seq.messages += msgs
-        offset = 1
-    for m in packets.messages:
-        m.flow += offset
-    seq.titles += packets.titles
-    seq.starts += packets.starts
-    seq.messages += packets.messages
-    for m in seq.messages:
-        for p in (m.src, m.dst):
-            if p not in seq.participants:
-                seq.participants.append(p)
-    return seq
+        diagram.add(Section(f"proxy access logs  x-request-id {view.request_id_norm}", msgs[0].t, msgs))
+    for section in packets.sections:
+        diagram.add(section)
+    return diagram
 
 
 def trace_svg(view: TraceView) -> str:
     """The combined flow graph of one request as an SVG document."""
-    return sequence_svg(trace_sequence(view))
+    return diagram_svg(trace_diagram(view))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from meshscope.model import AccessRecord, Exchange, Flow, Span, normalize_request_id
+from meshscope.model import AccessRecord, Exchange, Flow, Span, normalize_request_id, parse_node_id
 from meshscope.pipelines import StoreReader
 
 
@@ -17,7 +17,7 @@ class TraceHop:
     """One proxy's view of the request: the access record it logged, and how it links to the previous hop."""
 
     index: int
-    role: str  # "gateway", "sidecar" or "proxy" (from the Envoy node id's Istio prefix where present)
+    role: str  # "gateway", "sidecar" or "proxy" (ProxyNode.role: the Istio node id's prefix)
     node_id: str
     node_cluster: str
     request_id: str | None  # raw, as this proxy saw it (the sampling digit may differ per hop)
@@ -58,16 +58,6 @@ class TraceView:
         return bool(self.hops or self.spans or self.exchanges or self.flows)
 
 
-def proxy_role(node_id: str) -> str:
-    """Istio node ids start with the proxy type: ``router~…`` is a gateway, ``sidecar~…`` a sidecar."""
-    head = node_id.split("~", 1)[0].lower()
-    if head == "router" or "gateway" in node_id.lower():
-        return "gateway"
-    if head == "sidecar" or "sidecar" in node_id.lower():
-        return "sidecar"
-    return "proxy"
-
-
 def order_hops(records: list[AccessRecord]) -> list[TraceHop]:
     """Order access records into hops: by start time, then any record whose downstream peer is another
     record's upstream local address is moved right after that record (a proxy chain seen on the wire)."""
@@ -87,7 +77,7 @@ def order_hops(records: list[AccessRecord]) -> list[TraceHop]:
     return [
         TraceHop(
             index=i,
-            role=proxy_role(r.node_id),
+            role=parse_node_id(r.node_id).role,
             node_id=r.node_id,
             node_cluster=r.node_cluster,
             request_id=r.request_id,

@@ -9,9 +9,11 @@ from meshscope.doors import lazy_exports
 _EXPORTS = {
     "AccessQuery": ".store", "Page": ".store", "Store": ".store", "StoreReader": ".store",
     "StoreUnavailable": ".store", "StoreWriter": ".store",
+    "AccessSearch": ".store", "HistogramBucket": ".store", "TrafficEdge": ".store", "VALUE_FIELDS": ".store",
     "Bus": ".bus", "BusUnavailable": ".bus",
     "make_bus": ".wiring", "make_store": ".wiring",
     "Pipeline": ".indexer",
+    "StoreDamaged": ".store.sqlite", "repair_sqlite": ".store.sqlite:repair",
     "Rule": ".alerts.rules", "load_rules": ".alerts.rules",
 }
 __all__ = sorted(_EXPORTS)

@@ -18,22 +18,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+from meshscope.pipelines.alerts.alertmanager import AlertmanagerNotifier
 from meshscope.pipelines.alerts.engine import AlertEngine
 from meshscope.pipelines.alerts.notify import WebhookNotifier
-from meshscope.pipelines.alerts.outbox import AlertOutbox
+from meshscope.pipelines.alerts.outbox import AlertOutbox, count_from_zero
 from meshscope.pipelines.alerts.rules import Rule, load_rules
 from meshscope.pipelines.bus.base import Bus, BusUnavailable
 from meshscope.pipelines.bus.topics import ACCESS, SPANS
+from meshscope.pipelines.counters import TrafficCounters
 from meshscope.pipelines.store.base import StoreUnavailable, StoreWriter
 from prometheus_client import Counter, Gauge, Histogram
 
-from meshscope.model import AccessRecord, Record
+from meshscope.model import AccessRecord, Alert, Record
 from meshscope.settings import Settings
 
 log = logging.getLogger("meshscope.indexer")
 
 GROUP = "meshscope-indexer"
-INDEXED = Counter("meshscope_indexer_records", "Records written to the store", ["topic"])
+INDEXED = Counter("meshscope_indexer_records", "Records written to the store (indexed)", ["topic"])
 FAILURES = Counter("meshscope_indexer_store_failures", "Store writes that failed and were retried", ["topic"])
 DEADLETTERED = Counter("meshscope_indexer_deadlettered", "Records the store refused (dead-lettered)",
                        ["topic"])
@@ -61,6 +63,11 @@ class Indexer:
         self.outbox = outbox
         self.max_backoff = max_backoff
         self.write_records = write_records  # False: an alert-only worker, records are only watched
+        # per-cluster traffic counters; an alert-only worker watches what the index workers count
+        self.traffic = TrafficCounters() if write_records else None
+        for topic in self.topics:  # every series at 0 from the start: increase() sees the first change
+            for metric in (INDEXED, FAILURES, DEADLETTERED, LAG, BATCH_SECONDS):
+                metric.labels(topic)
         self.stats = {"indexed": 0, "observed": 0, "batches": 0, "store_failures": 0, "deadlettered": 0,
                       "commit_failures": 0}
 
@@ -72,6 +79,8 @@ class Indexer:
         rate_from, rate_count = time.monotonic(), 0
         async for batch in self.bus.consume(topic, self.group, self.max_batch):
             started = time.monotonic()
+            if self.traffic is not None and topic == ACCESS:
+                self.traffic.observe(batch.records)
             if self.engine is not None and topic == ACCESS:
                 # alerts see records as they arrive, not once a slow store has taken them
                 self.engine.observe(batch.records)
@@ -177,19 +186,44 @@ class Pipeline:
         if role == "index":
             rules = []
         self.engine = AlertEngine(load_rules(settings.alert_rules) if rules is None else rules)
-        self.notifier = WebhookNotifier(settings.alert_webhooks,
-                                        external_url=f"http://{settings.host}:{settings.api_port}")
+        external_url = f"http://{settings.host}:{settings.api_port}"
+        self.notifier = WebhookNotifier(settings.alert_webhooks, external_url=external_url)
+        self.alertmanager = AlertmanagerNotifier.from_settings(settings, external_url=external_url)
+        count_from_zero([r.name for r in self.engine.rules])
         self.indexer = Indexer(
             bus, store, Path(settings.data_dir) / "deadletter", max_batch=max_batch,
             group=group or (ALERT_GROUP if role == "alert" else GROUP),
             topics=(ACCESS,) if role == "alert" else (ACCESS, SPANS),
             engine=None if role == "index" else self.engine, write_records=role != "alert",
         )
-        self.outbox = AlertOutbox(self.indexer.write, self.notifier)
+        self.bus = bus
+        self.outbox = AlertOutbox(self.indexer.write, [self.notifier, self.alertmanager],
+                                  publish=self._publish_alerts if bus.shared else None)
         self.indexer.outbox = self.outbox
         self.role = role
         self.tick = tick
         self._tasks: list[asyncio.Task] = []
+
+    def expect_clusters(self, clusters: Sequence[str]) -> None:
+        """Upstream clusters known before their traffic (the proxy's configuration): their request, 5xx
+        and retried counters start at 0 now, so Prometheus sees even their first burst whole."""
+        if self.indexer.traffic is not None:
+            self.indexer.traffic.expect(clusters)
+
+    async def _publish_alerts(self, topic: str, alerts: Sequence[Alert], attempts: int = 5) -> None:
+        """Put alerts on the bus's alerts topic for other consumers; a bus that stays down loses them
+        there (they are stored and notified all the same), with a log line, never an error."""
+        delay = 0.2
+        for attempt in range(attempts):
+            try:
+                await self.bus.publish(topic, alerts)
+                return
+            except BusUnavailable as exc:
+                if attempt + 1 == attempts:
+                    log.error("%d alert(s) not published on the bus topic %r: %s", len(alerts), topic, exc)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.indexer.max_backoff)
 
     async def start(self) -> None:
         """Start indexing, the alert timer and the outbox in the running loop."""
@@ -199,6 +233,7 @@ class Pipeline:
             asyncio.create_task(self.indexer.run(), name="meshscope-indexer"),
             asyncio.create_task(self.outbox.run(), name="meshscope-alert-outbox"),
             asyncio.create_task(self._ticker(), name="meshscope-alert-tick"),
+            asyncio.create_task(self.alertmanager.run(), name="meshscope-alertmanager-resend"),
         ]
         for task in self._tasks:
             task.add_done_callback(_report_crash)
@@ -222,10 +257,10 @@ class Pipeline:
         tasks, self._tasks = self._tasks, []
         if not tasks:
             return
-        indexer, outbox, ticker = tasks
-        for task in (indexer, ticker):
+        indexer, outbox, ticker, resend = tasks
+        for task in (indexer, ticker, resend):
             task.cancel()
-        for task in (indexer, ticker):
+        for task in (indexer, ticker, resend):
             with contextlib.suppress(asyncio.CancelledError, Exception):  # a crash was logged already
                 await task
         if not outbox.done():
@@ -237,6 +272,7 @@ class Pipeline:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await outbox
         await self.notifier.aclose()
+        await self.alertmanager.aclose()
 
     async def __aenter__(self) -> Pipeline:
         await self.start()

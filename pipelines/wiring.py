@@ -32,10 +32,9 @@ def _load(kind: str, choices: dict[str, str], name: str) -> type:
 
 
 def make_bus(settings: Settings) -> Bus:
-    """The bus named by ``settings.bus``: "memory" (in-process) or "kafka" (aiokafka)."""
+    """The bus named by ``settings.bus``: "memory" (in-process, its write-ahead log in the data
+    directory) or "kafka" (aiokafka)."""
     cls = _load("bus", BUSES, settings.bus)
-    if settings.bus == "memory":
-        return cls()
     return cls.from_settings(settings)
 
 

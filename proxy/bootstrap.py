@@ -3,10 +3,20 @@ with the gRPC access loggers and the Zipkin tracer pointed at the collector."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import yaml
-from meshscope.proxy.routes import Listener, Route, Routes, VirtualHost
+from meshscope.proxy.routes import (
+    TLS_VERSIONS,
+    KeyLogSpec,
+    Listener,
+    Route,
+    Routes,
+    TlsChain,
+    UpstreamTls,
+    VirtualHost,
+)
 from meshscope.proxy.telemetry import (
     HCM_TYPE,
     TCP_PROXY_TYPE,
@@ -46,16 +56,18 @@ def build_bootstrap(
     `flush_interval` s, spans every `span_flush_interval` s. `admin_port` defaults to the
     routes file's `admin_port` (0 lets Envoy pick one; `EnvoyProcess` reads it back)."""
     telemetry = _Telemetry(collector, log_name, sampling, flush_interval)
-    clusters = [
-        static_cluster(
+    clusters = []
+    for c in routes.clusters:
+        cluster = static_cluster(
             c.name,
             [(e.host, e.port) for e in c.endpoints],
             lb_policy=c.lb_policy,
             connect_timeout=c.connect_timeout,
             http2=c.http2,
         )
-        for c in routes.clusters
-    ]
+        if c.tls is not None:
+            cluster["transport_socket"] = _upstream_tls(c.tls)
+        clusters.append(cluster)
     if collector is not None:
         clusters += collector_clusters(collector)
     bootstrap = {
@@ -119,21 +131,7 @@ def _listener(lst: Listener, telemetry: _Telemetry) -> dict:
         chains.append(
             {
                 "filter_chain_match": {"server_names": list(chain.server_names)},
-                "transport_socket": {
-                    "name": "envoy.transport_sockets.tls",
-                    "typed_config": {
-                        "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                        "common_tls_context": {
-                            "tls_certificates": [
-                                {
-                                    "certificate_chain": {"filename": str(chain.cert)},
-                                    "private_key": {"filename": str(chain.key)},
-                                }
-                            ],
-                            "alpn_protocols": ["h2", "http/1.1"],
-                        },
-                    },
-                },
+                "transport_socket": _downstream_tls(chain),
                 "filters": [_hcm(f"{lst.name}_{i}", chain.virtual_hosts, telemetry, stat_prefix=lst.name)],
             }
         )
@@ -156,6 +154,57 @@ def _listener(lst: Listener, telemetry: _Telemetry) -> dict:
         )
     listener["filter_chains"] = chains
     return listener
+
+
+def _downstream_tls(chain: TlsChain) -> dict:
+    common = _common_tls(chain.cert, chain.key, chain.alpn, chain.tls_max, chain.key_log)
+    config: dict = {"@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"}
+    if chain.client_ca is not None:  # mutual TLS: the client must present a certificate from this CA
+        common["validation_context"] = {"trusted_ca": {"filename": str(chain.client_ca)}}
+        config["require_client_certificate"] = True
+    config["common_tls_context"] = common
+    return {"name": "envoy.transport_sockets.tls", "typed_config": config}
+
+
+def _upstream_tls(tls: UpstreamTls) -> dict:
+    common = _common_tls(tls.cert, tls.key, tls.alpn, tls.tls_max, tls.key_log)
+    if tls.ca is not None:
+        common["validation_context"] = {"trusted_ca": {"filename": str(tls.ca)}}
+    config: dict = {"@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "common_tls_context": common}
+    if tls.sni:
+        config["sni"] = tls.sni
+    return {"name": "envoy.transport_sockets.tls", "typed_config": config}
+
+
+def _common_tls(cert, key, alpn: list[str], tls_max: str | None, key_log: KeyLogSpec | None) -> dict:
+    common: dict = {}
+    if cert is not None:
+        common["tls_certificates"] = [
+            {"certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}
+        ]
+    if alpn:
+        common["alpn_protocols"] = list(alpn)
+    if tls_max is not None:
+        common["tls_params"] = {"tls_maximum_protocol_version": TLS_VERSIONS[tls_max]}
+    if key_log is not None:
+        common["key_log"] = _key_log(key_log)
+    return common
+
+
+def _key_log(spec: KeyLogSpec) -> dict:
+    """Envoy's TlsKeyLog: Envoy appends NSS key-log lines (secrets!) for matching connections."""
+    out: dict = {"path": str(spec.path)}
+    for name, cidrs in (("local_address_range", spec.local_address_range),
+                        ("remote_address_range", spec.remote_address_range)):
+        if cidrs:
+            out[name] = [_cidr(c) for c in cidrs]
+    return out
+
+
+def _cidr(text: str) -> dict:
+    net = ipaddress.ip_network(text, strict=False)
+    return {"address_prefix": str(net.network_address), "prefix_len": net.prefixlen}
 
 
 def _hcm(route_name: str, hosts: list[VirtualHost], telemetry: _Telemetry, *, stat_prefix: str = "") -> dict:

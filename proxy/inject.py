@@ -56,7 +56,21 @@ def load_envoy_config(path: str | Path) -> dict:
         raise InjectError(f"Envoy config {path} is neither YAML nor JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise InjectError(f"Envoy config {path}: expected a bootstrap mapping at the top level")
+    if is_config_dump(doc):
+        raise InjectError(
+            f"{path} is an Envoy config_dump (admin /config_dump), not a bootstrap: a sidecar's listeners "
+            "come over xDS from istiod, so editing them here logs no app traffic; point the mesh at "
+            "meshscope with MeshConfig extensionProviders and a Telemetry resource (deploy/istio/README.md)")
     return doc
+
+
+def is_config_dump(doc: dict) -> bool:
+    """True for what Envoy's admin ``/config_dump`` (or ``istioctl proxy-config all -o json``) prints:
+    a ``configs`` list of ``envoy.admin.v3.*ConfigDump`` entries, which a bootstrap never has."""
+    configs = doc.get("configs")
+    if not isinstance(configs, list):
+        return False
+    return any(isinstance(c, dict) and "envoy.admin." in str(c.get("@type", "")) for c in configs)
 
 
 def inject_telemetry(

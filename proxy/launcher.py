@@ -6,7 +6,10 @@ Several Envoys may run at once: hot restart is disabled, so no shared-memory bas
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,11 +25,62 @@ from meshscope.proxy.admin import AdminClient
 
 from meshscope.errors import UserError
 
+log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1
 _LOG_PREFIX = re.compile(r"^\[[^\]]*\]\[\d+\]\[(\w+)\]\[[\w-]+\] \[[^\]]*\] ")
 
 
 class EnvoyError(UserError):
     """Envoy refused a config or did not become ready; the message carries Envoy's own words."""
+
+
+def _die_with_parent(parent: int):
+    """preexec_fn: SIGKILL this child when the thread that forked it dies (Linux prctl); if the parent
+    is already gone by then, exit at once."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+def stop_stale(pid_file: Path, timeout: float = 5.0) -> int | None:
+    """Stop an Envoy a killed run left behind (its pid in ``pid_file``, its command line still Envoy's
+    with this work folder's config); returns its pid, or None when there was none."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        pid_file.unlink(missing_ok=True)
+        return None
+    config = str(pid_file.parent / "envoy.json").encode()
+    if not any(b"envoy" in Path(a.decode(errors="replace")).name.encode() for a in cmdline[:1]) \
+            or config not in cmdline:
+        pid_file.unlink(missing_ok=True)  # the pid was reused by something else: leave it alone
+        return None
+    log.warning("stopping a stale Envoy (pid %d) left by an earlier run in %s", pid, pid_file.parent)
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and not _zombie(pid):
+            time.sleep(0.05)
+        if not Path(f"/proc/{pid}").exists() or _zombie(pid):
+            break
+    pid_file.unlink(missing_ok=True)
+    return pid
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def envoy_path() -> str:
@@ -104,6 +158,10 @@ class EnvoyProcess:
         return self.workdir / "envoy.json"
 
     @property
+    def pid_path(self) -> Path:
+        return self.workdir / "envoy.pid"
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "envoy.log"
 
@@ -128,6 +186,7 @@ class EnvoyProcess:
         if self.process is not None:
             raise RuntimeError("Envoy already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        stop_stale(self.pid_path)
         self.config_path.write_text(json.dumps(self.bootstrap))
         address_file = self.workdir / "admin-address"
         address_file.unlink(missing_ok=True)
@@ -150,8 +209,10 @@ class EnvoyProcess:
         ]
         self._stderr = open(self.workdir / "envoy.stderr", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=self._stderr, start_new_session=True
+            cmd, stdout=subprocess.DEVNULL, stderr=self._stderr, start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509 - only prctl and getppid run in it
         )
+        self.pid_path.write_text(f"{self.process.pid}\n")
         try:
             self._wait_ready(address_file)
         except BaseException:
@@ -191,6 +252,7 @@ class EnvoyProcess:
                     proc.kill()
                     proc.wait(5)
             code = proc.returncode
+            self.pid_path.unlink(missing_ok=True)
         if getattr(self, "_stderr", None) is not None:
             self._stderr.close()
             self._stderr = None

@@ -4,11 +4,17 @@ Envoy counts an entry in ``access_logs.grpc_access_log.logs_written`` when it en
 buffer, not when it is delivered, and a collector that is down loses entries without
 ``logs_dropped`` moving (only the access-log cluster's ``upstream_cx_connect_fail`` shows it). So the
 gap per proxy is ``written - dropped - arrived``, reported with the connect failures beside it.
+
+Envoy's counters start at 0 when it restarts. The account remembers each proxy's last counters and
+its start time (admin /server_info uptime): after a restart it keeps counting the earlier run's
+entries, and when the store holds more than the proxy's counters can explain (a restart it did not
+see) it says so in ``error`` instead of reporting the gap as zero.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -31,13 +37,47 @@ class ProxyLoss:
     arrived: int = 0
     gap: int = 0
     error: str | None = None
+    started_at: float | None = None  # when this run of the proxy started (its counters' zero)
+    restarts: int = 0  # restarts this process saw (their counts are carried into written/dropped)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-async def _proxy_stats(admin: str, timeout: float) -> tuple[str | None, dict[str, int | float]]:
-    """The proxy's node id (admin /server_info) and its counters and gauges (admin /stats)."""
+@dataclass(slots=True)
+class _Run:
+    """What the account last saw of one proxy: its start, its counters, and earlier runs' totals."""
+
+    started_at: float
+    written: int
+    dropped: int
+    carried_written: int = 0
+    carried_dropped: int = 0
+    restarts: int = 0
+
+
+_RUNS: dict[str, _Run] = {}  # admin address -> last seen run
+
+
+def _follow(admin: str, started_at: float, written: int, dropped: int) -> _Run:
+    """Update the remembered run of a proxy, carrying the earlier run's counts over a restart."""
+    prev = _RUNS.get(admin)
+    run = _Run(started_at, written, dropped)
+    if prev is not None:
+        restarted = (abs(started_at - prev.started_at) > 5.0 or written < prev.written
+                     or dropped < prev.dropped)
+        run.carried_written, run.carried_dropped = prev.carried_written, prev.carried_dropped
+        run.restarts = prev.restarts
+        if restarted:
+            run.carried_written += prev.written
+            run.carried_dropped += prev.dropped
+            run.restarts += 1
+    _RUNS[admin] = run
+    return run
+
+
+async def _proxy_stats(admin: str, timeout: float) -> tuple[str | None, dict[str, int | float], float | None]:
+    """The proxy's node id and start time (admin /server_info) and its counters (admin /stats)."""
     async with AsyncAdminClient(admin, timeout=timeout) as client:
         stats = await client.stats()
     # AsyncAdminClient has no server_info(); the node id is one plain GET away
@@ -45,22 +85,33 @@ async def _proxy_stats(admin: str, timeout: float) -> tuple[str | None, dict[str
     async with httpx.AsyncClient(timeout=timeout) as http:
         info = (await http.get(f"{base}/server_info")).raise_for_status().json()
     node_id = (info.get("node") or {}).get("id") or info.get("command_line_options", {}).get("service_node")
-    return node_id, stats
+    try:
+        started_at = time.time() - int(str(info.get("uptime_current_epoch", "")).rstrip("s"))
+    except ValueError:
+        started_at = None
+    return node_id, stats, started_at
 
 
 async def account_one(admin: str, arrived: Mapping[str, int], timeout: float = 2.0) -> ProxyLoss:
     """The account of one proxy reached through its admin address ("host:port")."""
     try:
-        node_id, counters = await _proxy_stats(admin, timeout)
+        node_id, counters, started_at = await _proxy_stats(admin, timeout)
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         return ProxyLoss(admin=admin, node_id=None, reachable=False, error=f"admin unreachable: {exc}")
     counts = access_log_counts(counters)
-    written, dropped = counts["logs_written"], counts["logs_dropped"]
+    run = _follow(admin, started_at or 0.0, counts["logs_written"], counts["logs_dropped"])
+    written, dropped = run.carried_written + run.written, run.carried_dropped + run.dropped
     got = arrived.get(node_id or "", 0)
+    error = None
+    if got > written - dropped:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started_at)) if started_at else "?"
+        error = (f"counters reset: the proxy (re)started at {when} UTC and counts only since then, "
+                 f"but {got} records arrived in all; entries lost before the restart cannot be counted")
     return ProxyLoss(
         admin=admin, node_id=node_id, reachable=True, written=written, dropped=dropped,
         connect_failures=cluster_stat(counters, ALS_CLUSTER, "upstream_cx_connect_fail"),
-        arrived=got, gap=max(written - dropped - got, 0),
+        arrived=got, gap=max(written - dropped - got, 0), error=error, started_at=started_at,
+        restarts=run.restarts,
     )
 
 

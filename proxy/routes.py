@@ -20,6 +20,12 @@ Schema (every key but those marked required has a default)::
           - server_names: [shop.example.com]
             cert: certs/shop.crt      # relative to the YAML file (or the data dir)
             key: certs/shop.key       # or `self_signed: true`: generated at load time
+            alpn: [h2, http/1.1]      # offered ALPN (default)
+            client_ca: certs/ca.crt   # mutual TLS: require a client certificate signed by this CA
+            tls_max: "1.3"            # "1.2" or "1.3" (Envoy's default)
+            key_log: keys/gateway.keys  # DEBUG ONLY, a secret: NSS key log of these connections;
+                                      # or {path, local_address_range: [CIDR], remote_address_range: [CIDR]}
+                                      # (relative paths land under <data dir>/keys)
             virtual_hosts: [...]
         passthrough:                  # TLS passthrough: tcp_proxy chosen by SNI
           - server_names: [shop.example.com]
@@ -30,10 +36,19 @@ Schema (every key but those marked required has a default)::
         lb_policy: round_robin        # round_robin | least_request | random | ring_hash | maglev
         connect_timeout: 1s
         http2: false
+        tls:                          # upstream TLS (origination), e.g. an Istio-style mTLS hop
+          sni: outbound_.8080_._.catalog.default.svc.cluster.local
+          alpn: [istio-http/1.1, istio]
+          cert: certs/webapp.crt      # client certificate (mutual TLS), with key:
+          key: certs/webapp.key
+          ca: certs/ca.crt            # verify the server against this CA
+          tls_max: "1.3"              # Envoy's upstream default is 1.2
+          key_log: keys/upstream.keys # DEBUG ONLY, a secret (as above)
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -48,6 +63,7 @@ from meshscope.errors import UserError
 LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
+TLS_VERSIONS = {"1.2": "TLSv1_2", "1.3": "TLSv1_3"}
 
 
 class RoutesError(UserError):
@@ -77,6 +93,17 @@ class VirtualHost:
 
 
 @dataclass(slots=True)
+class KeyLogSpec:
+    """Envoy's ``CommonTlsContext.key_log`` (TlsKeyLog): where Envoy appends NSS key-log lines, and
+    optionally only for connections whose local / remote address lies in these CIDR ranges.
+    A key log is a secret that decrypts the traffic: for debugging only."""
+
+    path: Path
+    local_address_range: list[str] = field(default_factory=list)
+    remote_address_range: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class TlsChain:
     """One HTTPS filter chain: the certificate served and the routes used for these SNI names."""
 
@@ -84,6 +111,23 @@ class TlsChain:
     cert: Path
     key: Path
     virtual_hosts: list[VirtualHost] = field(default_factory=list)
+    alpn: list[str] = field(default_factory=lambda: ["h2", "http/1.1"])
+    client_ca: Path | None = None  # set: mutual TLS, a client certificate signed by this CA is required
+    tls_max: str | None = None  # "1.2" / "1.3"
+    key_log: KeyLogSpec | None = None
+
+
+@dataclass(slots=True)
+class UpstreamTls:
+    """TLS from Envoy to a cluster's endpoints (an mTLS hop when a client certificate is given)."""
+
+    sni: str | None = None
+    alpn: list[str] = field(default_factory=list)
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    tls_max: str | None = None
+    key_log: KeyLogSpec | None = None
 
 
 @dataclass(slots=True)
@@ -117,6 +161,7 @@ class Cluster:
     lb_policy: str = "round_robin"
     connect_timeout: float = 1.0
     http2: bool = False
+    tls: UpstreamTls | None = None
 
 
 @dataclass(slots=True)
@@ -169,7 +214,9 @@ def load_routes(
     except OSError as exc:
         raise RoutesError(f"cannot read routes file {path}: {exc.strerror or exc}") from exc
     cert_dir = Path(data_dir) / "certs" if data_dir is not None else path.parent / "certs"
-    return parse_routes(text, base_dir=path.parent, cert_dir=cert_dir, source=str(path), variables=variables)
+    key_log_dir = Path(data_dir) / "keys" if data_dir is not None else path.parent / "keys"
+    return parse_routes(text, base_dir=path.parent, cert_dir=cert_dir, source=str(path), variables=variables,
+                        key_log_dir=key_log_dir)
 
 
 def parse_routes(
@@ -179,8 +226,10 @@ def parse_routes(
     cert_dir: Path | None = None,
     source: str = "routes",
     variables: Mapping[str, object] | None = None,
+    key_log_dir: Path | None = None,
 ) -> Routes:
-    """Parse routes YAML text (or an already-loaded mapping) into `Routes`, checking references."""
+    """Parse routes YAML text (or an already-loaded mapping) into `Routes`, checking references.
+    Relative ``key_log`` paths land under ``key_log_dir`` (default: ``keys`` beside ``cert_dir``)."""
     if isinstance(text, dict):
         doc: Any = text
     else:
@@ -188,7 +237,9 @@ def parse_routes(
             doc = yaml.safe_load(expand_variables(text, variables, source))
         except yaml.YAMLError as exc:
             raise RoutesError(f"{source}: not valid YAML: {exc}") from exc
-    return _Parser(source, base_dir or Path.cwd(), cert_dir).routes(doc)
+    if key_log_dir is None and cert_dir is not None:
+        key_log_dir = cert_dir.parent / "keys"
+    return _Parser(source, base_dir or Path.cwd(), cert_dir, key_log_dir).routes(doc)
 
 
 def expand_variables(text: str, variables: Mapping[str, object] | None = None, source: str = "routes") -> str:
@@ -210,10 +261,12 @@ def expand_variables(text: str, variables: Mapping[str, object] | None = None, s
 class _Parser:
     """Walks the YAML document; every error names its path (``listeners[0].tls[1].cert``)."""
 
-    def __init__(self, source: str, base_dir: Path, cert_dir: Path | None) -> None:
+    def __init__(self, source: str, base_dir: Path, cert_dir: Path | None,
+                 key_log_dir: Path | None = None) -> None:
         self.source = source
         self.base_dir = base_dir
         self.cert_dir = cert_dir
+        self.key_log_dir = key_log_dir
 
     def fail(self, where: str, message: str) -> RoutesError:
         return RoutesError(f"{self.source}: {where}: {message}")
@@ -368,7 +421,8 @@ class _Parser:
         c = self.mapping(
             value,
             where,
-            {"server_names", "cert", "key", "self_signed", "virtual_hosts"},
+            {"server_names", "cert", "key", "self_signed", "virtual_hosts", "alpn", "client_ca", "tls_max",
+             "key_log"},
             {"server_names", "virtual_hosts"},
         )
         names = self.strings(c["server_names"], f"{where}.server_names")
@@ -387,7 +441,70 @@ class _Parser:
         hosts = self.virtual_hosts(c["virtual_hosts"], f"{where}.virtual_hosts")
         if not hosts:
             raise self.fail(f"{where}.virtual_hosts", "at least one virtual host is required")
-        return TlsChain(names, cert, key, hosts)
+        return TlsChain(
+            names, cert, key, hosts,
+            alpn=self.strings(c.get("alpn", ["h2", "http/1.1"]), f"{where}.alpn"),
+            client_ca=self.file(c["client_ca"], f"{where}.client_ca") if "client_ca" in c else None,
+            tls_max=self.tls_version(c.get("tls_max"), f"{where}.tls_max"),
+            key_log=self.key_log(c.get("key_log"), f"{where}.key_log"),
+        )
+
+    def tls_version(self, value: Any, where: str) -> str | None:
+        if value is None:
+            return None
+        if str(value) not in TLS_VERSIONS:
+            raise self.fail(where, f"expected one of {', '.join(TLS_VERSIONS)}, got {value!r}")
+        return str(value)
+
+    def key_log(self, value: Any, where: str) -> KeyLogSpec | None:
+        """A key-log path (string) or {path, local_address_range, remote_address_range}; the folder
+        is created (owner-only: key logs are secrets)."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = {"path": value}
+        v = self.mapping(value, where, {"path", "local_address_range", "remote_address_range"}, {"path"})
+        if not isinstance(v["path"], str) or not v["path"]:
+            raise self.fail(f"{where}.path", f"expected a file path, got {v['path']!r}")
+        p = Path(v["path"])
+        if not p.is_absolute():
+            if self.key_log_dir is None:
+                raise self.fail(f"{where}.path",
+                                "a relative key-log path needs a data dir (or give an absolute path)")
+            p = self.key_log_dir / p
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise self.fail(f"{where}.path", f"cannot create {p.parent}: {exc.strerror or exc}") from None
+        ranges = {}
+        for k in ("local_address_range", "remote_address_range"):
+            cidrs = self.strings(v[k], f"{where}.{k}") if k in v else []
+            for i, cidr in enumerate(cidrs):
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError:
+                    raise self.fail(f"{where}.{k}[{i}]",
+                                    f"expected a CIDR range like 10.0.0.0/8, got {cidr!r}") from None
+            ranges[k] = cidrs
+        return KeyLogSpec(p, **ranges)
+
+    def upstream_tls(self, value: Any, where: str) -> UpstreamTls | None:
+        if value is None or value is False:
+            return None
+        if value is True:
+            value = {}
+        c = self.mapping(value, where, {"sni", "alpn", "cert", "key", "ca", "tls_max", "key_log"})
+        if ("cert" in c) != ("key" in c):
+            raise self.fail(where, "give both cert and key (a client certificate) or neither")
+        return UpstreamTls(
+            sni=str(c["sni"]) if c.get("sni") else None,
+            alpn=self.strings(c["alpn"], f"{where}.alpn") if "alpn" in c else [],
+            cert=self.file(c["cert"], f"{where}.cert") if "cert" in c else None,
+            key=self.file(c["key"], f"{where}.key") if "key" in c else None,
+            ca=self.file(c["ca"], f"{where}.ca") if "ca" in c else None,
+            tls_max=self.tls_version(c.get("tls_max"), f"{where}.tls_max"),
+            key_log=self.key_log(c.get("key_log"), f"{where}.key_log"),
+        )
 
     def file(self, value: Any, where: str) -> Path:
         if not isinstance(value, str) or not value:
@@ -409,7 +526,7 @@ class _Parser:
         c = self.mapping(
             value,
             where,
-            {"name", "endpoints", "lb_policy", "connect_timeout", "http2"},
+            {"name", "endpoints", "lb_policy", "connect_timeout", "http2", "tls"},
             {"name", "endpoints"},
         )
         endpoints = [
@@ -425,6 +542,7 @@ class _Parser:
             lb,
             parse_duration(c.get("connect_timeout", "1s"), f"{self.source}: {where}.connect_timeout"),
             bool(c.get("http2", False)),
+            self.upstream_tls(c.get("tls"), f"{where}.tls"),
         )
 
     def endpoint(self, value: str, where: str) -> Endpoint:

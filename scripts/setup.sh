@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything meshscope and its tests need on a fresh Debian machine: system tools
-# (tshark, tcpdump, iptables, wrk, chromium) when root, then a venv in .venv with the project.
+# (tshark, tcpdump, iptables, wrk, chromium, prometheus, alertmanager) when root, then a venv in .venv with the project.
 # Usage: scripts/setup.sh [test]   (with "test", the test extras too). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,10 +8,16 @@ extras=""
 [ "${1:-}" = "test" ] && extras="[test]"
 
 need_apt=()
-for tool in tshark:tshark tcpdump:tcpdump iptables:iptables wrk:wrk ip:iproute2 openssl:openssl; do
+for tool in tshark:tshark editcap:wireshark-common tcpdump:tcpdump iptables:iptables wrk:wrk ip:iproute2 openssl:openssl curl:curl; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
+# the alerting and metrics tests run Debian's Prometheus (with promtool) and Alertmanager (with amtool)
+if [ -n "$extras" ]; then
+  for tool in promtool:prometheus prometheus-alertmanager:prometheus-alertmanager; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
+  done
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: apt-get install ${need_apt[*]}" >&2
@@ -30,7 +36,10 @@ fi
 stamp=".venv/.installed${extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: pip install -e .${extras} into .venv (log: .venv/pip.log)" >&2
-  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e ".${extras}"; } \
+  # xds-protos ships an old copy of opentelemetry/proto (instrumentation_library_logs, no scope_logs) at the
+  # same paths as opentelemetry-proto: whichever installs last wins, so put the published one back last
+  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e ".${extras}" \
+         && .venv/bin/pip install -q --force-reinstall --no-deps "opentelemetry-proto>=1.45,<2"; } \
       >.venv/pip.log 2>&1; then
     cat .venv/pip.log >&2
     exit 1

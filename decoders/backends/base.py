@@ -33,6 +33,7 @@ class Backend(abc.ABC):
 
     def __init__(self) -> None:
         self.report: CaptureReport | None = None
+        self.keylog = None  # decoders.tls_keylog.KeyLog: decrypt TLS with it (segment backends)
 
     @abc.abstractmethod
     def decode(

@@ -44,11 +44,14 @@ class SegmentBackend(Backend):
     def _run(self, path: Path, stats: ReadStats, capture: str,
              progress: Callable[[int], None] | None) -> Iterator[Exchange]:
         table = ConnectionTable(capture, max_connections=self.max_connections,
-                                on_connection=self.on_connection)
+                                on_connection=self.on_connection, keylog=self.keylog)
         ready = table.ready
         segment = table.segment
+        secrets = stats.tls_key_logs if stats.format == "pcapng" else None  # Decryption Secrets Blocks
         try:
             for seg in self.segments(path, stats, progress):
+                if secrets:
+                    _take_secrets(table, secrets, capture)
                 segment(*seg)
                 if ready:
                     self._count(len(ready))
@@ -78,3 +81,14 @@ class SegmentBackend(Backend):
         if table.evicted:
             r.damage.append(f"{table.evicted} connections evicted: more than {table.max_connections} open "
                             f"at once, or more than {table.max_buffered >> 20} MB held for them")
+
+
+def _take_secrets(table: ConnectionTable, secrets: list[bytes], capture: str) -> None:
+    """Key-log text from the capture's own Decryption Secrets Blocks joins the table's key log."""
+    from meshscope.decoders.tls_keylog import KeyLog
+
+    if table.keylog is None:
+        table.keylog = KeyLog()
+    for text in secrets:
+        table.keylog.add_text(text, f"{capture} (decryption secrets block)")
+    secrets.clear()

@@ -11,7 +11,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from meshscope.api import alerts, metrics, pcaps, proxies, records, traces, zipkin
+from meshscope.api import (
+    alerts,
+    logs,
+    metrics,
+    pcaps,
+    proxies,
+    records,
+    search,
+    service_graph,
+    traces,
+    zipkin,
+)
 from meshscope.api.schemas import ErrorBody, Health
 from meshscope.api.security import BearerTokenMiddleware, required_token
 from meshscope.api.upload_stream import UploadRejected
@@ -62,7 +73,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     if token is not None:
         app.add_middleware(BearerTokenMiddleware, token=token)
     _install_error_handlers(app)
-    for module in (pcaps, traces, alerts, records, proxies, zipkin, metrics):
+    for module in (pcaps, traces, alerts, records, search, service_graph, proxies, zipkin, metrics, logs):
         app.include_router(module.router)
 
     @app.get("/healthz", response_model=Health, tags=["service"])

@@ -1,5 +1,12 @@
-"""``/metrics`` for Prometheus: records ingested per kind, per-cluster request / 5xx / retried counters
-(from the store's aggregates, so every API replica reports the same totals), alert counts, uploads."""
+"""``/metrics`` for Prometheus: what this process counts, and gauges of what the store holds.
+
+In-process counters (the pipeline's per-cluster requests / 5xx / retried, records indexed and refused,
+alerts, notifications, indexer lag and batch latency; the collector's, when ``meshscope up`` runs it
+in the same process and hands its registry over in ``app.state.metric_registries``) are exported as
+they are. Totals recomputed from the store at each scrape (records stored per kind, per-cluster
+requests / 5xx / retried, alert events, firing groups, proxies) are gauges: a recount can go down
+(retention) and every API replica reports the same figure, so they are not counters.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from meshscope.api.deps import reader_of
@@ -19,13 +26,13 @@ router = APIRouter(tags=["service"])
 KINDS = ("access", "span", "exchange", "flow", "alert")
 MAX_ALERTS = 10_000
 
-# every metric this endpoint exports (dashboards/ tests check their queries against it)
+# the store-derived gauges this endpoint adds to the process's own metrics
 METRIC_NAMES = (
-    "meshscope_ingested_records_total",
-    "meshscope_requests_total",
-    "meshscope_responses_5xx_total",
-    "meshscope_requests_retried_total",
-    "meshscope_alert_events_total",
+    "meshscope_stored_records",
+    "meshscope_stored_requests",
+    "meshscope_stored_responses_5xx",
+    "meshscope_stored_requests_retried",
+    "meshscope_stored_alert_events",
     "meshscope_alerts_firing",
     "meshscope_proxies",
     "meshscope_uploads_total",
@@ -91,26 +98,29 @@ class ClusterTotals:
 async def gather(store: StoreReader, upload_counters: dict[str, int],
                  clusters: ClusterTotals) -> list[Metric]:
     """Read the figures from the store (per-cluster totals through ClusterTotals)."""
-    ingested = CounterMetricFamily("meshscope_ingested_records", "Records stored, by kind", labels=["kind"])
+    ingested = GaugeMetricFamily("meshscope_stored_records", "Records in the store, by kind", labels=["kind"])
     for kind in KINDS:
         ingested.add_metric([kind], await store.count(kind))
     totals = await clusters.totals(store)
-    requests = CounterMetricFamily(
-        "meshscope_requests", "Access records per upstream cluster", labels=["cluster"]
+    cluster = ["upstream_cluster"]
+    requests = GaugeMetricFamily(
+        "meshscope_stored_requests", "Access records in the store per upstream cluster", labels=cluster
     )
-    errors = CounterMetricFamily(
-        "meshscope_responses_5xx", "5xx responses per upstream cluster", labels=["cluster"]
+    errors = GaugeMetricFamily(
+        "meshscope_stored_responses_5xx", "5xx responses in the store per upstream cluster", labels=cluster
     )
-    retried = CounterMetricFamily(
-        "meshscope_requests_retried", "Retried requests per upstream cluster", labels=["cluster"]
+    retried = GaugeMetricFamily(
+        "meshscope_stored_requests_retried", "Retried requests in the store per upstream cluster",
+        labels=cluster,
     )
     for cluster, (n, n5, nr) in sorted(totals.items()):
         requests.add_metric([cluster], n)
         errors.add_metric([cluster], n5)
         retried.add_metric([cluster], nr)
     alerts = await store.alerts(limit=MAX_ALERTS)
-    events = CounterMetricFamily(
-        "meshscope_alert_events", "Alert firings and resolutions stored", labels=["rule", "state"]
+    events = GaugeMetricFamily(
+        "meshscope_stored_alert_events", "Alert firings and resolutions in the store (the latest "
+        f"{MAX_ALERTS})", labels=["rule", "state"]
     )
     for (rule, state), n in sorted(Counter((a.rule, a.state) for a in alerts).items()):
         events.add_metric([rule, state], n)
@@ -133,10 +143,12 @@ async def gather(store: StoreReader, upload_counters: dict[str, int],
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request, store: Annotated[StoreReader, Depends(reader_of)]) -> Response:
-    """Prometheus text exposition."""
+    """Prometheus text exposition: the process's counters, other components' registries handed over
+    in ``app.state.metric_registries``, and the store-derived gauges."""
     registry = CollectorRegistry(auto_describe=False)
     state = request.app.state
     if not hasattr(state, "cluster_totals"):
         state.cluster_totals = ClusterTotals()
-    registry.register(_Snapshot(await gather(store, state.uploads.counters, state.cluster_totals)))
+    own = [m for r in (REGISTRY, *getattr(state, "metric_registries", ())) for m in r.collect()]
+    registry.register(_Snapshot(own + await gather(store, state.uploads.counters, state.cluster_totals)))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

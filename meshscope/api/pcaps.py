@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from meshscope.api.deps import uploads_of
-from meshscope.api.schemas import ErrorBody, UploadFlows, UploadStatus
+from meshscope.api.schemas import ErrorBody, UploadFlows
+from meshscope.api.schemas import UploadStatus as UploadStatusBody
+from meshscope.api.upload_status import UploadState, UploadStatus
 from meshscope.api.uploads import Uploads
 
 router = APIRouter(prefix="/api/pcaps", tags=["captures"])
@@ -40,45 +42,46 @@ UPLOAD_BODY: dict[str, Any] = {
 @router.post(
     "",
     status_code=202,
-    response_model=UploadStatus,
+    response_model=UploadStatusBody,
     openapi_extra=UPLOAD_BODY,
     responses={413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 429: {"model": ErrorBody}},
 )
 async def upload(request: Request, uploads: Annotated[Uploads, Depends(uploads_of)]) -> dict:
     """Store the capture(s) and queue their analysis; answers at once with the new upload's id."""
-    return await uploads.receive(
+    status = await uploads.receive(
         request.headers.get("content-type", ""), request.headers.get("content-length"), request.stream()
     )
+    return status.to_dict()
 
 
-@router.get("", response_model=list[UploadStatus])
+@router.get("", response_model=list[UploadStatusBody])
 async def list_uploads(
     uploads: Annotated[Uploads, Depends(uploads_of)],
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[dict]:
     """The most recent uploads, newest first."""
-    return uploads.list(limit)
+    return [status.to_dict() for status in uploads.list(limit)]
 
 
-def _status(uploads: Uploads, upload_id: str) -> dict:
+def _status(uploads: Uploads, upload_id: str) -> UploadStatus:
     status = uploads.status(upload_id)
     if status is None:
         raise HTTPException(404, f"no upload {upload_id}")
     return status
 
 
-def _finished(uploads: Uploads, upload_id: str) -> dict:
+def _finished(uploads: Uploads, upload_id: str) -> UploadStatus:
     status = _status(uploads, upload_id)
-    if status["state"] != "done":
-        detail = status.get("error") or f"upload {upload_id} is {status['state']}"
-        raise HTTPException(409 if status["state"] != "failed" else 422, detail)
+    if status.state is not UploadState.DONE:
+        detail = status.error or f"upload {upload_id} is {status.state}"
+        raise HTTPException(409 if status.state is not UploadState.FAILED else 422, detail)
     return status
 
 
-@router.get("/{upload_id}", response_model=UploadStatus, responses={404: {"model": ErrorBody}})
+@router.get("/{upload_id}", response_model=UploadStatusBody, responses={404: {"model": ErrorBody}})
 async def get_upload(upload_id: UploadId, uploads: Annotated[Uploads, Depends(uploads_of)]) -> dict:
     """State (queued, analysing, done, failed), counts and each capture's damage report."""
-    return _status(uploads, upload_id)
+    return _status(uploads, upload_id).to_dict()
 
 
 @router.get(
@@ -89,13 +92,14 @@ async def get_upload(upload_id: UploadId, uploads: Annotated[Uploads, Depends(up
 async def get_flows(
     upload_id: UploadId, uploads: Annotated[Uploads, Depends(uploads_of)]
 ) -> dict | FileResponse:
-    """The flows and exchanges found in the upload (409 while it is still being analysed)."""
+    """The upload's analysis document — its flows and exchanges, each capture's report and the copies
+    folded — the same document as ``meshscope pcap analyze --json`` (409 while still being analysed)."""
     _finished(uploads, upload_id)
     path = uploads.flows_file(upload_id)
     if path is not None:  # streamed from disk: a big upload's exchanges are never held in memory
         return FileResponse(path, media_type="application/json")
-    analysis = uploads.analysis(upload_id) or {}  # analysed by an earlier version
-    return {"id": upload_id, "flows": analysis.get("flows", []), "exchanges": analysis.get("exchanges", [])}
+    # analysed by an earlier version (or the folder lost its results): the same document, from analysis.json
+    return uploads.analysis(upload_id) or {"id": upload_id, "flows": [], "exchanges": []}
 
 
 @router.get(

@@ -1,4 +1,5 @@
-"""``GET /api/proxies``: every proxy that has sent records, with its access-log loss accounting
+"""``GET /api/proxies``: every proxy that has sent records, named by pod, namespace and role when its node
+id is Istio's (by log name and peer address when it sent none), with its access-log loss accounting
 (written and dropped by the proxy's own admin stats, received by our store)."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Depends
 
 from meshscope.api.deps import reader_of, settings_of
 from meshscope.api.schemas import ProxyInfo, ProxyList, ProxyLossInfo
+from meshscope.model import parse_node_id
 from meshscope.pipelines import StoreReader
 from meshscope.proxy import account
 from meshscope.settings import Settings
@@ -26,11 +28,11 @@ async def list_proxies(
     arrived = {n["node_id"]: n["records"] for n in nodes}
     losses = await account(settings.proxy_admins, arrived) if settings.proxy_admins else []
     by_node = {loss.node_id: loss for loss in losses if loss.node_id in arrived}
-    items = [
-        ProxyInfo(
-            **n, loss=ProxyLossInfo(**by_node[n["node_id"]].to_dict()) if n["node_id"] in by_node else None
-        )
-        for n in nodes
-    ]
+    items = []
+    for n in nodes:
+        node = parse_node_id(n["node_id"])
+        loss = by_node.get(n["node_id"])
+        items.append(ProxyInfo(**n, role=node.role, name=node.name, namespace=node.namespace, ip=node.ip,
+                               loss=ProxyLossInfo(**loss.to_dict()) if loss else None))
     unmatched = [ProxyLossInfo(**loss.to_dict()) for loss in losses if loss.node_id not in arrived]
     return ProxyList(items=items, unmatched_admins=unmatched)

@@ -47,12 +47,17 @@ class UploadStatus(BaseModel):
     error: str | None = None
     counts: dict[str, int] | None = None
     captures: list[CaptureSummary] = []
+    keylog: bool = Field(False, description="a TLS key log came with the upload (used, then deleted)")
 
 
 class UploadFlows(BaseModel):
+    """An upload's analysis document (decoders.Analysis), led by the upload's id."""
+
     id: str
     flows: list[Flow]
     exchanges: list[Exchange]
+    captures: list[dict] = Field([], description="each capture's report, as `meshscope pcap analyze --json`")
+    duplicates: int = Field(0, description="exchange copies folded away (one connection seen twice)")
 
 
 class RecordsPage(BaseModel):
@@ -77,8 +82,13 @@ class ProxyLossInfo(BaseModel):
 
 
 class ProxyInfo(BaseModel):
-    node_id: str
+    node_id: str = Field(description="Envoy's node id; ``anonymous~PEER_IP~LOG_NAME`` for a proxy that "
+                         "sent none")
     node_cluster: str | None = None
+    role: str = Field("proxy", description="gateway, sidecar or proxy (from an Istio node id)")
+    name: str | None = Field(None, description="the pod (Istio), the log name (anonymous), else the id")
+    namespace: str | None = None
+    ip: str | None = Field(None, description="the pod's address (Istio) or the stream's peer (anonymous)")
     records: int = Field(description="records received from this proxy")
     first_seen: float | None = None
     last_seen: float | None = None
@@ -128,3 +138,43 @@ class DependencyLink(BaseModel):
     child: str
     callCount: int
     errorCount: int = 0
+
+
+class HistogramBar(BaseModel):
+    start: float = Field(description="epoch seconds; the bar covers [start, start + bucket_s)")
+    counts: dict[str, int] = Field(description='matching records by status class: "2xx" … "5xx", "none"')
+
+
+class Histogram(BaseModel):
+    start: float
+    end: float
+    bucket_s: int
+    total: int
+    bars: list[HistogramBar] = Field(description="in time order; empty buckets left out")
+
+
+class GraphNode(BaseModel):
+    id: str = Field(description="a workload (proxy cluster) or an upstream service")
+    kind: str = Field(description="workload (its proxy sent records) or service (seen only as upstream)")
+    inbound: int = Field(0, description="requests into it in the range")
+    inbound_5xx: int = 0
+    health: str = "healthy"
+
+
+class GraphEdge(BaseModel):
+    source: str
+    target: str
+    cluster: str = Field(description="the Envoy upstream cluster, as logged")
+    requests: int
+    rate: float = Field(description="requests per second over the range")
+    error_ratio: float = Field(description="share of 5xx responses, 0..1")
+    retried_ratio: float = Field(description="share of retried requests, 0..1")
+    p99_ms: float | None = None
+    health: str = Field(description="healthy, degraded or failing (by 5xx ratio)")
+
+
+class ServiceGraph(BaseModel):
+    start: float
+    end: float
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]

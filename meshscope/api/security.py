@@ -5,27 +5,16 @@ cannot send a header when it navigates; the page then asks for the token and sen
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshscope.errors import UserError
-from meshscope.settings import Settings
+from meshscope.settings import Settings, is_loopback  # noqa: F401 - re-exported
 
 OPEN_PATHS = frozenset({"/healthz", "/"})
 OPEN_PREFIXES = ("/static/",)
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and "localhost": nobody else can reach the API."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def required_token(settings: Settings) -> str | None:

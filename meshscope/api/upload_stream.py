@@ -4,6 +4,8 @@ pcap/pcapng magic before more of it is written."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from meshscope.decoders import capture_format
 
 MAX_FILES_PER_UPLOAD = 16
+KEYLOG_PART = "keylog"  # the multipart field name of a TLS key log sent beside the captures
+KEYLOG_FILE = "keylog.secret"  # where it waits for the analysis (owner-only), deleted when it ends
+MAX_KEYLOG_BYTES = 64 << 20
 
 
 class UploadRejected(Exception):
@@ -41,6 +46,18 @@ class CaptureFiles:
         self.files: list[dict[str, Any]] = []
         self._fh = None
         self._head = b""
+        self.keylog_bytes: int | None = None  # a key-log part was received (never its content)
+        self._keylog = False  # the open file is the key log
+
+    def open_keylog(self, _name: str | None = None) -> None:
+        """The key-log part: written owner-only beside the captures, not sniffed, not listed as a file."""
+        self.close()
+        if self.keylog_bytes is not None:
+            raise UploadRejected(400, "at most one key-log part per upload")
+        fd = os.open(self.folder / KEYLOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._fh = os.fdopen(fd, "wb")
+        self._keylog = True
+        self.keylog_bytes = 0
 
     def open(self, client_name: str | None) -> None:
         self.close()
@@ -59,6 +76,12 @@ class CaptureFiles:
             return
         if self._fh is None:
             raise UploadRejected(400, "capture data outside a file part")
+        if self._keylog:
+            self.keylog_bytes = (self.keylog_bytes or 0) + len(data)
+            if self.keylog_bytes > MAX_KEYLOG_BYTES:
+                raise UploadRejected(413, f"key log larger than {MAX_KEYLOG_BYTES} bytes")
+            self._fh.write(data)
+            return
         self.total += len(data)
         if self.total > self.max_bytes:
             raise UploadRejected(413, f"upload larger than the limit of {self.max_bytes} bytes")
@@ -84,6 +107,9 @@ class CaptureFiles:
             return
         self._fh.close()
         self._fh = None
+        if self._keylog:
+            self._keylog = False
+            return
         current = self.files[-1]
         if current["size"] == 0:
             raise UploadRejected(400, f"{current['name']}: empty file")
@@ -138,7 +164,10 @@ class MultipartCaptures:
 
     def _headers_finished(self) -> None:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        if b"filename" in params:
+        if params.get(b"name") == KEYLOG_PART.encode():
+            self._in_file = True
+            self._pending.append(("open_keylog", None))
+        elif b"filename" in params:
             self._in_file = True
             self._pending.append(("open", params[b"filename"].decode("utf-8", "replace")))
 
@@ -162,3 +191,27 @@ class MultipartCaptures:
     def finish(self) -> None:
         self.parser.finalize()
         self.feed(b"")
+
+
+async def receive_body(content_type: str, body: AsyncIterator[bytes], files: CaptureFiles) -> None:
+    """Stream a request body into ``files``: multipart file parts, or the whole body as one capture."""
+    ctype, params = parse_options_header(content_type or "")
+    if ctype == b"multipart/form-data":
+        boundary = params.get(b"boundary")
+        if not boundary:
+            raise UploadRejected(400, "multipart body without a boundary")
+        multipart = MultipartCaptures(boundary, files)
+        async for chunk in body:
+            multipart.feed(chunk)
+        try:
+            multipart.finish()
+        except UploadRejected:
+            raise
+        except Exception as exc:
+            raise UploadRejected(400, f"malformed multipart body: {exc}") from exc
+        files.close()
+        return
+    files.open(None)
+    async for chunk in body:
+        files.write(chunk)
+    files.close()

@@ -1,5 +1,6 @@
 """The Zipkin v2 read API (what Grafana's Zipkin data source and the Zipkin UI call), answered from
-our store: service and span names, trace search, traces by id and service dependencies."""
+our store: service and span names, trace search, traces by id and service dependencies. Spans are
+written in the model's Zipkin v2 JSON shape (``meshscope.model.zipkin``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from meshscope.api.deps import reader_of
 from meshscope.api.schemas import DependencyLink, ErrorBody, ZipkinSpan
-from meshscope.model import Span
+from meshscope.model import Span, normalize_trace_id, pad_hex_id, span_to_zipkin
 from meshscope.pipelines import StoreReader
 
 router = APIRouter(prefix="/api/v2", tags=["zipkin"])
@@ -19,26 +20,6 @@ DAY_MS = 86_400_000
 MAX_DEPENDENCY_TRACES = 10_000
 ServiceName = Annotated[str, Query(alias="serviceName", min_length=1, max_length=500)]
 TraceId = Annotated[str, Path(pattern=r"^[0-9a-fA-F]{1,32}$", description="16 or 32 hex digits")]
-
-
-def zipkin_span(span: Span) -> dict:
-    """A stored Span in Zipkin's JSON v2 shape (camelCase keys; empty fields left out)."""
-    out = {
-        "traceId": span.trace_id,
-        "id": span.span_id,
-        "parentId": span.parent_id,
-        "name": span.name,
-        "kind": span.span_kind,
-        "timestamp": span.timestamp,
-        "duration": span.duration,
-        "localEndpoint": span.local_endpoint or None,
-        "remoteEndpoint": span.remote_endpoint or None,
-        "annotations": span.annotations or None,
-        "tags": span.tags or None,
-        "debug": True if span.debug else None,
-        "shared": True if span.shared else None,
-    }
-    return {k: v for k, v in out.items() if v is not None}
 
 
 def parse_annotation_query(query: str | None) -> dict[str, str | None]:
@@ -52,16 +33,6 @@ def parse_annotation_query(query: str | None) -> dict[str, str | None]:
         key, sep, value = term.partition("=")
         terms[key.strip()] = value.strip() if sep else None
     return terms
-
-
-def normalize_trace_id(trace_id: str) -> str:
-    """Lower-case hex, padded to 16 digits, with the high 64 bits dropped when they are zero."""
-    tid = trace_id.lower().rjust(16, "0")
-    if len(tid) > 16:
-        tid = tid.rjust(32, "0")
-        if tid.startswith("0" * 16):
-            tid = tid[16:]
-    return tid
 
 
 @router.get("/services", response_model=list[str])
@@ -119,7 +90,7 @@ async def traces(
                 for s in t
             )
         ]
-    return [[zipkin_span(s) for s in trace] for trace in found]
+    return [[span_to_zipkin(s) for s in trace] for trace in found]
 
 
 @router.get(
@@ -132,10 +103,10 @@ async def trace(trace_id: TraceId, store: Annotated[StoreReader, Depends(reader_
     """Every span of one trace."""
     spans = await store.spans_by_trace_id(normalize_trace_id(trace_id))
     if not spans and len(trace_id) > 16:  # stored as 128-bit while asked by its low half, or the reverse
-        spans = await store.spans_by_trace_id(trace_id.lower().rjust(32, "0"))
+        spans = await store.spans_by_trace_id(pad_hex_id(trace_id))
     if not spans:
         raise HTTPException(404, f"trace {trace_id} not found")
-    return [zipkin_span(s) for s in spans]
+    return [span_to_zipkin(s) for s in spans]
 
 
 @router.get("/traceMany", response_model=list[list[ZipkinSpan]], response_model_exclude_none=True)
@@ -156,7 +127,7 @@ async def trace_many(
     for tid in dict.fromkeys(trace_ids.split(",")):
         spans = await store.spans_by_trace_id(normalize_trace_id(tid))
         if spans:
-            out.append([zipkin_span(s) for s in spans])
+            out.append([span_to_zipkin(s) for s in spans])
     return out
 
 
@@ -205,3 +176,30 @@ async def dependencies(
         None, None, end_ts, min(lookback, end_ts), None, None, {}, MAX_DEPENDENCY_TRACES
     )
     return dependency_links(found)
+
+
+# Zipkin's autocomplete keys: tags Envoy puts on its spans, answered from the access records holding the
+# same values (indexed there), so Grafana and the Zipkin UI offer what meshscope's own search page offers
+AUTOCOMPLETE_FIELDS = {
+    "http.method": "method",
+    "http.status_code": "response_code",
+    "upstream_cluster": "upstream_cluster",
+    "node_id": "node_id",
+    "response_flags": "response_flags",
+}
+
+
+@router.get("/autocompleteKeys", response_model=list[str])
+async def autocomplete_keys() -> list[str]:
+    """The span tag keys whose values /autocompleteValues lists."""
+    return list(AUTOCOMPLETE_FIELDS)
+
+
+@router.get("/autocompleteValues", response_model=list[str])
+async def autocomplete_values(
+    store: Annotated[StoreReader, Depends(reader_of)],
+    key: Annotated[str, Query(min_length=1, max_length=200)],
+) -> list[str]:
+    """Values seen for one autocomplete key, the most frequent first; none for another key (as Zipkin)."""
+    field = AUTOCOMPLETE_FIELDS.get(key)
+    return await store.search_values(field, limit=200) if field else []

@@ -24,5 +24,8 @@ def run(args: argparse.Namespace) -> int:
     if args.port:
         settings = settings.replace(api_port=args.port)
     app = create_app(settings)  # refuses (UserError) to listen beyond loopback without a token
-    uvicorn.run(app, host=settings.host, port=settings.api_port, log_level=args.log_level)
+    from meshscope.slow_clients import quiet_disconnects, uvicorn_options
+
+    uvicorn.run(quiet_disconnects(app), host=settings.host, port=settings.api_port, log_level=args.log_level,
+                **uvicorn_options(settings))
     return 0

@@ -14,6 +14,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--host", help="address to listen on (settings.host)")
     parser.add_argument("--als-port", type=int, help="gRPC AccessLogService port (settings.als_port)")
     parser.add_argument("--zipkin-port", type=int, help="Zipkin v2 receiver, /healthz, /metrics port")
+    parser.add_argument("--otlp-grpc-port", type=int, help="OTLP/gRPC port (settings.otlp_grpc_port)")
+    parser.add_argument("--otlp-http-port", type=int, help="OTLP/HTTP port (settings.otlp_http_port)")
     parser.add_argument("--data-dir", help="where the disk spool lives (settings.data_dir)")
 
 
@@ -34,7 +36,9 @@ async def _serve(settings) -> None:
         except OSError as exc:
             raise UserError(str(exc)) from exc
         print(f"meshscope collector: access logs on {settings.host}:{collector.als_port}, "
-              f"spans on http://{settings.host}:{collector.zipkin_port}/api/v2/spans", flush=True)
+              f"spans on http://{settings.host}:{collector.zipkin_port}/api/v2/spans, OTLP on "
+              f"{settings.host}:{collector.otlp_grpc.port} (gRPC) and :{collector.otlp_http.port} (HTTP)",
+              flush=True)
         await stop.wait()
         await collector.stop()
     finally:
@@ -47,7 +51,8 @@ def run(args) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     changes = {k: v for k, v in (("host", args.host), ("als_port", args.als_port),
-                                 ("zipkin_port", args.zipkin_port)) if v is not None}
+                                 ("zipkin_port", args.zipkin_port), ("otlp_grpc_port", args.otlp_grpc_port),
+                                 ("otlp_http_port", args.otlp_http_port)) if v is not None}
     if args.data_dir:
         from pathlib import Path
         changes["data_dir"] = Path(args.data_dir)

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="decoder backend (default: dpkt, the fastest)")
     a.add_argument("--max-flows", type=int, default=20, metavar="N",
                    help="flows drawn in --svg/--mermaid (default 20)")
+    a.add_argument("--keylog", action="append", default=[], metavar="FILE",
+                   help="NSS key log (SSLKEYLOGFILE, Envoy key_log) to decrypt TLS with; repeatable. "
+                        "Keys inside a pcapng (Decryption Secrets Block) are used without it")
 
 
 class ProgressBar:
@@ -60,11 +63,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _analyze_and_emit(args: argparse.Namespace) -> int:
-    from meshscope.decoders import analyze
+    from meshscope.decoders import KeyLog, analyze
 
+    keylog = None
+    if args.keylog:
+        keylog = KeyLog.from_files([Path(f) for f in args.keylog])  # UserError for an unreadable file
+        for problem in keylog.problems[:10]:  # line numbers and reasons only: never the line
+            print(f"meshscope: key log {problem}", file=sys.stderr)
     bar = ProgressBar() if sys.stderr.isatty() else None
     try:
-        result = analyze([Path(f) for f in args.files], backend=args.backend, progress=bar)
+        result = analyze([Path(f) for f in args.files], backend=args.backend, progress=bar, keylog=keylog)
     except UserError:
         raise
     except (OSError, ValueError) as exc:

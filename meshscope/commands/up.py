@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the embedded store, spool and uploads live (default ./data)")
     parser.add_argument("--no-proxy", action="store_true",
                         help="do not start the bundled Envoy and demo upstream")
+    parser.add_argument("--repair", action="store_true",
+                        help="the SQLite store failed its integrity check: keep it aside, copy what is "
+                        "readable into a fresh one, then start")
     parser.add_argument("--duration", type=float, metavar="SECONDS",
                         help="stop by itself after this long (default: run until stopped)")
 
@@ -48,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per demo request is noise
     settings = settings_from(args)
+    if args.repair and settings.store == "sqlite" and settings.db_path.exists():
+        from meshscope.pipelines import repair_sqlite
+
+        print(f"meshscope: {repair_sqlite(settings.db_path)}", flush=True)
     return asyncio.run(_up(settings, args))
 
 

@@ -64,6 +64,10 @@ class AccessRecord(Record):
     # Envoy's AccessLogType ("DownstreamEnd", "TcpConnectionEnd", "DownstreamPeriodic", "UpstreamEnd" …);
     # None when Envoy did not say. Entries other than the final one get ids of their own (see compute_id)
     access_log_type: str | None = None
+    # what the collector's intake changed, and why (a clamped time, a request id not kept, a cut field)
+    notes: list[str] = field(default_factory=list)
+    # how the sending proxy proved its identity to the collector: "mtls:<cert name>", "token", None (open)
+    node_auth: str | None = None
 
     @property
     def request_id_norm(self) -> str | None:

@@ -93,6 +93,12 @@ class Exchange(Record):
     alpn: list[str] = field(default_factory=list)
     tls_offered_versions: list[str] = field(default_factory=list)
     tls_version: str | None = None  # chosen by the ServerHello
+    # decryption from a key log: "decrypted" (also on the HTTP exchanges read through it), "no key",
+    # "wrong key", "handshake not captured", "unsupported cipher suite …"; None when no key log was given
+    tls_decryption: str | None = None
+    tls_cipher_suite: str | None = None
+    tls_client_identity: str | None = None  # SPIFFE ids from the certificates (URI SAN)
+    tls_server_identity: str | None = None
     # HTTP/2 (one stream) and gRPC on top of it; None on HTTP/1 and TLS exchanges
     protocol: str | None = None  # "h2" or "grpc"
     stream_id: int | None = None

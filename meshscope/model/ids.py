@@ -16,6 +16,20 @@ def record_id(*parts: object) -> str:
     return _blake2b((text + "\x1e").encode(), digest_size=16).hexdigest()
 
 
+REQUEST_ID_MAX = 200  # the lookup's limit (GET /api/traces/{request_id})
+
+
+def request_id_problem(request_id: str) -> str | None:
+    """Why a request id could never be looked up (a path segment of at most 200 characters), or None."""
+    if len(request_id) > REQUEST_ID_MAX:
+        return f"longer than {REQUEST_ID_MAX} characters"
+    if "/" in request_id:
+        return "contains '/'"
+    if not request_id.strip():
+        return "blank"
+    return None
+
+
 def normalize_request_id(request_id: str | None) -> str | None:
     """Envoy writes its sampling decision into the UUID version nibble of x-request-id
     (``4`` may become ``9``, ``a`` or ``b``), so one request's id differs by that digit from

@@ -18,6 +18,7 @@ from meshscope.pipelines.alerts.rules import Rule
 from meshscope.model import AccessRecord, Alert, Record
 
 SAMPLES = 5
+SKEW = 5.0  # seconds the event clock may run ahead of this machine's wall clock (proxies' clocks drift)
 
 
 @dataclass(slots=True)
@@ -59,10 +60,13 @@ class AlertEngine:
         self._max_event_at = 0.0  # monotonic time when _max_event last advanced
 
     def now(self) -> float:
-        """Event-time clock: the newest record's time, advanced by the wall time since it arrived."""
+        """Event-time clock: the newest record's time, advanced by the wall time since it arrived; never
+        more than SKEW ahead of the wall clock, so one record dated in the future cannot resolve what
+        fires or hide what follows."""
+        wall = time.time()
         if self._max_event is None:
-            return time.time()
-        return self._max_event + (time.monotonic() - self._max_event_at)
+            return wall
+        return min(self._max_event + (time.monotonic() - self._max_event_at), wall + SKEW)
 
     def observe(self, records: Iterable[Record]) -> None:
         """Count access records into every rule's buckets, each record once: a batch the bus
@@ -77,7 +81,7 @@ class AlertEngine:
             seen.popitem(last=False)
         if not access:
             return
-        newest = max(r.start_time for r in access)
+        newest = min(max(r.start_time for r in access), time.time() + SKEW)
         oldest = min(r.start_time for r in access)
         if self._first_event is None or oldest < self._first_event:
             self._first_event = oldest

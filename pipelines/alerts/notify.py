@@ -1,4 +1,5 @@
-"""Where alerts go: the log, and webhooks in Alertmanager's webhook payload format (version 4).
+"""Where alerts go: the log, and webhooks in Alertmanager's webhook payload format (version 4);
+Alertmanager itself is fed by alertmanager.py. Both count what they delivered and what they did not.
 
 Any receiver that accepts Alertmanager webhooks (PagerDuty / Slack bridges, alertmanager-webhook
 loggers …) accepts meshscope's. A webhook that is down is retried a few times, then logged; it never
@@ -12,13 +13,19 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
+from prometheus_client import Counter
 
 from meshscope.model import Alert
 
 log = logging.getLogger("meshscope.alerts")
+
+SENT = Counter("meshscope_notifications_sent", "Alerts delivered, per receiver kind and target",
+               ["receiver", "target"])
+FAILED = Counter("meshscope_notifications_failed", "Alerts not delivered after the retries, per receiver "
+                 "kind and target", ["receiver", "target"])
 
 # Alertmanager's "zero" endsAt for alerts still firing
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -34,7 +41,15 @@ def fingerprint(labels: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _alerts_url(external_url: str, alert: Alert) -> str:
+def target_label(url: str) -> str:
+    """A receiver URL as a metric label and in logs: without credentials, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def alerts_url(external_url: str, alert: Alert) -> str:
     """Where meshscope's API lists this alert's firings and resolutions."""
     return f"{external_url}/api/alerts?{urlencode({'rule': alert.rule, 'group': alert.group_key})}"
 
@@ -69,7 +84,7 @@ def alertmanager_payload(alerts: Sequence[Alert], receiver: str = "meshscope",
             "annotations": annotations,
             "startsAt": rfc3339(a.first_seen),
             "endsAt": rfc3339(a.last_seen) if a.state == "resolved" else ZERO_TIME,
-            "generatorURL": _alerts_url(external_url, a) if external_url else "",
+            "generatorURL": alerts_url(external_url, a) if external_url else "",
             "fingerprint": fingerprint(a.labels),
         })
     group_labels = {"alertname": alerts[0].rule}
@@ -102,6 +117,9 @@ class WebhookNotifier:
         self.attempts = attempts
         self.external_url = external_url
         self.failures = 0
+        for url in self.urls:
+            SENT.labels("webhook", target_label(url))
+            FAILED.labels("webhook", target_label(url))
         self._client = httpx.AsyncClient(timeout=timeout)
 
     async def send(self, alerts: Sequence[Alert]) -> None:
@@ -110,19 +128,23 @@ class WebhookNotifier:
         for a in alerts:
             by_rule.setdefault(a.rule, []).append(a)
         posts = [
-            self._post(url, alertmanager_payload(group, external_url=self.external_url))
+            self._post(url, alertmanager_payload(group, external_url=self.external_url), len(group))
             for group in by_rule.values() for url in self.urls
         ]
         await asyncio.gather(*posts)
 
-    async def _post(self, url: str, payload: dict) -> None:
+    async def _post(self, url: str, payload: dict, count: int) -> None:
+        label = target_label(url)
         for attempt in range(self.attempts):
             try:
                 response = await self._client.post(url, json=payload)
                 if response.status_code < 500:
                     if response.status_code >= 400:
-                        log.error("webhook %s refused the alert: HTTP %d", url, response.status_code)
+                        log.error("webhook %s refused the alert: HTTP %d", label, response.status_code)
                         self.failures += 1
+                        FAILED.labels("webhook", label).inc(count)
+                    else:
+                        SENT.labels("webhook", label).inc(count)
                     return
                 reason = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
@@ -130,7 +152,8 @@ class WebhookNotifier:
             if attempt + 1 < self.attempts:
                 await asyncio.sleep(0.5 * 2**attempt)
         self.failures += 1
-        log.error("webhook %s unreachable after %d attempts: %s", url, self.attempts, reason)
+        FAILED.labels("webhook", label).inc(count)
+        log.error("webhook %s unreachable after %d attempts: %s", label, self.attempts, reason)
 
     async def aclose(self) -> None:
         await self._client.aclose()

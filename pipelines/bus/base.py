@@ -27,6 +27,18 @@ class Batch:
 
 
 class Bus(abc.ABC):
+    #: an acknowledgement survives this process (Kafka: the broker has it; in-process: only with its log)
+    durable: bool = True
+
+    @property
+    def failure(self) -> str | None:
+        """Why the bus could not take records last time, when it knows (None: no known problem)."""
+        return None
+
+    # True when programs other than meshscope's pipeline read the topics (Kafka): alerts are published
+    # there too. The in-process bus keeps what no group has consumed, so nothing goes there unread.
+    shared: bool = False
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect (a no-op for the in-process bus)."""
 

@@ -1,5 +1,11 @@
 """The Kafka bus (scale-out, aiokafka): one topic per record kind, keyed so a request stays in order.
 
+The topics speak what other Kafka consumers already read (wire.py in this file's terms: ``encode`` /
+``decode``): the spans topic carries Zipkin v2 JSON lists, as Zipkin's Kafka collector and the
+OpenTelemetry collector's Kafka receiver (encoding ``zipkin_json``) read them, so it can be shared with
+Zipkin-instrumented services; access records and alerts are JSON objects with an ISO ``@timestamp``
+and a ``schema_version`` (field and header), as Logstash and Kafka Connect take them.
+
 Producer: ``acks="all"`` and a short linger so sends are batched; ``publish`` returns only once every
 record is acknowledged. Consumers form a group with auto-commit off; ``Batch.commit`` commits the
 batch's offsets, which the indexer calls only after the store acknowledged it (at-least-once; the
@@ -12,24 +18,60 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.codec import has_gzip, has_lz4, has_snappy, has_zstd
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from aiokafka.helpers import create_ssl_context
 from meshscope.pipelines.bus.base import Batch, Bus, BusUnavailable
-from meshscope.pipelines.bus.topics import RECORD_OF, TOPIC_OF, partition_key
+from meshscope.pipelines.bus.topics import RECORD_OF, SPANS, TOPIC_OF, partition_key
 from prometheus_client import Counter
 
-from meshscope.model import Record
+from meshscope.errors import UserError
+from meshscope.model import Record, Span, span_to_zipkin, spans_from_zipkin_json
 from meshscope.settings import Settings
 
 log = logging.getLogger(__name__)
 UNDECODABLE = Counter("meshscope_bus_undecodable", "Bus messages that were not records (skipped)", ["topic"])
 
+SCHEMA_VERSION = 1  # of the JSON objects on the access and alerts topics; bumped on an incompatible change
+COMPRESSION = {"gzip": has_gzip, "snappy": has_snappy, "lz4": has_lz4, "zstd": has_zstd}
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def encode(record: Record) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A record as a Kafka message value and headers (see the module docstring)."""
+    if isinstance(record, Span):
+        return orjson.dumps([span_to_zipkin(record)]), [("content-type", b"application/json")]
+    data = record.to_dict()
+    when = record.time()
+    if when is not None:
+        data["@timestamp"] = datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds")
+    data["schema_version"] = SCHEMA_VERSION
+    headers = [("content-type", b"application/json"), ("schema_version", str(SCHEMA_VERSION).encode())]
+    return orjson.dumps(data), headers
+
+
+def decode(topic: str, value: bytes | None) -> list[Record]:
+    """The records in one message of a topic. A spans message is a Zipkin v2 JSON list (any number of
+    spans, from meshscope or any Zipkin sender) or, as older meshscope wrote, one Span object.
+    Raises ValueError (or TypeError) for a message that is neither."""
+    if not value:
+        raise ValueError("empty message")
+    if topic == SPANS and value.lstrip()[:1] == b"[":
+        return list(spans_from_zipkin_json(value))
+    return [RECORD_OF[topic].from_json(value)]
+
 
 class KafkaBus(Bus):
     """A Bus over Kafka-protocol brokers (Apache Kafka, Tansu, Redpanda …)."""
 
+    shared = True  # other programs read its topics: alerts are published on it
     def __init__(
         self,
         bootstrap: str,
@@ -41,6 +83,14 @@ class KafkaBus(Bus):
         idempotence: bool = False,
         client_id: str = "meshscope",
         session_timeout_s: float = 10.0,
+        compression: str | None = None,
+        security_protocol: str = "PLAINTEXT",
+        sasl_mechanism: str | None = None,
+        sasl_username: str | None = None,
+        sasl_password: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic_prefix = topic_prefix
@@ -54,6 +104,17 @@ class KafkaBus(Bus):
         self.client_id = client_id
         # how long a dead consumer holds its partitions before the group rebalances without it
         self.session_timeout_s = session_timeout_s
+        if compression in ("", "none"):
+            compression = None
+        if compression is not None:
+            if compression not in COMPRESSION:
+                raise UserError(f"kafka_compression {compression!r}: choose one of {', '.join(COMPRESSION)}")
+            if not COMPRESSION[compression]():
+                raise UserError(f"kafka_compression {compression!r} needs cramjam: "
+                                "pip install 'aiokafka[lz4,zstd]'")
+        self.compression = compression
+        self._security = _security_kwargs(security_protocol, sasl_mechanism, sasl_username, sasl_password,
+                                          ca_file, cert_file, key_file)
         self._producer: AIOKafkaProducer | None = None
         self._topics_ready: set[str] = set()
         self._lags: dict[tuple[str, str], int] = {}
@@ -61,7 +122,13 @@ class KafkaBus(Bus):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KafkaBus:
-        return cls(settings.kafka_bootstrap, topic_prefix=settings.kafka_topic_prefix)
+        return cls(settings.kafka_bootstrap, topic_prefix=settings.kafka_topic_prefix,
+                   partitions=settings.kafka_partitions, replication=settings.kafka_replication_factor,
+                   compression=settings.kafka_compression, security_protocol=settings.kafka_security_protocol,
+                   sasl_mechanism=settings.kafka_sasl_mechanism, sasl_username=settings.kafka_sasl_username,
+                   sasl_password=settings.kafka_sasl_password,
+                   ca_file=_path(settings.kafka_ca_file), cert_file=_path(settings.kafka_cert_file),
+                   key_file=_path(settings.kafka_key_file))
 
     def topic_name(self, topic: str) -> str:
         return self.topic_prefix + topic
@@ -86,7 +153,7 @@ class KafkaBus(Bus):
             return
         admin = AIOKafkaAdminClient(
             bootstrap_servers=self.bootstrap, client_id=self.client_id,
-            request_timeout_ms=int(self.request_timeout_s * 1000),
+            request_timeout_ms=int(self.request_timeout_s * 1000), **self._security,
         )
         try:
             await admin.start()
@@ -112,8 +179,8 @@ class KafkaBus(Bus):
                 producer = AIOKafkaProducer(
                     bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all",
                     linger_ms=self.linger_ms, max_batch_size=256 * 1024,
-                    enable_idempotence=self.idempotence,
-                    request_timeout_ms=int(self.request_timeout_s * 1000),
+                    enable_idempotence=self.idempotence, compression_type=self.compression,
+                    request_timeout_ms=int(self.request_timeout_s * 1000), **self._security,
                 )
                 try:
                     await producer.start()
@@ -131,9 +198,10 @@ class KafkaBus(Bus):
         try:
             await self.ensure_topics([topic])
             name = self.topic_name(topic)
-            futures = [
-                await producer.send(name, value=r.to_json(), key=partition_key(r)) for r in records
-            ]
+            futures = []
+            for r in records:
+                value, headers = encode(r)
+                futures.append(await producer.send(name, value=value, key=partition_key(r), headers=headers))
             await asyncio.wait_for(asyncio.gather(*futures), self.request_timeout_s * 2)
         except UnknownTopicOrPartitionError as exc:
             self._topics_ready.discard(topic)  # the broker forgot it (restarted without state)
@@ -144,7 +212,6 @@ class KafkaBus(Bus):
 
     async def consume(self, topic: str, group: str, max_batch: int = 1000) -> AsyncIterator[Batch]:
         """Yield batches for the consumer group; commit offsets only through Batch.commit()."""
-        record_type = RECORD_OF[topic]
         consumer = await self._start_consumer(topic, group, max_batch)
         try:
             while True:
@@ -161,7 +228,7 @@ class KafkaBus(Bus):
                 for tp, messages in fetched.items():
                     for m in messages:
                         try:
-                            records.append(record_type.from_json(m.value))
+                            records.extend(decode(topic, m.value))
                         except (ValueError, TypeError) as exc:
                             # not a record of this topic: skipping it is the only way forward; it
                             # stays in the topic (until retention) and the log says where
@@ -191,7 +258,7 @@ class KafkaBus(Bus):
                     # so consumers keep aiokafka's default request timeout, not the publish timeout
                     max_poll_records=max_batch, session_timeout_ms=int(self.session_timeout_s * 1000),
                     heartbeat_interval_ms=int(self.session_timeout_s * 1000 / 3),
-                    fetch_max_wait_ms=100,
+                    fetch_max_wait_ms=100, **self._security,
                 )
                 try:
                     await consumer.start()
@@ -203,6 +270,32 @@ class KafkaBus(Bus):
                 # a consumer waits for the broker rather than failing the pipeline
                 log.warning("kafka consumer for %s waiting for broker: %s", self.topic_name(topic), exc)
                 await asyncio.sleep(1.0)
+
+
+def _path(value: object) -> str | None:
+    return str(value) if value else None
+
+
+def _security_kwargs(protocol: str, mechanism: str | None, username: str | None, password: str | None,
+                     ca_file: str | None, cert_file: str | None, key_file: str | None) -> dict[str, Any]:
+    """aiokafka's security arguments, the same for producer, consumers and the admin client."""
+    protocol = (protocol or "PLAINTEXT").upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        choices = ", ".join(SECURITY_PROTOCOLS)
+        raise UserError(f"kafka_security_protocol {protocol!r}: choose one of {choices}")
+    out: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.startswith("SASL"):
+        mechanism = (mechanism or "PLAIN").upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise UserError(f"kafka_sasl_mechanism {mechanism!r}: choose one of {', '.join(SASL_MECHANISMS)}")
+        if not username or password is None:
+            raise UserError(f"kafka_security_protocol {protocol} needs kafka_sasl_username and _password")
+        out.update(sasl_mechanism=mechanism, sasl_plain_username=username, sasl_plain_password=password)
+    if protocol.endswith("SSL"):
+        if bool(cert_file) != bool(key_file):
+            raise UserError("kafka_cert_file and kafka_key_file go together (mutual TLS)")
+        out["ssl_context"] = create_ssl_context(cafile=ca_file, certfile=cert_file, keyfile=key_file)
+    return out
 
 
 def _committer(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]):

@@ -26,6 +26,57 @@ class AccessQuery:
     cursor: str | None = None  # opaque, from the previous Page
 
 
+@dataclass(slots=True, kw_only=True)
+class AccessSearch:
+    """The search page's filters over access records (every given one must hold; None: no filter)."""
+
+    start: float | None = None  # epoch seconds, inclusive
+    end: float | None = None  # exclusive
+    node_id: str | None = None  # the proxy that logged it
+    node_cluster: str | None = None  # its service / workload (Envoy's --service-cluster)
+    upstream_cluster: str | None = None
+    route_name: str | None = None
+    path_prefix: str | None = None
+    authority: str | None = None
+    method: str | None = None
+    status_class: int | None = None  # 2, 4, 5 …
+    status: int | None = None  # an exact response code
+    response_flag: str | None = None  # one of Envoy's flags (UF, URX, NR …)
+    retried: bool = False  # only requests retried (attempt count above 1, or URX)
+    min_duration_ms: float | None = None
+    request_id: str | None = None  # matched normalised: any sampling digit
+    trace_id: str | None = None
+    limit: int = 100
+    cursor: str | None = None  # opaque, from the previous Page
+
+
+# fields whose values search_values() lists (autocomplete), and that AccessSearch filters on
+VALUE_FIELDS = (
+    "node_id", "node_cluster", "upstream_cluster", "route_name", "authority", "method", "response_code",
+    "response_flags",
+)
+
+
+@dataclass(slots=True, kw_only=True)
+class HistogramBucket:
+    """Matching records in one time bucket, by status class ("2xx", "5xx", "none" for no code)."""
+
+    start: float
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True, kw_only=True)
+class TrafficEdge:
+    """Requests one workload's proxy sent to one upstream cluster in a time range."""
+
+    source: str  # node_cluster of the proxy that logged them
+    target: str  # upstream_cluster
+    count: int = 0
+    count_5xx: int = 0
+    count_retried: int = 0
+    p99_ms: float | None = None
+
+
 @dataclass(slots=True)
 class Page:
     items: list
@@ -70,6 +121,27 @@ class StoreReader(abc.ABC):
 
     @abc.abstractmethod
     async def list_access(self, query: AccessQuery) -> Page: ...
+
+    @abc.abstractmethod
+    async def search_access(self, query: AccessSearch) -> Page:
+        """Records matching every filter of query, newest first, paged by cursor."""
+
+    @abc.abstractmethod
+    async def access_histogram(self, query: AccessSearch, bucket_s: float) -> list[HistogramBucket]:
+        """Records matching query per bucket (aligned on multiples of bucket_s since the epoch) and
+        status class, buckets in time order, empty buckets left out."""
+
+    @abc.abstractmethod
+    async def search_values(
+        self, field: str, prefix: str = "", start: float | None = None, end: float | None = None,
+        limit: int = 20,
+    ) -> list[str]:
+        """Values of one VALUE_FIELDS field starting with prefix (as stored: case-sensitive), the most
+        frequent first, for autocomplete. Without a time range only recent records are looked at."""
+
+    @abc.abstractmethod
+    async def traffic_edges(self, start: float, end: float) -> list[TrafficEdge]:
+        """Per (node_cluster, upstream_cluster): count, 5xx, retried and p99 duration (for the map)."""
 
     @abc.abstractmethod
     async def aggregates(

@@ -22,10 +22,21 @@ from typing import Any
 import orjson
 from elastic_transport import ApiError, ConnectionError, ConnectionTimeout, TransportError
 from elasticsearch import AsyncElasticsearch, NotFoundError
-from meshscope.pipelines.store.base import AccessQuery, Page, Store, StoreUnavailable, WindowAggregate
+from meshscope.pipelines.store.base import (
+    AccessQuery,
+    AccessSearch,
+    HistogramBucket,
+    Page,
+    Store,
+    StoreUnavailable,
+    TrafficEdge,
+    WindowAggregate,
+)
 from meshscope.pipelines.store.indexed import (
+    as_search,
     check_group_by,
     check_kinds,
+    check_value_field,
     decode_cursor,
     encode_cursor,
     flow_request_ids,
@@ -33,7 +44,9 @@ from meshscope.pipelines.store.indexed import (
     service_of,
     since,
     span_query_terms,
+    status_class_name,
     tag_terms,
+    trace_id_key,
 )
 
 from meshscope.model import (
@@ -282,42 +295,113 @@ class ElasticsearchStore(Store):
 
     async def list_access(self, query: AccessQuery) -> Page:
         """Newest first; the cursor is the sort key of the last item (search_after)."""
-        if query.limit < 1:
+        return await self.search_access(as_search(query))
+
+    async def search_access(self, query: AccessSearch) -> Page:
+        """Newest first, paged as list_access."""
+        filters = _search_filters(query)
+        if filters is None:
+            return Page([])
+        return await self._access_page(filters, query.limit, query.cursor)
+
+    async def _access_page(self, filters: list[dict], limit: int, cursor: str | None) -> Page:
+        if limit < 1:
             raise ValueError("limit must be at least 1")
-        filters: list[dict] = []
-        if query.start is not None or query.end is not None:
-            bounds = {"gte": query.start} if query.start is not None else {}
-            if query.end is not None:
-                bounds["lt"] = query.end
-            filters.append({"range": {"start_time": bounds}})
-        if query.status_class is not None:
-            filters.append(
-                {
-                    "range": {
-                        "response_code": {
-                            "gte": query.status_class * 100,
-                            "lte": query.status_class * 100 + 99,
-                        }
-                    }
-                }
-            )
-        for field in ("upstream_cluster", "authority", "node_id"):
-            value = getattr(query, field)
-            if value is not None:
-                filters.append({"term": {field: value}})
-        extra = {"search_after": decode_cursor(query.cursor)[:2]} if query.cursor else {}
+        extra = {"search_after": decode_cursor(cursor)[:2]} if cursor else {}
         resp = await self._search(
             "access",
             query={"bool": {"filter": filters}},
             sort=[{"start_time": "desc"}, {"id": "desc"}],
-            size=min(query.limit + 1, MAX_HITS),
+            size=min(limit + 1, MAX_HITS),
             **extra,
         )
         hits = resp["hits"]["hits"]
-        more = len(hits) > query.limit
-        hits = hits[: query.limit]
-        cursor = encode_cursor(*hits[-1]["sort"]) if more else None
-        return Page([AccessRecord.from_dict(h["_source"]) for h in hits], cursor)
+        more = len(hits) > limit
+        hits = hits[:limit]
+        next_cursor = encode_cursor(*hits[-1]["sort"]) if more else None
+        return Page([AccessRecord.from_dict(h["_source"]) for h in hits], next_cursor)
+
+    async def _composite(self, query: dict, sources: list[dict], sub: dict | None = None) -> list[dict]:
+        """Every bucket of a composite aggregation over access records, paged to the end."""
+        composite: dict[str, Any] = {"size": 1000, "sources": sources}
+        agg: dict[str, Any] = {"composite": composite}
+        if sub:
+            agg["aggs"] = sub
+        out: list[dict] = []
+        while True:
+            resp = await self._search("access", query=query, size=0, aggs={"c": agg})
+            found = resp.get("aggregations", {}).get("c", {})
+            out += found.get("buckets", [])
+            if not found.get("buckets") or "after_key" not in found:
+                return out
+            composite["after"] = found["after_key"]
+
+    async def access_histogram(self, query: AccessSearch, bucket_s: float) -> list[HistogramBucket]:
+        if bucket_s <= 0:
+            raise ValueError("bucket_s must be positive")
+        filters = _search_filters(query)
+        if filters is None:
+            return []
+        interval_ms = max(1, round(bucket_s * 1000))
+        sources = [
+            {"w": {"date_histogram": {"field": "@timestamp", "fixed_interval": f"{interval_ms}ms"}}},
+            {"c": {"histogram": {"field": "response_code", "interval": 100, "missing_bucket": True}}},
+        ]
+        buckets: dict[float, HistogramBucket] = {}
+        for b in await self._composite({"bool": {"filter": filters}}, sources):
+            start = b["key"]["w"] / 1000
+            bucket = buckets.setdefault(start, HistogramBucket(start=start))
+            code = b["key"]["c"]
+            name = status_class_name(int(code) if code is not None else None)
+            bucket.counts[name] = bucket.counts.get(name, 0) + b["doc_count"]
+        return [buckets[k] for k in sorted(buckets)]
+
+    async def search_values(
+        self, field: str, prefix: str = "", start: float | None = None, end: float | None = None,
+        limit: int = 20,
+    ) -> list[str]:
+        check_value_field(field)
+        filters: list[dict] = []
+        if start is not None or end is not None:
+            filters.append({"range": {"start_time": _bounds(start, end)}})
+        if prefix and field != "response_code":
+            filters.append({"prefix": {field: prefix}})
+        resp = await self._search(
+            "access",
+            query={"bool": {"filter": filters}},
+            size=0,
+            aggs={"t": {"terms": {"field": field, "size": 1000}}},
+        )
+        counted: dict[str, int] = {}
+        for b in resp.get("aggregations", {}).get("t", {}).get("buckets", []):
+            value = str(b["key"])
+            if value and value.startswith(prefix):  # an array field's other values come along too
+                counted[value] = counted.get(value, 0) + b["doc_count"]
+        return [v for v, _ in sorted(counted.items(), key=lambda kv: (-kv[1], kv[0]))][:limit]
+
+    async def traffic_edges(self, start: float, end: float) -> list[TrafficEdge]:
+        sources = [
+            {"s": {"terms": {"field": "node_cluster", "missing_bucket": True}}},
+            {"t": {"terms": {"field": "upstream_cluster", "missing_bucket": True}}},
+        ]
+        sub = {
+            "e5xx": {"filter": {"range": {"response_code": {"gte": 500, "lte": 599}}}},
+            "retried": {"filter": {"term": {"retried": True}}},
+            "p": {"percentiles": {"field": "duration_ms", "percents": [99]}},
+        }
+        query = {"range": {"start_time": {"gte": start, "lt": end}}}
+        edges = []
+        for b in await self._composite(query, sources, sub):
+            values = b["p"].get("values") or {}
+            p99 = next(iter(values.values()), None) if isinstance(values, dict) else None
+            edges.append(
+                TrafficEdge(
+                    source=b["key"]["s"] or "", target=b["key"]["t"] or "", count=b["doc_count"],
+                    count_5xx=b["e5xx"]["doc_count"], count_retried=b["retried"]["doc_count"],
+                    p99_ms=p99,
+                )
+            )
+        return sorted(edges, key=lambda e: (e.source, e.target))
 
     async def aggregates(
         self, start: float, end: float, window_s: float, group_by: Sequence[str]
@@ -477,3 +561,42 @@ class ElasticsearchStore(Store):
                 }
             )
         return nodes
+
+
+def _bounds(start: float | None, end: float | None) -> dict:
+    bounds: dict[str, float] = {}
+    if start is not None:
+        bounds["gte"] = start
+    if end is not None:
+        bounds["lt"] = end
+    return bounds
+
+
+def _search_filters(query: AccessSearch) -> list[dict] | None:
+    """Filter clauses for an AccessSearch; None when it can match nothing (an empty request id)."""
+    filters: list[dict] = []
+    if query.start is not None or query.end is not None:
+        filters.append({"range": {"start_time": _bounds(query.start, query.end)}})
+    for field, value in (("node_id", query.node_id), ("node_cluster", query.node_cluster),
+                         ("upstream_cluster", query.upstream_cluster), ("route_name", query.route_name),
+                         ("authority", query.authority), ("method", query.method),
+                         ("response_code", query.status), ("response_flags", query.response_flag)):
+        if value is not None:
+            filters.append({"term": {field: value}})
+    if query.status_class is not None:
+        low = query.status_class * 100
+        filters.append({"range": {"response_code": {"gte": low, "lte": low + 99}}})
+    if query.path_prefix:
+        filters.append({"prefix": {"path": query.path_prefix}})
+    if query.retried:
+        filters.append({"term": {"retried": True}})
+    if query.min_duration_ms is not None:
+        filters.append({"range": {"duration_ms": {"gte": query.min_duration_ms}}})
+    if query.request_id is not None:
+        key = normalize_request_id(query.request_id)
+        if not key:
+            return None
+        filters.append({"term": {"request_id_norm": key}})
+    if query.trace_id is not None:
+        filters.append({"term": {"trace_id": trace_id_key(query.trace_id)}})
+    return filters

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import math
 import time
 from typing import Any
 
 import orjson
+from meshscope.pipelines.store.base import VALUE_FIELDS, AccessQuery, AccessSearch
 
 from meshscope.model import (
     RECORD_TYPES,
@@ -88,3 +90,42 @@ def span_query_terms(span: Span) -> list[str]:
 def tag_terms(tags: dict[str, str | None]) -> list[str]:
     """The query side of span_query_terms: every term must be present on one span."""
     return [k if v is None else f"{k}={v}" for k, v in tags.items()]
+
+
+def status_class_name(code: int | None) -> str:
+    """"2xx" … "5xx" for a response code, "none" when there is none (a TCP record, a reset)."""
+    return f"{code // 100}xx" if code and 100 <= code <= 599 else "none"
+
+
+def check_value_field(field: str) -> str:
+    if field not in VALUE_FIELDS:
+        raise ValueError(f"no values for {field!r}; choose from {', '.join(VALUE_FIELDS)}")
+    return field
+
+
+def percentile_of_counts(counts: dict[float, int], q: float) -> float | None:
+    """The q-quantile (0..1, nearest rank) of values given as {value: how many}."""
+    total = sum(counts.values())
+    if not total:
+        return None
+    rank = max(1, math.ceil(round(q * total, 9)))  # nearest rank; round: 0.99 * 100 is 99.00000000000001
+    seen = 0
+    for value in sorted(counts):
+        seen += counts[value]
+        if seen >= rank:
+            return value
+    return max(counts)
+
+
+def trace_id_key(trace_id: str) -> str:
+    """B3 trace ids are stored lower-cased; a 64-bit id is matched as written (Envoy logs it so)."""
+    return trace_id.strip().lower()
+
+
+def as_search(query: AccessQuery) -> AccessSearch:
+    """The older listing query (AccessQuery) as the search that answers it: one owner for the filters."""
+    return AccessSearch(
+        start=query.start, end=query.end, status_class=query.status_class,
+        upstream_cluster=query.upstream_cluster, authority=query.authority, node_id=query.node_id,
+        limit=query.limit, cursor=query.cursor,
+    )

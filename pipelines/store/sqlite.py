@@ -12,26 +12,44 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
-from meshscope.pipelines.store.base import AccessQuery, Page, Store, StoreUnavailable, WindowAggregate
+from meshscope.pipelines.store import sqlite_rollup as rollup
+from meshscope.pipelines.store.base import (
+    AccessQuery,
+    AccessSearch,
+    HistogramBucket,
+    Page,
+    Store,
+    StoreUnavailable,
+    TrafficEdge,
+    WindowAggregate,
+)
 from meshscope.pipelines.store.indexed import (
+    as_search,
     check_group_by,
     check_kinds,
+    check_value_field,
     decode_cursor,
     encode_cursor,
     flow_request_ids,
+    percentile_of_counts,
     record_time,
     service_of,
     since,
     span_query_terms,
+    status_class_name,
     tag_terms,
+    trace_id_key,
 )
 
+from meshscope.errors import UserError
 from meshscope.model import AccessRecord, Alert, Exchange, Flow, Record, Span, normalize_request_id
 from meshscope.settings import Settings
 
@@ -46,7 +64,8 @@ CREATE TABLE IF NOT EXISTS access (
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL, start_time REAL NOT NULL,
     request_id_norm TEXT, trace_id TEXT, response_code INTEGER, upstream_cluster TEXT,
     route_name TEXT, authority TEXT, node_id TEXT, node_cluster TEXT, method TEXT, protocol TEXT,
-    retried INTEGER NOT NULL, doc BLOB NOT NULL, UNIQUE (start_time, id));
+    retried INTEGER NOT NULL, doc BLOB NOT NULL, path TEXT, duration_ms REAL, flags TEXT,
+    UNIQUE (start_time, id));
 CREATE TABLE IF NOT EXISTS span (
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL, trace_id TEXT NOT NULL, request_id_norm TEXT,
     service TEXT, remote_service TEXT, name TEXT, ts INTEGER, duration INTEGER, q TEXT,
@@ -72,6 +91,9 @@ CREATE INDEX IF NOT EXISTS access_trace ON access (trace_id) WHERE trace_id IS N
 -- 2xx/3xx queries are served as well by the time index: only error codes are worth an entry
 CREATE INDEX IF NOT EXISTS access_code ON access (response_code, start_time) WHERE response_code >= 400;
 CREATE INDEX IF NOT EXISTS access_cluster ON access (upstream_cluster, start_time);
+-- the search page: path prefixes as index ranges; only slow requests (100 ms and more) by duration
+CREATE INDEX IF NOT EXISTS access_path ON access (path, start_time);
+CREATE INDEX IF NOT EXISTS access_slow ON access (duration_ms, start_time) WHERE duration_ms >= 100;
 CREATE INDEX IF NOT EXISTS span_rid ON span (request_id_norm) WHERE request_id_norm IS NOT NULL;
 CREATE INDEX IF NOT EXISTS span_service ON span (service, ts);
 CREATE INDEX IF NOT EXISTS span_ts ON span (ts);
@@ -87,7 +109,16 @@ CREATE INDEX IF NOT EXISTS alert_rule ON alert (rule, group_key, last_seen);
 ACCESS_COLUMNS = (
     "id", "start_time", "request_id_norm", "trace_id", "response_code", "upstream_cluster",
     "route_name", "authority", "node_id", "node_cluster", "method", "protocol", "retried", "doc",
+    "path", "duration_ms", "flags",
 )
+# columns added after the first release (the search page filters on them): ALTER TABLE adds them to
+# an older file and fills them from each row's document
+_LATER_ACCESS_COLUMNS = {
+    "path": ("TEXT", "CAST(doc AS TEXT) ->> '$.path'"),
+    "duration_ms": ("REAL", "CAST(doc AS TEXT) ->> '$.duration_ms'"),
+    "flags": ("TEXT", "(SELECT ',' || group_concat(value, ',') || ','"
+                      " FROM json_each(CAST(doc AS TEXT), '$.response_flags'))"),
+}
 
 
 def _insert(table: str, columns: Sequence[str]) -> str:
@@ -100,8 +131,13 @@ def access_row(r: AccessRecord) -> tuple:
     return (
         r.id, r.start_time, normalize_request_id(r.request_id), r.trace_id and r.trace_id.lower(),
         r.response_code, r.upstream_cluster, r.route_name, r.authority, r.node_id, r.node_cluster,
-        r.method, r.protocol, retried, orjson.dumps(r),
+        r.method, r.protocol, retried, orjson.dumps(r), r.path, r.duration_ms, flags_text(r.response_flags),
     )
+
+
+def flags_text(flags: Sequence[str]) -> str | None:
+    """Response flags as one column: ``,UF,URX,`` (each flag between commas, so LIKE '%,UF,%' finds one)."""
+    return "," + ",".join(flags) + "," if flags else None
 
 
 def _span_row(s: Span) -> tuple:
@@ -187,6 +223,71 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+class StoreDamaged(UserError):
+    """The SQLite file failed its integrity check at open: a one-line message says what to do."""
+
+
+def check_integrity(path: str) -> None:
+    """``PRAGMA quick_check`` (and that the file is a database at all); StoreDamaged naming the file."""
+    detail = None
+    try:
+        conn = connect(path)
+        try:
+            rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            conn.close()
+        if rows != ["ok"]:
+            first = " ".join(rows[0].replace("*** in database main ***", "").split())
+            detail = first + (f" and {len(rows) - 1} more problems" if len(rows) > 1 else "")
+    except sqlite3.DatabaseError as exc:
+        detail = " ".join(str(exc).split())
+    if detail is not None:
+        raise StoreDamaged(
+            f"the SQLite store {path} is damaged ({detail}): start with --repair to copy what is readable "
+            "into a fresh file (the damaged one is kept beside it), or move it aside and start fresh")
+
+
+def repair(path: str | os.PathLike) -> str:
+    """Move a damaged store aside (``<name>.damaged-<time>``, with its -wal/-shm) and copy every row
+    still readable into a fresh file; returns a one-line report."""
+    path = str(path)
+    aside = f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, aside + suffix)
+    fresh = connect(path)
+    fresh.executescript(TABLES + INDEXES)
+    copied: dict[str, int] = {}
+    lost: list[str] = []
+    try:
+        old = sqlite3.connect(f"file:{aside}?mode=ro", uri=True)
+        tables = [r[0] for r in fresh.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                  if not r[0].startswith("sqlite_")]
+    except sqlite3.DatabaseError as exc:
+        fresh.close()
+        return f"{path}: nothing was readable ({exc}); started fresh, the damaged file is {aside}"
+    for table in tables:
+        n = 0
+        try:
+            cur = old.execute(f"SELECT * FROM {table}")  # noqa: S608 - names from our own schema
+            fresh.execute("BEGIN")
+            while rows := cur.fetchmany(1000):
+                marks = ",".join("?" * len(rows[0]))
+                fresh.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", rows)  # noqa: S608
+                n += len(rows)
+        except sqlite3.DatabaseError as exc:
+            lost.append(f"{table} after {n} rows ({exc})")
+        finally:
+            if fresh.in_transaction:
+                fresh.execute("COMMIT")
+        copied[table] = n
+    old.close()
+    fresh.close()
+    summary = ", ".join(f"{t} {n}" for t, n in copied.items() if n)
+    return (f"{path}: repaired, rows kept: {summary or 'none'}"
+            + (f"; unreadable: {'; '.join(lost)}" if lost else "") + f"; the damaged file is {aside}")
+
+
 class WalCheckpointer:
     """Checkpoints the WAL every interval_s on its own connection and thread (PASSIVE: writers
     and readers go on meanwhile), and once more when stopped."""
@@ -252,8 +353,13 @@ class SqliteStore(Store):
         self._checkpointer.start()
 
     def _open_writer(self) -> sqlite3.Connection:
+        if self.path.exists() and self.path.stat().st_size > 0:
+            check_integrity(str(self.path))
         conn = connect(str(self.path))
-        conn.executescript(TABLES + INDEXES)
+        conn.executescript(TABLES + rollup.TABLE)
+        _add_later_columns(conn)
+        conn.executescript(INDEXES)
+        rollup.fill_if_missing(conn)
         return conn
 
     async def stop(self) -> None:
@@ -326,8 +432,10 @@ class SqliteStore(Store):
         inserted = conn.total_changes - before_changes
         if inserted == len(rows):
             conn.executemany(_NODE_ADD, _node_totals(rows))
+            rollup.add_rows(conn, rows, ACCESS_COLUMNS)
         elif inserted:
             conn.execute(_NODE_ADD_SINCE, (before_seq,))
+            rollup.add_since(conn, before_seq)
 
     async def apply_retention(self, now: float | None = None) -> int:
         cutoff = since(now, self.settings.retention_days)
@@ -341,6 +449,7 @@ class SqliteStore(Store):
             for table, column, unit in _RETENTION:
                 deleted += conn.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff / unit,)).rowcount
             conn.execute("DELETE FROM flow_request WHERE flow_id NOT IN (SELECT id FROM flow)")
+            rollup.retain(conn, cutoff)
             # node accounting follows what is still stored
             conn.execute("DELETE FROM node")
             conn.execute(
@@ -398,23 +507,112 @@ class SqliteStore(Store):
 
     async def list_access(self, query: AccessQuery) -> Page:
         """Newest first; the cursor is the (start_time, id) of the last item (keyset paging)."""
-        if query.limit < 1:
+        return await self.search_access(as_search(query))
+
+    async def search_access(self, query: AccessSearch) -> Page:
+        """Newest first, paged as list_access."""
+        where, params = _search_filters(query)
+        if where is None:
+            return Page([])
+        return await self._access_page(where, params, query.limit, query.cursor)
+
+    async def _access_page(self, where: list[str], params: list[Any], limit: int, cursor: str | None) -> Page:
+        if limit < 1:
             raise ValueError("limit must be at least 1")
-        where, params = _access_filters(query)
-        if query.cursor:
-            key = decode_cursor(query.cursor)
+        if cursor:
+            key = decode_cursor(cursor)
             where.append("(start_time, id) < (?, ?)")
             params += key[:2]
+        order = " ORDER BY start_time DESC, id DESC LIMIT ?"
+        sql = "SELECT id, start_time, doc FROM access" + _where(where) + order
+        rows = await self._query(sql, [*params, limit + 1])
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1][1], rows[-1][0]) if more else None
+        return Page([AccessRecord.from_json(r[2]) for r in rows], next_cursor)
+
+    async def access_histogram(self, query: AccessSearch, bucket_s: float) -> list[HistogramBucket]:
+        if bucket_s <= 0:
+            raise ValueError("bucket_s must be positive")
+        parts: list[tuple[str, list[Any]]] = []
+        if rollup.usable(query, bucket_s):  # whole 10-second slots from the rollup, the edges from access
+            sql, params, lo, hi = rollup.histogram_sql(query, bucket_s)
+            parts.append((sql, params))
+            edges = [(query.start, lo), (hi, query.end)] if lo < hi else [(query.start, query.end)]
+        else:
+            edges = [(query.start, query.end)]
+        for start, end in edges:
+            if start is not None and end is not None and start >= end:
+                continue
+            where, params = _search_filters(replace(query, start=start, end=end))
+            if where is None:
+                return []
+            sql = (
+                "SELECT CAST(start_time / ? AS INTEGER) AS w, response_code / 100 AS c, count(*) FROM access"
+                + _where(where) + " GROUP BY w, c"
+            )
+            parts.append((sql, [bucket_s, *params]))
+        buckets: dict[int, HistogramBucket] = {}
+        for sql, params in parts:
+            for w, c, n in await self._query(sql, params):
+                bucket = buckets.setdefault(w, HistogramBucket(start=w * bucket_s))
+                name = status_class_name(c * 100 if c is not None else None)
+                bucket.counts[name] = bucket.counts.get(name, 0) + n
+        return [buckets[w] for w in sorted(buckets)]
+
+    async def search_values(
+        self, field: str, prefix: str = "", start: float | None = None, end: float | None = None,
+        limit: int = 20,
+    ) -> list[str]:
+        """From the node table for proxies; otherwise from the time range, or the newest 50,000 records
+        when none is given (a DISTINCT over a million unindexed rows would take a second)."""
+        check_value_field(field)
+        if field in ("node_id", "node_cluster"):
+            rows = await self._query(
+                f"SELECT {field}, sum(records) FROM node WHERE {field} IS NOT NULL AND {field} != ''"
+                f" GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1000"
+            )
+            counted = [(str(v), n) for v, n in rows]
+        else:
+            column = {"response_flags": "flags"}.get(field, field)
+            where: list[str] = [f"{column} IS NOT NULL"]
+            params: list[Any] = []
+            _condition(where, params, "start_time >= ?", start)
+            _condition(where, params, "start_time < ?", end)
+            source = "access"
+            if start is None and end is None:
+                source = f"(SELECT {column} FROM access ORDER BY start_time DESC LIMIT 50000)"
+            sql = f"SELECT {column}, count(*) FROM {source}{_where(where)} GROUP BY 1"
+            rows = await self._query(sql, params)
+            counted = []
+            for value, n in rows:
+                values = value.strip(",").split(",") if field == "response_flags" else [value]
+                counted += [(str(v), n) for v in values]
+        totals: dict[str, int] = {}
+        for value, n in counted:
+            if value.startswith(prefix):
+                totals[value] = totals.get(value, 0) + n
+        return [v for v, _ in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))][:limit]
+
+    async def traffic_edges(self, start: float, end: float) -> list[TrafficEdge]:
+        """One scan grouped by edge and whole milliseconds; p99 from those counts (1 ms resolution)."""
         sql = (
-            "SELECT id, start_time, doc FROM access"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY start_time DESC, id DESC LIMIT ?"
+            "SELECT coalesce(node_cluster, ''), coalesce(upstream_cluster, ''), CAST(duration_ms AS INTEGER),"
+            " count(*), sum(response_code BETWEEN 500 AND 599), sum(retried) FROM access"
+            " WHERE start_time >= ? AND start_time < ? GROUP BY 1, 2, 3"
         )
-        rows = await self._query(sql, [*params, query.limit + 1])
-        more = len(rows) > query.limit
-        rows = rows[: query.limit]
-        cursor = encode_cursor(rows[-1][1], rows[-1][0]) if more else None
-        return Page([AccessRecord.from_json(r[2]) for r in rows], cursor)
+        edges: dict[tuple[str, str], TrafficEdge] = {}
+        durations: dict[tuple[str, str], dict[float, int]] = defaultdict(dict)
+        for src, dst, ms, n, n5, nr in await self._query(sql, (start, end)):
+            edge = edges.setdefault((src, dst), TrafficEdge(source=src, target=dst))
+            edge.count += n
+            edge.count_5xx += n5 or 0
+            edge.count_retried += nr or 0
+            if ms is not None:
+                durations[(src, dst)][float(ms)] = n
+        for key, edge in edges.items():
+            edge.p99_ms = percentile_of_counts(durations[key], 0.99)
+        return sorted(edges.values(), key=lambda e: (e.source, e.target))
 
     async def aggregates(
         self, start: float, end: float, window_s: float, group_by: Sequence[str]
@@ -500,19 +698,65 @@ class SqliteStore(Store):
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
-def _access_filters(query: AccessQuery) -> tuple[list[str], list[Any]]:
+def _add_later_columns(conn: sqlite3.Connection) -> None:
+    """Bring an access table written by an older release up to ACCESS_COLUMNS (one transaction)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(access)")}
+    missing = [c for c in _LATER_ACCESS_COLUMNS if c not in have]
+    if not missing:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for column in missing:
+            conn.execute(f"ALTER TABLE access ADD COLUMN {column} {_LATER_ACCESS_COLUMNS[column][0]}")
+        sets = ", ".join(f"{c} = {_LATER_ACCESS_COLUMNS[c][1]}" for c in missing)
+        conn.execute(f"UPDATE access SET {sets}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _search_filters(query: AccessSearch) -> tuple[list[str] | None, list[Any]]:
+    """WHERE clauses for an AccessSearch; None when it can match nothing (an empty request id)."""
     where: list[str] = []
     params: list[Any] = []
     for clause, value in (("start_time >= ?", query.start), ("start_time < ?", query.end),
+                          ("node_id = ?", query.node_id), ("node_cluster = ?", query.node_cluster),
                           ("upstream_cluster = ?", query.upstream_cluster),
-                          ("authority = ?", query.authority), ("node_id = ?", query.node_id)):
+                          ("route_name = ?", query.route_name), ("authority = ?", query.authority),
+                          ("method = ?", query.method), ("response_code = ?", query.status),
+                          ("duration_ms >= ?", query.min_duration_ms)):
         _condition(where, params, clause, value)
     if query.status_class is not None:
         where.append("response_code BETWEEN ? AND ?")
         params += [query.status_class * 100, query.status_class * 100 + 99]
-        if query.status_class >= 4:  # spelled out so the planner may use the partial access_code index
+        if query.status_class >= 4:  # lets the planner use the partial access_code index
             where.append("response_code >= 400")
+    if query.path_prefix:  # a range of the path index: every string that starts with the prefix
+        where.append("path >= ? AND path < ?")
+        params += [query.path_prefix, query.path_prefix + "\U0010ffff"]
+    if query.min_duration_ms is not None and query.min_duration_ms >= 100:
+        where.append("duration_ms >= 100")  # spelled out so the planner may use the partial access_slow index
+    if query.response_flag:
+        where.append("instr(flags, ?) > 0")
+        params.append(f",{query.response_flag},")
+    if query.retried:
+        where.append("retried = 1")
+    if query.request_id is not None:
+        key = normalize_request_id(query.request_id)
+        if not key:
+            return None, []
+        where.append("request_id_norm = ?")
+        params.append(key)
+    if query.trace_id is not None:
+        where.append("trace_id = ?")
+        params.append(trace_id_key(query.trace_id))
     return where, params
+
+
+def _where(where: list[str]) -> str:
+    return " WHERE " + " AND ".join(where) if where else ""
 
 
 def _condition(where: list[str], params: list[Any], clause: str, value: Any) -> None:

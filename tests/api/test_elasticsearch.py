@@ -32,7 +32,7 @@ def test_api_over_elasticsearch(es_settings, tmp_path):  # noqa: F811 - fixture
             end = int((NOW + 60) * 1000)
             traces = c.get("/api/v2/traces", params={"serviceName": "webapp", "endTs": end}).json()
             assert len(traces) == 1 and {s["traceId"] for s in traces[0]} == {TRACE}
-            assert "meshscope_requests_total" in c.get("/metrics").text
+            assert "meshscope_stored_requests{" in c.get("/metrics").text
 
             node, pod = lab_captures(tmp_path, RID, NOW)
             up = c.post(

@@ -221,7 +221,7 @@ def test_upload_left_queued_by_a_crash_is_analysed_at_next_start(api_settings, t
 def test_progress_file_is_throttled(tmp_path):
     import json
 
-    from meshscope.api.uploads import ProgressFile
+    from meshscope.api.upload_status import ProgressFile
 
     progress = ProgressFile(tmp_path / "progress.json")
     progress(10, 100)

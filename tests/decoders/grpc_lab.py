@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -123,26 +122,15 @@ class GrpcLab:
         return " | ".join(f"{p.name}: {p.read_text()[-600:]}" for p in self.dir.glob("*.log"))
 
     def capture(self, path: Path) -> subprocess.Popen:
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns, "tcpdump", "-i", "lo", "-n", "-U",
-                              "--immediate-mode", "-B", "8192", "-s", "0", "-w", str(path), "tcp"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        self.procs.append(p)
-        deadline = time.monotonic() + 10
-        seen = b""
-        while time.monotonic() < deadline and b"listening on" not in seen:
-            chunk = p.stderr.read1(4096)  # type: ignore[union-attr]
-            if not chunk:
-                break
-            seen += chunk
-        if b"listening on" not in seen:
-            raise RuntimeError(f"tcpdump did not start: {seen.decode(errors='replace')}")
-        return p
+        from tests.decoders.lab import start_capture  # (not at the top: this file also runs as a script)
+
+        return start_capture(self.ns, "lo", path, self.procs)
 
     @staticmethod
     def stop_capture(p: subprocess.Popen) -> None:
-        time.sleep(0.3)
-        os.killpg(p.pid, signal.SIGINT)
-        p.communicate(timeout=10)
+        from tests.decoders.lab import Lab
+
+        Lab.stop_capture(p)
 
     def traffic(self) -> dict:
         r = self.run(sys.executable, __file__, "client", timeout=60)
@@ -165,18 +153,9 @@ class GrpcLab:
         return p
 
     def down(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for p in self.procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
+        from tests.decoders.lab import stop_processes
+
+        stop_processes(self.procs)
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=30)
 
 

@@ -42,6 +42,43 @@ def _veth(node_ns: str, node_if: str, peer_ns: str) -> None:
     _sh("ip", "-n", node_ns, "link", "add", node_if, "type", "veth", "peer", "name", "eth0", "netns", peer_ns)
 
 
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each process group a lab started (by pid, last first), SIGKILL what does not exit."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for p in procs:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
+
+
+def start_capture(ns: str, interface: str, path: Path, procs: list[subprocess.Popen]) -> subprocess.Popen:
+    """tcpdump in a namespace (added to procs); returns once it is listening."""
+    # --immediate-mode and a big buffer: nothing held back in the ring when SIGINT comes, no drops
+    p = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", interface, "-n", "-U",
+                          "--immediate-mode", "-B", "8192", "-s", "0", "-w", str(path), "tcp"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    procs.append(p)
+    deadline = time.monotonic() + 10
+    seen = b""
+    while time.monotonic() < deadline and b"listening on" not in seen:
+        ready, _, _ = select.select([p.stderr], [], [], 0.2)
+        if ready:
+            chunk = os.read(p.stderr.fileno(), 4096)  # type: ignore[union-attr]
+            if not chunk:
+                break
+            seen += chunk
+    if b"listening on" not in seen:
+        raise RuntimeError(f"tcpdump did not start: {seen.decode(errors='replace')}")
+    return p
+
+
 class Lab:
     """Namespaces, routes, iptables NAT, Envoy and the apps; `capture()` runs tcpdump in one of them."""
 
@@ -67,18 +104,7 @@ class Lab:
 
     def down(self) -> None:
         """Stop what this lab started (by pid) and delete its namespaces."""
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for p in self.procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
+        stop_processes(self.procs)
         for name in self.ns.values():
             _sh("ip", "netns", "del", name, check=False)
 
@@ -153,23 +179,7 @@ class Lab:
     # -- capture and traffic ---------------------------------------------------------------------
     def capture(self, role: str, interface: str, path: Path) -> subprocess.Popen:
         """Start tcpdump in a namespace; returns once it is listening."""
-        # --immediate-mode and a big buffer: nothing held back in the ring when SIGINT comes, no drops
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns[role], "tcpdump", "-i", interface, "-n", "-U",
-                              "--immediate-mode", "-B", "8192", "-s", "0", "-w", str(path), "tcp"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        self.procs.append(p)
-        deadline = time.monotonic() + 10
-        seen = b""
-        while time.monotonic() < deadline and b"listening on" not in seen:
-            ready, _, _ = select.select([p.stderr], [], [], 0.2)
-            if ready:
-                chunk = os.read(p.stderr.fileno(), 4096)
-                if not chunk:
-                    break
-                seen += chunk
-        if b"listening on" not in seen:
-            raise RuntimeError(f"tcpdump did not start: {seen.decode(errors='replace')}")
-        return p
+        return start_capture(self.ns[role], interface, path, self.procs)
 
     @staticmethod
     def stop_capture(p: subprocess.Popen) -> str:

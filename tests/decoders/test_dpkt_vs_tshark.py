@@ -10,7 +10,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -20,6 +19,7 @@ from benchmarks.bench_decoders import TSHARK_FIELDS
 from tests.conftest import free_port, need_binary, need_root
 from tests.decoders.canonical import canonical
 from tests.decoders.capture_builders import write_cert
+from tests.decoders.tls_lab import tcpdump_lo
 
 # the facts the speed benchmark asks tshark for, less SNI (checked on the TLS side separately)
 HTTP_FIELDS = [f for f in TSHARK_FIELDS if not f.startswith("tls.")]
@@ -104,20 +104,8 @@ def _traffic(http_port: int, tls_port: int, tmp_path) -> list[str]:
 
 
 def _capture(tcpdump: str, path, http_port: int, tls_port: int, d) -> list[str]:
-    dump = subprocess.Popen([tcpdump, "-i", "lo", "-U", "--immediate-mode", "-s", "0", "-w", str(path),
-                             f"tcp port {http_port} or tcp port {tls_port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 10
-        line = b""
-        while b"listening" not in line and time.time() < deadline:
-            line = dump.stderr.readline()
-        ids = _traffic(http_port, tls_port, d)
-        time.sleep(1.0)  # let tcpdump drain what the kernel already handed it
-    finally:
-        dump.terminate()
-        dump.wait(timeout=10)
-    return ids
+    with tcpdump_lo(path, [http_port, tls_port], drain=1.0):
+        return _traffic(http_port, tls_port, d)
 
 
 def _lossy(path, ports) -> bool:

@@ -8,9 +8,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from meshscope.decoders.analysis import analyze, stitch
-from meshscope.decoders.graph_mermaid import render_mermaid
-from meshscope.decoders.graph_svg import render_svg
+from meshscope.decoders.graph_mermaid import diagram_mermaid, render_mermaid
+from meshscope.decoders.graph_svg import diagram_svg, render_svg
+from meshscope.decoders.graph_text import diagram_text
 from meshscope.decoders.samples import NODEPORT_LAB
+from meshscope.decoders.sequence import flow_diagram
 
 from tests.decoders.made_exchanges import RID, lab_path
 
@@ -76,3 +78,50 @@ def test_mermaid_is_the_same_diagram(lab):
     assert any("ClientHello SNI secure.lab" in ln for ln in lines)
     assert text.count("rect rgb") == text.count("    end") == 4
     assert not any(";" in ln or "#" in ln for ln in lines[1:])  # Mermaid syntax characters are removed
+
+
+def test_text_is_the_same_diagram(lab):
+    """The three renderers take one Diagram: the text one shows the sections and arrows the others draw."""
+    diagram = flow_diagram(lab.flows, lab.by_id())
+    text = diagram_text(diagram)
+    assert [s.title for s in diagram.sections] == re.findall(r"^flow \d+: (.*)$", text, re.M)
+    assert text.count("DNAT NodePort") == 4 and text.count("ClientHello SNI secure.lab") == 2
+    assert "172.18.0.1 -> node (172.18.0.2): TCP handshake → 172.18.0.2:30000" in text
+    assert len(text.splitlines()) == len(diagram.sections) + sum(len(s.messages) for s in diagram.sections)
+    assert diagram_mermaid(diagram) == render_mermaid(lab.flows, lab.by_id())
+    assert diagram_svg(diagram) == render_svg(lab.flows, lab.by_id())
+
+
+def test_http2_streams_show_their_stream_id_and_grpc_method_and_status(tmp_path):
+    """A gRPC call through a proxy, retried on UNAVAILABLE: the graphs name the method, the stream and
+    each attempt's gRPC status (SVG, Mermaid and text draw the same Diagram)."""
+    from meshscope.decoders.flow_text import render_text
+
+    from tests.decoders.capture_builders import Conversation, write
+    from tests.decoders.h2_builders import H2Pair, grpc_frame
+
+    call = [(":method", "POST"), (":scheme", "http"), (":path", "/shop.v1.Catalog/List"),
+            (":authority", "cat"), ("content-type", "application/grpc"), ("x-request-id", "grpc-call-1")]
+    down = H2Pair(Conversation(client="10.0.0.1", server="10.0.0.5", sport=8080)).start()
+    up = H2Pair(Conversation(client="10.0.0.5", server="10.0.0.9", sport=50051, cisn=7000,
+                             sisn=90000)).start()
+    sid = down.request(call, grpc_frame(b""))
+    up.conv.t = down.conv.t
+    for attempt in (1, 2):
+        u = up.request(call + [("x-envoy-attempt-count", str(attempt))], grpc_frame(b""))
+        up.respond(u, [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "14")])
+    down.conv.t = up.conv.t
+    down.respond(sid, [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "14")])
+    a = analyze([write(tmp_path / "grpc.pcap", sorted(down.conv.packets + up.conv.packets,
+                                                      key=lambda p: float(p.time)))])
+    diagram = flow_diagram(a.flows, a.by_id())
+    text = diagram_text(diagram)
+    assert "gRPC Catalog/List stream 1" in text and "gRPC Catalog/List stream 3" in text
+    assert text.count("<- ") >= 3 and text.count("200 UNAVAILABLE") == 3
+    assert "l7-proxy ×2 attempts" in text
+    mermaid = diagram_mermaid(diagram)
+    assert "gRPC Catalog/List stream 1" in mermaid and "200 UNAVAILABLE" in mermaid
+    assert "gRPC Catalog/List stream 1" in " ".join(_texts(diagram_svg(diagram)))
+    flows = render_text(a.flows, a.by_id())
+    assert "gRPC Catalog/List stream 1 cat → 200 UNAVAILABLE" in flows
+    assert "attempts stream 1 200 UNAVAILABLE, stream 3 200 UNAVAILABLE" in flows

@@ -348,3 +348,56 @@ def test_other_backends_agree_on_http2(tmp_path, backend):
     assert [e.to_dict() if hasattr(e, "to_dict") else e for e in other] == \
         [e.to_dict() if hasattr(e, "to_dict") else e for e in ref]
     assert [e.grpc and e.grpc.status for e in other] == ["OK", None]
+
+
+# -- stitching over HTTP/2 -------------------------------------------------------------------------
+def test_proxy_hops_over_h2_by_b3_xff_and_normalised_request_id(tmp_path):
+    """An h2 downstream connection with two streams into a proxy at 10.0.0.5, which sends both on one
+    pooled h2 upstream connection: one matched by the request id Envoy re-stamped (sampling digit),
+    the other, without an id, by its B3 ids and the x-forwarded-for it extended."""
+    from meshscope.decoders.analysis import analyze
+
+    rid = "11111111-2222-4333-8444-555555555555"
+    down = H2Pair(Conversation(client="10.0.0.1", server="10.0.0.5", sport=8080)).start()
+    up = H2Pair(Conversation(client="10.0.0.5", server="10.0.0.9", sport=50051, cport=41000, cisn=7000,
+                             sisn=90000)).start()
+    s_a = down.request(get("/a", rid=rid))
+    s_b = down.request([(":method", "GET"), (":scheme", "http"), (":path", "/b"), (":authority", "svc"),
+                        ("x-b3-traceid", "00000000000000007e57"), ("x-b3-spanid", "00000000000000a1")])
+    up.conv.t = down.conv.t
+    u_a = up.request(get("/a", rid=rid[:14] + "b" + rid[15:], x_forwarded_for="10.0.0.1",
+                         x_envoy_attempt_count="1"))
+    u_b = up.request([(":method", "GET"), (":scheme", "http"), (":path", "/b"), (":authority", "svc"),
+                      ("x-b3-traceid", "7e57"), ("x-b3-spanid", "00000000000000b2"),
+                      ("x-b3-parentspanid", "00000000000000a1"), ("x-forwarded-for", "10.0.0.1"),
+                      ("x-envoy-attempt-count", "1")])
+    for sid in (u_b, u_a):
+        up.respond(sid, [(":status", "200")], b"ok")
+    down.conv.t = up.conv.t  # the proxy answers downstream once the upstream answered
+    for sid in (s_b, s_a):
+        down.respond(sid, [(":status", "200")], b"ok")
+    down.conv.close()
+    up.conv.close()
+    packets = sorted(down.conv.packets + up.conv.packets, key=lambda p: float(p.time))
+    analysis = analyze([write(tmp_path / "hops.pcap", packets)])
+    hops = {}
+    for flow in analysis.flows:
+        for hop in flow.hops:
+            if hop.kind == "l7-proxy":
+                hops[hop.evidence["attempts"][0]["stream_id"]] = hop
+    assert set(hops) == {u_a, u_b}
+    assert "x-request-id" in hops[u_a].evidence["matched_by"]
+    assert hops[u_a].evidence["request_id"]["normalised"] == rid
+    assert {"b3-traceid", "b3-parent", "x-forwarded-for"} <= set(hops[u_b].evidence["matched_by"])
+    assert len({hop.evidence["attempts"][0]["upstream"] for hop in hops.values()}) == 1  # one pooled conn.
+
+
+def test_frame_plausibility_tells_http2_from_other_bytes():
+    from meshscope.decoders.http2_frames import plausible_frames
+
+    h2 = frame(HEADERS, END_HEADERS, 5, Encoder().encode(get("/x"))) + frame(DATA, 0, 5, b"abc")
+    assert plausible_frames(h2, True) and plausible_frames(h2[:-2], True)  # the last frame continues
+    assert not plausible_frames(frame(HEADERS, END_HEADERS, 4, b"\x82"), True)  # clients open odd streams
+    for other in (http_request("GET", "/"), b"HTTP/1.1 200 OK\r\n\r\n", b"\x16\x03\x01\x02\x00\x01",
+                  b"{\"json\": true, \"body\": [1, 2, 3]}", bytes(range(256))):
+        assert not plausible_frames(other, True) and not plausible_frames(other, False)

@@ -5,12 +5,15 @@ Times are explicit event times, so these tests are exact and take no wall time.
 
 from __future__ import annotations
 
+import time
+
 from meshscope.pipelines.alerts.engine import AlertEngine
 from meshscope.pipelines.alerts.rules import parse_rules
 
 from tests.pipelines.traffic import access
 
-T0 = 1_800_000_000.0
+T0 = float(int(time.time()) // 3600 * 3600 - 3600)  # an hour boundary in the past: the event clock
+# never runs ahead of the wall clock (issue 12)
 
 
 def engine(**rule) -> AlertEngine:
@@ -113,3 +116,17 @@ def test_no_spike_before_a_reference_window_was_watched():
     eager = engine(type="spike", spike_height=3, threshold_cur=10, alert_on_new_data=True)
     eager.observe([access(i, code=500, t=T0 + 1) for i in range(20)])
     assert [a.state for a in eager.evaluate(T0 + 2)] == ["firing"]
+
+
+def test_one_record_dated_years_ahead_does_not_move_the_clock():
+    """Issue 12: an entry ten years ahead resolved a firing alert at once and hid the 503s after it."""
+    e = engine(type="threshold", threshold=5)
+    now = time.time()
+    e.observe([access(i, code=503, t=now - 1 + i / 100) for i in range(6)])
+    assert [a.state for a in e.evaluate()] == ["firing"]
+    e.observe([access(99, code=200, t=now + 10 * 365 * 86400)])
+    assert e.now() <= time.time() + 5
+    assert e.evaluate() == []  # still firing, not resolved by a clock ten years ahead
+    e.observe([access(100 + i, code=503, t=time.time()) for i in range(40)])
+    assert e.evaluate() == []  # counted in the current window: the alert stays open, nothing resolved
+    assert e.now() <= time.time() + 5

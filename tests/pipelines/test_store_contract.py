@@ -7,7 +7,7 @@ import asyncio
 import time
 
 import pytest
-from meshscope.pipelines.store.base import AccessQuery, Store, StoreUnavailable
+from meshscope.pipelines.store.base import AccessQuery, AccessSearch, Store, StoreUnavailable
 from meshscope.pipelines.store.elasticsearch import ElasticsearchStore
 from meshscope.pipelines.store.sqlite import SqliteStore
 
@@ -234,6 +234,122 @@ async def test_listing_filters_and_pages(store):
         await store.list_access(AccessQuery(cursor="not a cursor"))
 
 
+def search_set() -> list[AccessRecord]:
+    """Twenty records varied along every field the search page filters on."""
+    return [
+        access(
+            i,
+            node_id="gateway-0" if i < 10 else "sidecar-1",
+            node_cluster="istio-ingressgateway" if i < 10 else "webapp",
+            upstream_cluster="outbound|3000||catalog" if i % 2 else "outbound|8080||webapp",
+            route_name="api" if i % 3 == 0 else "default",
+            path=f"/api/v1/items/{i}" if i % 4 == 0 else f"/static/{i}.css",
+            authority="a.example" if i < 15 else "b.example",
+            method="POST" if i % 5 == 0 else "GET",
+            response_code=(503 if i % 7 == 0 else 404 if i == 8 else 200) if i != 19 else None,
+            response_flags=["UF", "URX"] if i == 14 else ["NR"] if i == 8 else [],
+            attempt_count=3 if i in (14, 15) else 1,
+            duration_ms=float(i * 10),
+            request_id=RID_GATEWAY if i == 6 else f"00000000-0000-4000-8000-{i:012d}",
+            trace_id=TRACE if i in (6, 7) else f"{i:032x}",
+        )
+        for i in range(20)
+    ]
+
+
+async def test_search_by_each_filter(store):
+    records = search_set()
+    await store.write(records)
+
+    async def found(**kw) -> list[int]:
+        page = await store.search_access(AccessSearch(limit=100, **kw))
+        return sorted(int(r.start_time - NOW) for r in page.items)
+
+    assert await found() == list(range(20))
+    assert await found(start=NOW + 5, end=NOW + 8) == [5, 6, 7]
+    assert await found(node_id="sidecar-1", end=NOW + 12) == [10, 11]
+    assert await found(node_cluster="istio-ingressgateway") == list(range(10))
+    assert await found(upstream_cluster="outbound|3000||catalog") == list(range(1, 20, 2))
+    assert await found(route_name="api") == [0, 3, 6, 9, 12, 15, 18]
+    assert await found(path_prefix="/api/v1/") == [0, 4, 8, 12, 16]
+    assert await found(path_prefix="/api/v1/items/1") == [12, 16]
+    assert await found(authority="b.example") == [15, 16, 17, 18, 19]
+    assert await found(method="POST") == [0, 5, 10, 15]
+    assert await found(status_class=5) == [0, 7, 14]
+    assert await found(status_class=4) == [8]
+    assert await found(status=503, node_id="sidecar-1") == [14]
+    assert await found(response_flag="URX") == [14]
+    assert await found(response_flag="U") == []  # a whole flag, not a part of one
+    assert await found(retried=True) == [14, 15]
+    assert await found(min_duration_ms=175) == [18, 19]
+    for rid in (RID, RID_GATEWAY, RID_SIDECAR.upper()):  # any sampling digit
+        assert await found(request_id=rid) == [6]
+    assert await found(request_id="") == []
+    assert await found(trace_id=TRACE.upper()) == [6, 7]
+    assert await found(trace_id=TRACE, method="GET", status_class=2) == [6]
+    page = await store.search_access(AccessSearch(limit=4, authority="a.example"))
+    more = await store.search_access(AccessSearch(limit=4, authority="a.example", cursor=page.next_cursor))
+    assert [r.start_time - NOW for r in page.items + more.items] == [14, 13, 12, 11, 10, 9, 8, 7]
+
+
+async def test_search_histogram_by_status_class(store):
+    await store.write([*search_set(), access(99, start_time=NOW - 3600)])
+    buckets = await store.access_histogram(AccessSearch(start=NOW, end=NOW + 20), 10)
+    assert [(b.start - NOW, b.counts) for b in buckets] == [
+        (0, {"2xx": 7, "4xx": 1, "5xx": 2}),
+        (10, {"2xx": 8, "5xx": 1, "none": 1}),
+    ]
+    narrowed = await store.access_histogram(AccessSearch(node_cluster="webapp", status_class=5), 5)
+    assert [(b.start - NOW, b.counts) for b in narrowed] == [(10, {"5xx": 1})]
+    assert await store.access_histogram(AccessSearch(request_id=""), 5) == []
+    with pytest.raises(ValueError):
+        await store.access_histogram(AccessSearch(), 0)
+
+
+async def test_search_values_for_autocomplete(store):
+    await store.write(search_set())
+    assert await store.search_values("authority") == ["a.example", "b.example"]  # most frequent first
+    assert await store.search_values("authority", "b") == ["b.example"]
+    assert await store.search_values("upstream_cluster", "outbound|3") == ["outbound|3000||catalog"]
+    assert await store.search_values("node_id") == ["gateway-0", "sidecar-1"]
+    assert await store.search_values("node_cluster", "web") == ["webapp"]
+    assert await store.search_values("method", limit=1) == ["GET"]
+    assert set(await store.search_values("response_flags")) == {"UF", "URX", "NR"}
+    assert await store.search_values("response_flags", "UR") == ["URX"]
+    assert await store.search_values("response_code", "5") == ["503"]
+    assert await store.search_values("route_name", start=NOW + 10, end=NOW + 13) == ["default", "api"]
+    assert await store.search_values("authority", start=NOW + 15) == ["b.example"]
+    with pytest.raises(ValueError):
+        await store.search_values("doc")
+
+
+async def test_traffic_edges_for_the_service_graph(store):
+    records = [
+        access(
+            i,
+            node_cluster="istio-ingressgateway",
+            upstream_cluster="outbound|8080||webapp",
+            duration_ms=float(i + 1),
+            response_code=503 if i < 5 else 200,
+            attempt_count=2 if i == 7 else 1,
+        )
+        for i in range(100)
+    ] + [
+        access(200 + i, node_cluster="webapp", upstream_cluster="outbound|3000||catalog", duration_ms=4.0)
+        for i in range(3)
+    ]
+    records.append(access(999, start_time=NOW - 7200, node_cluster="old"))
+    await store.write(records)
+    edges = await store.traffic_edges(NOW, NOW + 1000)
+    got = [(e.source, e.target, e.count, e.count_5xx, e.count_retried) for e in edges]
+    assert got == [
+        ("istio-ingressgateway", "outbound|8080||webapp", 100, 5, 1),
+        ("webapp", "outbound|3000||catalog", 3, 0, 0),
+    ]
+    assert edges[0].p99_ms == pytest.approx(99, abs=1.5)  # Elasticsearch's percentiles interpolate
+    assert edges[1].p99_ms == pytest.approx(4)
+
+
 async def test_aggregates_per_window_and_group(store):
     records = [
         access(
@@ -438,3 +554,66 @@ async def test_sqlite_keeps_records_across_a_restart_and_reads_while_writing(dat
     async with SqliteStore(settings) as store:
         assert await store.count("access") == 20_010
         assert [r.path for r in await store.access_by_request_id(big[-1].request_id)] == [big[-1].path]
+
+
+async def test_sqlite_histogram_rollup_counts_each_record_once(data_dir):
+    """The per-10-second rollup behind the histogram stays equal to the records after replays,
+    partial replays and retention that cuts a slot in two (checked against the raw scan: 5 s buckets)."""
+    records = [
+        access(i, start_time=NOW + i * 0.7, response_code=503 if i % 4 == 0 else 200,
+               upstream_cluster="catalog" if i % 3 else "webapp")
+        for i in range(100)
+    ]
+    async with SqliteStore(Settings(data_dir=data_dir)) as store:
+        await store.write(records)
+        await store.write(records[:30])  # a replay
+        await store.write(records[20:40] + [access(500, start_time=NOW + 65.5)])  # partly one
+
+        async def both(**kw) -> tuple[dict, dict]:
+            query = AccessSearch(start=NOW - 3.3, end=NOW + 200, **kw)
+            rolled = await store.access_histogram(query, 10)  # whole slots from the rollup
+            raw = await store.access_histogram(query, 5)  # 5 s buckets: the access table only
+            by_ten: dict[float, dict] = {}
+            for b in raw:
+                into = by_ten.setdefault(b.start // 10 * 10, {})
+                for k, n in b.counts.items():
+                    into[k] = into.get(k, 0) + n
+            return {b.start: b.counts for b in rolled}, by_ten
+
+        for kw in ({}, {"upstream_cluster": "catalog"}, {"status_class": 5}, {"node_id": "gateway-1"}):
+            rolled, raw = await both(**kw)
+            assert rolled == raw and rolled, kw
+        assert sum(sum(c.values()) for c in (await both())[0].values()) == 101
+        await store.apply_retention(now=NOW + 33.5 + store.settings.retention_days * 86400)
+        rolled, raw = await both()
+        assert rolled == raw and sum(sum(c.values()) for c in rolled.values()) == await store.count("access")
+
+
+async def test_sqlite_file_of_an_older_release_gains_the_search_columns(data_dir):
+    """An access table without path, duration and flags columns, nor a rollup: opening adds and fills them."""
+    import sqlite3
+
+    from meshscope.pipelines.store.sqlite import ACCESS_COLUMNS, TABLES, access_row
+
+    settings = Settings(data_dir=data_dir)
+    settings.db_path.parent.mkdir(parents=True, exist_ok=True)
+    old = sqlite3.connect(settings.db_path)
+    old.executescript(TABLES.replace("path TEXT, duration_ms REAL, flags TEXT,", ""))
+    columns = ACCESS_COLUMNS[: ACCESS_COLUMNS.index("doc") + 1]
+    records = search_set()
+    old.executemany(
+        f"INSERT INTO access ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        [access_row(r)[: len(columns)] for r in records],
+    )
+    old.commit()
+    old.close()
+    async with SqliteStore(settings) as store:
+        async def found(**kw) -> list[int]:
+            page = await store.search_access(AccessSearch(limit=100, **kw))
+            return sorted(int(r.start_time - NOW) for r in page.items)
+
+        assert await found(path_prefix="/api/v1/items/1") == [12, 16]
+        assert await found(response_flag="URX") == [14]
+        assert await found(min_duration_ms=175) == [18, 19]
+        buckets = await store.access_histogram(AccessSearch(start=NOW, end=NOW + 20), 10)
+        assert sum(sum(b.counts.values()) for b in buckets) == 20

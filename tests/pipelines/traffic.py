@@ -27,14 +27,16 @@ def access(n: int, *, cluster: str = "catalog", code: int = 200, t: float | None
 class WebhookReceiver:
     """An HTTP server on 127.0.0.1 collecting the JSON bodies POSTed to it (Alertmanager webhooks)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context=None) -> None:
         self.payloads: list[dict] = []
         self.arrived: list[float] = []
+        self.headers: list[dict[str, str]] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                receiver.headers.append(dict(self.headers))
                 receiver.payloads.append(json.loads(body))
                 receiver.arrived.append(time.monotonic())
                 self.send_response(200)
@@ -44,7 +46,11 @@ class WebhookReceiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        scheme = "http"
+        if ssl_context is not None:
+            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/alerts"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> WebhookReceiver:

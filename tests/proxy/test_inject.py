@@ -115,3 +115,20 @@ def test_injected_config_logs_real_traffic(tmp_path, upstream):
             "user",
             "user-tcp",
         }
+
+
+@pytest.mark.envoy
+def test_a_config_dump_is_refused_in_one_line(tmp_path, capsys):
+    """What a running Envoy's admin /config_dump prints is not a bootstrap: `proxy config` says so."""
+    from meshscope.cli import main
+
+    config, _ = user_config(tmp_path, app_port=free_port())
+    with EnvoyProcess(inject_telemetry(config, CollectorTarget(), admin_port=0).bootstrap) as envoy:
+        dump = envoy.admin.config_dump()
+    path = tmp_path / "config_dump.json"
+    path.write_text(json.dumps(dump))
+    with pytest.raises(InjectError, match="config_dump"):
+        load_envoy_config(path)
+    assert main(["proxy", "config", "--envoy-config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is an Envoy config_dump" in err and "extensionProviders" in err

@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.envoy, pytest.mark.kafka, pytest.mark.elasticsearch, p
 
 def test_up_against_kafka_and_elasticsearch(tmp_path, tansu, search_server):
     ports = {k: free_port() for k in ("api_port", "zipkin_port", "als_port", "envoy_admin_port",
-                                      "proxy_port", "demo_upstream_port")}
+                                      "proxy_port", "demo_upstream_port", "otlp_grpc_port",
+                                      "otlp_http_port")}
     run = uuid.uuid4().hex[:8]
     config = tmp_path / "meshscope.yaml"
     config.write_text(yaml.safe_dump({**ports, "data_dir": str(tmp_path / "data"),

@@ -1,0 +1,147 @@
+"""Access-log import throughput: Envoy access-log lines → AccessRecords (collector/access_log_lines.py).
+
+1. Lines in Istio's default text format (distinct request ids, times and peers), one core, no I/O:
+   the rate against the 100,000 lines/s target.
+2. The same mix with Istio JSON lines and ``kubectl logs --prefix`` prefixes, read from a gzip file.
+3. The peer measured in the same run: the collector's gRPC access-log path (protobuf entries →
+   AccessRecords, ``access_entries.message_records``) on as many entries — the same records from the
+   format Envoy sends over gRPC, so the ratio says what a text line costs against a protobuf entry.
+4. ``--gigabyte``: a 1 GB log streamed from a generator through ``read_lines``: the rate and the
+   process's peak RSS (bounded memory: it must not grow with the file).
+
+    .venv/bin/python benchmarks/bench_log_import.py [--lines 300000] [--gigabyte]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import orjson  # noqa: E402
+from envoy.service.accesslog.v3 import als_pb2  # noqa: E402
+from meshscope.collector.access_entries import LogSource, message_records  # noqa: E402
+from meshscope.collector.access_log_lines import (  # noqa: E402
+    ISTIO_JSON_FORMAT,
+    ImportReport,
+    LineParser,
+    parse_lines,
+    read_lines,
+)
+
+from tests.collector.als_messages import http_message  # noqa: E402
+
+TARGET = 100_000
+
+
+def istio_line(i: int) -> str:
+    rid = f"a8a0f1d2-{i % 65536:04x}-4567-8abc-{i:012x}"
+    when = f"2024-05-01T12:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}Z"
+    return (f'[{when}] "GET /productpage/{i % 97} HTTP/1.1" 200 - via_upstream - "-" 0 5293 35 34 '
+            '"10.0.0.1" "curl/8.0" '
+            f'"{rid}" "productpage:9080" "10.244.0.12:9080" inbound|9080|| 127.0.0.6:51237 '
+            f"10.244.0.12:9080 10.244.{i % 200}.{i % 250}:{30000 + i % 30000} "
+            "outbound_.9080_._.productpage.default.svc.cluster.local default\n")
+
+
+def json_line(i: int) -> str:
+    doc = {k: None for k in ISTIO_JSON_FORMAT}
+    doc.update(start_time=f"2024-05-01T13:00:{i // 1000 % 60:02d}.{i % 1000:03d}Z", method="GET", path="/j",
+               protocol="HTTP/1.1", response_code=200, response_flags="-", bytes_received=0, bytes_sent=10,
+               duration=3, request_id=f"b{i:035d}", authority="reviews:9080",
+               downstream_remote_address=f"10.1.0.{i % 250}:{20000 + i % 40000}")
+    return orjson.dumps(doc).decode() + "\n"
+
+
+def parse_rate(lines: list[str]) -> tuple[float, ImportReport]:
+    report = ImportReport()
+    t = time.perf_counter()
+    n = sum(len(b) for b in parse_lines(lines, LineParser(), report))
+    return n / (time.perf_counter() - t), report
+
+
+def file_rate(path: Path) -> tuple[float, ImportReport]:
+    report = ImportReport()
+    t = time.perf_counter()
+    with path.open("rb") as f:
+        n = sum(len(b) for b in parse_lines(read_lines(f), LineParser(), report))
+    return n / (time.perf_counter() - t), report
+
+
+def als_rate(entries: int) -> float:
+    messages = [http_message(100, node_id="bench", start=i).SerializeToString()
+                for i in range(0, entries, 100)]
+    source = LogSource("bench", "bench", "bench")
+    t = time.perf_counter()
+    n = 0
+    for raw in messages:
+        n += len(message_records(als_pb2.StreamAccessLogsMessage.FromString(raw), source))
+    return n / (time.perf_counter() - t)
+
+
+def gigabyte_run(size: int = 1024**3) -> tuple[float, int, int]:
+    """Stream `size` bytes of Istio lines: (lines/s, lines, peak RSS growth in kB)."""
+    block = "".join(istio_line(i) for i in range(2000)).encode()
+
+    class Stream(io.RawIOBase):
+        left = size
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf) -> int:
+            k = min(self.left, len(buf), len(block))
+            if k <= 0:
+                return 0
+            buf[:k] = block[:k]
+            self.left -= k
+            return k
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report = ImportReport()
+    t = time.perf_counter()
+    lines = read_lines(io.BufferedReader(Stream(), 1 << 16))
+    n = sum(len(b) for b in parse_lines(lines, LineParser(), report))
+    took = time.perf_counter() - t
+    return n / took, n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lines", type=int, default=300_000)
+    ap.add_argument("--gigabyte", action="store_true", help="also stream a 1 GB log (bounded memory)")
+    args = ap.parse_args()
+    lines = [istio_line(i) for i in range(args.lines)]
+    parse_rate(lines[:5000])  # warm caches
+    text_rate, report = parse_rate(lines)
+    assert report.failed == 0 and report.records == args.lines, report.errors[:3]
+    mixed = [("[pod/productpage-v1-abc/istio-proxy] " + line) if i % 3 == 0 else
+             json_line(i) if i % 3 == 1 else line for i, line in enumerate(lines)]
+    with tempfile.TemporaryDirectory() as tmp:
+        gz = Path(tmp) / "access.log.gz"
+        gz.write_bytes(gzip.compress("".join(mixed).encode(), compresslevel=6))
+        gz_rate, gz_report = file_rate(gz)
+    assert gz_report.failed == 0, gz_report.errors[:3]
+    peer = als_rate(args.lines)
+    print(f"Istio text lines → AccessRecords:           {text_rate:>10,.0f} lines/s  "
+          f"(target {TARGET:,}: {text_rate / TARGET:.2f}x)")
+    print(f"mixed text/JSON/kubectl-prefixed, gzip file: {gz_rate:>10,.0f} lines/s  "
+          f"{dict(gz_report.by_format)}")
+    print(f"peer, gRPC ALS protobuf entries → records:   {peer:>10,.0f} entries/s")
+    print(f"ratio text line / protobuf entry:            {text_rate / peer:.2f}x")
+    if args.gigabyte:
+        rate, n, grown = gigabyte_run()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"1 GB streamed: {n:,} lines at {rate:,.0f} lines/s; peak RSS grew by {grown / 1024:.1f} MB "
+              f"(process peak {peak:.0f} MB, set by the in-memory phases above)")
+
+
+if __name__ == "__main__":
+    main()

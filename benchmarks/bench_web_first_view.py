@@ -1,0 +1,184 @@
+"""The web page's first view with 1,000,000 stored access records (SQLite): how long the Find view takes
+to show on loopback, against the 1 s target.
+
+The file holds 1 M records (500,000 requests x 2 hops) spread over one hour, and the page asks for that
+hour: every record is in range, the worst case for the histogram. It is built once (bulk load, then the
+store creates its indexes) and cached under benchmarks/out/.
+
+1. API: the requests the Find view makes on load (the page, its script and style, the newest 100
+   matches and the histogram), sent concurrently as a browser does; cold (first) and median of 5.
+2. Browser: headless Chromium (Debian's /usr/bin/chromium, through playwright) opens ``/#/find`` for
+   that hour; time from navigation start until the result list and the histogram are drawn.
+3. The same API requests with one filter each (status class, upstream cluster, path prefix, retried).
+
+    .venv/bin/python benchmarks/bench_web_first_view.py [--records 1000000] [--rebuild] [--no-browser]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_store import OUT, build_lookup_db  # noqa: E402
+from meshscope.pipelines.store.sqlite import SqliteStore  # noqa: E402
+
+from meshscope.settings import Settings  # noqa: E402
+from tests.api.conftest import serve  # noqa: E402
+
+TARGET_S = 1.0
+SCHEMA_VERSION = 3  # access table with path, duration_ms and flags columns
+CHROMIUM = "/usr/bin/chromium"
+
+
+def build(db: Path, count: int) -> None:
+    """bench_store's records (t0 = 1.7e9, one request every 100 µs), then stretched to one hour."""
+    build_lookup_db(db, count)
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "UPDATE access SET start_time = 1.7e9 + (start_time - 1.7e9) * (3600.0 / ?)",
+        (count * 1e-4 / 2 + 1e-3,),
+    )
+    conn.execute(
+        "UPDATE node SET first_seen = (SELECT min(start_time) FROM access),"
+        " last_seen = (SELECT max(start_time) FROM access)"
+    )
+    conn.commit()
+    conn.close()
+
+
+async def first_view(client: httpx.AsyncClient, params: dict) -> tuple[float, dict[str, float]]:
+    """Wall time of the Find view's requests sent at once, and each one's own time."""
+    urls = ["/", "/static/app.js", "/static/style.css"]
+    api = [("/api/search", {**params, "limit": 100}), ("/api/search/histogram", params)]
+    each: dict[str, float] = {}
+
+    async def get(url: str, p: dict | None = None) -> None:
+        began = time.perf_counter()
+        (await client.get(url, params=p)).raise_for_status()
+        each[url] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    await asyncio.gather(*(get(u) for u in urls), *(get(u, p) for u, p in api))
+    return time.perf_counter() - began, each
+
+
+def browser_first_view(url: str, start: float, end: float, runs: int = 3) -> list[tuple[float, list[str]]]:
+    """Seconds from navigation start until the Find view has drawn its list and histogram, per run
+    (a fresh page each time, the browser process warm), with the slowest resources of each run."""
+    from playwright.sync_api import sync_playwright
+
+    out = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            warm = browser.new_page()
+            warm.goto(url + "/healthz")
+            warm.close()
+            floor = browser.new_context().new_page()  # the floor: a page of one static file, no script
+            floor.goto(url + "/static/vendor/README.md")
+            out.append((floor.evaluate("performance.now()") / 1000, ["(a static page, for comparison)"]))
+            floor.context.close()
+            for _ in range(runs):
+                page = browser.new_context().new_page()
+                page.goto(f"{url}/#/find?start={start}&end={end}")
+                page.wait_for_selector("#find-results tbody tr[data-rid]", timeout=60_000)
+                page.wait_for_selector("#histogram rect.bar", timeout=60_000)
+                page.wait_for_selector("#view[data-ready]", timeout=60_000)
+                # the page marks the moment it finished drawing: no round trip to playwright counted
+                mark = "performance.getEntriesByName('meshscope:view-ready')[0].startTime"
+                shown = page.evaluate(mark) / 1000
+                slow = page.evaluate(
+                    "performance.getEntriesByType('resource').sort((a, b) => b.duration - a.duration)"
+                    ".slice(0, 3).map(r => r.name.replace(location.origin, '').split('?')[0]"
+                    " + ' ' + r.duration.toFixed(0) + ' ms')"
+                )
+                out.append((shown, slow))
+                page.context.close()
+        finally:
+            browser.close()
+    return out
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--no-browser", action="store_true")
+    args = ap.parse_args()
+    OUT.mkdir(exist_ok=True)
+    print("load average at start: {:.2f} {:.2f} {:.2f} on {} cores".format(*os.getloadavg(), os.cpu_count()))
+    db = OUT / f"webview-{args.records}-v{SCHEMA_VERSION}.db"
+    if args.rebuild or not db.exists():
+        print(f"building {db} ({args.records:,} records over one hour) ...", flush=True)
+        build(db, args.records)
+    settings = Settings(sqlite_path=db, data_dir=OUT / "webview-data")
+    began = time.perf_counter()
+    async with SqliteStore(settings) as store:  # creates any missing index once, before the timing
+        stored = await store.count("access")
+    print(f"  {stored:,} records; store opened (indexes ready) in {time.perf_counter() - began:.1f} s")
+    import sqlite3
+
+    lo, hi = sqlite3.connect(db).execute("SELECT min(start_time), max(start_time) FROM access").fetchone()
+    window = {"start": lo, "end": hi + 1}
+
+    api = serve(settings)
+    try:
+        async with httpx.AsyncClient(base_url=api.url, timeout=60) as client:
+            runs = [await first_view(client, window) for _ in range(6)]
+            cold, cold_each = runs[0]
+            median = statistics.median(r[0] for r in runs[1:])
+            print(
+                f"API first view (page + script + style + 100 newest + histogram of {stored:,} matches): "
+                f"cold {cold * 1000:.0f} ms, median {median * 1000:.0f} ms; slowest part cold: "
+                + ", ".join(
+                    f"{u} {t * 1000:.0f} ms" for u, t in sorted(cold_each.items(), key=lambda x: -x[1])[:2]
+                )
+            )
+            print(
+                f"ratio to the {TARGET_S:g} s target: {median / TARGET_S:.2f} "
+                f"({'met' if median < TARGET_S else 'NOT met'})"
+            )
+            for name, extra in (
+                ("status 5xx", {"status_class": 5}),
+                ("cluster", {"cluster": "outbound|3000||catalog"}),
+                ("path prefix", {"path": "/item/42"}),
+                ("retried", {"retried": "true"}),
+                ("proxy + min duration", {"proxy": "gateway-0", "min_ms": 10}),
+            ):
+                t, _ = await first_view(client, {**window, **extra})
+                print(f"  filtered by {name}: {t * 1000:.0f} ms")
+        if not args.no_browser and os.path.exists(CHROMIUM):
+            runs = await asyncio.to_thread(browser_first_view, api.url, window["start"], window["end"])
+            floor, runs = runs[0][0], runs[1:]
+            print(
+                f"Chromium: a static page (no script, no API call) loads in {floor * 1000:.0f} ms here now"
+            )
+            for i, (shown, slow) in enumerate(runs):
+                print(
+                    f"Chromium run {i + 1}: Find view drawn {shown * 1000:.0f} ms after navigation; slowest: "
+                    + ", ".join(slow)
+                )
+            best = statistics.median(r[0] for r in runs)
+            print(f"ratio of the Find view to that static page: {best / floor:.1f}")
+            print(
+                f"Chromium median {best * 1000:.0f} ms: "
+                f"ratio to the {TARGET_S:g} s target {best / TARGET_S:.2f} "
+                f"({'met' if best < TARGET_S else 'NOT met'})"
+            )
+    finally:
+        api.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

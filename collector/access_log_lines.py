@@ -1,0 +1,575 @@
+"""Envoy access-log lines (files, ``kubectl logs``, ``stern``, OTLP log bodies) → AccessRecords.
+
+One parser for the formats operators actually have: Istio's default text format, Istio's JSON format,
+Envoy's own default format, and any custom format compiled from its Envoy format string. A text
+format becomes one regular expression (each ``%OPERATOR%`` a group that stops at the character after
+it), so a line costs one match. Prefixes added by ``kubectl logs --prefix``/``--timestamps`` and by
+``stern`` are taken off and name the proxy (pod, container). A line that fits no format is counted
+with its line number and skipped: one bad line never stops an import.
+"""
+
+from __future__ import annotations
+
+import calendar
+import gzip
+import io
+import re
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any
+
+import orjson
+
+from meshscope.model import AccessRecord
+
+# Istio's EnvoyTextLogFormat (pilot/pkg/model/telemetry_logging.go)
+ISTIO_TEXT_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
+    "%RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
+    '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW% '
+    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
+    "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
+)
+# Envoy's default format (source/common/formatter/substitution_formatter.h, DefaultUnstructuredFormat)
+ENVOY_DEFAULT_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
+    "%RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "
+    '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" '
+    '"%UPSTREAM_HOST%"\n'
+)
+# Istio's EnvoyJSONLogFormatIstio: JSON key → Envoy operator
+ISTIO_JSON_FORMAT: dict[str, str] = {
+    "start_time": "%START_TIME%",
+    "route_name": "%ROUTE_NAME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration": "%DURATION%",
+    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER_RAW%",
+    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "requested_server_name": "%REQUESTED_SERVER_NAME%",
+    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+}
+
+MAX_REPORTED_ERRORS = 100
+
+
+_NONE = frozenset({"-", ""})
+
+
+class BadLine(ValueError):
+    """A line (or log body) that fits none of the formats; the message says why."""
+
+
+# ---- values -------------------------------------------------------------------------------------
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    value = str(value)
+    return None if value in ("-", "") else value
+
+
+def _int(value: Any) -> int | None:
+    if value is None or value == "-" or value == "":
+        return None
+    return int(value)
+
+
+def _code(value: Any) -> int | None:
+    code = _int(value)
+    return code or None  # Envoy writes 0 when there was no response (TCP, reset before headers)
+
+
+def _float(value: Any) -> float | None:
+    if value is None or value == "-" or value == "":
+        return None
+    return float(value)
+
+
+def _flags(value: Any) -> list[str]:
+    if not value or value == "-":
+        return []
+    return str(value).split(",")
+
+
+def _protocol(value: Any) -> str | None:
+    return _text(value)
+
+
+_SECONDS: dict[str, int] = {}  # "2024-05-01T12:00:00" → epoch seconds (one entry per second seen)
+
+
+def parse_start_time(value: Any) -> float:
+    """Envoy's START_TIME (``2024-05-01T12:00:00.123Z``), any ISO 8601 time, or epoch seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip()
+    if len(text) >= 20 and text[4] == "-" and text[10] == "T" and text[-1] == "Z":
+        head = text[:19]
+        base = _SECONDS.get(head)
+        if base is None:
+            try:
+                base = calendar.timegm(datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").timetuple())
+            except ValueError as exc:
+                raise BadLine(f"bad start time {text!r}") from exc
+            if len(_SECONDS) > 100_000:
+                _SECONDS.clear()
+            _SECONDS[head] = base
+        frac = text[19:-1]
+        if not frac:
+            return float(base)
+        if frac[0] != "." or not frac[1:].isdigit():
+            raise BadLine(f"bad start time {text!r}")
+        return base + int(frac[1:]) / 10 ** (len(frac) - 1)
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError as exc:
+        raise BadLine(f"bad start time {text!r}") from exc
+
+
+# Envoy command operator (upper-cased, header names upper-cased, max length dropped) → (field, reader)
+OPERATORS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "START_TIME": ("start_time", parse_start_time),
+    "REQ(:METHOD)": ("method", _text),
+    "REQ(X-ENVOY-ORIGINAL-PATH?:PATH)": ("path", _text),
+    "REQ(:PATH)": ("path", _text),
+    "REQ(:SCHEME)": ("scheme", _text),
+    "REQ(:AUTHORITY)": ("authority", _text),
+    "REQ(HOST)": ("authority", _text),
+    "PROTOCOL": ("protocol_version", _protocol),
+    "RESPONSE_CODE": ("response_code", _code),
+    "RESPONSE_FLAGS": ("response_flags", _flags),
+    "RESPONSE_CODE_DETAILS": ("response_code_details", _text),
+    "CONNECTION_TERMINATION_DETAILS": ("connection_termination_details", _text),
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": ("upstream_failure_reason", _text),
+    "BYTES_RECEIVED": ("request_bytes", _int),
+    "BYTES_SENT": ("response_bytes", _int),
+    "DURATION": ("duration_ms", _float),
+    "RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)": ("upstream_duration_ms", _float),
+    "REQ(X-FORWARDED-FOR)": ("x_forwarded_for", _text),
+    "REQ(USER-AGENT)": ("user_agent", _text),
+    "REQ(X-REQUEST-ID)": ("request_id", _text),
+    "STREAM_ID": ("stream_id", _text),
+    "REQ(X-B3-TRACEID)": ("trace_id", _text),
+    "REQ(X-B3-SPANID)": ("span_id", _text),
+    "REQ(X-B3-PARENTSPANID)": ("parent_span_id", _text),
+    "REQ(X-B3-SAMPLED)": ("sampled", _text),
+    "REQ(X-ENVOY-ATTEMPT-COUNT)": ("attempt_count", _int),
+    "UPSTREAM_REQUEST_ATTEMPT_COUNT": ("attempt_count", _int),
+    "UPSTREAM_HOST": ("upstream_host", _text),
+    "UPSTREAM_REMOTE_ADDRESS": ("upstream_host", _text),
+    "UPSTREAM_CLUSTER": ("upstream_cluster", _text),
+    "UPSTREAM_CLUSTER_RAW": ("upstream_cluster", _text),
+    "UPSTREAM_LOCAL_ADDRESS": ("upstream_local", _text),
+    "DOWNSTREAM_LOCAL_ADDRESS": ("downstream_local", _text),
+    "DOWNSTREAM_REMOTE_ADDRESS": ("downstream_remote", _text),
+    "REQUESTED_SERVER_NAME": ("sni", _text),
+    "DOWNSTREAM_TLS_VERSION": ("tls_version", _text),
+    "ROUTE_NAME": ("route_name", _text),
+    "ACCESS_LOG_TYPE": ("access_log_type", _text),
+}
+_OPERATOR = re.compile(r"%(START_TIME(?:\([^)]*\))?|[A-Z_0-9]+(?:\([^)]*\))?(?::\d+)?)%")
+
+
+def operator_key(operator: str) -> str:
+    """``REQ(x-request-id):36`` → ``REQ(X-REQUEST-ID)``; ``START_TIME(%s)`` → ``START_TIME``."""
+    op = operator.strip("%")
+    if op.startswith("START_TIME"):
+        return "START_TIME"
+    if not op.endswith(")") and ":" in op and op.rsplit(":", 1)[1].isdigit():
+        op = op.rsplit(":", 1)[0]
+    return op.upper()
+
+
+# ---- formats ------------------------------------------------------------------------------------
+# inline reading of the common value kinds, for the generated per-format function (see TextFormat)
+_INLINE = {
+    "_text": "(None if {v} in NONE else {v})",
+    "_int": "(None if {v} in NONE else int({v}))",
+    "_float": "(None if {v} in NONE else float({v}))",
+    "_code": "(None if {v} in NONE else int({v}) or None)",
+    "_flags": "([] if {v} in NONE else {v}.split(','))",
+}
+
+
+@dataclass(slots=True)
+class TextFormat:
+    """A compiled Envoy text format: a regex whose groups are the operators, each with its field.
+    The groups are read by one generated function (as dataclasses generates ``__init__``): a line
+    is then one regex match and one call, which is what 100 k lines/s needs."""
+
+    name: str
+    pattern: re.Pattern[str]
+    readers: list[tuple[str, Callable[[Any], Any]] | None]
+    _read: Callable[[tuple], dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        env: dict[str, Any] = {"NONE": _NONE}
+        items: dict[str, str] = {}
+        for i, reader in enumerate(self.readers):
+            if reader is None:
+                continue
+            name, read = reader
+            template = _INLINE.get(read.__name__)
+            if template is None:
+                env[f"R{i}"] = read
+                template = f"R{i}({{v}})"
+            expr = template.format(v=f"g[{i}]")
+            # two operators for one field (":PATH" and the original path): the first that is set wins
+            if name in items:
+                expr = f"({items[name]} if {items[name]} is not None else {expr})"
+            items[name] = expr
+        body = ", ".join(f"{name!r}: {expr}" for name, expr in items.items())
+        exec(f"def read(g):\n    return {{{body}}}\n", env)  # noqa: S102 - our own operator table
+        self._read = env["read"]
+
+    def fields(self, line: str) -> dict[str, Any] | None:
+        m = self.pattern.fullmatch(line)
+        if m is None:
+            return None
+        g = m.groups()
+        try:
+            return self._read(g)
+        except (ValueError, TypeError, AttributeError):
+            for reader, value in zip(self.readers, g, strict=True):  # which field: slow, only for errors
+                if reader is not None:
+                    try:
+                        reader[1](value)
+                    except (ValueError, TypeError, AttributeError) as exc:
+                        raise BadLine(f"{self.name} format: {reader[0]} {value!r}: {exc}") from None
+            raise
+
+
+def compile_format(format_string: str, name: str = "custom") -> TextFormat:
+    """An Envoy text format string (``[%START_TIME%] "%REQ(:METHOD)% …"``) as a TextFormat. Each
+    operator matches up to the first character of the literal text after it (to the end of line when
+    nothing follows). Raises ValueError for a format without operators or two operators side by side."""
+    body = format_string.rstrip("\n").removesuffix("\\n")  # "\n" typed on a command line too
+    parts = _OPERATOR.split(body)  # literal, op, literal, op, …, literal
+    if len(parts) < 3:
+        raise ValueError(f"format {format_string!r} has no %OPERATOR%")
+    regex: list[str] = []
+    readers: list[tuple[str, Callable[[Any], Any]] | None] = []
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            regex.append(re.escape(part))
+            continue
+        after = parts[i + 1]
+        if not after and i + 1 < len(parts) - 1:
+            raise ValueError(f"format {format_string!r}: %{part}% and %{parts[i + 2]}% have no text "
+                             "between them, so a line cannot be split")
+        regex.append(f"([^{re.escape(after[0])}]*)" if after else "(.*?)")
+        readers.append(OPERATORS.get(operator_key(part)))
+    return TextFormat(name, re.compile("".join(regex) + r"\s*"), readers)
+
+
+@dataclass(slots=True)
+class JsonFormat:
+    """A JSON access-log format: key → field (keys of Istio's JSON format, plus any given operators)."""
+
+    name: str
+    keys: dict[str, tuple[str, Callable[[Any], Any]]]
+
+    def fields(self, line: str) -> dict[str, Any] | None:
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise BadLine(f"JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise BadLine("JSON: not an object")
+        return self.from_mapping(doc)
+
+    def from_mapping(self, doc: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in doc.items():
+            reader = self.keys.get(key)
+            if reader is None:
+                continue
+            name, read = reader
+            try:
+                got = read(value)
+            except (ValueError, TypeError) as exc:
+                raise BadLine(f"{self.name} format: {key} {value!r}: {exc}") from None
+            if got is not None or name not in out:
+                out[name] = got
+        return out
+
+
+def json_format(mapping: dict[str, str], name: str = "json") -> JsonFormat:
+    """A JSON format from its Envoy ``json_format`` map (key → ``%OPERATOR%``)."""
+    keys: dict[str, tuple[str, Callable[[Any], Any]]] = {}
+    for key, operator in mapping.items():
+        reader = OPERATORS.get(operator_key(str(operator)))
+        if reader is not None:
+            keys[key] = reader
+    return JsonFormat(name, keys)
+
+
+ISTIO_TEXT = compile_format(ISTIO_TEXT_FORMAT, "istio")
+ENVOY_DEFAULT = compile_format(ENVOY_DEFAULT_FORMAT, "envoy")
+ISTIO_JSON = json_format(ISTIO_JSON_FORMAT, "istio-json")
+
+
+def custom_format(spec: str) -> TextFormat | JsonFormat:
+    """``--format``: an Envoy text format string, or a JSON object of key → operator."""
+    if spec.lstrip().startswith("{"):
+        try:
+            mapping = orjson.loads(spec)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"--format looks like JSON but is not: {exc}") from None
+        return json_format(mapping, "custom-json")
+    return compile_format(spec)
+
+
+# ---- prefixes -----------------------------------------------------------------------------------
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_KUBECTL_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d) ")
+_KUBECTL_PREFIX = re.compile(r"\[pod/([^/\]\s]+)/([^\]\s]+)\] ")
+_STERN_PREFIX = re.compile(r"(?:([a-z0-9][a-z0-9.-]*) )?([a-z0-9][a-z0-9.-]*) ([a-z0-9][a-z0-9-]*) (?=[\[{])")
+
+
+@dataclass(slots=True, frozen=True)
+class Origin:
+    """The proxy a line came from: node id (pod, or pod.namespace) and log name (container)."""
+
+    node_id: str
+    log_name: str = ""
+
+
+def strip_prefix(line: str) -> tuple[str, Origin | None]:
+    """The line without kubectl/stern prefixes, and the pod/container they named (None: no prefix)."""
+    if "\x1b" in line:
+        line = _ANSI.sub("", line)
+    origin = None
+    first = line[:1]
+    if first == "[" and line.startswith("[pod/"):
+        m = _KUBECTL_PREFIX.match(line)
+        if m:
+            origin = Origin(m.group(1), m.group(2))
+            line = line[m.end():]
+            first = line[:1]
+    if first.isdigit():
+        m = _KUBECTL_TS.match(line)
+        if m:
+            line = line[m.end():]
+            first = line[:1]
+    if origin is None and first not in ("[", "{", ""):
+        m = _STERN_PREFIX.match(line)
+        if m:
+            ns, pod, container = m.groups()
+            origin = Origin(f"{pod}.{ns}" if ns else pod, container)
+            line = line[m.end():]
+    return line, origin
+
+
+# ---- lines → records ----------------------------------------------------------------------------
+@dataclass(slots=True)
+class LineError:
+    line: int
+    reason: str
+    text: str
+
+
+@dataclass(slots=True)
+class ImportReport:
+    """What an import did: lines read, records made, blank lines, and the lines it could not read."""
+
+    lines: int = 0
+    records: int = 0
+    blank: int = 0
+    failed: int = 0
+    by_format: dict[str, int] = field(default_factory=dict)
+    errors: list[LineError] = field(default_factory=list)  # the first MAX_REPORTED_ERRORS
+
+    def fail(self, line: int, reason: str, text: str) -> None:
+        self.failed += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(LineError(line, reason, text[:200]))
+
+    def add(self, other: ImportReport) -> None:
+        self.lines += other.lines
+        self.records += other.records
+        self.blank += other.blank
+        self.failed += other.failed
+        for k, v in other.by_format.items():
+            self.by_format[k] = self.by_format.get(k, 0) + v
+        self.errors.extend(other.errors[: MAX_REPORTED_ERRORS - len(self.errors)])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lines": self.lines, "records": self.records, "blank": self.blank, "failed": self.failed,
+            "by_format": dict(self.by_format),
+            "errors": [{"line": e.line, "reason": e.reason, "text": e.text} for e in self.errors],
+        }
+
+
+class LineParser:
+    """Turns one access-log line at a time into an AccessRecord, trying the custom format (if any),
+    then the format that fit last, then the others; JSON for lines that start with ``{``."""
+
+    def __init__(self, custom: TextFormat | JsonFormat | None = None, origin: Origin | None = None) -> None:
+        self.origin = origin or Origin("")
+        self.custom_json = custom if isinstance(custom, JsonFormat) else None
+        texts = [custom] if isinstance(custom, TextFormat) else []
+        self.texts: list[TextFormat] = texts + [ISTIO_TEXT, ENVOY_DEFAULT]
+
+    def fields(self, line: str) -> tuple[str, dict[str, Any]]:
+        """(format name, AccessRecord fields) of a line without prefix; BadLine when nothing fits."""
+        if line[:1] == "{":
+            fmt = self.custom_json or ISTIO_JSON
+            return fmt.name, fmt.fields(line)
+        texts = self.texts
+        for i, fmt in enumerate(texts):
+            got = fmt.fields(line)
+            if got is not None:
+                if i and fmt is not texts[0]:  # the next line is most likely in the same format
+                    texts.insert(0, texts.pop(i))
+                return fmt.name, got
+        raise BadLine("fits no known format (Istio text or JSON, Envoy default, --format)")
+
+    def record(self, raw: str) -> tuple[str, AccessRecord]:
+        line, origin = strip_prefix(raw)
+        try:
+            name, fields = self.fields(line.rstrip("\r\n"))
+        except BadLine:
+            if len(line) == len(raw):
+                raise
+            try:  # what looked like a prefix may be the line's own start (a custom format's time)
+                name, fields = self.fields(raw.rstrip("\r\n"))
+                origin = None
+            except BadLine:
+                pass
+            else:
+                return name, make_record(fields, self.origin)
+            raise
+        return name, make_record(fields, origin or self.origin)
+
+
+def make_record(fields: dict[str, Any], origin: Origin, node_cluster: str = "") -> AccessRecord:
+    """An AccessRecord from parsed fields; BadLine without a start time (the record's identity)."""
+    if fields.get("start_time") is None:
+        raise BadLine("no start time")
+    if "protocol" not in fields:
+        fields["protocol"] = "HTTP" if (fields.get("method") or fields.get("protocol_version")) else "TCP"
+    fields.setdefault("node_id", origin.node_id)
+    fields.setdefault("log_name", origin.log_name)
+    fields.setdefault("node_cluster", node_cluster)
+    return AccessRecord(**fields)
+
+
+def read_lines(stream: IO[bytes]) -> Iterator[str]:
+    """Lines of a binary stream, gunzipped when it starts with gzip's magic bytes (UTF-8, bad bytes
+    replaced); the stream is read in chunks, so a file of any size takes bounded memory."""
+    buffered = stream if hasattr(stream, "peek") else io.BufferedReader(stream)  # type: ignore[arg-type]
+    if buffered.peek(2)[:2] == b"\x1f\x8b":
+        buffered = gzip.GzipFile(fileobj=buffered)  # type: ignore[assignment]
+    text = io.TextIOWrapper(buffered, encoding="utf-8", errors="replace", newline="")  # type: ignore[arg-type]
+    yield from text
+
+
+def parse_lines(lines: Iterable[str], parser: LineParser, report: ImportReport,
+                batch: int = 5000) -> Iterator[list[AccessRecord]]:
+    """Batches of AccessRecords from lines; what does not parse goes into ``report`` by line number."""
+    out: list[AccessRecord] = []
+    by_format = report.by_format
+    n = report.lines
+    for raw in lines:
+        n += 1
+        if not raw.strip():
+            report.blank += 1
+            continue
+        try:
+            name, record = parser.record(raw)
+        except BadLine as exc:
+            report.fail(n, str(exc), raw.rstrip("\r\n"))
+            continue
+        except (TypeError, ValueError) as exc:  # a value the record refuses: the line, not the import
+            report.fail(n, f"bad value: {exc}", raw.rstrip("\r\n"))
+            continue
+        by_format[name] = by_format.get(name, 0) + 1
+        out.append(record)
+        if len(out) >= batch:
+            report.lines = n
+            report.records += len(out)
+            yield out
+            out = []
+    report.lines = n
+    if out:
+        report.records += len(out)
+        yield out
+
+
+class LineSplitter:
+    """Bytes arriving in chunks (an HTTP body) → complete lines, gunzipping when the first bytes are
+    gzip's magic; a line longer than ``max_line`` is cut there (and will not parse) so memory stays
+    bounded whatever arrives."""
+
+    def __init__(self, max_line: int = 1024 * 1024) -> None:
+        self.max_line = max_line
+        self._inflater: Any = None
+        self._started = False
+        self._tail = b""
+        self._skipping = False
+
+    def feed(self, chunk: bytes) -> list[str]:
+        if not self._started:
+            if len(self._tail) + len(chunk) < 2:
+                self._tail += chunk
+                return []
+            chunk, self._tail = self._tail + chunk, b""
+            self._started = True
+            if chunk[:2] == b"\x1f\x8b":
+                self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if self._inflater is not None:
+            chunk = self._inflater.decompress(chunk)  # raises zlib.error on a corrupt stream
+        return self._lines(chunk)
+
+    def _lines(self, data: bytes) -> list[str]:
+        if self._skipping:  # the rest of an overlong line: drop it up to its newline
+            end = data.find(b"\n")
+            if end < 0:
+                return []
+            data, self._skipping = data[end + 1:], False
+        parts = (self._tail + data).split(b"\n")
+        self._tail = parts.pop()
+        if len(self._tail) > self.max_line:
+            parts.append(self._tail[: self.max_line])  # kept (cut) so the bad line is counted once
+            self._tail, self._skipping = b"", True
+        return [p.decode("utf-8", "replace") for p in parts]
+
+    def close(self) -> list[str]:
+        """The last line (without a newline); zlib.error when a gzip stream ended early."""
+        out: list[str] = []
+        if not self._started and self._tail:
+            self._started = True
+            out = self._lines(b"")
+        if self._inflater is not None:
+            out += self._lines(self._inflater.flush())
+            if not self._inflater.eof:
+                raise zlib.error("truncated gzip stream")
+        if self._tail:
+            out.append(self._tail.decode("utf-8", "replace"))
+            self._tail = b""
+        return out

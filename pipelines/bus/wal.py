@@ -1,0 +1,221 @@
+"""The in-process bus's write-ahead log: a publish is acknowledged only once its records are on disk.
+
+One folder per topic holding segment files named by the offset of their first record, one JSON
+record per line. Appends are group-committed: batches that arrive while an fsync runs share the next
+one, so durability costs one fsync per burst, not per batch. A failed write (ENOSPC) is cut back to
+the last whole line and the segment is closed, so a torn line can never swallow the next record;
+recovery drops a torn tail the same way. Segments every consumer group has committed are deleted;
+the groups' committed offsets are kept beside them (not fsync'ed: losing them only redelivers).
+A lock file keeps a second process off the same log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from meshscope.model import Record
+
+log = logging.getLogger(__name__)
+
+SEGMENT_BYTES = 16 * 1024 * 1024
+
+
+class WalLocked(Exception):
+    """Another process holds the write-ahead log folder."""
+
+
+class WalWriteFailed(OSError):
+    """Records could not be made durable (disk full, I/O error): the caller must not acknowledge them."""
+
+
+@dataclass(slots=True)
+class Recovered:
+    """What a topic's log held at open: records from offset ``base`` on, and each group's offset."""
+
+    base: int
+    records: list[Record | None]  # None: a damaged line (its offset is kept, the record is skipped)
+    committed: dict[str, int]
+
+
+@dataclass(slots=True)
+class _Segment:
+    start: int
+    path: Path
+
+
+@dataclass(slots=True)
+class _TopicFiles:
+    dir: Path
+    segments: list[_Segment] = field(default_factory=list)
+    end: int = 0  # offset after the last durable record
+    writer: object = None  # open binary file of the last segment, or None (next append rolls)
+    pending: list[tuple[bytes, Sequence[Record], Callable, asyncio.Future]] = field(default_factory=list)
+    flusher: asyncio.Task | None = None
+
+
+class WriteAheadLog:
+    """Durable per-topic logs under ``directory``; ``append`` returns once the records are fsync'ed."""
+
+    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.segment_bytes = segment_bytes
+        self._lock = open(self.dir / "LOCK", "a+b")  # noqa: SIM115 - held for the log's lifetime
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lock.close()
+            raise WalLocked(f"{self.dir} is in use by another meshscope process (the in-process bus's "
+                            "write-ahead log); stop it or use another data directory") from exc
+        self._topics: dict[str, _TopicFiles] = {}
+        self.failure: str | None = None  # why the last append failed, until one succeeds
+        self.skipped = 0  # damaged lines found at recovery
+
+    # ---- open / recover ----------------------------------------------------------------------
+    def recover(self, topic: str, record_type: type[Record]) -> Recovered:
+        """Read a topic's surviving records (a torn tail is cut off) and its groups' offsets."""
+        files = self._files(topic)
+        committed = self._read_offsets(files.dir)
+        records: list[Record | None] = []
+        base = files.segments[0].start if files.segments else 0
+        offset = base
+        for seg in files.segments:
+            if seg.start != offset:  # a gap or overlap cannot be trusted for offsets: renumber
+                log.warning("write-ahead log %s starts at %d, expected %d", seg.path, seg.start, offset)
+            data = seg.path.read_bytes()
+            whole = data.rfind(b"\n") + 1
+            if whole < len(data):
+                log.warning("write-ahead log %s: torn tail of %d bytes dropped (never acknowledged)",
+                            seg.path, len(data) - whole)
+                with open(seg.path, "r+b") as f:
+                    f.truncate(whole)
+            for line in data[:whole].splitlines():
+                try:
+                    records.append(record_type.from_json(line))
+                except (ValueError, TypeError) as exc:
+                    self.skipped += 1
+                    log.error("write-ahead log %s offset %d: damaged line skipped: %r", seg.path, offset, exc)
+                    records.append(None)
+                offset += 1
+        files.end = offset
+        start = min((v for v in committed.values() if base <= v <= offset), default=base)
+        return Recovered(start, records[start - base:], {g: v for g, v in committed.items()
+                                                         if base <= v <= offset})
+
+    def _files(self, topic: str) -> _TopicFiles:
+        files = self._topics.get(topic)
+        if files is None:
+            d = self.dir / topic
+            d.mkdir(parents=True, exist_ok=True)
+            segments = sorted((_Segment(int(p.stem), p) for p in d.glob("*.log") if p.stem.isdigit()),
+                              key=lambda s: s.start)
+            files = self._topics[topic] = _TopicFiles(d, segments)
+        return files
+
+    @staticmethod
+    def _read_offsets(d: Path) -> dict[str, int]:
+        try:
+            data = orjson.loads((d / "offsets.json").read_bytes())
+            return {str(k): int(v) for k, v in data.items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return {}
+
+    # ---- append (group commit) ---------------------------------------------------------------
+    async def append(self, topic: str, records: Sequence[Record],
+                     then: Callable[[Sequence[Record]], object] = lambda _: None) -> None:
+        """Return once ``records`` are fsync'ed; WalWriteFailed if not. ``then(records)`` runs right
+        after the fsync, in the order appends were called (the bus extends its memory copy there)."""
+        files = self._files(topic)
+        data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+        done = asyncio.get_running_loop().create_future()
+        files.pending.append((data, records, then, done))
+        if files.flusher is None or files.flusher.done():
+            files.flusher = asyncio.create_task(self._flush(files), name=f"wal-flush-{topic}")
+        await done
+
+    async def _flush(self, files: _TopicFiles) -> None:
+        while files.pending:
+            group, files.pending = files.pending, []
+            try:
+                await asyncio.to_thread(self._write, files, [g[0] for g in group],
+                                        sum(len(g[1]) for g in group))
+            except OSError as exc:
+                self.failure = f"cannot write the bus's write-ahead log in {self.dir}: {exc.strerror or exc}"
+                for _, _, _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(WalWriteFailed(exc.errno, self.failure))
+                continue
+            self.failure = None
+            for _, records, then, fut in group:
+                then(records)
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _write(self, files: _TopicFiles, chunks: list[bytes], count: int) -> None:
+        """Write and fsync one group; on failure cut the segment back to its last whole line and close
+        it, so the next append starts a clean segment."""
+        if files.writer is None:
+            seg = _Segment(files.end, files.dir / f"{files.end:020d}.log")
+            files.writer = open(seg.path, "ab")  # noqa: SIM115 - kept open across appends
+            files.segments.append(seg)
+        f = files.writer
+        good = f.tell()
+        try:
+            f.write(b"".join(chunks))
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                f.truncate(good)
+            with contextlib.suppress(OSError):
+                f.close()  # a close that fails to flush buffered bytes must not leave them behind
+            with contextlib.suppress(OSError):
+                os.truncate(files.segments[-1].path, good)
+            files.writer = None
+            if good == 0:
+                with contextlib.suppress(OSError):
+                    files.segments.pop().path.unlink()
+            raise
+        files.end += count
+        if f.tell() >= self.segment_bytes:
+            f.close()
+            files.writer = None
+
+    # ---- trimming ----------------------------------------------------------------------------
+    def committed(self, topic: str, offsets: dict[str, int]) -> None:
+        """Record the groups' offsets and delete segments below every one of them."""
+        files = self._files(topic)
+        with contextlib.suppress(OSError):  # best effort: a lost offsets file only redelivers
+            tmp = files.dir / "offsets.json.tmp"
+            tmp.write_bytes(orjson.dumps(offsets))
+            os.replace(tmp, files.dir / "offsets.json")
+        floor = min(offsets.values(), default=0)
+        segs = files.segments
+        while segs:
+            last = len(segs) == 1
+            if (files.end if last else segs[1].start) > floor:
+                break
+            if last:
+                if files.flusher is not None and not files.flusher.done():
+                    break  # a write may be under way into it
+                if files.writer is not None:
+                    files.writer.close()  # everything in it is consumed: the next append starts afresh
+                    files.writer = None
+            segs.pop(0).path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        for files in self._topics.values():
+            if files.writer is not None:
+                with contextlib.suppress(OSError):
+                    files.writer.close()
+                files.writer = None
+        self._lock.close()

@@ -1,0 +1,107 @@
+"""Access-log import: ``POST /api/logs`` and ``meshscope logs import`` (through the API and --direct)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+from tests.api.conftest import serve, settings_for
+from tests.collector.test_access_log_lines import ENVOY_LINE, ISTIO_LINE, JSON_LINE, RID, TCP_LINE
+
+TOKEN = "logs-token-for-tests"
+
+
+def lines(n: int, start: int = 0) -> str:
+    """n distinct Istio-format lines (request ids differ in their last digits)."""
+    return "".join(ISTIO_LINE.replace(RID, f"{RID[:-6]}{i:06d}") for i in range(start, start + n))
+
+
+def test_post_logs_mixed_formats_prefixes_gzip_and_reimport(data_dir):
+    running = serve(settings_for(data_dir))
+    try:
+        with running.client() as c:
+            body = ("[pod/productpage-v1-abc/istio-proxy] " + ISTIO_LINE + "not a log line\n" + TCP_LINE
+                    + ENVOY_LINE + JSON_LINE + "\n" + lines(30))
+            r = c.post("/api/logs", params={"node_id": "upload"}, content=gzip.compress(body.encode()))
+            assert r.status_code == 200, r.text
+            report = r.json()
+            assert report["records"] == report["stored"] == 34
+            assert report["failed"] == 1 and report["blank"] == 1
+            assert report["errors"][0]["line"] == 2 and report["errors"][0]["text"] == "not a log line"
+            assert report["by_format"] == {"istio": 32, "envoy": 1, "istio-json": 1}
+            page = c.get("/api/records", params={"limit": 1000}).json()["items"]
+            assert len(page) == 34
+            by_node = {p["node_id"] for p in page}
+            assert by_node == {"productpage-v1-abc", "upload"}
+            prefixed = next(p for p in page if p["node_id"] == "productpage-v1-abc")
+            assert prefixed["log_name"] == "istio-proxy" and prefixed["response_flags"] == ["UF", "URX"]
+            # the same file again (plain this time, Content-Encoding gzip is not needed): nothing new
+            again = c.post("/api/logs", params={"node_id": "upload"}, content=body.encode()).json()
+            assert again["records"] == 34
+            assert len(c.get("/api/records", params={"limit": 1000}).json()["items"]) == 34
+            proxies = {p["node_id"]: p["records"] for p in c.get("/api/proxies").json()["items"]}
+            assert proxies == {"productpage-v1-abc": 1, "upload": 33}
+            # a custom format; a bad one is a 400 with a message; corrupt gzip is a 400
+            fmt = "%START_TIME% %RESPONSE_CODE% %REQ(X-REQUEST-ID)%"
+            got = c.post("/api/logs", params={"format": fmt, "node_id": "custom"},
+                         content=b"2024-05-01T12:00:00Z 204 custom-id\n").json()
+            assert got["by_format"] == {"custom": 1}
+            assert c.get("/api/traces/custom-id").status_code == 200
+            bad = c.post("/api/logs", params={"format": "no operators"}, content=b"x\n")
+            assert bad.status_code == 400 and "no %OPERATOR%" in bad.json()["detail"]
+            corrupt = c.post("/api/logs", content=gzip.compress(body.encode())[:200])
+            assert corrupt.status_code == 400 and "gzip" in corrupt.json()["detail"]
+    finally:
+        running.stop()
+
+
+def test_post_logs_needs_the_token_beyond_loopback(data_dir):
+    running = serve(settings_for(data_dir, host="0.0.0.0", api_token=TOKEN))
+    try:
+        with running.client() as c:
+            assert c.post("/api/logs", content=ISTIO_LINE.encode()).status_code == 401
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            ok = c.post("/api/logs", content=ISTIO_LINE.encode(), headers=auth)
+            assert ok.status_code == 200 and ok.json()["stored"] == 1
+    finally:
+        running.stop()
+
+
+def meshscope(env, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "meshscope.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=120, input=stdin)
+
+
+def test_cli_import_through_the_api_and_direct(data_dir, tmp_path):
+    log = tmp_path / "access.log.gz"
+    log.write_bytes(gzip.compress((lines(20) + "broken\n").encode()))
+    running = serve(settings_for(data_dir, host="0.0.0.0", api_token=TOKEN))
+    env = os.environ | {"MESHSCOPE_DATA_DIR": str(data_dir), "MESHSCOPE_API_TOKEN": TOKEN}
+    try:
+        out = meshscope(env, "logs", "import", str(log), "--api", running.url, "--json")
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert (report["file"], report["records"], report["failed"]) == (str(log), 20, 1)
+        assert report["errors"] == [{"line": 21, "reason": report["errors"][0]["reason"], "text": "broken"}]
+        text = meshscope(env, "logs", "import", str(log), "--api", running.url)
+        assert "20 records (istio 20), 1 unreadable" in text.stdout and "line 21:" in text.stdout
+        wrong = meshscope(env | {"MESHSCOPE_API_TOKEN": "wrong"}, "logs", "import", str(log),
+                          "--api", running.url)
+        assert wrong.returncode == 2 and "refused the import (401)" in wrong.stderr
+    finally:
+        running.stop()
+    # --direct: standard input, into the configured store; the first import's records are not doubled
+    direct = meshscope(env, "logs", "import", "-", "--direct", "--node-id", "access.log.gz", "--json",
+                       stdin=lines(25))
+    assert direct.returncode == 0, direct.stderr
+    assert json.loads(direct.stdout)["stored"] == 25
+    records = meshscope(env, "records", "--limit", "1000", "--json")
+    items = json.loads(records.stdout)["items"]
+    assert len(items) == 25 and {i["node_id"] for i in items} == {"access.log.gz"}
+    down = meshscope(env, "logs", "import", str(log), "--api", "http://127.0.0.1:9")
+    assert down.returncode == 2 and "cannot reach the API" in down.stderr
+    missing = meshscope(env, "logs", "import", str(tmp_path / "nope.log"), "--direct")
+    assert missing.returncode == 2 and "cannot read" in missing.stderr

@@ -1,0 +1,152 @@
+"""The collector beyond loopback: refused without credentials; with a bearer token or mTLS only senders
+that present them get in, and their records say how the proxy proved itself. The collector runs as a
+real process inside a network namespace the test creates, reached from the host over a veth pair."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from envoy.service.accesslog.v3 import als_pb2_grpc
+from meshscope.pipelines.bus.memory import MemoryBus
+from meshscope.proxy.certs import self_signed_pair
+
+from tests.collector.als_messages import http_message
+from tests.proxy.test_netns import namespace  # noqa: F401 - fixture
+
+MESHSCOPE = [sys.executable, "-m", "meshscope.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+SPAN = b'[{"traceId": "463ac35c9f6413ad", "id": "463ac35c9f6413ad", "kind": "SERVER"}]'
+
+
+def _collector(data_dir: Path, host: str, env: dict, netns: str | None = None) -> subprocess.Popen:
+    cmd = [*MESHSCOPE, "collector", "--host", host, "--als-port", "18000", "--zipkin-port", "9411",
+           "--data-dir", str(data_dir)]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+def _wait_listening(proc: subprocess.Popen) -> None:
+    line = proc.stdout.readline()  # "meshscope collector: access logs on …" once both listen
+    assert "access logs on" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _stored_auth(data_dir: Path) -> list[str | None]:
+    async def read() -> list:
+        bus = MemoryBus(wal_dir=data_dir / "bus")
+        out: list = []
+        consumer = bus.consume("access", "check")
+        try:
+            while True:
+                batch = await asyncio.wait_for(anext(consumer), 1)
+                out += [r.node_auth for r in batch.records]
+        except TimeoutError:
+            return out
+        finally:
+            await consumer.aclose()
+            await bus.stop()
+
+    return asyncio.run(read())
+
+
+def test_beyond_loopback_without_credentials_is_refused(data_dir):
+    proc = _collector(data_dir, "0.0.0.0", {"MESHSCOPE_API_TOKEN": "", "MESHSCOPE_COLLECTOR_TOKEN": ""})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("meshscope: refusing to receive records on 0.0.0.0"), err
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_bearer_token_on_grpc_metadata_and_http(namespace, data_dir):  # noqa: F811
+    name, _, ns_ip = namespace
+    proc = _collector(data_dir, ns_ip, {"MESHSCOPE_COLLECTOR_TOKEN": "s3cret"}, netns=name)
+    try:
+        _wait_listening(proc)
+        with grpc.insecure_channel(f"{ns_ip}:18000") as channel:
+            stub = als_pb2_grpc.AccessLogServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.StreamAccessLogs(iter([http_message(2, node_id="forged")]), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError):
+                stub.StreamAccessLogs(iter([http_message(2, node_id="forged")]), timeout=10,
+                                      metadata=[("authorization", "Bearer wrong")])
+            stub.StreamAccessLogs(iter([http_message(3)]), timeout=10,
+                                  metadata=[("authorization", "Bearer s3cret")])
+        url = f"http://{ns_ip}:9411"
+        assert httpx.post(f"{url}/api/v2/spans", content=SPAN, timeout=10).status_code == 401
+        assert httpx.post(f"{url}/api/v2/spans", content=SPAN, timeout=10,
+                          headers={"Authorization": "Bearer s3cret"}).status_code == 202
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200  # probes stay open
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0
+    assert _stored_auth(data_dir) == ["token"] * 3  # nothing from the forged proxy
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_mtls_client_certificates(namespace, data_dir, tmp_path):  # noqa: F811
+    name, _, ns_ip = namespace
+    server_cert, server_key = self_signed_pair(tmp_path / "server", ["collector.test"])
+    client_cert, client_key = self_signed_pair(tmp_path / "client", ["gateway.lab"])
+    stranger_cert, stranger_key = self_signed_pair(tmp_path / "stranger", ["stranger.lab"])
+    env = {"MESHSCOPE_COLLECTOR_TLS_CERT": str(server_cert), "MESHSCOPE_COLLECTOR_TLS_KEY": str(server_key),
+           "MESHSCOPE_COLLECTOR_CLIENT_CA": str(client_cert)}
+    proc = _collector(data_dir, ns_ip, env, netns=name)
+    options = [("grpc.ssl_target_name_override", "collector.test")]
+    try:
+        _wait_listening(proc)
+
+        def send(cert: Path | None, key: Path | None, node: str) -> None:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=server_cert.read_bytes(),
+                private_key=key.read_bytes() if key else None,
+                certificate_chain=cert.read_bytes() if cert else None)
+            with grpc.secure_channel(f"{ns_ip}:18000", creds, options=options) as channel:
+                als_pb2_grpc.AccessLogServiceStub(channel).StreamAccessLogs(
+                    iter([http_message(2, node_id=node)]), timeout=10)
+
+        send(client_cert, client_key, "gateway")
+        for cert, key in ((None, None), (stranger_cert, stranger_key)):
+            with pytest.raises(grpc.RpcError):
+                send(cert, key, "forged")
+
+        def post(cert: Path | None, key: Path | None) -> int:
+            ctx = ssl.create_default_context(cafile=str(server_cert))
+            ctx.check_hostname = False
+            if cert:
+                ctx.load_cert_chain(cert, key)
+            return httpx.post(f"https://{ns_ip}:9411/api/v2/spans", content=SPAN, verify=ctx,
+                              timeout=10).status_code
+
+        assert post(client_cert, client_key) == 202
+        for cert, key in ((None, None), (stranger_cert, stranger_key)):
+            with pytest.raises((httpx.HTTPError, ssl.SSLError)):
+                post(cert, key)
+        time.sleep(0.2)
+    finally:
+        _stop(proc)
+    assert _stored_auth(data_dir) == ["mtls:gateway.lab"] * 2

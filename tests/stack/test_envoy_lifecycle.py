@@ -1,0 +1,117 @@
+"""The bundled Envoy never outlives `meshscope up`: SIGKILL of up takes it along, one left by an earlier
+run is stopped at the next start, and loss accounting notices a proxy whose counters restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from meshscope.proxy import loss as loss_module
+from meshscope.proxy.demo_upstream import DemoUpstream
+from meshscope.proxy.launcher import EnvoyProcess, envoy_path
+from meshscope.proxy.loss import account
+
+from tests.collector.envoy_lab import APP_HOST, lab_bootstrap, lab_routes, listener_port, need_envoy
+from tests.conftest import free_port
+from tests.stack.test_up import _alive, _children, _wait_for
+
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
+MESHSCOPE = [sys.executable, "-m", "meshscope.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _up(config: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([*MESHSCOPE, "--config", str(config), "up"], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            start_new_session=True)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_sigkill_of_up_takes_envoy_along_and_a_stale_one_is_stopped(tmp_path):
+    need_envoy()
+    ports = {k: free_port() for k in ("api_port", "zipkin_port", "als_port", "envoy_admin_port",
+                                      "proxy_port", "demo_upstream_port", "otlp_grpc_port",
+                                      "otlp_http_port")}
+    data = tmp_path / "data"
+    config = tmp_path / "meshscope.yaml"
+    config.write_text(yaml.safe_dump({**ports, "data_dir": str(data)}))
+    log = tmp_path / "up.log"
+    proc = _up(config, log)
+    orphan = None
+    try:
+        _wait_for(lambda: "meshscope is up" in log.read_text(), 120, "the stack")
+        [envoy] = [p for p in _children(proc.pid) if "envoy" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert (data / "envoy" / "envoy.pid").read_text().split() == [str(envoy)]
+        proc.send_signal(signal.SIGKILL)  # meshscope only: its Envoy must go by itself
+        proc.wait(10)
+        _wait_for(lambda: not _alive(envoy), 10, "the bundled Envoy to die with meshscope up")
+
+        # an Envoy from an older run that had no parent-death signal: still running, port taken
+        orphan = subprocess.Popen([envoy_path(), "-c", str(data / "envoy" / "envoy.json"),
+                                   "--disable-hot-restart", "-l", "error"], start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        (data / "envoy" / "envoy.pid").write_text(f"{orphan.pid}\n")
+        admin = f"http://127.0.0.1:{ports['envoy_admin_port']}/ready"
+        _wait_for(lambda: _ready(admin), 30, "the stale Envoy")
+        log2 = tmp_path / "up2.log"
+        proc = _up(config, log2)
+        _wait_for(lambda: "meshscope is up" in log2.read_text() or proc.poll() is not None, 120, "up again")
+        assert proc.poll() is None, log2.read_text()
+        assert orphan.wait(10) is not None  # stopped by the new up
+        assert "stopping a stale Envoy" in log2.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        _kill_group(proc)
+        if orphan is not None and orphan.poll() is None:
+            orphan.kill()
+            orphan.wait(5)
+
+
+async def test_loss_accounting_notices_a_restart(data_dir):
+    """The collector is down; Envoy writes 5 entries, restarts (counters at 0): the gap stays 5."""
+    need_envoy()
+    loss_module._RUNS.clear()
+    async with DemoUpstream(port=free_port()) as upstream:
+        routes = lab_routes(upstream.port, data_dir / "certs")
+        bootstrap = lab_bootstrap(routes, free_port(), free_port(), node_id="restarting-proxy")
+        admin_port = free_port()
+        bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
+        admin = f"127.0.0.1:{admin_port}"
+        port = listener_port(routes, "ingress")
+        async with EnvoyProcess(bootstrap), httpx.AsyncClient(timeout=10) as client:
+            for _ in range(5):
+                assert (await client.get(f"http://127.0.0.1:{port}/status/200",
+                                         headers={"host": APP_HOST})).status_code == 200
+            deadline = time.monotonic() + 10
+            while (first := (await account([admin], arrived={}))[0]).written < 5:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+        assert (first.written, first.gap, first.restarts) == (5, 5, 0)
+        await asyncio.sleep(1.0)
+        async with EnvoyProcess(bootstrap):
+            (after,) = await account([admin], arrived={})
+            assert after.restarts == 1 and after.written == 5 and after.gap == 5  # not 0
+            loss_module._RUNS.clear()  # an account that never saw the first run
+            (unseen,) = await account([admin], arrived={"restarting-proxy": 40})
+    assert unseen.gap == 0 and unseen.error and "counters reset" in unseen.error
