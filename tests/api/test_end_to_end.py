@@ -131,6 +131,7 @@ async def test_trace_joins_gateway_sidecar_spans_and_packets(data_dir, tmp_path)
                         "-i",
                         "lo",
                         "-U",
+                        "--immediate-mode",
                         "-s",
                         "0",
                         "-w",

@@ -128,6 +128,7 @@ def stack(tmp_path_factory):
                 "-i",
                 "lo",
                 "-U",
+                "--immediate-mode",  # each packet handed over at once: SIGINT must not strand a buffer block
                 "-s",
                 "0",
                 "-w",
@@ -145,7 +146,7 @@ def stack(tmp_path_factory):
                     client.get(
                         running.proxy + path, headers={"x-request-id": CAPTURED_RID, "host": "shop.local"}
                     )
-            time.sleep(0.5)
+            time.sleep(1.0)
         finally:
             dump.send_signal(signal.SIGINT)
             dump.wait(10)
