@@ -26,6 +26,9 @@ class CaptureReport:
     exchanges: int = 0
     damage: list[str] = field(default_factory=list)  # human-readable, capped in length
     truncated: bool = False  # the file ended mid-record
+    datagrams: int = 0  # UDP datagrams read (DNS, QUIC, other)
+    quic_connections: int = 0
+    dns_lookups: int = 0
 
 
 class Backend(abc.ABC):

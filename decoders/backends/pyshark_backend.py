@@ -15,15 +15,17 @@ from pathlib import Path
 import pyshark
 from meshscope.decoders.backends.segment_backend import Segment, SegmentBackend
 from meshscope.decoders.capture_file import ReadStats, read_capture
+from meshscope.decoders.udp_table import Datagram
 from pyshark.capture.capture import TSharkCrashException
 
 from meshscope.errors import CaptureError
 
-DISPLAY_FILTER = "tcp.len > 0 or tcp.flags.syn == 1 or tcp.flags.fin == 1 or tcp.flags.reset == 1"
+DISPLAY_FILTER = ("tcp.len > 0 or tcp.flags.syn == 1 or tcp.flags.fin == 1 or tcp.flags.reset == 1"
+                  " or (udp and not icmp and not icmpv6)")
 PREFS = {"tcp.desegment_tcp_streams": "FALSE", "tcp.relative_sequence_numbers": "FALSE",
          "tcp.analyze_sequence_numbers": "FALSE", "tcp.check_checksum": "FALSE"}
 # tshark would otherwise dissect payloads we parse ourselves (and reassemble them across frames)
-DISABLED = ("http", "tls", "http2")
+DISABLED = ("http", "tls", "http2", "dns", "quic")
 
 
 def _epoch(text: str) -> float:
@@ -66,31 +68,48 @@ class PysharkBackend(SegmentBackend):
             loop.close()
 
 
-def _segment(pkt) -> Segment | None:
+def _segment(pkt) -> Segment | Datagram | None:
     layers = {layer.layer_name: layer for layer in pkt.layers}
     tcp = layers.get("tcp")
     ip = layers.get("ip") or layers.get("ipv6")
-    if tcp is None or ip is None:
+    if ip is None:
         return None
     if ip.layer_name == "ip" and (str(ip.flags_tree.mf) == "1" or int(ip.frag_offset)):
         return None  # an IP fragment: the other backends skip them too
+    if tcp is None:
+        udp = layers.get("udp")
+        return _datagram(pkt, ip, udp, layers) if udp is not None else None
     frame = pkt.frame_info
     payload_hex = getattr(tcp, "payload", None)
     payload = bytes.fromhex(payload_hex.replace(":", "")) if payload_hex else b""
-    sll = layers.get("sll")
-    ifindex = getattr(sll, "ifindex", None) if sll is not None else None
-    if ifindex is not None:
-        interface = str(int(ifindex))
-    else:
-        iface_id = getattr(frame, "interface_id", None)  # pcapng only; its name sits in a subtree
-        tree = getattr(frame, "interface_id_tree", None)
-        name = getattr(tree, "interface_name", None) if tree is not None else None
-        interface = str(name) if name else (str(iface_id) if iface_id is not None else None)
+    interface = _interface(frame, layers)
     wire, captured = int(frame.len), int(frame.cap_len)
     # str(): pyshark's field values are str subclasses, which other code (interning, orjson) refuses
     return (_epoch(frame.time_epoch), str(ip.src), int(tcp.srcport), str(ip.dst), int(tcp.dstport),
             int(tcp.seq_raw), int(tcp.ack_raw), int(tcp.flags, 16) & 0xFF, payload,
             wire - captured if wire > captured else 0, interface)
+
+
+def _interface(frame, layers: dict) -> str | None:
+    sll = layers.get("sll")
+    ifindex = getattr(sll, "ifindex", None) if sll is not None else None
+    if ifindex is not None:
+        return str(int(ifindex))
+    iface_id = getattr(frame, "interface_id", None)  # pcapng only; its name sits in a subtree
+    tree = getattr(frame, "interface_id_tree", None)
+    name = getattr(tree, "interface_name", None) if tree is not None else None
+    return str(name) if name else (str(iface_id) if iface_id is not None else None)
+
+
+def _datagram(pkt, ip, udp, layers: dict) -> Datagram | None:
+    frame = pkt.frame_info
+    payload_hex = getattr(udp, "payload", None)
+    payload = bytes.fromhex(str(payload_hex).replace(":", "")) if payload_hex else b""
+    wire, captured = int(frame.len), int(frame.cap_len)
+    length = int(udp.length)
+    return Datagram(_epoch(frame.time_epoch), str(ip.src), int(udp.srcport), str(ip.dst), int(udp.dstport),
+                    payload, max(0, length - 8 - len(payload)) if wire > captured else 0,
+                    _interface(frame, layers))
 
 
 BACKEND = PysharkBackend

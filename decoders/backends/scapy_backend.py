@@ -12,9 +12,10 @@ from meshscope.decoders.capture_file import ReadStats, read_capture
 from meshscope.decoders.connection_table import wanted
 from meshscope.decoders.link_layers import BSD_AF_INET6
 from meshscope.decoders.tcp_flags import IP_FRAGMENT_OFFSET
+from meshscope.decoders.udp_table import Datagram
 from scapy.config import conf
 from scapy.layers import inet6, l2  # noqa: F401  (registers link types and IPv6 with scapy)
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import bind_layers
 
@@ -38,6 +39,11 @@ class ScapyBackend(SegmentBackend):
                     continue
                 tcp = pkt.getlayer(TCP)
                 if tcp is None:
+                    udp = pkt.getlayer(UDP)
+                    if udp is not None:
+                        dg = _datagram(pkt, udp, ts, iface, orig - len(frame) if orig > len(frame) else 0)
+                        if dg is not None:
+                            yield dg
                     continue
                 ip = tcp.underlayer
                 if not isinstance(ip, IP | IPv6):
@@ -57,6 +63,23 @@ class ScapyBackend(SegmentBackend):
         finally:
             if undecodable:
                 stats.add_damage(f"{undecodable} packets scapy could not dissect")
+
+
+def _datagram(pkt, udp, ts: float, iface: str | None, missing: int) -> Datagram | None:
+    """A UDP layer scapy dissected, as a Datagram (None inside an ICMP error or an IP fragment)."""
+    ip = udp.underlayer
+    if not isinstance(ip, IP | IPv6) or pkt.getlayer(ICMP) is not None:
+        return None
+    if isinstance(ip, IP) and (ip.flags.MF or ip.frag & IP_FRAGMENT_OFFSET):
+        return None
+    # the bytes scapy dissected the UDP layer from (its own DNS layer is not re-built), cut to the
+    # UDP length: what follows in the frame is link-layer padding
+    raw = getattr(udp, "original", None) or b""
+    end = udp.len if udp.len and udp.len >= 8 else len(raw)
+    payload = bytes(raw[8:end])
+    ifindex = getattr(pkt.getlayer(l2.CookedLinuxV2), "ifindex", None)
+    return Datagram(ts, ip.src, udp.sport, ip.dst, udp.dport, payload,
+                    max(0, end - len(raw)) if missing else 0, str(ifindex) if ifindex is not None else iface)
 
 
 BACKEND = ScapyBackend
