@@ -41,7 +41,7 @@ class _Attempt:
 
 @dataclass(slots=True)
 class _Lookup:
-    key: tuple[str, str]  # (client address, query type)
+    key: tuple[str, str, str | None]  # (client address, query type, interface)
     attempts: list[_Attempt]
     last: float  # time of its last query or answer
 
@@ -62,7 +62,8 @@ class DnsLookups:
     def __init__(self, capture: str, ready: list[Exchange]) -> None:
         self.capture = capture
         self.ready = ready
-        self.open: OrderedDict[tuple[str, str], _Lookup] = OrderedDict()  # least recently active first
+        # open lookups, least recently active first
+        self.open: OrderedDict[tuple[str, str, str | None], _Lookup] = OrderedDict()
         self.pending: OrderedDict[tuple, tuple[_Lookup, _Attempt]] = OrderedDict()  # awaiting answers
         self.lookups = 0  # emitted
         self.unmatched_answers = 0
@@ -77,13 +78,13 @@ class DnsLookups:
 
     def _query(self, msg: DnsMessage, ts: float, client: str, cport: int, server: str, sport: int,
                transport: str, interface: str | None) -> None:
-        qkey = (client, cport, msg.id)
+        qkey = (client, cport, msg.id, interface)
         known = self.pending.get(qkey)
         if known is not None and known[1].name.lower() == msg.name.lower() and known[1].qtype == msg.qtype:
             known[1].retries += 1  # the same query again, same id
             known[0].last = ts
             return
-        key = (client, msg.qtype)
+        key = (client, msg.qtype, interface)
         lookup = self.open.get(key)
         if lookup is not None:
             last = lookup.attempts[-1]
@@ -123,13 +124,14 @@ class DnsLookups:
 
     def _answer(self, msg: DnsMessage, ts: float, client: str, cport: int, server: str, sport: int,
                 transport: str, interface: str | None) -> None:
-        found = self.pending.pop((client, cport, msg.id), None)
+        qkey = (client, cport, msg.id, interface)
+        found = self.pending.pop(qkey, None)
         if found is None or found[1].name.lower() != msg.name.lower():
             if found is not None:
-                self.pending[(client, cport, msg.id)] = found
+                self.pending[qkey] = found
             self.unmatched_answers += 1
             # an answer to a query not captured (or a second answer to a retried one) stands alone
-            lookup = self.open.get((client, msg.qtype))
+            lookup = self.open.get((client, msg.qtype, interface))
             if lookup is not None and any(a.name.lower() == msg.name.lower() and a.rcode is not None
                                           for a in lookup.attempts):
                 return  # a duplicate answer to a query already answered
@@ -137,7 +139,8 @@ class DnsLookups:
                                self._conn(client, cport, server, sport, transport, interface))
             attempt.query_time = None  # type: ignore[assignment]
             self._settle(attempt, msg, ts)
-            self._emit(_Lookup((client, msg.qtype), [attempt], ts), "answer without a captured query")
+            self._emit(_Lookup((client, msg.qtype, interface), [attempt], ts),
+                       "answer without a captured query")
             return
         lookup, attempt = found
         self._settle(attempt, msg, ts)
@@ -172,11 +175,12 @@ class DnsLookups:
 
     def _emit(self, lookup: _Lookup, damage: str | None = None) -> None:
         for a in lookup.attempts:  # forget the queries still awaiting an answer
-            qkey = (a.conn.src, a.conn.sport, a.id)
+            qkey = (a.conn.src, a.conn.sport, a.id, a.conn.interface)
             if self.pending.get(qkey, (None, None))[1] is a:
                 del self.pending[qkey]
         first, last = lookup.attempts[0], lookup.attempts[-1]
-        ex = Exchange(exchange_type="dns", conn=last.conn, index=self.lookups,
+        # index: the first query's id, so that copies of one lookup (tcpdump -i any) fold together
+        ex = Exchange(exchange_type="dns", conn=last.conn, index=first.id,
                       request_time=first.query_time if first.query_time is not None else None,
                       response_time=last.answer_time)
         stem = last.name

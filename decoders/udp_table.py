@@ -106,12 +106,12 @@ class UdpTable:
                 return
             self.dns.message(msg, ts, src, sport, dst, dport, "udp", interface)
             return
-        key = (src, sport, dst, dport)
+        key = (src, sport, dst, dport, interface)  # a copy on another interface is another sighting
         flows = self.flows
         if key in flows:
             flow, from_client = flows[key], True
         else:
-            rkey = (dst, dport, src, sport)
+            rkey = (dst, dport, src, sport, interface)
             if rkey in flows:
                 key, flow, from_client = rkey, flows[rkey], False
             else:
@@ -135,7 +135,7 @@ class UdpTable:
         flow = None
         for pkt in long_packets(payload):
             if pkt.initial and pkt.version in SALTS:
-                src, sport, dst, dport = key
+                src, sport, dst, dport, _ = key
                 conn = Connection(src=src, sport=sport, dst=dst, dport=dport, capture=self.capture,
                                   interface=interface, transport="udp")
                 flow = _QuicFlow(conn, pkt.version, pkt.dcid, ts)
