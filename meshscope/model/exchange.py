@@ -146,6 +146,7 @@ class Exchange(Record):
     # DNS (exchange_type "dns") and QUIC (a "tls" exchange whose conn.transport is "udp")
     dns: DnsQuery | None = None
     quic: QuicInitial | None = None
+    tunnel: str | None = None  # carried inside an HTTP CONNECT tunnel: "CONNECT host:port"
     # damage seen on this exchange (gaps, truncation)
     damage: list[str] = field(default_factory=list)
 
