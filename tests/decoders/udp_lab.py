@@ -82,5 +82,5 @@ class UdpLab:
         return subprocess.run(["ip", "netns", "exec", self.pod, *argv], capture_output=True, text=True,
                               timeout=timeout)
 
-    def quic(self, version: str, sni: str = "quic.lab") -> subprocess.CompletedProcess:
-        return self.in_pod(sys.executable, str(APPS), "quic", SVC, "4433", version, sni)
+    def quic(self, version: str, sni: str = "quic.lab", extra_alpn: int = 0) -> subprocess.CompletedProcess:
+        return self.in_pod(sys.executable, str(APPS), "quic", SVC, "4433", version, sni, str(extra_alpn))

@@ -4,7 +4,8 @@
                        anything else, one deliberately slow name), an HTTP server (:8080), a TLS
                        server (127.0.0.1:8443, "secure.lab"), an HTTP CONNECT proxy (:3128) and a
                        QUIC server (:4433, versions 1 and 2, aioquic); prints "ready" when all listen
-    quic HOST PORT VERSION SNI   one QUIC handshake with aioquic ("1" or "2"), then closes
+    quic HOST PORT VERSION SNI [N]   one QUIC handshake with aioquic ("1" or "2"), then closes;
+                       N more ALPN names make the ClientHello span several Initial packets
 
 The DNS answers are built with dpkt.dns, not with the decoder's own DNS code, so that the test
 compares two implementations. Every server stops on SIGTERM; nothing runs unbounded."""
@@ -155,13 +156,14 @@ async def servers(addr: str, workdir: Path) -> None:
     await asyncio.sleep(600)  # the test stops it long before
 
 
-async def quic_client(host: str, port: int, version: str, sni: str) -> None:
+async def quic_client(host: str, port: int, version: str, sni: str, extra_alpn: int = 0) -> None:
     from aioquic.asyncio import connect
     from aioquic.quic.configuration import QuicConfiguration
     from aioquic.quic.packet import QuicProtocolVersion
 
     v = QuicProtocolVersion.VERSION_2 if version == "2" else QuicProtocolVersion.VERSION_1
-    config = QuicConfiguration(is_client=True, alpn_protocols=["h3"], server_name=sni,
+    alpn = ["h3", *(f"x-padding-protocol-{i:04d}" for i in range(extra_alpn))]
+    config = QuicConfiguration(is_client=True, alpn_protocols=alpn, server_name=sni,
                                verify_mode=ssl.CERT_NONE, original_version=v, supported_versions=[v])
     async with asyncio.timeout(10), connect(host, port, configuration=config) as client:
         await client.ping()
@@ -173,6 +175,7 @@ if __name__ == "__main__":
     if cmd == "servers":
         asyncio.run(servers(sys.argv[2], Path(sys.argv[3])))
     elif cmd == "quic":
-        asyncio.run(quic_client(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]))
+        asyncio.run(quic_client(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5],
+                                int(sys.argv[6]) if len(sys.argv) > 6 else 0))
     else:
         raise SystemExit(f"unknown command {cmd}")
