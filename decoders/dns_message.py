@@ -1,9 +1,9 @@
 """DNS messages (RFC 1035 section 4): header, question and answer records, names with compression.
 
 Only what an exchange shows is read: id, QR, rcode, the first question, and the answer section's
-records as text ("A 10.0.0.8", "CNAME x.example."). Hand-written on struct: a quarter of the
-time dpkt.dns takes for the same (benchmarks/bench_dns.py), and it refuses what is not DNS with a
-ValueError, which the UDP table uses to tell DNS from other traffic on port 53.
+records as text ("A 10.0.0.8", "CNAME x.example"). Hand-written on struct: 2.2 times as fast as
+dpkt.dns on the same messages (benchmarks/bench_dns.py), and it refuses what is not a lookup
+with a ValueError, which the UDP table uses to tell DNS from other traffic on port 53.
 """
 
 from __future__ import annotations
