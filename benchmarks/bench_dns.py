@@ -30,9 +30,9 @@ def messages() -> list[bytes]:
         bytes(DNS(id=2, qr=1, rcode=3, qd=DNSQR(qname="catalog.default.web.svc.cluster.local"))),
         bytes(DNS(id=3, qr=1, qd=DNSQR(qname=name), an=DNSRR(rrname=name, rdata="10.0.0.8"))),
         bytes(DNS(id=4, qr=1, qd=DNSQR(qname="www.example.com"),
-                  an=DNSRR(rrname="www.example.com", type="CNAME", rdata="edge.example.net")
-                  / DNSRR(rrname="edge.example.net", rdata="192.0.2.1") / DNSRR(rrname="edge.example.net",
-                                                                                 rdata="192.0.2.2"))),
+                  an=[DNSRR(rrname="www.example.com", type="CNAME", rdata="edge.example.net"),
+                      DNSRR(rrname="edge.example.net", rdata="192.0.2.1"),
+                      DNSRR(rrname="edge.example.net", rdata="192.0.2.2")])),
         bytes(DNS(id=5, qr=1, qd=DNSQR(qname=name, qtype="AAAA"),
                   an=DNSRR(rrname=name, type="AAAA", rdata="2001:db8::8"))),
     ]

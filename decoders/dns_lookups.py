@@ -22,6 +22,7 @@ FOLLOW_WINDOW = 2.0  # s after an NXDOMAIN within which the next expansion is ex
 IDLE = 12.0  # s after which an unanswered lookup is given up (resolvers retry after 5 s)
 MAX_OPEN = 10_000
 MAX_PENDING = 50_000
+MAX_ANSWERED = 4096  # recently answered queries remembered, to know a second answer for a duplicate
 _NXDOMAIN = "NXDOMAIN"
 
 
@@ -65,8 +66,10 @@ class DnsLookups:
         # open lookups, least recently active first
         self.open: OrderedDict[tuple[str, str, str | None], _Lookup] = OrderedDict()
         self.pending: OrderedDict[tuple, tuple[_Lookup, _Attempt]] = OrderedDict()  # awaiting answers
+        self.answered: OrderedDict[tuple, str] = OrderedDict()  # query key → name, recently answered
         self.lookups = 0  # emitted
         self.unmatched_answers = 0
+        self.duplicate_answers = 0
 
     def message(self, msg: DnsMessage, ts: float, src: str, sport: int, dst: str, dport: int,
                 transport: str = "udp", interface: str | None = None) -> None:
@@ -129,12 +132,11 @@ class DnsLookups:
         if found is None or found[1].name.lower() != msg.name.lower():
             if found is not None:
                 self.pending[qkey] = found
+            if self.answered.get(qkey) == msg.name.lower():
+                self.duplicate_answers += 1  # a second answer to a query already answered (a retry's)
+                return
+            # an answer to a query not captured stands alone
             self.unmatched_answers += 1
-            # an answer to a query not captured (or a second answer to a retried one) stands alone
-            lookup = self.open.get((client, msg.qtype, interface))
-            if lookup is not None and any(a.name.lower() == msg.name.lower() and a.rcode is not None
-                                          for a in lookup.attempts):
-                return  # a duplicate answer to a query already answered
             attempt = _Attempt(msg.name, msg.qtype, ts, msg.id,
                                self._conn(client, cport, server, sport, transport, interface))
             attempt.query_time = None  # type: ignore[assignment]
@@ -143,6 +145,9 @@ class DnsLookups:
                        "answer without a captured query")
             return
         lookup, attempt = found
+        self.answered[qkey] = msg.name.lower()
+        if len(self.answered) > MAX_ANSWERED:
+            self.answered.popitem(last=False)
         self._settle(attempt, msg, ts)
         lookup.last = ts
         if msg.rcode != _NXDOMAIN and not msg.truncated and attempt is lookup.attempts[-1]:
