@@ -17,7 +17,7 @@ import time
 from itertools import count
 from pathlib import Path
 
-from tests.decoders.lab import _sh, _veth, start_capture, stop_processes
+from tests.decoders.lab import LabLifecycle, _sh, _veth, start_capture, stop_processes
 
 POD, SVC = "10.77.0.2", "10.77.0.1"
 APPS = Path(__file__).with_name("udp_lab_apps.py")
@@ -26,24 +26,13 @@ RESOLV = ("search web.svc.cluster.local svc.cluster.local cluster.local\n"
 _serial = count()
 
 
-class UdpLab:
+class UdpLab(LabLifecycle):
     def __init__(self, workdir: Path) -> None:
         self.dir = workdir
         tag = f"mu{os.getpid() % 100000}x{next(_serial)}"
         self.pod, self.svc = f"{tag}-pod", f"{tag}-svc"
         self.etc = Path("/etc/netns") / self.pod
         self.procs: list[subprocess.Popen] = []
-
-    def __enter__(self) -> UdpLab:
-        try:
-            self._up()
-        except BaseException:
-            self.down()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.down()
 
     def _up(self) -> None:
         for ns in (self.pod, self.svc):
