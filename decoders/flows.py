@@ -71,8 +71,7 @@ class FlowBuilder:
         hops = self._nat_hops(leg, root)
         self._walk(root, hops, 0)
         hops = dns + hops
-        exchange_ids = [*(i for h in dns for i in h.exchange_ids), root.id,
-                        *(i for h in hops[len(dns):] for i in h.exchange_ids)]
+        exchange_ids = [root.id, *(i for h in hops for i in h.exchange_ids)]  # the root first
         rid = next((normalize_request_id(r) for h in hops for r in h.request_ids if r), None)
         rid = normalize_request_id(root.request_id) or rid
         captures = sorted({cap for h in hops for cap in h.evidence.get("captures", [])}

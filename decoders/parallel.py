@@ -147,4 +147,6 @@ def merge_reports(parts: list[CaptureReport]) -> CaptureReport:
                          packets=first.packets, bytes=first.bytes,
                          connections=sum(r.connections for r in parts),
                          exchanges=sum(r.exchanges for r in parts), damage=list(damage),
-                         truncated=first.truncated)
+                         truncated=first.truncated, datagrams=sum(r.datagrams for r in parts),
+                         quic_connections=sum(r.quic_connections for r in parts),
+                         dns_lookups=sum(r.dns_lookups for r in parts))

@@ -76,7 +76,7 @@ def _flow_messages(flow: Flow, exchanges: Mapping[str, Exchange], labels: dict[s
             msgs += _nat_messages(hop, exchanges, drawn_syn, labels)
             for xid in hop.exchange_ids:
                 ends[xid] = (_ip(hop.src), _ip(hop.dst))
-        else:
+        elif hop.kind != "dns-lookup":  # a lookup is drawn by its exchange's arrows
             proxy = _ip(hop.src)
             what = hop.kind + (f" ×{hop.retries + 1} attempts" if hop.retries else "")
             if hop.sni:
@@ -138,6 +138,15 @@ def _exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> lis
         out.append(Message(c.syn_time or ex.request_time or 0.0, src, dst, f"TCP handshake → :{c.dport}",
                            "handshake"))
     t0 = ex.request_time or c.syn_time or 0.0
+    dns = getattr(ex, "dns", None)
+    if dns is not None:  # a lookup: its question, and its answer after any NXDOMAIN attempts
+        asked = _short(f"DNS {dns.qtype} {dns.lookup or dns.name}")
+        out.append(Message(t0 or ex.response_time or 0.0, src, dst, asked, "request"))
+        if ex.response_time is not None:
+            tried = f" after {len(dns.attempts)} NXDOMAIN" if dns.attempts else ""
+            answer = _short(f"{dns.rcode}{tried} {' '.join(dns.answers)}".strip())
+            out.append(Message(ex.response_time, dst, src, answer, "response"))
+        return out
     if ex.exchange_type == "tls":
         alpn = f" ALPN {','.join(ex.alpn)}" if ex.alpn else ""
         out.append(Message(t0, src, dst, _short(f"ClientHello SNI {ex.sni or '-'}{alpn}"), "hello"))

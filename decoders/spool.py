@@ -82,6 +82,7 @@ class ExchangeFacts:
     tls_decryption: str | None = None  # set when a key log was given (decoders.tls_decrypting_analyzer)
     dns: DnsQuery | None = None  # a DNS lookup (its answers and attempts: the graphs draw them)
     quic: QuicInitial | None = None
+    tunnel: str | None = None  # inside an HTTP CONNECT tunnel
 
     @property
     def request_id(self) -> str | None:
@@ -105,7 +106,7 @@ class ExchangeFacts:
                             for name in STITCH_HEADERS if name in h},
                    alpn=ex.alpn or _NONE, tls_offered_versions=ex.tls_offered_versions or _NONE,
                    protocol=ex.protocol, stream_id=ex.stream_id, grpc=_slim_grpc(ex.grpc),
-                   tls_decryption=ex.tls_decryption, dns=ex.dns, quic=ex.quic)
+                   tls_decryption=ex.tls_decryption, dns=ex.dns, quic=ex.quic, tunnel=ex.tunnel)
 
 
     @staticmethod
@@ -132,7 +133,7 @@ class ExchangeFacts:
                 {name: intern(h[name]) if name in _SHARED_VALUES else h[name]
                  for name in STITCH_HEADERS if name in h},
                 ex.alpn or _NONE, ex.tls_offered_versions or _NONE, ex.protocol, ex.stream_id,
-                _slim_grpc(ex.grpc), ex.tls_decryption, ex.dns, ex.quic)
+                _slim_grpc(ex.grpc), ex.tls_decryption, ex.dns, ex.quic, ex.tunnel)
 
     @classmethod
     def from_tuple(cls, t: tuple, conns: list[Connection]) -> ExchangeFacts:

@@ -204,7 +204,7 @@ def test_only_lookups_worth_telling_join_the_request_flow(tmp_path):
         pkts += conv.close().packets
     analysis = analyze([write(tmp_path / "f.pcap", pkts)])
     by_id = {ex.id: ex for ex in analysis.exchanges}
-    flows = {by_id[f.exchange_ids[-1]].uri: f for f in analysis.flows}
+    flows = {by_id[f.exchange_ids[0]].uri: f for f in analysis.flows}
     assert set(flows) == {"/catalog", "/api"}
     assert [h.kind for h in flows["/catalog"].hops] == ["dns-lookup"]
     evidence = flows["/catalog"].hops[0].evidence

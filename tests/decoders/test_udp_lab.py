@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from meshscope.decoders import analyze, get_backend
+from meshscope.decoders import analyze, diagram_text, flow_diagram, get_backend
 
 from tests.conftest import need_binary, need_root
 from tests.decoders.lab import Lab
@@ -126,6 +126,9 @@ def test_lookups_start_the_flows_of_the_requests_they_led_to(lab_capture):
         assert flow.server == f"{SVC}:8080"
         assert flow.start == min(h.start for h in flow.hops)
     assert flows["/two"].hops[0].evidence["latency_ms"] >= 300
+    text = diagram_text(flow_diagram(analysis.flows, analysis.by_id()))  # the lookups drawn first
+    assert text.index("DNS A catalog.default") < text.index("NOERROR after 1 NXDOMAIN A 10.77.0.1") \
+        < text.index("GET /one")
     assert flows["/one"].hops[0].evidence["attempts"] == ["catalog.default.web.svc.cluster.local NXDOMAIN"]
 
 
