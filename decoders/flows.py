@@ -120,7 +120,7 @@ class FlowBuilder:
         c, d = lookup.conn, lookup.dns
         assert d is not None
         evidence = {"name": d.name, "qtype": d.qtype, "rcode": d.rcode, "lookup": d.lookup,
-                    "attempts": [f"{a.name} {a.rcode}" for a in d.attempts], "retries": d.retries}
+                    "tried": [f"{a.name} {a.rcode}" for a in d.attempts], "retries": d.retries}
         if lookup.response_time is not None and lookup.request_time is not None:
             evidence["latency_ms"] = round((lookup.response_time - lookup.request_time) * 1000, 3)
         return Hop(kind="dns-lookup", src=endpoint(c.src, c.sport), dst=endpoint(c.dst, c.dport),

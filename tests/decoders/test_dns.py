@@ -7,7 +7,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from meshscope.decoders import analyze, get_backend
+from meshscope.decoders import analyze, get_backend, render_text
 from meshscope.decoders.dns_lookups import DnsLookups
 from meshscope.decoders.dns_message import parse_dns
 from scapy.layers.dns import DNS, DNSQR, DNSRR
@@ -208,7 +208,11 @@ def test_only_lookups_worth_telling_join_the_request_flow(tmp_path):
     assert set(flows) == {"/catalog", "/api"}
     assert [h.kind for h in flows["/catalog"].hops] == ["dns-lookup"]
     evidence = flows["/catalog"].hops[0].evidence
-    assert evidence["attempts"] == ["catalog.default.web.svc.cluster.local NXDOMAIN"]
+    assert evidence["tried"] == ["catalog.default.web.svc.cluster.local NXDOMAIN"]
     assert flows["/catalog"].server == "10.0.0.8:3000" and flows["/catalog"].start == T0
     assert flows["/api"].hops[0].evidence["retries"] == 1
+    text = render_text(analysis.flows, by_id)
+    assert ("A catalog.default.svc.cluster.local NOERROR; "
+            "tried catalog.default.web.svc.cluster.local NXDOMAIN") in text
+    assert "A api.web.svc.cluster.local NOERROR; sent 2 times" in text
     assert flows["/api"].hops[0].evidence["latency_ms"] == pytest.approx(5400, abs=0.01)
