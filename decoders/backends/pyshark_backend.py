@@ -29,8 +29,11 @@ PREFS = {"tcp.desegment_tcp_streams": "FALSE", "tcp.relative_sequence_numbers": 
          "tcp.analyze_sequence_numbers": "FALSE", "tcp.check_checksum": "FALSE"}
 # tshark would otherwise dissect payloads we parse ourselves (and reassemble them across frames)
 DISABLED = ("http", "tls", "http2")
-# tunnels on ports tshark does not assign them by default (the other backends decode them there)
-DECODE_AS = tuple(f"udp.port=={port},vxlan" for port in sorted(VXLAN_PORTS) if port != 4789)
+# tunnels on ports tshark does not assign them by default (the other backends decode them there),
+# and an L2TPv3 session whose control channel was not captured (`ip l2tp` sets up none) taken as an
+# Ethernet pseudowire, as the other backends take it; tshark then assumes no cookie
+DECODE_AS = tuple(f"udp.port=={port},vxlan" for port in sorted(VXLAN_PORTS) if port != 4789) + (
+    "l2tp.pw_type==0,eth",)
 
 
 def _epoch(text: str) -> float:
