@@ -13,6 +13,7 @@ from meshscope.decoders.read import read_exchanges
 from tests.conftest import need, need_binary, need_root
 from tests.decoders.canonical import canonical
 from tests.decoders.overlay_lab import REQUESTS, UNDERLAY, OverlayLab
+from tests.decoders.tshark_http import tshark_requests
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -33,11 +34,9 @@ def overlay(tmp_path_factory):
     d = tmp_path_factory.mktemp("overlay")
     path = d / "underlay.pcap"
     with OverlayLab(d) as lab:
-        cap = lab.capture(path)
+        cap = lab.capture_underlay(path)
         rows = lab.traffic()
-        from tests.decoders.lab import Lab
-
-        Lab.stop_capture(cap)
+        lab.stop_capture(cap)
     assert [r["status"] for r in rows] == [s for _ in range(3) for _, _, s in REQUESTS], rows
     return path, rows
 
@@ -47,7 +46,7 @@ def _client_view(rows) -> list[tuple]:
                   for r in rows)
 
 
-def _ours(path, backend) -> tuple[list[tuple], object]:
+def _ours(path, backend) -> tuple[list[tuple], object, list[tuple]]:
     stream, report = read_exchanges(path, backend)
     exs = list(stream)
     return sorted((e.conn.key, e.method, e.uri, e.status) for e in exs), report, [canonical(e) for e in exs]
@@ -62,21 +61,13 @@ def test_dpkt_finds_every_request_with_the_inner_4_tuple(overlay):
     assert set(report.not_decoded) <= {"ARP", "ICMPv6"}  # neighbour discovery, inside and out
 
 
-def test_scapy_agrees(overlay):
+@pytest.mark.parametrize("backend", ["scapy", pytest.param("pyshark", marks=pytest.mark.tshark)])
+def test_other_backends_agree(overlay, backend):
+    if backend == "pyshark":
+        need_binary("tshark")
     path, _ = overlay
     _, rep, ours = _ours(path, "dpkt")
-    _, rep2, theirs = _ours(path, "scapy")
-    assert theirs == ours
-    assert (rep2.packets, rep2.connections, rep2.exchanges, rep2.not_decoded, rep2.damage) == \
-        (rep.packets, rep.connections, rep.exchanges, rep.not_decoded, rep.damage)
-
-
-@pytest.mark.tshark
-def test_pyshark_agrees(overlay):
-    need_binary("tshark")
-    path, _ = overlay
-    _, rep, ours = _ours(path, "dpkt")
-    _, rep2, theirs = _ours(path, "pyshark")
+    _, rep2, theirs = _ours(path, backend)
     assert theirs == ours
     assert (rep2.packets, rep2.connections, rep2.exchanges, rep2.not_decoded, rep2.damage) == \
         (rep.packets, rep.connections, rep.exchanges, rep.not_decoded, rep.damage)
@@ -86,23 +77,6 @@ def test_pyshark_agrees(overlay):
 def test_tshark_reads_the_same_requests_codes_and_inner_4_tuples(overlay):
     need_binary("tshark")
     path, rows = overlay
-    out = subprocess.run(
-        ["tshark", "-r", str(path), "-d", "udp.port==8472,vxlan", "-Y", "http", "-T", "fields", "-E",
-         "separator=|", "-E", "occurrence=l", "-e", "frame.number", "-e", "frame.protocols", "-e", "ip.src",
-         "-e", "ip.dst", "-e", "ipv6.src", "-e", "ipv6.dst", "-e", "tcp.srcport", "-e", "tcp.dstport",
-         "-e", "http.request.method", "-e", "http.request.uri", "-e", "http.response.code",
-         "-e", "http.request_in"],
-        capture_output=True, text=True, timeout=60, check=True).stdout
-    requests, codes = {}, {}
-    for line in out.splitlines():
-        num, protos, s4, d4, s6, d6, sport, dport, method, uri, code, req_in = line.split("|")
-        stack = protos.split(":")
-        inner = [p for p in stack[:stack.index("tcp")] if p in ("ip", "ipv6")][-1]
-        src, dst = (s4, d4) if inner == "ip" else (s6, d6)  # occurrence=l: the innermost of each
-        if method:
-            requests[num] = ((src, int(sport), dst, int(dport)), method, uri)
-        if code:
-            codes[req_in] = int(code)
-    theirs = sorted((*req, codes.get(num)) for num, req in requests.items())
+    theirs = tshark_requests(path, "-d", "udp.port==8472,vxlan")
     assert theirs == _client_view(rows)
     assert theirs == _ours(path, "dpkt")[0]

@@ -5,7 +5,6 @@ ports, agrees with the others and with tshark, and counts what it could not deco
 from __future__ import annotations
 
 import struct
-import subprocess
 
 import pytest
 from meshscope.decoders.analysis import analyze
@@ -15,6 +14,7 @@ from meshscope.decoders.tunnels import MAX_DEPTH, locate_inner_ip
 from tests.conftest import need_binary
 from tests.decoders.canonical import canonical
 from tests.decoders.capture_builders import Conversation, http_request, http_response
+from tests.decoders.tshark_http import tshark_requests
 from tests.decoders.tunnel_builders import (
     TUNNELS,
     UNDECODABLE,
@@ -73,25 +73,9 @@ def test_dpkt_and_scapy_find_the_inner_connections(tunnelled, tunnel):
 
 
 def _tshark_facts(path) -> list[tuple]:
-    """tshark's (inner 4-tuple, URI, status) of each request, paired with its response by the
-    response's request link; the inner IP layer is the last ip/ipv6 before tcp in frame.protocols."""
-    out = subprocess.run(
-        ["tshark", "-r", str(path), "-d", "l2tp.pw_type==0,eth", "-Y", "http", "-T", "fields", "-E",
-         "separator=|", "-e", "frame.number", "-e", "frame.protocols", "-e", "ip.src", "-e", "ip.dst",
-         "-e", "ipv6.src", "-e", "ipv6.dst", "-e", "tcp.srcport", "-e", "tcp.dstport", "-e",
-         "http.request.uri", "-e", "http.response.code", "-e", "http.request_in"],
-        capture_output=True, text=True, timeout=60, check=True).stdout
-    requests, statuses = {}, {}
-    for line in out.splitlines():
-        num, protos, s4, d4, s6, d6, sport, dport, uri, code, req_in = line.split("|")
-        stack = protos.split(":")
-        inner = [p for p in stack[:stack.index("tcp")] if p in ("ip", "ipv6")][-1]
-        src, dst = (s4, d4) if inner == "ip" else (s6, d6)
-        if uri:
-            requests[num] = ((src.split(",")[-1], int(sport), dst.split(",")[-1], int(dport)), uri)
-        if code:
-            statuses[req_in] = int(code)
-    return sorted((key, uri, statuses.get(num)) for num, (key, uri) in requests.items())
+    """(inner 4-tuple, URI, status) as tshark reads them (an uncaptured L2TPv3 control channel: an
+    Ethernet pseudowire, as the pyshark backend tells it)."""
+    return [(key, uri, status) for key, _, uri, status in tshark_requests(path, "-d", "l2tp.pw_type==0,eth")]
 
 
 @pytest.mark.tshark
