@@ -26,7 +26,8 @@ from meshscope.errors import CaptureError
 
 DISPLAY_FILTER = "tcp.len > 0 or tcp.flags.syn == 1 or tcp.flags.fin == 1 or tcp.flags.reset == 1"
 PREFS = {"tcp.desegment_tcp_streams": "FALSE", "tcp.relative_sequence_numbers": "FALSE",
-         "tcp.analyze_sequence_numbers": "FALSE", "tcp.check_checksum": "FALSE"}
+         "tcp.analyze_sequence_numbers": "FALSE", "tcp.check_checksum": "FALSE",
+         "ip.defragment": "FALSE"}  # fragments are counted, not reassembled, by every backend
 # tshark would otherwise dissect payloads we parse ourselves (and reassemble them across frames)
 DISABLED = ("http", "tls", "http2")
 # tunnels on ports tshark does not assign them by default (the other backends decode them there),
@@ -99,8 +100,10 @@ def _segment(pkt) -> Segment | None:
     ip = _innermost_ip(pkt, layers) if tcp is not None else None
     if tcp is None or ip is None:
         return None
-    if ip.layer_name == "ip" and (str(ip.flags_tree.mf) == "1" or int(ip.frag_offset)):
-        return None  # an IP fragment: the other backends skip them too
+    v4 = layers.get("ip")
+    if v4 is not None and any(str(h.flags_tree.mf) == "1" or int(h.frag_offset)
+                              for h in (v4, *v4.duplicate_layers)):
+        return None  # an IP fragment, or a tunnel's: the other backends skip them too
     frame = pkt.frame_info
     payload_hex = getattr(tcp, "payload", None)
     payload = bytes.fromhex(payload_hex.replace(":", "")) if payload_hex else b""

@@ -54,7 +54,8 @@ class ScapyBackend(SegmentBackend):
                 ip = tcp.underlayer  # the innermost IP header: the one right under TCP
                 while ip is not None and not isinstance(ip, IP | IPv6):
                     ip = ip.underlayer  # IPv6 extension headers
-                if isinstance(ip, IP) and (ip.flags.MF or ip.frag & IP_FRAGMENT_OFFSET):
+                if _fragment(tcp):  # this IP header or a tunnel's outer one: not reassembled
+                    locate_inner_ip(linktype, frame, stats.not_decoded)
                     continue
                 # the bytes scapy dissected the payload from: re-building it (bytes()) is not exact
                 # once scapy's TLS or HTTP layers are loaded, and Ethernet padding is already cut
@@ -69,6 +70,15 @@ class ScapyBackend(SegmentBackend):
         finally:
             if undecodable:
                 stats.add_damage(f"{undecodable} packets scapy could not dissect")
+
+
+def _fragment(layer) -> bool:
+    """Whether any IPv4 header under ``layer`` belongs to a fragment."""
+    while layer is not None:
+        if isinstance(layer, IP) and (layer.flags.MF or layer.frag & IP_FRAGMENT_OFFSET):
+            return True
+        layer = layer.underlayer
+    return False
 
 
 def _l2tpv3(pkt) -> bool:

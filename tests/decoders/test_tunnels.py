@@ -113,7 +113,8 @@ def test_what_is_not_decoded_is_counted_by_what_stopped_it(mixed, backend):
     stream, report = read_exchanges(mixed, backend)
     assert sorted(e.uri for e in stream) == ["/l2tp", "/pppoe", "/vxlan_vlan"]  # none of 3 lost
     assert report.not_decoded == UNDECODABLE
-    assert list(report.not_decoded) == ["PPP LCP", "IPX", "ARP", "L2TP control", "PPPoE discovery"]
+    assert list(report.not_decoded) == ["PPP LCP", "IPX", "IPv4 fragment", "ARP", "L2TP control",
+                                        "PPPoE discovery"]
 
 
 def test_two_workers_count_what_is_not_decoded_once(mixed):
@@ -127,8 +128,8 @@ def test_the_cli_names_what_was_not_decoded(mixed, capsys):
 
     assert main(["pcap", "analyze", str(mixed)]) == 0
     err = capsys.readouterr().err
-    assert ("mixed.pcap: not decoded: PPP LCP 3 frames, IPX 2 frames, ARP 1 frame, L2TP control 1 frame, "
-            "PPPoE discovery 1 frame") in err
+    assert ("mixed.pcap: not decoded: PPP LCP 3 frames, IPX 2 frames, IPv4 fragment 2 frames, ARP 1 frame, "
+            "L2TP control 1 frame, PPPoE discovery 1 frame") in err
 
 
 ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01"

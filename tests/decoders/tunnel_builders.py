@@ -135,12 +135,19 @@ def undecodable_frames(t0: float) -> list[Packet]:
     frames.append(_ether() / IP(src=OUTER_A, dst=OUTER_B) / UDP(sport=49152, dport=4789)
                   / VXLAN(vni=42, flags=8) / Ether(src="02:00:00:00:0d:01", dst="ff:ff:ff:ff:ff:ff")
                   / ARP(psrc="10.0.0.1", pdst="10.0.0.2"))
+    # a VXLAN packet fragmented by the underlay: the inner TCP segment (a request) is in neither half
+    from scapy.layers.inet import TCP, fragment
+
+    big = IP(src=OUTER_A, dst=OUTER_B, id=77) / UDP(sport=49152, dport=4789) / VXLAN(vni=42, flags=8) / Ether(
+        src="02:00:00:00:0d:01", dst="02:00:00:00:0d:02") / IP(src="10.0.0.5", dst="10.0.0.6") / TCP(
+        sport=43000, dport=80, flags="PA", seq=1) / Raw(b"GET /fragmented HTTP/1.1\r\nHost: f\r\n\r\n")
+    frames += [_ether() / part for part in fragment(big, fragsize=96)]
     for i, f in enumerate(frames):
         f.time = t0 + i * 0.0001
     return frames
 
 
-UNDECODABLE = {"PPP LCP": 3, "IPX": 2, "PPPoE discovery": 1, "L2TP control": 1, "ARP": 1}
+UNDECODABLE = {"PPP LCP": 3, "IPX": 2, "IPv4 fragment": 2, "PPPoE discovery": 1, "L2TP control": 1, "ARP": 1}
 
 
 def write_tunnelled(path: Path, frames: list[Packet]) -> Path:
