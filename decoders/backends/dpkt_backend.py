@@ -2,7 +2,8 @@
 (decoders.tcp_cut), most of them by the capture reader inside its record loop; UDP datagrams
 (unfragmented, IPv4 or IPv6) are cut here, on the per-frame path; everything else that is not a
 wanted TCP segment — pure ACKs, ARP — is dropped from the header alone; dpkt dissects IPv6 packets
-with extension headers."""
+with extension headers. Tunnelled frames (VXLAN, GRE, PPPoE, L2TP, ...: decoders.tunnels) take the
+per-frame path and are cut at their innermost IP header."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from pathlib import Path
 
 from meshscope.decoders.backends.segment_backend import Segment, SegmentBackend
 from meshscope.decoders.capture_file import CaptureRecord, ReadStats, read_capture
-from meshscope.decoders.link_layers import locate_ip
 from meshscope.decoders.tcp_cut import TcpCut
 from meshscope.decoders.tcp_flags import CONTROL, IP_FRAGMENTED
+from meshscope.decoders.tunnels import locate_inner_ip
 from meshscope.decoders.udp_table import Datagram, datagram_shard
 
 _IPV6_EXTENSIONS = frozenset((0, 43, 44, 51, 60))  # hop-by-hop, routing, fragment, AH, dest. options
@@ -43,6 +44,7 @@ class DpktBackend(SegmentBackend):
         TCP: type | None = None
         dpkt_errors: tuple[type[Exception], ...] = ()
         undecodable = 0
+        not_decoded = stats.not_decoded
         try:
             for item in read_capture(path, stats, progress, cut if self.cut_in_reader else None):
                 if item.__class__ is not CaptureRecord:
@@ -51,7 +53,7 @@ class DpktBackend(SegmentBackend):
                 ts, linktype, iface, frame, orig = item
                 if IP6 is None:
                     IP6, TCP, dpkt_errors = _dpkt()
-                loc = locate_ip(linktype, frame)
+                loc = locate_inner_ip(linktype, frame, not_decoded)  # through any tunnels
                 if loc is None:
                     continue
                 off, ifindex = loc

@@ -4,7 +4,11 @@ the rest. Slowest by far; its value is that Wireshark's dissectors, not ours, re
 
 tshark's own TCP reassembly is switched off so each frame's payload arrives as captured; the
 file's framing (truncation, damage) is also checked with the shared reader, so the report reads
-the same as the other backends'."""
+the same as the other backends' (its count of frames not decoded too: decoders.tunnels).
+
+Through a tunnel, a frame has two IP layers, which pyshark's JSON mode folds into one layer object
+(the outer) with the others in ``duplicate_layers``: the addresses are taken from the IP layer
+right under TCP in ``frame.protocols``, the innermost one of its name."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 import pyshark
 from meshscope.decoders.backends.segment_backend import Segment, SegmentBackend
 from meshscope.decoders.capture_file import ReadStats, read_capture
+from meshscope.decoders.tunnels import VXLAN_PORTS, locate_inner_ip
 from meshscope.decoders.udp_table import Datagram
 from pyshark.capture.capture import TSharkCrashException
 
@@ -23,9 +28,15 @@ from meshscope.errors import CaptureError
 DISPLAY_FILTER = ("tcp.len > 0 or tcp.flags.syn == 1 or tcp.flags.fin == 1 or tcp.flags.reset == 1"
                   " or (udp and not icmp and not icmpv6)")
 PREFS = {"tcp.desegment_tcp_streams": "FALSE", "tcp.relative_sequence_numbers": "FALSE",
-         "tcp.analyze_sequence_numbers": "FALSE", "tcp.check_checksum": "FALSE"}
+         "tcp.analyze_sequence_numbers": "FALSE", "tcp.check_checksum": "FALSE",
+         "ip.defragment": "FALSE"}  # fragments are counted, not reassembled, by every backend
 # tshark would otherwise dissect payloads we parse ourselves (and reassemble them across frames)
 DISABLED = ("http", "tls", "http2", "dns", "quic")
+# tunnels on ports tshark does not assign them by default (the other backends decode them there),
+# and an L2TPv3 session whose control channel was not captured (`ip l2tp` sets up none) taken as an
+# Ethernet pseudowire, as the other backends take it; tshark then assumes no cookie
+DECODE_AS = tuple(f"udp.port=={port},vxlan" for port in sorted(VXLAN_PORTS) if port != 4789) + (
+    "l2tp.pw_type==0,eth",)
 
 
 def _epoch(text: str) -> float:
@@ -39,12 +50,15 @@ class PysharkBackend(SegmentBackend):
     name = "pyshark"
 
     def segments(self, path: Path, stats: ReadStats,
-                 progress: Callable[[int], None] | None) -> Iterator[Segment]:
-        for _ in read_capture(path, stats, progress):  # framing and damage, for the report
-            pass
+                 progress: Callable[[int], None] | None) -> Iterator[Segment | Datagram]:
+        not_decoded = stats.not_decoded
+        for record in read_capture(path, stats, progress):  # framing, damage and what is not decoded
+            locate_inner_ip(record.linktype, record.data, not_decoded)
         params = []
         for proto in DISABLED:
             params += ["--disable-protocol", proto]
+        for rule in DECODE_AS:
+            params += ["-d", rule]
         # a loop of its own: pyshark otherwise asks asyncio for the current one, which fails once an
         # earlier asyncio.run() (or pytest-asyncio) has closed and unset it
         loop = asyncio.new_event_loop()
@@ -68,17 +82,43 @@ class PysharkBackend(SegmentBackend):
             loop.close()
 
 
+def _innermost_ip(pkt, layers: dict, transport: str = "tcp"):
+    """The IP layer right under the innermost ``transport`` layer (tunnels put several in one
+    frame), or None."""
+    stack = str(pkt.frame_info.protocols).split(":")
+    if transport not in stack:
+        return None
+    at = len(stack) - 1 - stack[::-1].index(transport)
+    below = [name for name in stack[:at] if name in ("ip", "ipv6")]
+    if not below or "icmp" in stack or "icmpv6" in stack:
+        return None  # no IP, or a header quoted inside an ICMP error: not a segment
+    if transport == "udp" and stack[at + 1:at + 2] and stack[at + 1] in _UDP_TUNNELS:
+        return None  # the UDP of a tunnel whose payload is not IP: counted, not a datagram
+    ip = layers.get(below[-1])
+    if ip is None:
+        return None
+    return ip.duplicate_layers[-1] if ip.duplicate_layers else ip
+
+
+_UDP_TUNNELS = frozenset(("vxlan", "geneve", "l2tp"))
+
+
+def _fragment(layers: dict) -> bool:
+    v4 = layers.get("ip")
+    return v4 is not None and any(str(h.flags_tree.mf) == "1" or int(h.frag_offset)
+                                  for h in (v4, *v4.duplicate_layers))
+
+
 def _segment(pkt) -> Segment | Datagram | None:
     layers = {layer.layer_name: layer for layer in pkt.layers}
     tcp = layers.get("tcp")
-    ip = layers.get("ip") or layers.get("ipv6")
+    if tcp is None:
+        return _datagram(pkt, layers) if "udp" in layers else None
+    ip = _innermost_ip(pkt, layers)
     if ip is None:
         return None
-    if ip.layer_name == "ip" and (str(ip.flags_tree.mf) == "1" or int(ip.frag_offset)):
-        return None  # an IP fragment: the other backends skip them too
-    if tcp is None:
-        udp = layers.get("udp")
-        return _datagram(pkt, ip, udp, layers) if udp is not None else None
+    if _fragment(layers):
+        return None  # an IP fragment, or a tunnel's: the other backends skip them too
     frame = pkt.frame_info
     payload_hex = getattr(tcp, "payload", None)
     payload = bytes.fromhex(payload_hex.replace(":", "")) if payload_hex else b""
@@ -101,7 +141,12 @@ def _interface(frame, layers: dict) -> str | None:
     return str(name) if name else (str(iface_id) if iface_id is not None else None)
 
 
-def _datagram(pkt, ip, udp, layers: dict) -> Datagram | None:
+def _datagram(pkt, layers: dict) -> Datagram | None:
+    ip = _innermost_ip(pkt, layers, "udp")
+    if ip is None or _fragment(layers):
+        return None
+    udp = layers["udp"]
+    udp = udp.duplicate_layers[-1] if udp.duplicate_layers else udp
     frame = pkt.frame_info
     payload_hex = getattr(udp, "payload", None)
     payload = bytes.fromhex(str(payload_hex).replace(":", "")) if payload_hex else b""
