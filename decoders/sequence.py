@@ -91,7 +91,7 @@ def _flow_messages(flow: Flow, exchanges: Mapping[str, Exchange], labels: dict[s
         if ex is None or (xid in ends and xid != _first_mirror(flow, xid)):
             continue
         src, dst = ends.get(xid, (ex.conn.src, ex.conn.dst))
-        msgs += _exchange_messages(ex, src, dst, xid in drawn_syn)
+        msgs += exchange_messages(ex, src, dst, xid in drawn_syn)
     return msgs
 
 
@@ -131,16 +131,26 @@ def _nat_messages(hop: Hop, exchanges: Mapping[str, Exchange], drawn_syn: set[st
     return out
 
 
-def _exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> list[Message]:
+def exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> list[Message]:
+    """One exchange's arrows from ``src`` to ``dst``: its connection's handshake (first exchange, unless
+    drawn already), then the hello or query or request, then the answer."""
     out = []
     c = ex.conn
     if ex.index == 0 and c.handshake_seen and not syn_drawn:
         out.append(Message(c.syn_time or ex.request_time or 0.0, src, dst, f"TCP handshake → :{c.dport}",
                            "handshake"))
     t0 = ex.request_time or c.syn_time or 0.0
+    if _is_dns(ex):
+        query, answer = dns_labels(ex)
+        out.append(Message(t0, src, dst, _short(query), "request"))
+        if answer is not None:
+            out.append(Message(ex.response_time or t0, dst, src, _short(answer), "response"))
+        return out
     if ex.exchange_type == "tls":
         alpn = f" ALPN {','.join(ex.alpn)}" if ex.alpn else ""
-        out.append(Message(t0, src, dst, _short(f"ClientHello SNI {ex.sni or '-'}{alpn}"), "hello"))
+        quic = (getattr(ex, "protocol", None) or "") == "quic"
+        what = "QUIC Initial ClientHello" if quic else "ClientHello"
+        out.append(Message(t0, src, dst, _short(f"{what} SNI {ex.sni or '-'}{alpn}"), "hello"))
         if ex.tls_version:
             out.append(Message(ex.response_time or t0, dst, src, f"ServerHello {ex.tls_version}", "response"))
         return out
@@ -153,3 +163,41 @@ def _exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> lis
     if status is not None:
         out.append(Message(ex.response_time or t0, dst, src, status, "response"))
     return out
+
+
+def _is_dns(ex: Exchange) -> bool:
+    return ex.exchange_type == "dns" or (getattr(ex, "protocol", None) or "") == "dns"
+
+
+def _field(ex: Exchange, *names: str):
+    """The first of ``names`` an exchange (or its ``dns`` part) has a value for: the DNS exchange's
+    field names belong to the DNS analyzer, read here without assuming one layout."""
+    dns = getattr(ex, "dns", None)
+    for holder in (dns, ex):
+        if holder is None:
+            continue
+        for name in names:
+            value = holder.get(name) if isinstance(holder, dict) else getattr(holder, name, None)
+            if value not in (None, "", []):
+                return value
+    return None
+
+
+def dns_labels(ex: Exchange) -> tuple[str, str | None]:
+    """A DNS exchange's query ("DNS A catalog.default.svc.cluster.local") and answer ("NXDOMAIN",
+    "NOERROR 10.96.0.10"), or no answer when none was seen."""
+    name = _field(ex, "query_name", "qname", "name", "uri", "host") or "?"
+    qtype = _field(ex, "query_type", "qtype", "type", "method") or ""
+    attempts = _field(ex, "attempts", "retries")
+    again = f" ×{attempts}" if isinstance(attempts, int) and attempts > 1 else ""
+    query = f"DNS {qtype} {name}{again}".replace("  ", " ")
+    rcode = _field(ex, "rcode", "reason")
+    answers = _field(ex, "answers")
+    if rcode is None and answers is None and ex.response_time is None:
+        return query, None
+    shown = ""
+    if isinstance(answers, list | tuple) and answers:
+        first = answers[0]
+        first = first.get("data") or first.get("address") or str(first) if isinstance(first, dict) else first
+        shown = f" {first}" + (f" +{len(answers) - 1}" if len(answers) > 1 else "")
+    return query, f"{rcode or 'answer'}{shown}"
