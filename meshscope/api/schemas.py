@@ -58,6 +58,7 @@ class UploadFlows(BaseModel):
     exchanges: list[Exchange]
     captures: list[dict] = Field([], description="each capture's report, as `meshscope pcap analyze --json`")
     duplicates: int = Field(0, description="exchange copies folded away (one connection seen twice)")
+    filter: str | None = Field(None, description="what the document was narrowed by (the query's filters)")
 
 
 class RecordsPage(BaseModel):
