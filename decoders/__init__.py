@@ -16,7 +16,7 @@ _EXPORTS = {
     "diagram_svg": ".graph_svg", "diagram_mermaid": ".graph_mermaid", "diagram_text": ".graph_text",
     "render_svg": ".graph_svg", "render_mermaid": ".graph_mermaid", "render_text": ".flow_text",
     # a picture for every capture: flows, else its exchanges, else an overview; narrowed by a filter
-    "capture_diagram": ".capture_diagram", "MAX_EXCHANGES": ".capture_diagram",
+    "capture_diagram": ".capture_picture", "MAX_EXCHANGES": ".capture_picture",
     "ExchangeFilter": ".exchange_filter", "FilterError": ".exchange_filter",
     "NODEPORT_LAB": ".samples",
     "KeyLog": ".tls_keylog",

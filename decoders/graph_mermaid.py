@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from meshscope.decoders.capture_diagram import MAX_EXCHANGES, capture_diagram
+from meshscope.decoders.capture_picture import MAX_EXCHANGES, capture_diagram
 from meshscope.decoders.diagram import Diagram
 from meshscope.decoders.exchange_filter import ExchangeFilter
 

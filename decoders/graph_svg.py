@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from meshscope.decoders.capture_diagram import MAX_EXCHANGES, capture_diagram
+from meshscope.decoders.capture_picture import MAX_EXCHANGES, capture_diagram
 from meshscope.decoders.diagram import Diagram, Message
 from meshscope.decoders.exchange_filter import ExchangeFilter
 from meshscope.decoders.svg_text import svg_text

@@ -51,14 +51,16 @@ class UploadStatus(BaseModel):
 
 
 class UploadFlows(BaseModel):
-    """An upload's analysis document (decoders.Analysis), led by the upload's id."""
+    """An upload's analysis document (decoders.Analysis), led by the upload's id; narrowed by filters
+    it also says by what (``filter``: "status 5xx, port 80")."""
+
+    model_config = ConfigDict(extra="allow")
 
     id: str
     flows: list[Flow]
     exchanges: list[Exchange]
     captures: list[dict] = Field([], description="each capture's report, as `meshscope pcap analyze --json`")
     duplicates: int = Field(0, description="exchange copies folded away (one connection seen twice)")
-    filter: str | None = Field(None, description="what the document was narrowed by (the query's filters)")
 
 
 class RecordsPage(BaseModel):
