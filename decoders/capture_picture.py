@@ -52,8 +52,7 @@ def _conn_key(ex: Any) -> tuple:
 
 
 def _transport(exchanges: Sequence[Any]) -> str:
-    protos = {protocol_of(ex) for ex in exchanges}
-    return "UDP" if protos <= {"dns", "quic"} and not exchanges[0].conn.handshake_seen else "TCP"
+    return (getattr(exchanges[0].conn, "transport", None) or "tcp").upper()
 
 
 def exchange_diagram(exchanges: Iterable[Any]) -> Diagram:

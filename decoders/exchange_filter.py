@@ -25,8 +25,10 @@ def protocol_of(ex: Any) -> str:
     """What an exchange speaks, in the filter's words: http (HTTP/1), h2, grpc, tls, quic or dns."""
     kind = (ex.exchange_type or "").lower()
     proto = (getattr(ex, "protocol", None) or "").lower()
-    if kind in ("dns", "quic") or proto in ("dns", "quic"):
-        return kind if kind in ("dns", "quic") else proto
+    if kind == "dns" or proto == "dns":
+        return "dns"
+    if getattr(ex, "quic", None) is not None or proto == "quic":  # a QUIC Initial's hello
+        return "quic"
     if proto == "grpc" or getattr(ex, "grpc", None) is not None:
         return "grpc"
     if proto in ("h2", "h2c", "http2"):
@@ -35,21 +37,20 @@ def protocol_of(ex: Any) -> str:
 
 
 def names_of(ex: Any) -> set[str]:
-    """The names an exchange goes by, lower-cased: its Host (without port), SNI and DNS query name."""
+    """The names an exchange goes by, lower-cased: its Host (without port), SNI, and a DNS lookup's
+    names (as asked, and each name its search path tried)."""
     out = set()
     host = (getattr(ex, "host", None) or "").strip().lower()
     if host.startswith("["):  # [v6]:port
         out.add(host[1:].split("]", 1)[0])
     elif host:
         out.add(host.split(":", 1)[0] if host.count(":") == 1 else host)
-    for attr in ("sni", "query_name", "qname"):
-        value = getattr(ex, attr, None)
-        if value:
-            out.add(str(value).rstrip(".").lower())
+    if getattr(ex, "sni", None):
+        out.add(ex.sni.lower())
     dns = getattr(ex, "dns", None)
-    name = (getattr(dns, "name", None) or getattr(dns, "query_name", None)) if dns is not None else None
-    if name:
-        out.add(str(name).rstrip(".").lower())
+    if dns is not None:
+        names = [dns.name, dns.lookup or ""] + [a.name for a in dns.attempts]
+        out.update(n.rstrip(".").lower() for n in names if n)
     return out
 
 
@@ -70,8 +71,7 @@ def failure_of(ex: Any) -> str | None:
 
 def _rcode(ex: Any) -> str | None:
     dns = getattr(ex, "dns", None)
-    rcode = getattr(ex, "rcode", None) or (getattr(dns, "rcode", None) if dns is not None else None)
-    return str(rcode) if rcode is not None else None
+    return dns.rcode if dns is not None else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,15 +141,11 @@ def exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> list
                            "handshake"))
     t0 = ex.request_time or c.syn_time or 0.0
     if _is_dns(ex):
-        query, answer = dns_labels(ex)
-        out.append(Message(t0, src, dst, _short(query), "request"))
-        if answer is not None:
-            out.append(Message(ex.response_time or t0, dst, src, _short(answer), "response"))
-        return out
+        return out + dns_messages(ex, src, dst)
     if ex.exchange_type == "tls":
         alpn = f" ALPN {','.join(ex.alpn)}" if ex.alpn else ""
-        quic = (getattr(ex, "protocol", None) or "") == "quic"
-        what = "QUIC Initial ClientHello" if quic else "ClientHello"
+        quic = getattr(ex, "quic", None)
+        what = f"QUIC v{quic.version} Initial ClientHello" if quic is not None else "ClientHello"
         out.append(Message(t0, src, dst, _short(f"{what} SNI {ex.sni or '-'}{alpn}"), "hello"))
         if ex.tls_version:
             out.append(Message(ex.response_time or t0, dst, src, f"ServerHello {ex.tls_version}", "response"))
@@ -166,38 +162,32 @@ def exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> list
 
 
 def _is_dns(ex: Exchange) -> bool:
-    return ex.exchange_type == "dns" or (getattr(ex, "protocol", None) or "") == "dns"
+    return ex.exchange_type == "dns" and getattr(ex, "dns", None) is not None
 
 
-def _field(ex: Exchange, *names: str):
-    """The first of ``names`` an exchange (or its ``dns`` part) has a value for: the DNS exchange's
-    field names belong to the DNS analyzer, read here without assuming one layout."""
-    dns = getattr(ex, "dns", None)
-    for holder in (dns, ex):
-        if holder is None:
-            continue
-        for name in names:
-            value = holder.get(name) if isinstance(holder, dict) else getattr(holder, name, None)
-            if value not in (None, "", []):
-                return value
-    return None
+def _query(name: str, qtype: str, retries: int) -> str:
+    again = f" ×{retries + 1}" if retries else ""  # the same query sent again before its answer
+    return _short(f"DNS {qtype} {name}{again}")
 
 
-def dns_labels(ex: Exchange) -> tuple[str, str | None]:
-    """A DNS exchange's query ("DNS A catalog.default.svc.cluster.local") and answer ("NXDOMAIN",
-    "NOERROR 10.96.0.10"), or no answer when none was seen."""
-    name = _field(ex, "query_name", "qname", "name", "uri", "host") or "?"
-    qtype = _field(ex, "query_type", "qtype", "type", "method") or ""
-    attempts = _field(ex, "attempts", "retries")
-    again = f" ×{attempts}" if isinstance(attempts, int) and attempts > 1 else ""
-    query = f"DNS {qtype} {name}{again}".replace("  ", " ")
-    rcode = _field(ex, "rcode", "reason")
-    answers = _field(ex, "answers")
-    if rcode is None and answers is None and ex.response_time is None:
-        return query, None
+def dns_messages(ex: Exchange, src: str, dst: str) -> list[Message]:
+    """A lookup as arrows: each name its search path tried first (and the NXDOMAIN it got), then the
+    last query and its answer ("NOERROR A 10.96.0.10 +1"), or a note that none was captured."""
+    q = ex.dns
+    out = []
+    for a in q.attempts:
+        t = a.query_time if a.query_time is not None else (ex.request_time or 0.0)
+        out.append(Message(t, src, dst, _query(a.name, a.qtype, a.retries), "request"))
+        if a.rcode:
+            answered = a.answer_time if a.answer_time is not None else t
+            out.append(Message(answered, dst, src, a.rcode, "response"))
+    t0 = ex.request_time or 0.0
+    out.append(Message(t0, src, dst, _query(q.name, q.qtype, q.retries), "request"))
+    if q.rcode is None:
+        out.append(Message(t0, src, src, "no DNS answer captured", "note"))
+        return out
     shown = ""
-    if isinstance(answers, list | tuple) and answers:
-        first = answers[0]
-        first = first.get("data") or first.get("address") or str(first) if isinstance(first, dict) else first
-        shown = f" {first}" + (f" +{len(answers) - 1}" if len(answers) > 1 else "")
-    return query, f"{rcode or 'answer'}{shown}"
+    if q.answers:
+        shown = f" {q.answers[0]}" + (f" +{len(q.answers) - 1}" if len(q.answers) > 1 else "")
+    out.append(Message(ex.response_time or t0, dst, src, _short(f"{q.rcode}{shown}"), "response"))
+    return out
