@@ -36,13 +36,16 @@ def _workload(ns: str | None, name: str | None) -> str | None:
 
 def _name_columns(diagram: Diagram, exchanges: Iterable[Any]) -> None:
     """Workload names (Istio peer metadata) on the columns of the hosts they were seen on."""
+    columns = set(diagram.participants)
     for ex in exchanges:
         c = ex.conn
+        if c.src not in columns and c.dst not in columns:
+            continue
         client = _workload(getattr(ex, "peer_namespace", None), getattr(ex, "peer_workload", None))
         server = _workload(getattr(ex, "server_peer_namespace", None),
                            getattr(ex, "server_peer_workload", None))
         for ip, name in ((c.src, client), (c.dst, server)):
-            if name and ip in diagram.participants:
+            if name and ip in columns:
                 diagram.labels.setdefault(ip, name)
 
 
@@ -113,16 +116,20 @@ def conversations(exchanges: Iterable[Any]) -> list[Conversation]:
     found: dict[tuple[str, str, str], Conversation] = {}
     for ex in exchanges:
         c, proto = ex.conn, protocol_of(ex)
-        t = ex.request_time or ex.response_time or c.syn_time or 0.0
-        conv = found.get((c.src, c.dst, proto))
-        if conv is None:
-            conv = found[(c.src, c.dst, proto)] = Conversation(c.src, c.dst, proto, t)
-        conv.count += 1
-        conv.first = min(conv.first, t)
-        why = failure_of(ex)
-        if why is not None:
-            conv.failures[why] = conv.failures.get(why, 0) + 1
         t0, t1 = ex.request_time, ex.response_time
+        t = t0 or t1 or c.syn_time or 0.0
+        key = (c.src, c.dst, proto)
+        conv = found.get(key)
+        if conv is None:
+            conv = found[key] = Conversation(c.src, c.dst, proto, t)
+        conv.count += 1
+        if t < conv.first:
+            conv.first = t
+        status = ex.status
+        if status is None or status >= 400 or proto == "grpc":  # else an HTTP answer below 400: no failure
+            why = failure_of(ex)
+            if why is not None:
+                conv.failures[why] = conv.failures.get(why, 0) + 1
         if t0 is not None and t1 is not None and t1 >= t0:
             conv.durations.append(t1 - t0)
     return list(found.values())
@@ -131,8 +138,8 @@ def conversations(exchanges: Iterable[Any]) -> list[Conversation]:
 def overview_diagram(exchanges: Sequence[Any], columns: int = OVERVIEW_COLUMNS,
                      rows: int = OVERVIEW_ROWS) -> Diagram:
     """Hosts and the exchanges between them: one arrow per (client, server, protocol) with its count,
-    error rate and median latency, the busiest ``rows`` of them, in the order they were first seen.
-    Beyond ``columns`` busiest hosts the rest share one column."""
+    error rate and median latency, the busiest ``rows`` of them first, each at the time it was first
+    seen. Beyond ``columns`` busiest hosts the rest share one column."""
     convs = conversations(exchanges)
     traffic: dict[str, int] = {}
     for cv in convs:
@@ -152,9 +159,8 @@ def overview_diagram(exchanges: Sequence[Any], columns: int = OVERVIEW_COLUMNS,
         m.durations += cv.durations
         for k, v in cv.failures.items():
             m.failures[k] = m.failures.get(k, 0) + v
-    busiest = sorted(merged.values(), key=lambda cv: -cv.count)
+    busiest = sorted(merged.values(), key=lambda cv: (-cv.count, cv.first))  # as Wireshark's Conversations
     shown, hidden = busiest[:rows], busiest[rows:]
-    shown.sort(key=lambda cv: cv.first)
     msgs = [Message(cv.first, cv.src, cv.dst, cv.label(), "error" if cv.failures else "request")
             for cv in shown]
     if hidden:
@@ -164,7 +170,7 @@ def overview_diagram(exchanges: Sequence[Any], columns: int = OVERVIEW_COLUMNS,
                             f"{_plural(sum(cv.count for cv in hidden), 'exchange')}", "note"))
     diagram = Diagram(section_name="overview")
     title = f"{_plural(len(traffic), 'host')}, {_plural(len(convs), 'conversation')}"
-    diagram.add(Section(title, shown[0].first if shown else 0.0, msgs))
+    diagram.add(Section(title, min((cv.first for cv in shown), default=0.0), msgs))  # times: first seen
     _name_columns(diagram, exchanges)
     if OTHERS in diagram.participants:
         diagram.labels[OTHERS] = f"{len(ranked) - len(kept)} more"

@@ -23,8 +23,10 @@ class FilterError(UserError):
 
 def protocol_of(ex: Any) -> str:
     """What an exchange speaks, in the filter's words: http (HTTP/1), h2, grpc, tls, quic or dns."""
-    kind = (ex.exchange_type or "").lower()
-    proto = (getattr(ex, "protocol", None) or "").lower()
+    kind = ex.exchange_type
+    proto = getattr(ex, "protocol", None)
+    if kind == "http" and proto is None and getattr(ex, "grpc", None) is None:
+        return "http"  # the common case first: the overview asks this of every exchange
     if kind == "dns" or proto == "dns":
         return "dns"
     if getattr(ex, "quic", None) is not None or proto == "quic":  # a QUIC Initial's hello
