@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from meshscope.api.capture_view import filter_query, filtered_document, filtered_svg
 from meshscope.api.deps import uploads_of
@@ -104,16 +104,10 @@ async def get_flows(
     path = uploads.flows_file(upload_id)
     if path is not None and not flt:  # streamed from disk: a big upload's exchanges are never held in memory
         return FileResponse(path, media_type="application/json")
-    doc = _document(uploads, upload_id)
-    return filtered_document(doc, flt) if flt else doc
-
-
-def _document(uploads: Uploads, upload_id: str) -> dict:
-    """The analysis document, loaded (from flows.json, or analysis.json of an earlier version)."""
-    path = uploads.flows_file(upload_id)
-    if path is not None:
-        return orjson.loads(path.read_bytes())
-    return uploads.analysis(upload_id) or {"id": upload_id, "flows": [], "exchanges": []}
+    # read as a stream (memory holds what the filter keeps); or analysed by an earlier version (or the
+    # folder lost its results): the same document, from analysis.json
+    source = path or uploads.analysis(upload_id) or {"id": upload_id, "flows": [], "exchanges": []}
+    return await run_in_threadpool(filtered_document, source, flt) if flt else source
 
 
 @router.get(
@@ -133,9 +127,10 @@ async def get_graph(upload_id: UploadId, uploads: Annotated[Uploads, Depends(upl
     (a section per connection); too many to draw one by one, an overview of hosts and their exchanges
     with counts and error rates. Filters narrow what is drawn."""
     _finished(uploads, upload_id)
-    if flt:
-        return Response(filtered_svg(_document(uploads, upload_id), flt), media_type="image/svg+xml",
-                        headers=SVG_HEADERS)
+    if flt:  # drawn from the analysis document, for what the filter keeps
+        source = uploads.flows_file(upload_id) or uploads.analysis(upload_id) or {}
+        svg = await run_in_threadpool(filtered_svg, source, flt)  # a big document: off the event loop
+        return Response(svg, media_type="image/svg+xml", headers=SVG_HEADERS)
     svg = uploads.graph(upload_id)
     if svg is None:
         raise HTTPException(501, "no flow graph renderer in this build")

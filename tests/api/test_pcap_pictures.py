@@ -4,9 +4,14 @@ status and request_id."""
 
 from __future__ import annotations
 
-import httpx
-import pytest
+import io
 
+import httpx
+import orjson
+import pytest
+from meshscope.decoders import analyze
+
+from meshscope.api import capture_view
 from meshscope.api.schemas import UploadFlows
 from tests.api.conftest import serve, settings_for, wait_done
 from tests.decoders.picture_captures import RID, busy_capture, ordinary_capture
@@ -85,3 +90,26 @@ def test_a_busy_upload_gets_an_overview(uploaded):
     assert "overview 1: 23 hosts, 60 conversations" in texts and arrows(svg)["error"] > 0
     one = c.get(f"/api/pcaps/{busy}/graph.svg", params={"host": "10.1.0.1"}).text
     assert sum(t.startswith("connection ") for t in svg_texts(one)) == 6
+
+
+def test_the_document_is_read_as_a_stream_whatever_the_chunk_size(tmp_path, monkeypatch):
+    """Filtered views read flows.json an exchange at a time: the same objects as loading it whole, even
+    when a chunk ends inside an object, a string or a multi-byte character."""
+    a = analyze([ordinary_capture(tmp_path / "ordinary.pcap")])
+    out = io.BytesIO()
+    a.exchanges = list(a.exchanges)
+    for ex in a.exchanges:  # not ASCII, as a header off the wire may be
+        ex.uri = (ex.uri or "") + "/é→ü"
+    a.write_json(out, lead={"id": "u1"})
+    assert "/é→ü".encode() in out.getvalue()
+    path = tmp_path / "flows.json"
+    path.write_bytes(out.getvalue())
+    whole = orjson.loads(out.getvalue())
+    for chunk in (1, 7, 64, 1 << 20):
+        monkeypatch.setattr(capture_view, "CHUNK", chunk)
+        head, exchanges = capture_view.read_document(path)
+        assert {**head, "exchanges": list(exchanges)} == whole
+    path.write_bytes(out.getvalue()[:-40])
+    head, exchanges = capture_view.read_document(path)
+    with pytest.raises(ValueError, match="end mid-object"):
+        list(exchanges)
