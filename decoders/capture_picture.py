@@ -49,6 +49,12 @@ def _name_columns(diagram: Diagram, exchanges: Iterable[Any]) -> None:
                 diagram.labels.setdefault(ip, name)
 
 
+def columns_of(c: Any) -> tuple[str, str]:
+    """The two columns a connection is drawn between: its hosts; on one host (a loopback capture) the
+    server's column also takes its port, so that services on one address stay apart."""
+    return (c.src, c.dst) if c.src != c.dst else (c.src, f"{c.dst}:{c.dport}")
+
+
 def _conn_key(ex: Any) -> tuple:
     c = ex.conn
     return (c.capture, c.interface, c.src, c.sport, c.dst, c.dport, c.client_isn, c.syn_time)
@@ -69,12 +75,13 @@ def exchange_diagram(exchanges: Iterable[Any]) -> Diagram:
     for group in by_conn.values():
         group.sort(key=lambda e: (e.request_time or e.response_time or 0.0, e.index))
         c = group[0].conn
+        src, dst = columns_of(c)
         msgs: list[Message] = []
         if c.handshake_seen:  # once per connection (an HTTP/2 connection has no exchange at index 0)
             t = c.syn_time if c.syn_time is not None else (group[0].request_time or 0.0)
-            msgs.append(Message(t, c.src, c.dst, f"TCP handshake → :{c.dport}", "handshake"))
+            msgs.append(Message(t, src, dst, f"TCP handshake → :{c.dport}", "handshake"))
         for ex in group:
-            msgs += exchange_messages(ex, c.src, c.dst, True)
+            msgs += exchange_messages(ex, src, dst, True)
         msgs.sort(key=lambda m: m.t)
         where = f"  ({c.capture})" if many_captures and c.capture else ""
         title = (f"{_transport(group)} {c.src}:{c.sport} → {c.dst}:{c.dport}  "
@@ -118,10 +125,11 @@ def conversations(exchanges: Iterable[Any]) -> list[Conversation]:
         c, proto = ex.conn, protocol_of(ex)
         t0, t1 = ex.request_time, ex.response_time
         t = t0 or t1 or c.syn_time or 0.0
-        key = (c.src, c.dst, proto)
+        src, dst = (c.src, c.dst) if c.src != c.dst else columns_of(c)
+        key = (src, dst, proto)
         conv = found.get(key)
         if conv is None:
-            conv = found[key] = Conversation(c.src, c.dst, proto, t)
+            conv = found[key] = Conversation(src, dst, proto, t)
         conv.count += 1
         if t < conv.first:
             conv.first = t
@@ -195,7 +203,7 @@ def capture_diagram(flows: Sequence[Flow], exchanges: Mapping[str, Any], flt: Ex
     if not chosen:
         what = "no exchange" + (narrowed or " in this capture")
         return Diagram(caption=what)
-    hosts = {h for ex in chosen for h in (ex.conn.src, ex.conn.dst)}
+    hosts = {h for ex in chosen for h in columns_of(ex.conn)}
     counted = f"{_plural(len(chosen), 'exchange')}{narrowed} between {_plural(len(hosts), 'host')}"
     if len(chosen) <= max_exchanges and len(hosts) <= MAX_COLUMNS:
         diagram = exchange_diagram(chosen)

@@ -271,3 +271,22 @@ def test_cli_draws_filters_and_lists(ordinary, tmp_path, capsys):
     assert doc["filter"] == "status 5xx" and [e["status"] for e in doc["exchanges"]] == [503]
     assert main(["pcap", "analyze", str(path), "--host", "10.9.9.9"]) == 0
     assert capsys.readouterr().out.startswith("no exchange matching host 10.9.9.9\n")
+
+
+def test_a_loopback_capture_keeps_its_services_apart(tmp_path):
+    """On one address (tcpdump -i lo) each server port is a column of its own: arrows, not notes."""
+    from tests.decoders.capture_builders import Conversation, http_request, http_response, write
+
+    packets = []
+    for n, port in enumerate((10000, 3000)):
+        conv = Conversation(client="127.0.0.1", server="127.0.0.1", cport=50000 + n, sport=port,
+                            cisn=1000 + 99991 * n, sisn=7000 + 77777 * n).handshake()
+        conv.send(True, http_request("GET", f"/via/{port}"))
+        conv.send(False, http_response(200))
+        packets += conv.packets
+    a = analyze([write(tmp_path / "lo.pcap", packets)])
+    for d in (picture(a), picture(a, max_exchanges=1)):  # the sequence diagram and the overview alike
+        assert d.participants == ["127.0.0.1", "127.0.0.1:10000", "127.0.0.1:3000"]
+        assert all(m.src != m.dst for s in d.sections for m in s.messages)
+    text = diagram_text(picture(a))
+    assert "127.0.0.1 -> 127.0.0.1:3000: GET /via/3000" in text
