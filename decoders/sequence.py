@@ -140,8 +140,15 @@ def exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> list
         out.append(Message(c.syn_time or ex.request_time or 0.0, src, dst, f"TCP handshake → :{c.dport}",
                            "handshake"))
     t0 = ex.request_time or c.syn_time or 0.0
-    if _is_dns(ex):
-        return out + dns_messages(ex, src, dst)
+    dns = getattr(ex, "dns", None)
+    if dns is not None:  # a lookup: its question, and its answer after any NXDOMAIN attempts
+        asked = _short(f"DNS {dns.qtype} {dns.lookup or dns.name}")
+        out.append(Message(t0 or ex.response_time or 0.0, src, dst, asked, "request"))
+        if ex.response_time is not None:
+            tried = f" after {len(dns.attempts)} NXDOMAIN" if dns.attempts else ""
+            answer = _short(f"{dns.rcode}{tried} {' '.join(dns.answers)}".strip())
+            out.append(Message(ex.response_time, dst, src, answer, "response"))
+        return out
     if ex.exchange_type == "tls":
         alpn = f" ALPN {','.join(ex.alpn)}" if ex.alpn else ""
         quic = getattr(ex, "quic", None)
@@ -158,36 +165,4 @@ def exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> list
     status = response_label(ex)
     if status is not None:
         out.append(Message(ex.response_time or t0, dst, src, status, "response"))
-    return out
-
-
-def _is_dns(ex: Exchange) -> bool:
-    return ex.exchange_type == "dns" and getattr(ex, "dns", None) is not None
-
-
-def _query(name: str, qtype: str, retries: int) -> str:
-    again = f" ×{retries + 1}" if retries else ""  # the same query sent again before its answer
-    return _short(f"DNS {qtype} {name}{again}")
-
-
-def dns_messages(ex: Exchange, src: str, dst: str) -> list[Message]:
-    """A lookup as arrows: each name its search path tried first (and the NXDOMAIN it got), then the
-    last query and its answer ("NOERROR A 10.96.0.10 +1"), or a note that none was captured."""
-    q = ex.dns
-    out = []
-    for a in q.attempts:
-        t = a.query_time if a.query_time is not None else (ex.request_time or 0.0)
-        out.append(Message(t, src, dst, _query(a.name, a.qtype, a.retries), "request"))
-        if a.rcode:
-            answered = a.answer_time if a.answer_time is not None else t
-            out.append(Message(answered, dst, src, a.rcode, "response"))
-    t0 = ex.request_time or 0.0
-    out.append(Message(t0, src, dst, _query(q.name, q.qtype, q.retries), "request"))
-    if q.rcode is None:
-        out.append(Message(t0, src, src, "no DNS answer captured", "note"))
-        return out
-    shown = ""
-    if q.answers:
-        shown = f" {q.answers[0]}" + (f" +{len(q.answers) - 1}" if len(q.answers) > 1 else "")
-    out.append(Message(ex.response_time or t0, dst, src, _short(f"{q.rcode}{shown}"), "response"))
     return out
