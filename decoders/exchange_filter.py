@@ -57,23 +57,29 @@ def names_of(ex: Any) -> set[str]:
 
 
 def failure_of(ex: Any) -> str | None:
-    """Why an exchange failed, or None: an HTTP 5xx/4xx, a gRPC status other than OK, a DNS rcode other
-    than NOERROR."""
+    """Why an exchange failed, or None: an HTTP 5xx/4xx, a gRPC status other than OK, a DNS lookup's
+    last rcode other than NOERROR, or no answer at all."""
     status = getattr(ex, "status", None)
     call = getattr(ex, "grpc", None)
     if call is not None and call.status and call.status != "OK":
         return call.status
     if isinstance(status, int) and status >= 400:
         return f"{status // 100}xx"
-    rcode = _rcode(ex)
-    if rcode and rcode.upper() != "NOERROR":
-        return rcode.upper()
+    dns = getattr(ex, "dns", None)
+    if dns is not None:
+        if dns.rcode is None:
+            return "no answer"
+        if dns.rcode.upper() != "NOERROR":
+            return dns.rcode.upper()
     return None
 
 
-def _rcode(ex: Any) -> str | None:
+def _rcodes(ex: Any) -> set[str]:
+    """A DNS lookup's rcodes: its last answer's and those its search-path attempts got."""
     dns = getattr(ex, "dns", None)
-    return dns.rcode if dns is not None else None
+    if dns is None:
+        return set()
+    return {r.upper() for r in [dns.rcode] + [a.rcode for a in dns.attempts] if r}
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +172,7 @@ class ExchangeFilter:
     def _status_matches(self, ex: Any) -> bool:
         status = getattr(ex, "status", None)
         call = getattr(ex, "grpc", None)
-        names = {n.upper() for n in (call.status if call is not None else None, _rcode(ex)) if n}
+        names = _rcodes(ex) | ({call.status.upper()} if call is not None and call.status else set())
         for part in (p.strip() for p in (self.status or "").split(",")):
             m = _STATUS.match(part)
             if m is None:

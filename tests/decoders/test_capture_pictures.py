@@ -290,3 +290,40 @@ def test_a_loopback_capture_keeps_its_services_apart(tmp_path):
         assert all(m.src != m.dst for s in d.sections for m in s.messages)
     text = diagram_text(picture(a))
     assert "127.0.0.1 -> 127.0.0.1:3000: GET /via/3000" in text
+
+
+def test_dns_lookups_are_drawn_counted_and_filtered(tmp_path):
+    """A pod's lookups (a search-path NXDOMAIN, a slow retried answer, one never answered) with no request
+    after them: drawn as queries and answers, counted as DNS in the overview, found by the filters."""
+    udp = pytest.importorskip("tests.decoders.udp_builders", reason="DNS exchanges come with field-udp")
+    r = udp.Resolver(client="10.1.0.5", server="10.96.0.10")
+    r.query(0.000, 1, "catalog.default.web.svc.cluster.local")
+    r.answer(0.001, 1, "catalog.default.web.svc.cluster.local", 3)  # NXDOMAIN
+    r.query(0.002, 2, "catalog.default.svc.cluster.local")
+    r.answer(0.004, 2, "catalog.default.svc.cluster.local", 0, ("10.0.0.8",))
+    r.query(1.000, 3, "api.web.svc.cluster.local")
+    r.query(6.000, 3, "api.web.svc.cluster.local")
+    r.answer(6.400, 3, "api.web.svc.cluster.local", 0, ("10.0.0.9",))
+    r.query(7.000, 4, "lost.web.svc.cluster.local", cport=41001)
+    from tests.decoders.capture_builders import write
+
+    a = analyze([write(tmp_path / "dns.pcap", r.packets)])
+    d = picture(a)
+    assert d.participants == ["10.1.0.5", "10.96.0.10"]
+    assert [s.title for s in d.sections] == ["UDP 10.1.0.5:41000 → 10.96.0.10:53  2 exchanges",
+                                             "UDP 10.1.0.5:41001 → 10.96.0.10:53  1 exchange"]
+    labels = [(m.style, m.label) for s in d.sections for m in s.messages]
+    assert ("request", "DNS A catalog.default") in labels
+    assert ("response", "NOERROR after 1 NXDOMAIN A 10.0.0.8") in labels
+    assert ("request", "DNS A lost.web.svc.cluster.local") in labels and len(labels) == 5  # no answer
+    svg = diagram_svg(d)
+    assert arrows(svg)["request"] == 3 and arrows(svg)["response"] == 2
+    assert len(mermaid_messages(diagram_mermaid(d))) == 5
+    assert "10.1.0.5 <- 10.96.0.10: NOERROR A 10.0.0.9" in diagram_text(d)
+    assert len(picture(a, ExchangeFilter.parse(protocol="dns")).sections) == 2
+    assert _drawn(a, status="NXDOMAIN") == {("10.96.0.10", 53)}  # an attempt's answer counts
+    assert len(picture(a, ExchangeFilter.parse(status="NXDOMAIN")).sections[0].messages) == 2
+    assert len(picture(a, ExchangeFilter.parse(host="catalog.default.svc.cluster.local")).sections) == 1
+    over = picture(a, max_exchanges=1)
+    (row,) = over.sections[0].messages
+    assert row.style == "error" and row.label.startswith("DNS ×3, errors 33.3 % (no answer 1)")
