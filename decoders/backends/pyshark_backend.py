@@ -26,7 +26,7 @@ from pyshark.capture.capture import TSharkCrashException
 from meshscope.errors import CaptureError
 
 DISPLAY_FILTER = ("tcp.len > 0 or tcp.flags.syn == 1 or tcp.flags.fin == 1 or tcp.flags.reset == 1"
-                  " or (udp and not icmp and not icmpv6)")
+                  " or (udp and not tcp and not icmp and not icmpv6)")  # a tunnel's pure ACKs stay out
 PREFS = {"tcp.desegment_tcp_streams": "FALSE", "tcp.relative_sequence_numbers": "FALSE",
          "tcp.analyze_sequence_numbers": "FALSE", "tcp.check_checksum": "FALSE",
          "ip.defragment": "FALSE"}  # fragments are counted, not reassembled, by every backend

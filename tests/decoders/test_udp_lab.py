@@ -128,7 +128,7 @@ def test_lookups_start_the_flows_of_the_requests_they_led_to(lab_capture):
     assert flows["/two"].hops[0].evidence["latency_ms"] >= 300
     text = diagram_text(flow_diagram(analysis.flows, analysis.by_id()))  # the lookups drawn first
     assert text.index("DNS A catalog.default") < text.index("NOERROR after 1 NXDOMAIN A 10.77.0.1") \
-        < text.index("GET /one")
+        < text.index(f"-> {SVC}: GET /one")
     assert flows["/one"].hops[0].evidence["tried"] == ["catalog.default.web.svc.cluster.local NXDOMAIN"]
 
 
