@@ -45,6 +45,7 @@ class _Lookup:
     key: tuple[str, str, str | None]  # (client address, query type, interface)
     attempts: list[_Attempt]
     last: float  # time of its last query or answer
+    index: int = 0  # the client's n-th lookup seen on this interface
 
 
 def _common_start(a: str, b: str) -> str:
@@ -67,6 +68,7 @@ class DnsLookups:
         self.open: OrderedDict[tuple[str, str, str | None], _Lookup] = OrderedDict()
         self.pending: OrderedDict[tuple, tuple[_Lookup, _Attempt]] = OrderedDict()  # awaiting answers
         self.answered: OrderedDict[tuple, str] = OrderedDict()  # query key → name, recently answered
+        self.counts: dict[tuple[str, str | None], int] = {}  # (client, interface) → lookups begun
         self.lookups = 0  # emitted
         self.unmatched_answers = 0
         self.duplicate_answers = 0
@@ -113,7 +115,7 @@ class DnsLookups:
             self._emit(self.open.pop(key))  # something else: that lookup is over
         attempt = _Attempt(msg.name, msg.qtype, ts, msg.id,
                            self._conn(client, cport, server, sport, transport, interface))
-        lookup = _Lookup(key, [attempt], ts)
+        lookup = _Lookup(key, [attempt], ts, self._next_index(client, interface))
         self.open[key] = lookup
         if len(self.open) > MAX_OPEN:
             self._emit(self.open.popitem(last=False)[1])
@@ -141,8 +143,9 @@ class DnsLookups:
                                self._conn(client, cport, server, sport, transport, interface))
             attempt.query_time = None  # type: ignore[assignment]
             self._settle(attempt, msg, ts)
-            self._emit(_Lookup((client, msg.qtype, interface), [attempt], ts),
-                       "answer without a captured query")
+            index = self._next_index(client, interface)
+            alone = _Lookup((client, msg.qtype, interface), [attempt], ts, index)
+            self._emit(alone, "answer without a captured query")
             return
         lookup, attempt = found
         self.answered[qkey] = msg.name.lower()
@@ -154,6 +157,14 @@ class DnsLookups:
             if self.open.get(lookup.key) is lookup:
                 del self.open[lookup.key]
             self._emit(lookup)
+
+    def _next_index(self, client: str, interface: str | None) -> int:
+        """Lookups are numbered per client and interface in the order they begin: unique on any
+        5-tuple (a resolver's socket reuses transaction ids), and the same for every copy of the
+        client's traffic (tcpdump -i any), so that copies fold and nothing else does."""
+        n = self.counts.get((client, interface), 0)
+        self.counts[(client, interface)] = n + 1
+        return n
 
     @staticmethod
     def _settle(attempt: _Attempt, msg: DnsMessage, ts: float) -> None:
@@ -184,8 +195,7 @@ class DnsLookups:
             if self.pending.get(qkey, (None, None))[1] is a:
                 del self.pending[qkey]
         first, last = lookup.attempts[0], lookup.attempts[-1]
-        # index: the first query's id, so that copies of one lookup (tcpdump -i any) fold together
-        ex = Exchange(exchange_type="dns", conn=last.conn, index=first.id,
+        ex = Exchange(exchange_type="dns", conn=last.conn, index=lookup.index,
                       request_time=first.query_time if first.query_time is not None else None,
                       response_time=last.answer_time)
         stem = last.name

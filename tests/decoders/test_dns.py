@@ -216,3 +216,29 @@ def test_only_lookups_worth_telling_join_the_request_flow(tmp_path):
             "tried catalog.default.web.svc.cluster.local NXDOMAIN") in text
     assert "A api.web.svc.cluster.local NOERROR; sent 2 times" in text
     assert flows["/api"].hops[0].evidence["latency_ms"] == pytest.approx(5400, abs=0.01)
+
+
+def test_a_reused_transaction_id_on_one_socket_is_another_lookup(tmp_path):
+    """A long-lived resolver socket (CoreDNS forwarding upstream) meets its own ids again: two
+    lookups on one 5-tuple with one id are two exchanges, not copies of one."""
+    r = Resolver()
+    r.query(0, 7, "a.example")
+    r.answer(0.001, 7, "a.example", 0, ("192.0.2.1",))
+    r.query(1, 7, "b.example")
+    r.answer(1.001, 7, "b.example", 0, ("192.0.2.2",))
+    analysis = analyze([write(tmp_path / "ids.pcap", r.packets)])
+    assert sorted(ex.dns.name for ex in analysis.exchanges) == ["a.example", "b.example"]
+    assert analysis.duplicates == 0
+
+
+def test_copies_of_one_lookup_on_two_interfaces_fold(tmp_path):
+    from tests.decoders.capture_builders import write_pcapng
+
+    r = Resolver()
+    _kubernetes_lookups(r)
+    copies = [p.copy() for p in r.packets]
+    for c, p in zip(copies, r.packets, strict=True):
+        c.time = p.time + 0.00002  # the bridge sees each frame a little later
+    analysis = analyze([write_pcapng(tmp_path / "two.pcapng", {"veth0": r.packets, "cni0": copies})])
+    assert len(analysis.exchanges) == 3 and analysis.duplicates == 3
+    assert {ex.conn.interface for ex in analysis.exchanges} == {"veth0"}  # the earliest copy kept
