@@ -16,6 +16,7 @@ from meshscope.decoders.dns_lookups import DnsLookups
 from meshscope.decoders.dns_message import parse_dns
 from meshscope.decoders.quic_initial import (
     SALTS,
+    V2,
     CryptoStream,
     InitialKeys,
     crypto_frames,
@@ -71,6 +72,12 @@ class _QuicFlow:
         self.server_crypto = CryptoStream()
         self.client_done = self.server_done = False
         self.failed = False
+
+
+def _is_retry(payload: bytes, version: int) -> bool:
+    """A long-header Retry packet of ``version`` (type bits 3 in v1, 0 in v2)."""
+    return len(payload) > 6 and payload[1:5] == version.to_bytes(4, "big") and \
+        (payload[0] >> 4) & 3 == (0 if version == V2 else 3)
 
 
 class UdpTable:
@@ -129,7 +136,23 @@ class UdpTable:
                 flow.ex.response_time = ts
         if flow.failed or (flow.client_done and flow.server_done) or not payload[:1] or not payload[0] & 0x80:
             return  # short-header (1-RTT) packets: counted only
+        if not from_client and _is_retry(payload, flow.version):
+            self._retry(flow, payload)
+            return
         self._initials(flow, payload, ts, from_client)
+
+    @staticmethod
+    def _retry(flow: _QuicFlow, payload: bytes) -> None:
+        """A Retry (RFC 9000 section 17.2.5): the client starts again towards the connection id the
+        server chose, and the Initial keys from then on come from that id (RFC 9001 section 5.2)."""
+        scid_at = 6 + payload[5]
+        if len(payload) <= scid_at or scid_at + 1 + payload[scid_at] > len(payload):
+            return
+        new_dcid = payload[scid_at + 1:scid_at + 1 + payload[scid_at]]
+        flow.client_keys = InitialKeys.derive(new_dcid, flow.version)
+        flow.server_keys = InitialKeys.derive(new_dcid, flow.version, server=True)
+        flow.client_crypto, flow.server_crypto = CryptoStream(), CryptoStream()
+        flow.client_done = False  # the ClientHello comes again in the new Initial
 
     def _open(self, key: tuple, ts: float, payload: bytes, interface: str | None) -> _QuicFlow | None:
         flow = None

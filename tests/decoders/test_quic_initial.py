@@ -81,9 +81,10 @@ def test_tshark_reads_the_same_from_the_rfc_initial(tmp_path):
     assert out == ["0x00000001", ex.sni, ",".join(ex.alpn)]
 
 
-def _protect(version: int, dcid: bytes, pn: int, frames: bytes) -> bytes:
-    """A client Initial as a sender builds it (RFC 9001 sections 5.3, 5.4), padded to 1200 bytes."""
-    keys = InitialKeys.derive(dcid, version)
+def _protect(version: int, dcid: bytes, pn: int, frames: bytes, server: bool = False) -> bytes:
+    """An Initial as a sender builds it (RFC 9001 sections 5.3, 5.4), padded to 1200 bytes; protected
+    with the client's keys, or the server's, from ``dcid``."""
+    keys = InitialKeys.derive(dcid, version, server=server)
     ptype = 1 if version == V2 else 0
     first = 0xC0 | (ptype << 4) | 3  # 4-byte packet number
     length = 1200 - (7 + len(dcid) + 1 + 1 + 2)  # the rest of the datagram
@@ -161,3 +162,21 @@ def test_varints_of_every_length():
     assert read_varint(bytes.fromhex("25"), 0) == (37, 1)
     with pytest.raises(ValueError):
         read_varint(bytes.fromhex("7b"), 0)
+
+
+# RFC 9001 A.4: the server's Retry to A.2's Initial, choosing connection id f067a5502a4262b5
+RETRY = bytes.fromhex("ff000000010008f067a5502a4262b5746f6b656e04a265ba2eff4d829058fb3f0f2496ba")
+
+
+def test_after_a_retry_the_keys_come_from_the_servers_connection_id(tmp_path):
+    new_dcid = bytes.fromhex("f067a5502a4262b5")
+    (server_pkt,) = long_packets(SERVER_INITIAL)
+    server_frames = open_initial(SERVER_INITIAL, server_pkt, InitialKeys.derive(DCID, V1, server=True))
+    (hello,) = crypto_frames(CLIENT_PAYLOAD)
+    pkts = [datagram(0, CLIENT, 50003, SERVER, 443, CLIENT_INITIAL),
+            datagram(0.01, SERVER, 443, CLIENT, 50003, RETRY),
+            datagram(0.02, CLIENT, 50003, SERVER, 443, _protect(V1, new_dcid, 1, _crypto(0, hello[1]))),
+            datagram(0.03, SERVER, 443, CLIENT, 50003, _protect(V1, new_dcid, 0, server_frames, server=True))]
+    (ex,) = list(get_backend().decode(write(tmp_path / "retry.pcap", pkts)))
+    assert (ex.sni, ex.tls_version, ex.damage) == ("example.com", "TLS 1.3", [])
+    assert (ex.quic.dcid, ex.quic.client_packets, ex.quic.server_packets) == (DCID.hex(), 2, 2)
