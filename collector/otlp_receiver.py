@@ -16,6 +16,7 @@ import logging
 import socket
 import zlib
 from collections import Counter
+from operator import attrgetter
 
 import grpc
 import uvicorn
@@ -46,6 +47,7 @@ LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+_NODE_ID = attrgetter("node_id")
 
 
 class OtlpReceiver:
@@ -64,8 +66,7 @@ class OtlpReceiver:
         if rejected:
             self.publisher.metrics.rejected.labels("otlp_logs", "unreadable").inc(rejected)
         await self.publisher.submit(ACCESS, records, "otlp_logs", wait=False)
-        for r in records:
-            self.arrived[r.node_id] += 1
+        self.arrived.update(map(_NODE_ID, records))
         response = logs_service_pb2.ExportLogsServiceResponse()
         if rejected:
             response.partial_success.rejected_log_records = rejected
