@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import uvicorn
 from meshscope.collector.access_control import receiver_access
@@ -19,9 +19,10 @@ from meshscope.collector.intake import IntakeLimits
 from meshscope.collector.otlp_receiver import HttpListener, OtlpReceiver
 from meshscope.collector.publisher import Publisher, PublisherMetrics
 from meshscope.collector.zipkin_receiver import make_app
-from meshscope.pipelines.bus import Bus
+from meshscope.pipelines.bus import ACCESS, Bus
 
 from meshscope.errors import UserError
+from meshscope.model import AccessRecord
 from meshscope.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,12 @@ class Collector:
                 await asyncio.wait_for(self._http_task, 5)
         await self.als.stop()
         await self.publisher.stop()
+
+    async def publish_imported(self, records: Sequence[AccessRecord]) -> None:
+        """Imported access-log records (``POST /api/logs``) onto the bus the way live ones go: the same
+        intake (without the bound on old times), the same durable acknowledgement, then the pipeline's
+        store and alert engine. Backpressure when the collector cannot take them now."""
+        await self.publisher.submit(ACCESS, records, "log_import", history=True)
 
     def health(self) -> dict:
         """/healthz and /readyz body: 'degraded' while records wait in the spool for the bus, 'not
