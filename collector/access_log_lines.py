@@ -18,11 +18,12 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from hashlib import blake2b
 from typing import IO, Any
 
 import orjson
 
-from meshscope.model import AccessRecord, record_id
+from meshscope.model import AccessRecord
 
 # Istio's EnvoyTextLogFormat (pilot/pkg/model/telemetry_logging.go)
 ISTIO_TEXT_FORMAT = (
@@ -72,7 +73,6 @@ ISTIO_JSON_FORMAT: dict[str, str] = {
 MAX_REPORTED_ERRORS = 100
 
 
-_NONE = frozenset({"-", ""})
 
 
 class BadLine(ValueError):
@@ -209,13 +209,17 @@ def operator_key(operator: str) -> str:
 
 
 # ---- formats ------------------------------------------------------------------------------------
-# inline reading of the common value kinds, for the generated per-format functions (see TextFormat)
+# inline reading of the common value kinds, for the generated per-format functions (see TextFormat); ``{v}``
+# is a local holding the group. Envoy's "-" and "" are None: compared, not hashed (each group is a new string)
 _INLINE = {
-    "_text": "(None if {v} in NONE else {v})",
-    "_int": "(None if {v} in NONE else int({v}))",
-    "_float": "(None if {v} in NONE else float({v}))",
-    "_code": "(None if {v} in NONE else int({v}) or None)",
-    "_flags": "([] if {v} in NONE else {v}.split(','))",
+    "_text": "(None if {v} == '-' or not {v} else {v})",
+    "_int": "(None if {v} == '-' or not {v} else int({v}))",
+    "_float": "(None if {v} == '-' or not {v} else float({v}))",
+    "_code": "(None if {v} == '-' or not {v} else int({v}) or None)",
+    "_flags": "([] if {v} == '-' or not {v} else {v}.split(','))",
+    # a second already seen, with milliseconds (what Envoy writes): one dict lookup, else the full parser
+    "parse_start_time": "(b + int({v}[20:23]) / 1000 if len({v}) == 24 and {v}[23] == 'Z' and {v}[19] == '.' "
+                        "and (b := SECONDS.get({v}[:19])) is not None and {v}[20:23].isdigit() else R({v}))",
 }
 
 
@@ -234,8 +238,8 @@ class TextFormat:
     _build: Callable[[tuple, str, str], AccessRecord] = field(init=False)
 
     def __post_init__(self) -> None:
-        env: dict[str, Any] = {"NONE": _NONE, "AccessRecord": AccessRecord, "record_id": record_id,
-                               "BadLine": BadLine}
+        env: dict[str, Any] = {"AccessRecord": AccessRecord, "BadLine": BadLine, "SECONDS": _SECONDS,
+                               "R": parse_start_time, "blake2b": blake2b, "US": "\x1f"}
         items: dict[str, str] = {}
         for i, reader in enumerate(self.readers):
             if reader is None:
@@ -245,15 +249,16 @@ class TextFormat:
             if template is None:
                 env[f"R{i}"] = read
                 template = f"R{i}({{v}})"
-            expr = template.format(v=f"g[{i}]")
+            expr = template.format(v=f"g{i}")
             # two operators for one field (":PATH" and the original path): the first that is set wins
             if name in items:
                 expr = f"({items[name]} if {items[name]} is not None else {expr})"
             items[name] = expr
+        unpack = f"    {', '.join(f'g{i}' for i in range(len(self.readers)))}, = g\n"
         body = ", ".join(f"{name!r}: {expr}" for name, expr in items.items())
-        exec(f"def read(g):\n    return {{{body}}}\n", env)  # noqa: S102 - our own operator table
+        exec(f"def read(g):\n{unpack}    return {{{body}}}\n", env)  # noqa: S102 - our own operator table
         self._read = env["read"]
-        exec(_builder(items), env)  # noqa: S102 - our own operator table
+        exec(_builder(items, unpack), env)  # noqa: S102 - our own operator table
         self._build = env["build"]
 
     def fields(self, line: str) -> dict[str, Any] | None:
@@ -289,10 +294,11 @@ class TextFormat:
                     raise BadLine(f"{self.name} format: {reader[0]} {value!r}: {exc}") from None
 
 
-def _builder(items: dict[str, str]) -> str:
+def _builder(items: dict[str, str], unpack: str) -> str:
     """Source of ``build(g, node_id, log_name)``: the fields as locals, then one AccessRecord call with
-    the id ``AccessRecord.compute_id`` would give (same parts, same order; make_record's protocol rule)."""
-    lines = ["def build(g, node_id, log_name):"]
+    the id ``AccessRecord.compute_id`` would give (``record_id``'s text of the same parts, hashed here
+    in one f-string; make_record's protocol rule)."""
+    lines = ["def build(g, node_id, log_name):", unpack.rstrip("\n")]
     lines += [f"    {name} = {expr}" for name, expr in items.items()]
     if "start_time" not in items:
         lines.append("    raise BadLine('no start time')")
@@ -303,10 +309,13 @@ def _builder(items: dict[str, str]) -> str:
     kwargs = [f"{name}={name}" for name in items]
     kwargs += ["protocol=protocol", "node_id=node_id", "log_name=log_name"]
     if "access_log_type" not in items:  # else compute_id decides whether the type is part of the id
-        parts = ", ".join(n if n in items else "None"
-                          for n in ("downstream_remote", "upstream_local", "request_id", "path"))
-        lines.append("    rid = record_id('access', node_id, log_name, protocol, f'{start_time:.6f}', "
-                     f"{parts})")
+        # record_id("access", node_id, log_name, protocol, f"{start_time:.6f}", downstream_remote,
+        # upstream_local, request_id, path): each part then \x1e, None as \x1f
+        parts = "".join(f"{{US if {n} is None else {n}}}\\x1e" if n in items else "\\x1f\\x1e"
+                        for n in ("downstream_remote", "upstream_local", "request_id", "path"))
+        lines.append("    text = f'access\\x1e{node_id}\\x1e{log_name}\\x1e{protocol}\\x1e"
+                     "{start_time:.6f}\\x1e" + parts + "'")
+        lines.append("    rid = blake2b(text.encode(), digest_size=16).hexdigest()")
         kwargs.append("id=rid")
     lines.append(f"    return AccessRecord({', '.join(kwargs)})")
     return "\n".join(lines) + "\n"
