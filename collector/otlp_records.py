@@ -235,12 +235,30 @@ _IDENTITY = frozenset({"start_time", "downstream_remote", "upstream_local", "req
 
 
 def _apply_attributes(record: AccessRecord, kvs) -> None:
-    """Attributes win over the body (what ``_fields_from_attributes`` gives, set on the record); the
-    protocol and id are worked out again when an attribute changed what they are made of."""
+    """Attributes win over the body (as ``_fields_from_attributes``, read straight off the key-values
+    and set on the record); the protocol and id are worked out again when an attribute changed what
+    they are made of."""
     again = False
-    for key, value in _fields_from_attributes(_attributes(kvs)).items():
-        setattr(record, key, value)
-        again = again or key in _IDENTITY
+    resolved = _RESOLVED
+    for kv in kvs:
+        key = kv.key
+        reader = resolved[key] if key in resolved else _resolve(key)
+        if reader is None:
+            continue
+        v = kv.value
+        value = v.string_value if v.WhichOneof("value") == "string_value" else any_value(v)
+        if value is None:
+            continue
+        name, read = reader
+        try:
+            if isinstance(value, list):
+                value = ",".join(map(str, value)) if name == "response_flags" else _first(value)
+            got = read(value)
+        except (ValueError, TypeError) as exc:
+            raise BadLine(f"attribute {key}={value!r}: {exc}") from None
+        if got is not None:
+            setattr(record, name, got)
+            again = again or name in _IDENTITY
     if again:
         record.protocol = "HTTP" if (record.method or record.protocol_version) else "TCP"
         record.id = record.compute_id()
