@@ -140,21 +140,25 @@ def _resolve(key: str) -> tuple[str, Callable[[Any], Any]] | None:
     return reader
 
 
+def _attribute_field(key: str, value: Any, reader: tuple[str, Callable[[Any], Any]]) -> tuple[str, Any]:
+    """(field, value read) of one attribute; BadLine naming it when its value does not read."""
+    name, read = reader
+    try:
+        if isinstance(value, list):
+            value = ",".join(map(str, value)) if name == "response_flags" else _first(value)
+        return name, read(value)
+    except (ValueError, TypeError) as exc:
+        raise BadLine(f"attribute {key}={value!r}: {exc}") from None
+
+
 def _fields_from_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in attrs.items():
         reader = _resolve(key)
-        if reader is None:
-            continue
-        name, read = reader
-        try:
-            if isinstance(value, list):
-                value = ",".join(map(str, value)) if name == "response_flags" else _first(value)
-            got = read(value)
-        except (ValueError, TypeError) as exc:
-            raise BadLine(f"attribute {key}={value!r}: {exc}") from None
-        if got is not None:
-            out[name] = got
+        if reader is not None:
+            name, got = _attribute_field(key, value, reader)
+            if got is not None:
+                out[name] = got
     return out
 
 
@@ -249,13 +253,7 @@ def _apply_attributes(record: AccessRecord, kvs) -> None:
         value = v.string_value if v.WhichOneof("value") == "string_value" else any_value(v)
         if value is None:
             continue
-        name, read = reader
-        try:
-            if isinstance(value, list):
-                value = ",".join(map(str, value)) if name == "response_flags" else _first(value)
-            got = read(value)
-        except (ValueError, TypeError) as exc:
-            raise BadLine(f"attribute {key}={value!r}: {exc}") from None
+        name, got = _attribute_field(key, value, reader)
         if got is not None:
             setattr(record, name, got)
             again = again or name in _IDENTITY
