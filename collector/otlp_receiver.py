@@ -6,6 +6,11 @@ Answers as the OTLP specification asks: success only once the records are safe (
 fsync); a log record that cannot be read is reported in ``partial_success`` and the rest are kept; a
 request that cannot be decoded is INVALID_ARGUMENT / 400 with the reason; a full collector is
 UNAVAILABLE / 503, which OTLP exporters retry.
+
+Access is the other receivers' (``access_control``): TLS when the collector has a certificate, client
+certificates with ``collector_client_ca``, the bearer token on both transports; each record says how
+its sender proved itself (``node_auth``). The HTTP listener takes the app's uvicorn options (read
+timeouts for slow clients, ``meshscope.serving.guarded_http``).
 """
 
 from __future__ import annotations
