@@ -10,13 +10,14 @@ _EXPORTS = {
     "Analysis": ".analysis", "analyze": ".analysis", "stitch": ".analysis",
     "BACKENDS": ".backends", "DEFAULT_BACKEND": ".backends", "get_backend": ".backends",
     "CaptureReport": ".backends",
-    "capture_format": ".capture_file", "read_exchanges": ".read",
+    "capture_format": ".capture_file", "upload_format": ".capture_file", "read_exchanges": ".read",
     # diagrams: one Diagram type (sections of messages), built from flows or by the app; three renderers
     "Diagram": ".diagram", "Section": ".diagram", "Message": ".diagram", "flow_diagram": ".sequence",
     "diagram_svg": ".graph_svg", "diagram_mermaid": ".graph_mermaid", "diagram_text": ".graph_text",
     "render_svg": ".graph_svg", "render_mermaid": ".graph_mermaid", "render_text": ".flow_text",
     "NODEPORT_LAB": ".samples",
     "KeyLog": ".tls_keylog",
+    "counted": ".wording", "examples": ".wording", "capture_line": ".report_text",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from meshscope.decoders.compressed import COMPRESSIONS, CaptureStream, compression_of
 from meshscope.decoders.link_layers import FIXED_LAYOUTS
 from meshscope.decoders.tcp_cut import IPV4_TCP_MIN, TcpCut, linked_head
 from meshscope.decoders.tcp_flags import CONTROL, IP_FRAGMENTED
+from meshscope.decoders.wording import counted
 
 from meshscope.errors import CaptureError
 
@@ -50,16 +52,19 @@ class ReadStats:
     """What the reader saw: filled while iterating."""
 
     format: str = ""
+    compression: str | None = None  # "gzip", "zstd", … (decoders.compressed), None for a plain file
     link_types: set[int] = field(default_factory=set)
     packets: int = 0
     bytes: int = 0
     offset: int = 0
     truncated: bool = False
-    damage: list[str] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)  # the first MAX_DAMAGE places
+    damage_count: int = 0  # all of them
     # pcapng Decryption Secrets Blocks of type TLSK: key-log text, a secret (kept out of repr)
     tls_key_logs: list[bytes] = field(default_factory=list, repr=False)
 
     def add_damage(self, text: str) -> None:
+        self.damage_count += 1
         if len(self.damage) < MAX_DAMAGE:
             self.damage.append(text)
 
@@ -76,21 +81,48 @@ def capture_format(head: bytes) -> str | None:
     return None
 
 
+def upload_format(head: bytes) -> str | None:
+    """What an upload's first bytes announce: 'pcap', 'pcapng', a compression ('gzip', …: the capture
+    inside is checked when it is read), or None for anything else."""
+    return capture_format(head) or compression_of(head)
+
+
 def sniff_format(path: Path) -> str:
-    """'pcap' or 'pcapng' from the file's magic; CaptureError (one line) for anything else."""
+    """'pcap' or 'pcapng' from the file's magic (inside its compression, if any); CaptureError (one
+    line) for anything else."""
+    return sniff_capture(path)[0]
+
+
+def sniff_capture(path: Path) -> tuple[str, str | None]:
+    """(format, compression) from the file's magic; CaptureError (one line) for anything else: a
+    directory, a missing or unreadable file, an empty one, a wrong magic, a damaged compressed head."""
+    path = Path(path)
+    if path.is_dir():
+        raise CaptureError(f"{path}: is a directory, not a capture file (name the files in it)")
+    compression = None
     try:
-        with open(path, "rb") as f:
-            head = f.read(4)
+        with CaptureStream(path) as cs:
+            compression = cs.compression
+            head = cs.stream.read(4)
+    except FileNotFoundError:
+        raise CaptureError(f"{path}: no such capture file") from None
     except OSError as e:
-        raise CaptureError(f"{path}: cannot read capture: {e.strerror or e}") from None
+        if e.strerror is not None:
+            raise CaptureError(f"{path}: cannot read capture: {e.strerror}") from None
+        raise CaptureError(f"{path}: damaged {compression} compression: {e}") from None
+    except Exception as e:  # a decompressor's own error (zstandard.ZstdError, lz4's RuntimeError, EOFError)
+        raise CaptureError(f"{path}: damaged {compression} compression: {e or type(e).__name__}") from None
+    inside = f" inside its {compression} compression" if compression else ""
     if not head:
-        raise CaptureError(f"{path}: empty file, not a capture")
+        raise CaptureError(f"{path}: empty file, not a capture" if not compression
+                           else f"{path}: nothing{inside}, not a capture")
     if len(head) < 4:
-        raise CaptureError(f"{path}: only {len(head)} bytes, not a capture")
+        raise CaptureError(f"{path}: only {counted(len(head), 'byte')}{inside}, not a capture")
     fmt = capture_format(head)
     if fmt is None:
-        raise CaptureError(f"{path}: not a pcap or pcapng file (magic {head.hex()})")
-    return fmt
+        raise CaptureError(f"{path}: not a pcap or pcapng file{inside} (magic {head.hex()}; compressions "
+                           f"read: {', '.join(COMPRESSIONS.values())})")
+    return fmt, compression
 
 
 class _Chunks:
@@ -101,15 +133,34 @@ class _Chunks:
         self.buf = b""
         self.pos = 0
         self.base = 0  # file offset of buf[0]
+        self.error: str | None = None  # why reading stopped early (a damaged compressed stream)
 
     def need(self, n: int) -> bool:
-        """Make buf[pos:pos+n] available; False at end of file."""
+        """Make buf[pos:pos+n] available; False at end of file (or where decompression failed)."""
         if self.pos + n <= len(self.buf):
             return True
         self.base += self.pos
-        self.buf = self.buf[self.pos:] + self.f.read(max(CHUNK, n))
+        self.buf = self.buf[self.pos:] + self._read(max(CHUNK, n))
         self.pos = 0
         return n <= len(self.buf)
+
+    def _read(self, n: int) -> bytes:
+        if self.error is not None:
+            return b""
+        parts, got = [], 0
+        # read1 where there is one: a decompressor's read() of a damaged stream raises and drops what
+        # it had already decompressed; read1 hands that over first
+        read = getattr(self.f, "read1", self.f.read)
+        try:
+            while got < n:  # decompressors return less than asked before the end
+                part = read(n - got)
+                if not part:
+                    break
+                parts.append(part)
+                got += len(part)
+        except Exception as e:  # gzip's EOFError / BadGzipFile, zstandard.ZstdError, lz4's RuntimeError
+            self.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        return b"".join(parts) if len(parts) != 1 else parts[0]
 
     @property
     def offset(self) -> int:
@@ -128,23 +179,31 @@ def read_capture(path: Path, stats: ReadStats | None = None,
     the pure ACKs not at all; every other record still comes out as a CaptureRecord, and every
     record is counted."""
     stats = stats if stats is not None else ReadStats()
-    fmt = sniff_format(path)
+    fmt, stats.compression = sniff_capture(path)
     stats.format = fmt
-    with open(path, "rb") as f:
-        chunks = _Chunks(f)
-        if fmt == "pcap":
-            yield from _read_pcap(path, chunks, stats, progress, cut)
-        else:
-            yield from _read_pcapng(path, chunks, stats, progress)
+    with CaptureStream(path) as cs:
+        chunks = _Chunks(cs.stream)
+        tick = cs.progress_of(progress)  # a compressed file's progress counts the bytes on disk
+        try:
+            if fmt == "pcap":
+                yield from _read_pcap(path, chunks, stats, tick, cut)
+            else:
+                yield from _read_pcapng(path, chunks, stats, tick)
+        finally:
+            if chunks.error is not None:
+                stats.truncated = True
+                stats.add_damage(f"{stats.compression} stream damaged after {counted(chunks.offset, 'byte')} "
+                                 f"of capture ({chunks.error}); read up to there")
         stats.offset = chunks.offset
         if progress is not None:
-            progress(chunks.offset)  # the end, whatever the chunking reported before
+            progress(cs.raw_offset() if cs.compression else chunks.offset)  # the end
 
 
 def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
                cut: TcpCut | None = None) -> Iterator[CaptureRecord | tuple]:
     if not c.need(24):
-        raise CaptureError(f"{path}: pcap header cut short ({c.left()} of 24 bytes)")
+        why = f"; {c.error}" if c.error else ""
+        raise CaptureError(f"{path}: pcap header cut short ({c.left()} of 24 bytes{why})")
     magic = struct.unpack_from("<I", c.buf, 0)[0]
     order, divisor = PCAP_MAGICS[magic]
     _vmaj, _vmin, _tz, _sig, _snaplen, linktype = struct.unpack_from(order + "HHiIII", c.buf, 4)
@@ -178,7 +237,8 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
             sec, frac, incl, orig = unpack(buf, pos)
             if incl > MAX_RECORD:
                 c.pos = pos
-                stats.add_damage(f"record at byte {c.offset} claims {incl} bytes; stopped reading there")
+                stats.add_damage(f"record at byte {c.offset} claims {counted(incl, 'byte')}; stopped reading "
+                                 "there")
                 break
             end = pos + 16 + incl
             if end > blen:

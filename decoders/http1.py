@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from meshscope.decoders.wording import counted
+
 MAX_HEAD = 64 * 1024  # a head larger than this is garbage, not HTTP
 MAX_LINE = 4096  # chunk-size and trailer lines
 METHODS = frozenset(b"GET POST PUT DELETE HEAD OPTIONS PATCH CONNECT TRACE PROPFIND PROPPATCH MKCOL "
@@ -151,7 +153,7 @@ class HttpStreamParser:
         if (st == BODY or st == CHUNK_DATA) and nbytes <= self.remaining:
             self.remaining -= nbytes
             self.body_bytes += nbytes
-            self.on_damage(f"{nbytes} bytes lost inside a body (framing kept)")
+            self.on_damage(f"{counted(nbytes, 'byte')} lost inside a body (framing kept)")
             if not self.remaining:
                 if st == BODY:
                     self._end(ts)
@@ -160,11 +162,11 @@ class HttpStreamParser:
             return True
         if st == UNTIL_CLOSE:
             self.body_bytes += nbytes
-            self.on_damage(f"{nbytes} bytes lost inside a body (framing kept)")
+            self.on_damage(f"{counted(nbytes, 'byte')} lost inside a body (framing kept)")
             return True
         if st == DEAD:
             return True
-        self.on_damage(f"{nbytes} bytes lost; resynchronising at the next message")
+        self.on_damage(f"{counted(nbytes, 'byte')} lost; resynchronising at the next message")
         if st in (BODY, CHUNK_DATA, CHUNK_SIZE, CHUNK_END, TRAILERS):
             self._end(ts)
         self.buf.clear()

@@ -10,6 +10,7 @@ in turn, so the result does not depend on timing.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import gc
 import multiprocessing
@@ -143,8 +144,7 @@ def merge_reports(parts: list[CaptureReport]) -> CaptureReport:
     damage: dict[str, None] = {}
     for r in parts:
         damage.update(dict.fromkeys(r.damage))  # reading damage is seen by every shard: once
-    return CaptureReport(capture=first.capture, format=first.format, link_types=first.link_types,
-                         packets=first.packets, bytes=first.bytes,
-                         connections=sum(r.connections for r in parts),
-                         exchanges=sum(r.exchanges for r in parts), damage=list(damage),
-                         truncated=first.truncated)
+    unlisted = sum(max(0, r.damage_count - len(r.damage)) for r in parts)
+    return dataclasses.replace(first, connections=sum(r.connections for r in parts),
+                               exchanges=sum(r.exchanges for r in parts), damage=list(damage),
+                               damage_count=len(damage) + unlisted)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from meshscope.decoders.analyzer import Analyzer, Host
 from meshscope.decoders.tls_hello import HelloAssembler, parse_client_hello, parse_server_hello
+from meshscope.decoders.wording import counted
 
 from meshscope.model import Exchange
 
@@ -26,7 +27,7 @@ class _HelloSide:
     def gap(self, nbytes: int, ts: float) -> None:
         side = self.hello
         if not self.analyzer.done and not side.done and not side.failed:
-            side.failed = f"{nbytes} bytes lost inside the hello"
+            side.failed = f"{counted(nbytes, 'byte')} lost inside the hello"
             self.analyzer.damage(self.analyzer.tls, self.from_client, side.failed)
             self.analyzer.check_done()
 

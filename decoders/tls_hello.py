@@ -8,6 +8,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from meshscope.decoders.wording import counted
+
 MAX_HELLO = 64 * 1024 + 4  # a handshake message length is 24 bits, but real hellos are small
 EXT_SERVER_NAME = 0
 EXT_ALPN = 16
@@ -142,7 +144,7 @@ class HelloAssembler:
             if len(self.handshake) >= 4:
                 mlen = int.from_bytes(self.handshake[1:4], "big")
                 if mlen > MAX_HELLO:
-                    self.failed = f"handshake message claims {mlen} bytes"
+                    self.failed = f"handshake message claims {counted(mlen, 'byte')}"
                     return None
                 if len(self.handshake) >= 4 + mlen:
                     self.done = True

@@ -19,13 +19,16 @@ class CaptureReport:
 
     capture: str
     format: str = ""  # "pcap" or "pcapng"
+    compression: str | None = None  # "gzip", "zstd", "lz4", "bzip2", "xz" (decoders.compressed), or None
     link_types: list[str] = field(default_factory=list)
     packets: int = 0
     bytes: int = 0
     connections: int = 0
     exchanges: int = 0
-    damage: list[str] = field(default_factory=list)  # human-readable, capped in length
+    damage: list[str] = field(default_factory=list)  # human-readable, the first places (capped in length)
+    damage_count: int = 0  # every damaged place, also those beyond the examples in ``damage``
     truncated: bool = False  # the file ended mid-record
+    error: str | None = None  # why this capture could not be read (the others of a run still were)
 
 
 class Backend(abc.ABC):

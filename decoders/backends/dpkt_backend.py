@@ -15,6 +15,7 @@ from meshscope.decoders.capture_file import CaptureRecord, ReadStats, read_captu
 from meshscope.decoders.link_layers import locate_ip
 from meshscope.decoders.tcp_cut import TcpCut
 from meshscope.decoders.tcp_flags import CONTROL, IP_FRAGMENTED
+from meshscope.decoders.wording import counted
 
 _IPV6_EXTENSIONS = frozenset((0, 43, 44, 51, 60))  # hop-by-hop, routing, fragment, AH, dest. options
 _IPV4_HEAD = struct.Struct("!BxHxxHxB").unpack_from  # version + IHL, total length, flags + offset, protocol
@@ -106,7 +107,7 @@ class DpktBackend(SegmentBackend):
         finally:
             undecodable += cut.undecodable
             if undecodable:
-                stats.add_damage(f"{undecodable} packets dpkt could not dissect")
+                stats.add_damage(f"{counted(undecodable, 'packet')} dpkt could not dissect")
 
 
 def _dpkt() -> tuple[type, type, tuple[type[Exception], ...]]:

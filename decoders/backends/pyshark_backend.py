@@ -19,6 +19,7 @@ from pyshark.capture.capture import TSharkCrashException
 
 from meshscope.errors import CaptureError
 
+TSHARK_COMPRESSIONS = (None, "gzip", "zstd", "lz4")  # what tshark 4.0 opens itself
 DISPLAY_FILTER = "tcp.len > 0 or tcp.flags.syn == 1 or tcp.flags.fin == 1 or tcp.flags.reset == 1"
 PREFS = {"tcp.desegment_tcp_streams": "FALSE", "tcp.relative_sequence_numbers": "FALSE",
          "tcp.analyze_sequence_numbers": "FALSE", "tcp.check_checksum": "FALSE"}
@@ -38,6 +39,9 @@ class PysharkBackend(SegmentBackend):
 
     def segments(self, path: Path, stats: ReadStats,
                  progress: Callable[[int], None] | None) -> Iterator[Segment]:
+        if stats.compression not in TSHARK_COMPRESSIONS:
+            raise CaptureError(f"{path}: tshark (the pyshark backend) cannot read {stats.compression}-"
+                               f"compressed captures; decompress it or use another backend")
         for _ in read_capture(path, stats, progress):  # framing and damage, for the report
             pass
         params = []

@@ -12,6 +12,7 @@ from meshscope.decoders.capture_file import ReadStats, read_capture
 from meshscope.decoders.connection_table import wanted
 from meshscope.decoders.link_layers import BSD_AF_INET6
 from meshscope.decoders.tcp_flags import IP_FRAGMENT_OFFSET
+from meshscope.decoders.wording import counted
 from scapy.config import conf
 from scapy.layers import inet6, l2  # noqa: F401  (registers link types and IPv6 with scapy)
 from scapy.layers.inet import IP, TCP
@@ -56,7 +57,7 @@ class ScapyBackend(SegmentBackend):
                        orig - len(frame) if orig > len(frame) else 0, interface)
         finally:
             if undecodable:
-                stats.add_damage(f"{undecodable} packets scapy could not dissect")
+                stats.add_damage(f"{counted(undecodable, 'packet')} scapy could not dissect")
 
 
 BACKEND = ScapyBackend

@@ -8,9 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from meshscope.decoders.backends.base import Backend, CaptureReport
-from meshscope.decoders.capture_file import ReadStats, sniff_format
+from meshscope.decoders.capture_file import ReadStats, sniff_capture
 from meshscope.decoders.connection_table import DEFAULT_MAX_CONNECTIONS, ConnectionSummary, ConnectionTable
 from meshscope.decoders.link_layers import SUPPORTED_LINKTYPES, linktype_name
+from meshscope.decoders.wording import counted
 
 from meshscope.model import Exchange
 
@@ -36,9 +37,9 @@ class SegmentBackend(Backend):
                progress: Callable[[int], None] | None = None) -> Iterator[Exchange]:
         """Validates the file now (CaptureError), then streams its Exchanges."""
         path = Path(path)
-        fmt = sniff_format(path)
-        stats = ReadStats(format=fmt)
-        self.report = CaptureReport(capture=capture or path.name, format=fmt)
+        fmt, compression = sniff_capture(path)
+        stats = ReadStats(format=fmt, compression=compression)
+        self.report = CaptureReport(capture=capture or path.name, format=fmt, compression=compression)
         return self._run(path, stats, capture or path.name, progress)
 
     def _run(self, path: Path, stats: ReadStats, capture: str,
@@ -73,14 +74,14 @@ class SegmentBackend(Backend):
         r.link_types = sorted(linktype_name(lt) for lt in stats.link_types)
         r.packets, r.bytes, r.truncated = stats.packets, stats.bytes, stats.truncated
         r.connections = table.connections
-        r.damage = list(stats.damage) + list(table.damage)
-        for lt in sorted(stats.link_types - SUPPORTED_LINKTYPES):
-            r.damage.append(f"link type {linktype_name(lt)} is not supported; its packets were skipped")
-        if table.damage_count > len(table.damage):
-            r.damage.append(f"… and {table.damage_count - len(table.damage)} more damaged places")
+        # the report's own notes first (few, and the most telling), then the first places of each kind
+        notes = [f"link type {linktype_name(lt)} is not supported; its packets were skipped"
+                 for lt in sorted(stats.link_types - SUPPORTED_LINKTYPES)]
         if table.evicted:
-            r.damage.append(f"{table.evicted} connections evicted: more than {table.max_connections} open "
-                            f"at once, or more than {table.max_buffered >> 20} MB held for them")
+            notes.append(f"{counted(table.evicted, 'connection')} evicted: more than {table.max_connections} "
+                         f"open at once, or more than {table.max_buffered >> 20} MB held for them")
+        r.damage = notes + list(stats.damage) + list(table.damage)
+        r.damage_count = len(notes) + stats.damage_count + table.damage_count
 
 
 def _take_secrets(table: ConnectionTable, secrets: list[bytes], capture: str) -> None:

@@ -1,6 +1,6 @@
 """Receiving one upload: the request body streamed to capture files (raw body, or multipart file parts
 fed to python-multipart's streaming parser), under the byte and file limits, each file sniffed for
-pcap/pcapng magic before more of it is written."""
+pcap/pcapng (or gzip/zstd/lz4/bzip2/xz) magic before more of it is written."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from meshscope.decoders import capture_format
+from meshscope.decoders import upload_format
 
 MAX_FILES_PER_UPLOAD = 16
 KEYLOG_PART = "keylog"  # the multipart field name of a TLS key log sent beside the captures
@@ -94,10 +94,11 @@ class CaptureFiles:
         self._fh.write(data)
 
     def _sniff(self, current: dict[str, Any]) -> None:
-        fmt = capture_format(self._head)
+        fmt = upload_format(self._head)  # a compressed capture's own magic is checked when it is analysed
         if fmt is None:
             raise UploadRejected(
-                415, f"{current['name']}: not a pcap or pcapng capture (starts with {self._head[:4].hex()})"
+                415, f"{current['name']}: not a pcap or pcapng capture, plain or compressed "
+                     f"(starts with {self._head[:4].hex()})"
             )
         current["format"] = fmt
 

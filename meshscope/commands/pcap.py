@@ -1,4 +1,8 @@
-"""`meshscope pcap analyze FILE [FILE…]`: stitched flows from tcpdump captures (text, JSON, SVG, Mermaid)."""
+"""`meshscope pcap analyze FILE [FILE…]`: stitched flows from tcpdump captures (text, JSON, SVG, Mermaid).
+
+Captures may be compressed (gzip, zstd, lz4, bzip2, xz: sniffed, not guessed from the name). Each
+capture gets its own report; one that cannot be read is reported and the others are still analysed,
+and the exit status is then 1 (2 when none could be read)."""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = sub.add_parser("analyze", help="decode captures and print the end-to-end flows",
                        description="Decode captures (analysed together: the two sides of a NAT may be in "
                                    "two files) and print the end-to-end flows.")
-    a.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng capture")
+    a.add_argument("files", nargs="+", metavar="FILE",
+                   help="pcap or pcapng capture, plain or compressed (gzip, zstd, lz4, bzip2, xz)")
     a.add_argument("--json", action="store_true", help="print captures, flows and exchanges as JSON")
     a.add_argument("--svg", metavar="OUT", help="write the flow graph (SVG sequence diagram) to OUT")
     a.add_argument("--mermaid", action="store_true", help="print the flow graph as a Mermaid sequenceDiagram")
@@ -86,7 +91,7 @@ def _analyze_and_emit(args: argparse.Namespace) -> int:
 
 
 def _emit(result, args: argparse.Namespace) -> int:
-    from meshscope.decoders import render_text
+    from meshscope.decoders import counted, examples, render_text
 
     exchanges = result.by_id() if args.svg or not args.json else {}  # --json alone needs no lookup
     if args.svg:
@@ -97,6 +102,9 @@ def _emit(result, args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UserError(f"cannot write {args.svg}: {exc.strerror or exc}") from None
     out = sys.stdout
+    failed = [r for r in result.reports if r.error]
+    for r in failed:  # first, so that a long output does not hide them
+        print(f"meshscope: {r.error}", file=sys.stderr)
     if args.json:
         result.write_json(out.buffer)
         out.buffer.write(b"\n")
@@ -108,15 +116,21 @@ def _emit(result, args: argparse.Namespace) -> int:
         out.write(render_text(result.flows, exchanges))
         out.write(_summary(result))
     for r in result.reports:
-        for line in r.damage[:5]:
-            print(f"meshscope: {r.capture}: {line}", file=sys.stderr)
-    return 0
+        if r.damage_count:
+            print(f"meshscope: {r.capture}: {counted(r.damage_count, 'damaged place')}:", file=sys.stderr)
+            for line in examples(r.damage, r.damage_count):
+                print(f"meshscope: {r.capture}:   {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _summary(result) -> str:
-    caps = ", ".join(f"{r.capture} ({r.packets} packets, {r.exchanges} exchanges)" for r in result.reports)
+    from meshscope.decoders import capture_line, counted
+
     kept = {e.id for e in result.exchanges}
     in_flows = len(kept.intersection(i for f in result.flows for i in f.exchange_ids))
-    copies = f", {result.duplicates} copies (other interface or capture) folded" if result.duplicates else ""
-    return (f"{len(result.flows)} flows over {in_flows} exchanges; {len(kept) - in_flows} exchanges had no "
-            f"NAT or proxy hop{copies}\ncaptures: {caps}\n")
+    copies = (f", {counted(result.duplicates, 'copy', 'copies')} (other interface or capture) folded"
+              if result.duplicates else "")
+    alone = len(kept) - in_flows
+    caps = "".join(f"  {capture_line(r)}\n" for r in result.reports)
+    return (f"{counted(len(result.flows), 'flow')} over {counted(in_flows, 'exchange')}; "
+            f"{counted(alone, 'exchange')} had no NAT or proxy hop{copies}\ncaptures:\n{caps}")
