@@ -58,6 +58,7 @@ class ReadStats:
     bytes: int = 0
     offset: int = 0
     truncated: bool = False
+    snaplen: int | None = None  # the smallest snaplen the file's header(s) declare
     damage: list[str] = field(default_factory=list)  # the first MAX_DAMAGE places
     damage_count: int = 0  # all of them
     # pcapng Decryption Secrets Blocks of type TLSK: key-log text, a secret (kept out of repr)
@@ -206,9 +207,10 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
         raise CaptureError(f"{path}: pcap header cut short ({c.left()} of 24 bytes{why})")
     magic = struct.unpack_from("<I", c.buf, 0)[0]
     order, divisor = PCAP_MAGICS[magic]
-    _vmaj, _vmin, _tz, _sig, _snaplen, linktype = struct.unpack_from(order + "HHiIII", c.buf, 4)
+    _vmaj, _vmin, _tz, _sig, snaplen, linktype = struct.unpack_from(order + "HHiIII", c.buf, 4)
     linktype &= 0xFFFF  # upper bits carry FCS flags, not the link type
     stats.link_types.add(linktype)
+    stats.snaplen = snaplen or None
     c.pos = 24
     unpack = struct.Struct(order + "IIII").unpack_from
     packets = 0
@@ -285,6 +287,7 @@ class _Interface:
     linktype: int
     name: str
     ts_div: int  # ticks per second (10**k or 2**k), kept integral so times round the same as pcap's
+    snaplen: int = 0  # 0: no limit
 
 
 def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator[CaptureRecord]:
@@ -329,6 +332,8 @@ def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator
                 if btype == 1:  # Interface Description Block
                     ifaces.append(_parse_idb(body, order, len(ifaces)))
                     stats.link_types.add(ifaces[-1].linktype)
+                    if ifaces[-1].snaplen and (stats.snaplen is None or ifaces[-1].snaplen < stats.snaplen):
+                        stats.snaplen = ifaces[-1].snaplen
                     continue
                 if btype == 6:  # Enhanced Packet Block
                     if_id, ts_hi, ts_lo, caplen, orig = struct.unpack_from(order + "IIIII", body, 0)
@@ -377,7 +382,7 @@ def _read_dsb(body: bytes, order: str, stats: ReadStats, offset: int) -> None:
 
 def _parse_idb(body: bytes, order: str, index: int) -> _Interface:
     """Link type, name (if_name option, else the interface's index) and timestamp unit."""
-    linktype, _res, _snaplen = struct.unpack_from(order + "HHI", body, 0)
+    linktype, _res, snaplen = struct.unpack_from(order + "HHI", body, 0)
     name = str(index)
     ts_div = 1_000_000
     pos = 8
@@ -392,4 +397,4 @@ def _parse_idb(body: bytes, order: str, index: int) -> _Interface:
         elif code == 9 and value:  # if_tsresol
             r = value[0]
             ts_div = 2 ** min(r & 0x7F, 64) if r & 0x80 else 10 ** min(r, 19)
-    return _Interface(linktype, name, ts_div)
+    return _Interface(linktype, name, ts_div, snaplen)

@@ -138,6 +138,7 @@ class ConnectionTable:
         self.damage_count = 0
         self.connections = 0
         self.evicted = 0
+        self.snap_cut = 0  # segments whose payload the capture's snaplen cut short
 
     def note_damage(self, conn: Connection, text: str) -> None:
         self.damage_count += 1
@@ -176,6 +177,8 @@ class ConnectionTable:
                 if tc.s2c is not None:
                     tc.s2c.syn(seq)
         if payload or missing:
+            if missing:
+                self.snap_cut += 1
             if from_client:
                 tc.client_bytes += len(payload)
             else:

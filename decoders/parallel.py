@@ -146,5 +146,6 @@ def merge_reports(parts: list[CaptureReport]) -> CaptureReport:
         damage.update(dict.fromkeys(r.damage))  # reading damage is seen by every shard: once
     unlisted = sum(max(0, r.damage_count - len(r.damage)) for r in parts)
     return dataclasses.replace(first, connections=sum(r.connections for r in parts),
+                               cut_by_snaplen=sum(r.cut_by_snaplen for r in parts),
                                exchanges=sum(r.exchanges for r in parts), damage=list(damage),
                                damage_count=len(damage) + unlisted)

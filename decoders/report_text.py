@@ -16,6 +16,9 @@ def capture_line(r: CaptureReport) -> str:
     notes = []
     if r.truncated:
         notes.append("file cut short")
+    if r.cut_by_snaplen:
+        snap = f" {r.snaplen}" if r.snaplen else ""
+        notes.append(f"{counted(r.cut_by_snaplen, 'segment')} cut by snaplen{snap}")
     if r.damage_count:
         notes.append(counted(r.damage_count, "damaged place"))
     return ", ".join(parts) + ("; " + ", ".join(notes) if notes else "")

@@ -28,6 +28,8 @@ class CaptureReport:
     damage: list[str] = field(default_factory=list)  # human-readable, the first places (capped in length)
     damage_count: int = 0  # every damaged place, also those beyond the examples in ``damage``
     truncated: bool = False  # the file ended mid-record
+    snaplen: int | None = None  # the capture's declared snaplen (bytes kept per packet)
+    cut_by_snaplen: int = 0  # TCP segments whose payload that snaplen cut short (their heads still read)
     error: str | None = None  # why this capture could not be read (the others of a run still were)
 
 

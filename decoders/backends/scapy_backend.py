@@ -45,9 +45,12 @@ class ScapyBackend(SegmentBackend):
                     ip = pkt.getlayer(IPv6) or pkt.getlayer(IP)
                 if isinstance(ip, IP) and (ip.flags.MF or ip.frag & IP_FRAGMENT_OFFSET):
                     continue
-                # the bytes scapy dissected the payload from: re-building it (bytes()) is not exact
-                # once scapy's TLS or HTTP layers are loaded, and Ethernet padding is already cut
-                payload = getattr(tcp.payload, "original", None) or b""
+                # the bytes scapy dissected TCP from (IP's length already cut the Ethernet padding
+                # off them), after the header: re-building the payload (bytes()) is not exact once
+                # scapy's TLS or HTTP layers are loaded, and the payload layer's own bytes are not
+                # either: a segment without payload gets the padding as a Padding layer, and a TLS
+                # record cut across segments is a Padding layer too
+                payload = (tcp.original or b"")[tcp.dataofs * 4:]
                 flags = int(tcp.flags)
                 if not wanted(flags, len(payload)):
                     continue

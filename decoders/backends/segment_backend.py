@@ -74,9 +74,14 @@ class SegmentBackend(Backend):
         r.link_types = sorted(linktype_name(lt) for lt in stats.link_types)
         r.packets, r.bytes, r.truncated = stats.packets, stats.bytes, stats.truncated
         r.connections = table.connections
+        r.snaplen, r.cut_by_snaplen = stats.snaplen, table.snap_cut
         # the report's own notes first (few, and the most telling), then the first places of each kind
         notes = [f"link type {linktype_name(lt)} is not supported; its packets were skipped"
                  for lt in sorted(stats.link_types - SUPPORTED_LINKTYPES)]
+        if table.snap_cut:
+            per = f" ({stats.snaplen} bytes per packet)" if stats.snaplen else ""
+            notes.append(f"{counted(table.snap_cut, 'segment')} cut short by the capture's snaplen{per}: "
+                         "request and status lines and the headers kept whole are read, the rest is unknown")
         if table.evicted:
             notes.append(f"{counted(table.evicted, 'connection')} evicted: more than {table.max_connections} "
                          f"open at once, or more than {table.max_buffered >> 20} MB held for them")
