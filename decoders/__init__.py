@@ -17,6 +17,7 @@ _EXPORTS = {
     "render_svg": ".graph_svg", "render_mermaid": ".graph_mermaid", "render_text": ".flow_text",
     "NODEPORT_LAB": ".samples",
     "KeyLog": ".tls_keylog",
+    "K8sNames": ".pod_labels", "endpoint_names": ".pod_labels", "name_columns": ".sequence",
     "counted": ".wording", "examples": ".wording", "capture_line": ".report_text",
 }
 __all__ = sorted(_EXPORTS)

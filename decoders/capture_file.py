@@ -61,6 +61,8 @@ class ReadStats:
     snaplen: int | None = None  # the smallest snaplen the file's header(s) declare
     damage: list[str] = field(default_factory=list)  # the first MAX_DAMAGE places
     damage_count: int = 0  # all of them
+    # the packet just yielded carried pcapng comments: [(comments, direction)] (decoders.pod_labels)
+    notes: list[tuple[tuple[str, ...], int]] = field(default_factory=list, repr=False)
     # pcapng Decryption Secrets Blocks of type TLSK: key-log text, a secret (kept out of repr)
     tls_key_logs: list[bytes] = field(default_factory=list, repr=False)
 
@@ -296,6 +298,7 @@ def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator
     packets = 0
     nbytes = 0
     next_progress = 0
+    notes = stats.notes
     try:
         while True:
             if not c.need(12):
@@ -353,6 +356,11 @@ def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator
                         stats.add_damage(f"packet block at byte {c.base + start} overruns its block")
                         continue
                     data = body[20:20 + caplen]
+                    if notes:
+                        notes.clear()  # the last packet's, not this one's
+                    opts = 20 + ((caplen + 3) & ~3)
+                    if len(body) > opts + 4:  # options: comments (ptcpdump's process and pod)
+                        _packet_notes(body, opts, order, notes)
                 if if_id >= len(ifaces):
                     stats.add_damage(f"packet at byte {c.base + start} names unknown interface {if_id}")
                     continue
@@ -367,6 +375,24 @@ def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator
     finally:
         stats.packets += packets
         stats.bytes += nbytes
+
+
+def _packet_notes(body: bytes, pos: int, order: str, notes: list) -> None:
+    """A packet block's comments (opt_comment) and direction (epb_flags bits 0-1), if it has comments."""
+    comments: list[str] = []
+    direction = 0
+    while pos + 4 <= len(body):
+        code, olen = struct.unpack_from(order + "HH", body, pos)
+        if code == 0:
+            break
+        value = body[pos + 4:pos + 4 + olen]
+        pos += 4 + ((olen + 3) & ~3)
+        if code == 1:
+            comments.append(value.decode("utf-8", "replace"))
+        elif code == 2 and olen == 4:
+            direction = struct.unpack(order + "I", value)[0] & 3
+    if comments:
+        notes.append((tuple(comments), direction))
 
 
 def _read_dsb(body: bytes, order: str, stats: ReadStats, offset: int) -> None:

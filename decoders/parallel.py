@@ -33,7 +33,7 @@ _END, _ERROR = "end", "error"
 Batch = tuple[bytes, list[ExchangeFacts]]
 
 
-def _worker(path: str, capture: str, shard: int, count: int, conn, keylog=None) -> None:
+def _worker(path: str, capture: str, shard: int, count: int, conn, keylog=None, names=None) -> None:
     """Decode one shard of the capture and send (lines, fact tuples, new connections, offset)
     batches, then the report."""
     from meshscope.decoders.backends.dpkt_backend import DpktBackend
@@ -48,6 +48,7 @@ def _worker(path: str, capture: str, shard: int, count: int, conn, keylog=None) 
         backend = DpktBackend()
         backend.shard = (shard, count)
         backend.keylog = keylog
+        backend.names = names
         lines: list[bytes] = []
         facts: list[tuple] = []
         keys: dict[tuple, int] = {}  # each connection is sent once, then named by its key
@@ -93,7 +94,7 @@ def can_start_workers() -> bool:
 
 
 def decode_sharded(path: Path, capture: str, workers: int, reports: list[CaptureReport],
-                   progress: Callable[[int], None] | None = None, keylog=None) -> Iterator[Batch]:
+                   progress: Callable[[int], None] | None = None, keylog=None, names=None) -> Iterator[Batch]:
     """Batches of (JSON lines, facts) from ``workers`` processes; appends the merged report once done."""
     # fork is quick and safe from a single-threaded process (the CLI); spawn otherwise
     ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
@@ -101,7 +102,8 @@ def decode_sharded(path: Path, capture: str, workers: int, reports: list[Capture
     for i in range(workers):
         recv, send = ctx.Pipe(duplex=False)
         _widen(send)
-        p = ctx.Process(target=_worker, args=(str(path), capture, i, workers, send, keylog), daemon=True)
+        p = ctx.Process(target=_worker, args=(str(path), capture, i, workers, send, keylog, names),
+                        daemon=True)
         p.start()
         send.close()
         procs.append(p)

@@ -110,7 +110,7 @@ class ExchangeFacts:
     def conn_tuple(c: Connection) -> tuple:
         """A connection as a plain tuple (conn_of() gives it back); addresses interned."""
         return (sys.intern(c.src), c.sport, sys.intern(c.dst), c.dport, c.capture, c.interface, c.client_isn,
-                c.server_isn, c.syn_time, c.handshake_seen)
+                c.server_isn, c.syn_time, c.handshake_seen, c.labels)
 
     @staticmethod
     def conn_of(t: tuple) -> Connection:

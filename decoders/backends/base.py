@@ -39,6 +39,7 @@ class Backend(abc.ABC):
     def __init__(self) -> None:
         self.report: CaptureReport | None = None
         self.keylog = None  # decoders.tls_keylog.KeyLog: decrypt TLS with it (segment backends)
+        self.names = None  # decoders.pod_labels.K8sNames: label connections with pod and service names
 
     @abc.abstractmethod
     def decode(

@@ -44,6 +44,7 @@ class PysharkBackend(SegmentBackend):
                                f"compressed captures; decompress it or use another backend")
         for _ in read_capture(path, stats, progress):  # framing and damage, for the report
             pass
+        stats.notes.clear()  # the last packet's comments: tshark's packets below are not matched to them
         params = []
         for proto in DISABLED:
             params += ["--disable-protocol", proto]

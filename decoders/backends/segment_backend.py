@@ -11,6 +11,7 @@ from meshscope.decoders.backends.base import Backend, CaptureReport
 from meshscope.decoders.capture_file import ReadStats, sniff_capture
 from meshscope.decoders.connection_table import DEFAULT_MAX_CONNECTIONS, ConnectionSummary, ConnectionTable
 from meshscope.decoders.link_layers import SUPPORTED_LINKTYPES, linktype_name
+from meshscope.decoders.pod_labels import ptcpdump_labels
 from meshscope.decoders.wording import counted
 
 from meshscope.model import Exchange
@@ -48,12 +49,16 @@ class SegmentBackend(Backend):
                                 on_connection=self.on_connection, keylog=self.keylog)
         ready = table.ready
         segment = table.segment
+        table.names = self.names
         secrets = stats.tls_key_logs if stats.format == "pcapng" else None  # Decryption Secrets Blocks
+        notes = stats.notes  # the comments of the packet just read (pcapng: ptcpdump's process and pod)
         try:
             for seg in self.segments(path, stats, progress):
                 if secrets:
                     _take_secrets(table, secrets, capture)
                 segment(*seg)
+                if notes:
+                    _take_notes(table, seg, notes)
                 if ready:
                     self._count(len(ready))
                     yield from ready
@@ -87,6 +92,12 @@ class SegmentBackend(Backend):
                          f"open at once, or more than {table.max_buffered >> 20} MB held for them")
         r.damage = notes + list(stats.damage) + list(table.damage)
         r.damage_count = len(notes) + stats.damage_count + table.damage_count
+
+
+def _take_notes(table: ConnectionTable, seg: Segment, notes: list) -> None:
+    for comments, direction in notes:
+        table.label(seg[1], seg[2], seg[3], seg[4], ptcpdump_labels(comments), direction)
+    notes.clear()
 
 
 def _take_secrets(table: ConnectionTable, secrets: list[bytes], capture: str) -> None:

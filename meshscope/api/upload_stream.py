@@ -17,6 +17,9 @@ MAX_FILES_PER_UPLOAD = 16
 KEYLOG_PART = "keylog"  # the multipart field name of a TLS key log sent beside the captures
 KEYLOG_FILE = "keylog.secret"  # where it waits for the analysis (owner-only), deleted when it ends
 MAX_KEYLOG_BYTES = 64 << 20
+NAMES_PART = "k8s-names"  # `kubectl get pods,svc -A -o json`: pod and service names by IP (decoders.K8sNames)
+NAMES_FILE = "k8s-names.json"
+MAX_NAMES_BYTES = 64 << 20
 
 
 class UploadRejected(Exception):
@@ -48,6 +51,8 @@ class CaptureFiles:
         self._head = b""
         self.keylog_bytes: int | None = None  # a key-log part was received (never its content)
         self._keylog = False  # the open file is the key log
+        self.names_bytes: int | None = None  # a k8s-names part was received
+        self._names = False  # the open file is the k8s-names listing
 
     def open_keylog(self, _name: str | None = None) -> None:
         """The key-log part: written owner-only beside the captures, not sniffed, not listed as a file."""
@@ -58,6 +63,15 @@ class CaptureFiles:
         self._fh = os.fdopen(fd, "wb")
         self._keylog = True
         self.keylog_bytes = 0
+
+    def open_names(self, _name: str | None = None) -> None:
+        """The k8s-names part: written beside the captures, read by the analysis, not listed as a file."""
+        self.close()
+        if self.names_bytes is not None:
+            raise UploadRejected(400, f"at most one {NAMES_PART} part per upload")
+        self._fh = open(self.folder / NAMES_FILE, "wb")  # noqa: SIM115 - closed in close()
+        self._names = True
+        self.names_bytes = 0
 
     def open(self, client_name: str | None) -> None:
         self.close()
@@ -76,6 +90,12 @@ class CaptureFiles:
             return
         if self._fh is None:
             raise UploadRejected(400, "capture data outside a file part")
+        if self._names:
+            self.names_bytes = (self.names_bytes or 0) + len(data)
+            if self.names_bytes > MAX_NAMES_BYTES:
+                raise UploadRejected(413, f"{NAMES_PART} larger than {MAX_NAMES_BYTES} bytes")
+            self._fh.write(data)
+            return
         if self._keylog:
             self.keylog_bytes = (self.keylog_bytes or 0) + len(data)
             if self.keylog_bytes > MAX_KEYLOG_BYTES:
@@ -108,8 +128,8 @@ class CaptureFiles:
             return
         self._fh.close()
         self._fh = None
-        if self._keylog:
-            self._keylog = False
+        if self._keylog or self._names:
+            self._keylog = self._names = False
             return
         current = self.files[-1]
         if current["size"] == 0:
@@ -168,6 +188,9 @@ class MultipartCaptures:
         if params.get(b"name") == KEYLOG_PART.encode():
             self._in_file = True
             self._pending.append(("open_keylog", None))
+        elif params.get(b"name") == NAMES_PART.encode():
+            self._in_file = True
+            self._pending.append(("open_names", None))
         elif b"filename" in params:
             self._in_file = True
             self._pending.append(("open", params[b"filename"].decode("utf-8", "replace")))

@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--keylog", action="append", default=[], metavar="FILE",
                    help="NSS key log (SSLKEYLOGFILE, Envoy key_log) to decrypt TLS with; repeatable. "
                         "Keys inside a pcapng (Decryption Secrets Block) are used without it")
+    a.add_argument("--k8s-names", metavar="FILE",
+                   help="`kubectl get pods,svc -A -o json` output: connections are labelled with the pod and "
+                        "service names of their IPs, and the graphs' columns named after them "
+                        "(ptcpdump's packet comments do the same without it)")
 
 
 class ProgressBar:
@@ -68,16 +72,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _analyze_and_emit(args: argparse.Namespace) -> int:
-    from meshscope.decoders import KeyLog, analyze
+    from meshscope.decoders import K8sNames, KeyLog, analyze
 
     keylog = None
     if args.keylog:
         keylog = KeyLog.from_files([Path(f) for f in args.keylog])  # UserError for an unreadable file
         for problem in keylog.problems[:10]:  # line numbers and reasons only: never the line
             print(f"meshscope: key log {problem}", file=sys.stderr)
+    names = K8sNames.from_file(args.k8s_names) if args.k8s_names else None  # UserError for a bad file
     bar = ProgressBar() if sys.stderr.isatty() else None
     try:
-        result = analyze([Path(f) for f in args.files], backend=args.backend, progress=bar, keylog=keylog)
+        result = analyze([Path(f) for f in args.files], backend=args.backend, progress=bar, keylog=keylog,
+                         names=names)
     except UserError:
         raise
     except (OSError, ValueError) as exc:

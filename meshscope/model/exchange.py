@@ -25,6 +25,9 @@ class Connection:
     server_isn: int | None = None
     syn_time: float | None = None
     handshake_seen: bool = False
+    # who the ends are, where known: client.pod, server.namespace, client.pid, client.command, …
+    # (decoders.pod_labels: ptcpdump's packet comments, a kubectl listing of pod and service IPs)
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, int, str, int]:
