@@ -113,7 +113,8 @@ def test_tshark_reads_the_same_comments(ptcpdump_capture):
     """The hand-built file is a pcapng tshark reads, with the comments where we read them."""
     need_binary("tshark")
     out = subprocess.run(["tshark", "-r", str(ptcpdump_capture), "-T", "fields", "-E", "occurrence=f",
-                          "-e", "frame.comment"], capture_output=True, text=True, check=True, timeout=60).stdout
+                          "-e", "frame.comment"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
     firsts = [line for line in out.splitlines() if line]
     assert firsts and all(line.startswith("PID: ") for line in firsts)
     assert {ptcpdump_labels([line.replace("\\n", "\n")])["pid"] for line in firsts} == {"4242", "77"}
@@ -135,7 +136,8 @@ def _kubectl_listing() -> dict:
         pod("catalog-5d4b", "default", "10.10.0.8"),
         pod("kube-proxy-x2", "kube-system", "172.18.0.2", host_network=True),  # the node's IP: not a pod's
         svc("catalog", "default", "10.96.0.10"),
-        {"kind": "Pod", "metadata": {"name": "pending", "namespace": "default"}, "status": {"phase": "Pending"}},
+        {"kind": "Pod", "metadata": {"name": "pending", "namespace": "default"},
+         "status": {"phase": "Pending"}},
     ]}
 
 
