@@ -31,6 +31,8 @@ class CaptureReport:
     snaplen: int | None = None  # the capture's declared snaplen (bytes kept per packet)
     cut_by_snaplen: int = 0  # TCP segments whose payload that snaplen cut short (their heads still read)
     error: str | None = None  # why this capture could not be read (the others of a run still were)
+    # frames not decoded, by link type / encapsulation / protocol ("PPP LCP": 3, "ARP": 2)
+    not_decoded: dict[str, int] = field(default_factory=dict)
 
 
 class Backend(abc.ABC):

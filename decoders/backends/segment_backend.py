@@ -79,6 +79,7 @@ class SegmentBackend(Backend):
         r.link_types = sorted(linktype_name(lt) for lt in stats.link_types)
         r.packets, r.bytes, r.truncated = stats.packets, stats.bytes, stats.truncated
         r.connections = table.connections
+        r.not_decoded = dict(sorted(stats.not_decoded.items(), key=lambda kv: (-kv[1], kv[0])))
         r.snaplen, r.cut_by_snaplen = stats.snaplen, table.snap_cut
         # the report's own notes first (few, and the most telling), then the first places of each kind
         notes = [f"link type {linktype_name(lt)} is not supported; its packets were skipped"

@@ -40,6 +40,8 @@ class CaptureSummary(BaseModel):
     snaplen: int | None = Field(None, description="bytes kept per packet, as the capture declares")
     cut_by_snaplen: int = Field(0, description="TCP segments whose payload the snaplen cut short")
     error: str | None = Field(None, description="why this capture could not be read (the others still were)")
+    not_decoded: dict[str, int] = Field(
+        {}, description="frames not decoded, by link type, encapsulation or protocol (\"PPP LCP\": 3)")
 
 
 class UploadStatus(BaseModel):
@@ -57,7 +59,10 @@ class UploadStatus(BaseModel):
 
 
 class UploadFlows(BaseModel):
-    """An upload's analysis document (decoders.Analysis), led by the upload's id."""
+    """An upload's analysis document (decoders.Analysis), led by the upload's id; narrowed by filters
+    it also says by what (``filter``: "status 5xx, port 80")."""
+
+    model_config = ConfigDict(extra="allow")
 
     id: str
     flows: list[Flow]

@@ -69,6 +69,7 @@ def capture_summary(report: Any, files: list[dict[str, Any]]) -> dict[str, Any]:
         # compressed captures, damage beyond the examples, snaplen cuts, a capture that could not be read
         **{k: getattr(report, k, None) for k in ("compression", "damage_count", "snaplen", "cut_by_snaplen",
                                                  "error")},
+        "not_decoded": dict(report.not_decoded),
     }
 
 

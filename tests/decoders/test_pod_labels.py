@@ -106,6 +106,10 @@ def test_the_labels_reach_the_json_document(ptcpdump_capture, capsys):
     assert main(["pcap", "analyze", "--json", str(ptcpdump_capture)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert {e["conn"]["labels"].get("client.pod") for e in doc["exchanges"]} == {"loadgen-7d9f", None}
+    # the capture's picture (no stitched flow): its columns carry the pods' names
+    assert main(["pcap", "analyze", "--mermaid", str(ptcpdump_capture)]) == 0
+    out = capsys.readouterr().out
+    assert "as shop/loadgen-7d9f (10.244.1.5)" in out and "as shop/catalog-5d4b (10.244.2.9)" in out
 
 
 @pytest.mark.tshark
