@@ -8,8 +8,11 @@ EXAMPLES = 5  # damage lines shown before "… and N more"
 
 
 def counted(n: int, word: str, plural: str | None = None) -> str:
-    """``n`` and the word, plural unless n is 1 (``plural`` for irregular words: "copy" → "copies")."""
-    return f"{n} {word if n == 1 else plural or word + 's'}"
+    """``n`` and the word, plural unless n is 1 ("-es" after s and x; ``plural`` for irregular words:
+    "copy" → "copies")."""
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {plural or word + ('es' if word.endswith(('s', 'x')) else 's')}"
 
 
 def examples(lines: Sequence[str], total: int | None = None, shown: int = EXAMPLES) -> list[str]:

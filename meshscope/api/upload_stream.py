@@ -90,16 +90,15 @@ class CaptureFiles:
             return
         if self._fh is None:
             raise UploadRejected(400, "capture data outside a file part")
-        if self._names:
-            self.names_bytes = (self.names_bytes or 0) + len(data)
-            if self.names_bytes > MAX_NAMES_BYTES:
-                raise UploadRejected(413, f"{NAMES_PART} larger than {MAX_NAMES_BYTES} bytes")
-            self._fh.write(data)
-            return
-        if self._keylog:
-            self.keylog_bytes = (self.keylog_bytes or 0) + len(data)
-            if self.keylog_bytes > MAX_KEYLOG_BYTES:
-                raise UploadRejected(413, f"key log larger than {MAX_KEYLOG_BYTES} bytes")
+        if self._names or self._keylog:  # a side part: counted against its own limit, not sniffed
+            if self._names:
+                self.names_bytes = size = (self.names_bytes or 0) + len(data)
+                limit, what = MAX_NAMES_BYTES, NAMES_PART
+            else:
+                self.keylog_bytes = size = (self.keylog_bytes or 0) + len(data)
+                limit, what = MAX_KEYLOG_BYTES, "key log"
+            if size > limit:
+                raise UploadRejected(413, f"{what} larger than {limit} bytes")
             self._fh.write(data)
             return
         self.total += len(data)
