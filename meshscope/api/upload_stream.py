@@ -11,7 +11,8 @@ from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from meshscope.decoders import upload_format
+from meshscope.decoders import K8sNames, upload_format
+from meshscope.errors import UserError
 
 MAX_FILES_PER_UPLOAD = 16
 KEYLOG_PART = "keylog"  # the multipart field name of a TLS key log sent beside the captures
@@ -127,8 +128,15 @@ class CaptureFiles:
             return
         self._fh.close()
         self._fh = None
-        if self._keylog or self._names:
-            self._keylog = self._names = False
+        if self._names:  # checked now: a listing that names nothing is refused, not found out later
+            self._names = False
+            try:
+                K8sNames.from_file(self.folder / NAMES_FILE)
+            except UserError as exc:
+                raise UploadRejected(400, f"{NAMES_PART}: {str(exc).split(': ', 1)[-1]}") from None
+            return
+        if self._keylog:
+            self._keylog = False
             return
         current = self.files[-1]
         if current["size"] == 0:

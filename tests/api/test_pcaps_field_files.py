@@ -72,3 +72,13 @@ def test_a_kubectl_listing_labels_the_uploaded_capture(api):
         to_gateway = [e["conn"]["labels"] for e in doc["exchanges"] if e["conn"]["dst"] == "10.10.0.6"]
         assert to_gateway and all(x["server.service"] == "ingress" for x in to_gateway)
         assert "default/loadgen-7d9f" in c.get(f"/api/pcaps/{status['id']}/graph.svg").text
+
+
+def test_a_listing_that_names_nothing_is_refused_at_once(api):
+    files = [("file", ("lab.pcap", NODEPORT_LAB.read_bytes(), "application/vnd.tcpdump.pcap")),
+             ("k8s-names", ("pods.json", b"<html>not a listing</html>", "application/json"))]
+    with api.client() as c:
+        r = c.post("/api/pcaps", files=files)
+        assert r.status_code == 400
+        detail = r.json()["detail"]
+        assert detail.startswith("k8s-names: not JSON") and "/" not in detail.split("(")[0]
