@@ -87,7 +87,8 @@ class SegmentBackend(Backend):
         if table.snap_cut:
             per = f" ({stats.snaplen} bytes per packet)" if stats.snaplen else ""
             notes.append(f"{counted(table.snap_cut, 'segment')} cut short by the capture's snaplen{per}: "
-                         "request and status lines and the headers kept whole are read, the rest is unknown")
+                         "request and status lines, header lines and TLS hello extensions kept whole are "
+                         "read, the rest is unknown")
         if table.evicted:
             notes.append(f"{counted(table.evicted, 'connection')} evicted: more than {table.max_connections} "
                          f"open at once, or more than {table.max_buffered >> 20} MB held for them")

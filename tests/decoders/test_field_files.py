@@ -21,7 +21,15 @@ from meshscope.decoders.samples import NODEPORT_LAB
 from meshscope.cli import main
 from tests.conftest import free_port, need_binary, need_root
 from tests.decoders.canonical import canonical
-from tests.decoders.capture_builders import Conversation, http_request, http_response, write
+from tests.decoders.capture_builders import (
+    Conversation,
+    frame,
+    http_request,
+    http_response,
+    tls_hellos,
+    write,
+    write_frames,
+)
 from tests.decoders.test_dpkt_vs_tshark import Handler
 from tests.decoders.tls_lab import tcpdump_lo
 
@@ -238,3 +246,26 @@ def test_the_lab_sample_reads_the_same_through_every_compression(tmp_path):
         want = json.loads(json.dumps(doc))
         want["captures"][0].pop("compression")
         assert got == want, kind
+
+
+@pytest.mark.parametrize("snaplen", [96, 300])
+def test_a_tls_hello_cut_by_the_snaplen_gives_what_it_kept_whole(tmp_path, snaplen):
+    """A real OpenSSL ClientHello and server flight, cut as `tcpdump -s N` cuts them: the extensions
+    kept whole (SNI, ALPN) are read, nothing past the cut is guessed (tshark 4.0 reads neither)."""
+    client_hello, server_flight = tls_hellos(sni="shop.example.com", alpn=("h2", "http/1.1"))
+    c = Conversation(cport=44000).handshake()
+    c.send(True, client_hello)
+    c.send(False, server_flight)
+    frames = []
+    for p in c.close().packets:
+        raw = bytes(frame(p, "ether"))
+        frames.append((float(p.time), raw[:snaplen], len(raw)))
+    path = write_frames(tmp_path / f"tls{snaplen}.pcap", frames, snaplen=snaplen)
+    (ex,), report = (lambda s, r: (list(s), r))(*read_exchanges(path))
+    assert report.cut_by_snaplen == 2 and ex.exchange_type == "tls"
+    if snaplen == 96:  # 42 bytes of the hello: not even the cipher suites
+        assert (ex.sni, ex.alpn, ex.tls_offered_versions) == (None, [], [])
+    else:
+        assert (ex.sni, ex.alpn) == ("shop.example.com", ["h2", "http/1.1"])
+        assert ex.tls_version == "TLS 1.3"  # supported_versions is early in the ServerHello
+        assert any("SNI and ALPN read from the" in d for d in ex.damage)
