@@ -53,7 +53,10 @@ class UploadStatus(BaseModel):
 
 
 class UploadFlows(BaseModel):
-    """An upload's analysis document (decoders.Analysis), led by the upload's id."""
+    """An upload's analysis document (decoders.Analysis), led by the upload's id; narrowed by filters
+    it also says by what (``filter``: "status 5xx, port 80")."""
+
+    model_config = ConfigDict(extra="allow")
 
     id: str
     flows: list[Flow]
