@@ -34,6 +34,8 @@ class CaptureSummary(BaseModel):
     exchanges: int
     damage: list[str] = Field(description="what was damaged in the capture (truncation, gaps …)")
     truncated: bool
+    not_decoded: dict[str, int] = Field(
+        {}, description="frames not decoded, by link type, encapsulation or protocol (\"PPP LCP\": 3)")
 
 
 class UploadStatus(BaseModel):

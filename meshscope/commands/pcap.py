@@ -135,7 +135,14 @@ def _emit(result, args: argparse.Namespace) -> int:
     for r in result.reports:
         for line in r.damage[:5]:
             print(f"meshscope: {r.capture}: {line}", file=sys.stderr)
+        if r.not_decoded:
+            print(f"meshscope: {r.capture}: not decoded: {_not_decoded(r.not_decoded)}", file=sys.stderr)
     return 0
+
+
+def _not_decoded(counts: dict[str, int]) -> str:
+    """"PPP LCP 3 frames, ARP 1 frame": what the decoders could not read, most frequent first."""
+    return ", ".join(f"{what} {n} frame{'' if n == 1 else 's'}" for what, n in counts.items())
 
 
 def _filtered(result, exchanges, flt) -> None:
