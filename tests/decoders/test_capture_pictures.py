@@ -360,3 +360,16 @@ def test_dns_lookups_are_drawn_counted_and_filtered(tmp_path):
     over = picture(a, max_exchanges=1)
     (row,) = over.sections[0].messages
     assert row.style == "error" and row.label.startswith("DNS ×3, errors 33.3 % (no answer 1)")
+
+
+def test_cli_threshold_and_bad_filters(ordinary):
+    import subprocess
+
+    path, _ = ordinary
+    run = [sys.executable, "-m", "meshscope.cli", "pcap", "analyze", str(path)]
+    r = subprocess.run([*run, "--max-exchanges", "2"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "more than 2 exchanges" in r.stdout and "\noverview 1: 4 hosts" in r.stdout
+    for bad in (["--protocol", "smtp"], ["--status", "6xx"], ["--port", "x"], ["--max-exchanges", "-1"]):
+        r = subprocess.run([*run, *bad], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stdout == "", bad
+        assert r.stderr.startswith("meshscope: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
