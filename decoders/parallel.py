@@ -150,4 +150,7 @@ def merge_reports(parts: list[CaptureReport]) -> CaptureReport:
     return dataclasses.replace(first, connections=sum(r.connections for r in parts),
                                cut_by_snaplen=sum(r.cut_by_snaplen for r in parts),
                                exchanges=sum(r.exchanges for r in parts), damage=list(damage),
-                               damage_count=len(damage) + unlisted)  # not_decoded: the first's
+                               damage_count=len(damage) + unlisted,  # not_decoded: the first's
+                               datagrams=sum(r.datagrams for r in parts),  # UDP is split among the shards
+                               quic_connections=sum(r.quic_connections for r in parts),
+                               dns_lookups=sum(r.dns_lookups for r in parts))

@@ -12,6 +12,7 @@ from meshscope.decoders.capture_file import ReadStats, sniff_capture
 from meshscope.decoders.connection_table import DEFAULT_MAX_CONNECTIONS, ConnectionSummary, ConnectionTable
 from meshscope.decoders.link_layers import SUPPORTED_LINKTYPES, linktype_name
 from meshscope.decoders.pod_labels import ptcpdump_labels
+from meshscope.decoders.udp_table import Datagram, UdpTable
 from meshscope.decoders.wording import counted
 
 from meshscope.model import Exchange
@@ -31,8 +32,9 @@ class SegmentBackend(Backend):
 
     @abc.abstractmethod
     def segments(self, path: Path, stats: ReadStats,
-                 progress: Callable[[int], None] | None) -> Iterator[Segment]:
-        """The capture's TCP segments that ``connection_table.wanted`` keeps, in capture order."""
+                 progress: Callable[[int], None] | None) -> Iterator[Segment | Datagram]:
+        """The capture's TCP segments that ``connection_table.wanted`` keeps and its UDP datagrams
+        (decoders.udp_table.Datagram), in capture order."""
 
     def decode(self, path: Path, *, capture: str | None = None,
                progress: Callable[[int], None] | None = None) -> Iterator[Exchange]:
@@ -48,6 +50,8 @@ class SegmentBackend(Backend):
         table = ConnectionTable(capture, max_connections=self.max_connections,
                                 on_connection=self.on_connection, keylog=self.keylog)
         ready = table.ready
+        udp = UdpTable(capture, ready)
+        table.dns = udp.dns  # DNS over TCP joins the same lookups
         segment = table.segment
         table.names = self.names
         secrets = stats.tls_key_logs if stats.format == "pcapng" else None  # Decryption Secrets Blocks
@@ -56,7 +60,10 @@ class SegmentBackend(Backend):
             for seg in self.segments(path, stats, progress):
                 if secrets:
                     _take_secrets(table, secrets, capture)
-                segment(*seg)
+                if seg.__class__ is Datagram:
+                    udp.datagram(*seg)
+                else:
+                    segment(*seg)
                 if notes:
                     _take_notes(table, seg, notes)
                 if ready:
@@ -64,11 +71,21 @@ class SegmentBackend(Backend):
                     yield from ready
                     ready.clear()
             table.finish()
+            udp.finish()
             self._count(len(ready))
             yield from ready
             ready.clear()
         finally:
             self._fill_report(stats, table)
+            self._fill_udp_report(udp)
+
+    def _fill_udp_report(self, udp: UdpTable) -> None:
+        r = self.report
+        assert r is not None
+        r.datagrams, r.quic_connections, r.dns_lookups = udp.datagrams, udp.quic_connections, udp.dns.lookups
+        r.damage.extend(udp.damage)
+        if udp.damage_count > len(udp.damage):
+            r.damage.append(f"… and {udp.damage_count - len(udp.damage)} more damaged UDP datagrams")
 
     def _count(self, n: int) -> None:
         self.report.exchanges += n  # type: ignore[union-attr]
