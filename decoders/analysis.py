@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 import orjson
 from meshscope.decoders.backends import DEFAULT_BACKEND, CaptureReport, get_backend
+from meshscope.decoders.dns_flows import lookups_before
 from meshscope.decoders.flows import build_flows
 from meshscope.decoders.legs import fold_copies, place_loopback
 from meshscope.decoders.nat_hops import build_legs, match_nat
@@ -90,7 +91,7 @@ def stitch(exchanges: Iterable[Exchange | ExchangeFacts]) -> Analysis:
     legs = build_legs(sightings, match_nat(sightings))
     place_loopback(legs)
     links = match_proxy(legs)
-    flows = build_flows(legs, links + inferred_tls_links(legs, links))
+    flows = build_flows(legs, links + inferred_tls_links(legs, links), lookups_before(legs))
     kept = sorted((ex for s in sightings for ex in s.exchanges),
                   key=lambda e: (e.conn.capture, e.request_time or 0))
     folded = {i for s in sightings for i in s.duplicates}

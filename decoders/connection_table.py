@@ -128,6 +128,7 @@ class ConnectionTable:
                  keylog=None) -> None:
         self.capture = capture
         self.keylog = keylog  # decoders.tls_keylog.KeyLog: TLS records are decrypted with it
+        self.dns = None  # decoders.dns_lookups.DnsLookups: where DNS over TCP goes (None: not read)
         self.max_connections = max_connections
         self.max_buffered = max_buffered
         self.buffered = 0  # bytes held by all connections together

@@ -35,6 +35,12 @@ def hop_lines(n: int, hop: Hop) -> list[str]:
         caps = ", ".join(ev.get("captures", []))
         why += [f"before {ev.get('pre')}", f"after {ev.get('post')}", f"matched by {ev.get('match')}{isn}",
                 "one capture" if ev.get("same_capture") else f"captures {caps}"]
+    elif hop.kind == "dns-lookup":
+        why.append(f"{ev.get('qtype')} {ev.get('name')} {ev.get('rcode') or 'not answered'}")
+        if ev.get("tried"):
+            why.append("tried " + ", ".join(ev["tried"]))
+        if ev.get("retries"):
+            why.append(f"sent {ev['retries'] + 1} times")
     else:
         why.append(f"matched by {', '.join(ev.get('matched_by', []))}")
         if hop.request_ids:

@@ -148,4 +148,7 @@ def merge_reports(parts: list[CaptureReport]) -> CaptureReport:
                          connections=sum(r.connections for r in parts),
                          exchanges=sum(r.exchanges for r in parts), damage=list(damage),
                          truncated=first.truncated,
-                         not_decoded=first.not_decoded)  # every shard reads (and counts) every frame
+                         not_decoded=first.not_decoded,  # every shard reads (and counts) every frame
+                         datagrams=sum(r.datagrams for r in parts),  # UDP is split among the shards
+                         quic_connections=sum(r.quic_connections for r in parts),
+                         dns_lookups=sum(r.dns_lookups for r in parts))

@@ -76,7 +76,7 @@ def _flow_messages(flow: Flow, exchanges: Mapping[str, Exchange], labels: dict[s
             msgs += _nat_messages(hop, exchanges, drawn_syn, labels)
             for xid in hop.exchange_ids:
                 ends[xid] = (_ip(hop.src), _ip(hop.dst))
-        else:
+        elif hop.kind != "dns-lookup":  # a lookup is drawn by its exchange's arrows
             proxy = _ip(hop.src)
             what = hop.kind + (f" ×{hop.retries + 1} attempts" if hop.retries else "")
             if hop.sni:

@@ -28,6 +28,9 @@ class CaptureReport:
     truncated: bool = False  # the file ended mid-record
     # frames not decoded, by link type / encapsulation / protocol ("PPP LCP": 3, "ARP": 2)
     not_decoded: dict[str, int] = field(default_factory=dict)
+    datagrams: int = 0  # UDP datagrams read (DNS, QUIC, other)
+    quic_connections: int = 0
+    dns_lookups: int = 0
 
 
 class Backend(abc.ABC):

@@ -11,6 +11,7 @@ from meshscope.decoders.backends.base import Backend, CaptureReport
 from meshscope.decoders.capture_file import ReadStats, sniff_format
 from meshscope.decoders.connection_table import DEFAULT_MAX_CONNECTIONS, ConnectionSummary, ConnectionTable
 from meshscope.decoders.link_layers import SUPPORTED_LINKTYPES, linktype_name
+from meshscope.decoders.udp_table import Datagram, UdpTable
 
 from meshscope.model import Exchange
 
@@ -29,8 +30,9 @@ class SegmentBackend(Backend):
 
     @abc.abstractmethod
     def segments(self, path: Path, stats: ReadStats,
-                 progress: Callable[[int], None] | None) -> Iterator[Segment]:
-        """The capture's TCP segments that ``connection_table.wanted`` keeps, in capture order."""
+                 progress: Callable[[int], None] | None) -> Iterator[Segment | Datagram]:
+        """The capture's TCP segments that ``connection_table.wanted`` keeps and its UDP datagrams
+        (decoders.udp_table.Datagram), in capture order."""
 
     def decode(self, path: Path, *, capture: str | None = None,
                progress: Callable[[int], None] | None = None) -> Iterator[Exchange]:
@@ -46,23 +48,38 @@ class SegmentBackend(Backend):
         table = ConnectionTable(capture, max_connections=self.max_connections,
                                 on_connection=self.on_connection, keylog=self.keylog)
         ready = table.ready
+        udp = UdpTable(capture, ready)
+        table.dns = udp.dns  # DNS over TCP joins the same lookups
         segment = table.segment
         secrets = stats.tls_key_logs if stats.format == "pcapng" else None  # Decryption Secrets Blocks
         try:
             for seg in self.segments(path, stats, progress):
                 if secrets:
                     _take_secrets(table, secrets, capture)
-                segment(*seg)
+                if seg.__class__ is Datagram:
+                    udp.datagram(*seg)
+                else:
+                    segment(*seg)
                 if ready:
                     self._count(len(ready))
                     yield from ready
                     ready.clear()
             table.finish()
+            udp.finish()
             self._count(len(ready))
             yield from ready
             ready.clear()
         finally:
             self._fill_report(stats, table)
+            self._fill_udp_report(udp)
+
+    def _fill_udp_report(self, udp: UdpTable) -> None:
+        r = self.report
+        assert r is not None
+        r.datagrams, r.quic_connections, r.dns_lookups = udp.datagrams, udp.quic_connections, udp.dns.lookups
+        r.damage.extend(udp.damage)
+        if udp.damage_count > len(udp.damage):
+            r.damage.append(f"… and {udp.damage_count - len(udp.damage)} more damaged UDP datagrams")
 
     def _count(self, n: int) -> None:
         self.report.exchanges += n  # type: ignore[union-attr]
