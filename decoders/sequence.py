@@ -152,7 +152,7 @@ def exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> list
     if ex.exchange_type == "tls":
         alpn = f" ALPN {','.join(ex.alpn)}" if ex.alpn else ""
         quic = getattr(ex, "quic", None)
-        what = f"QUIC v{quic.version} Initial ClientHello" if quic is not None else "ClientHello"
+        what = f"QUIC v{quic.version} ClientHello" if quic is not None else "ClientHello"
         out.append(Message(t0, src, dst, _short(f"{what} SNI {ex.sni or '-'}{alpn}"), "hello"))
         if ex.tls_version:
             out.append(Message(ex.response_time or t0, dst, src, f"ServerHello {ex.tls_version}", "response"))
