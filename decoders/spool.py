@@ -111,13 +111,16 @@ class ExchangeFacts:
 
     @staticmethod
     def conn_tuple(c: Connection) -> tuple:
-        """A connection as a plain tuple (conn_of() gives it back); addresses interned."""
+        """A connection as a plain, hashable tuple (conn_of() gives it back); addresses interned."""
         return (sys.intern(c.src), c.sport, sys.intern(c.dst), c.dport, c.capture, c.interface, c.client_isn,
-                c.server_isn, c.syn_time, c.handshake_seen, c.transport)
+                c.server_isn, c.syn_time, c.handshake_seen, c.transport,
+                tuple(c.labels.items()) if c.labels else ())
 
     @staticmethod
     def conn_of(t: tuple) -> Connection:
-        return Connection(**dict(zip(_CONN_FIELDS, t, strict=True)))
+        c = Connection(**dict(zip(_CONN_FIELDS, t, strict=True)))
+        c.labels = dict(c.labels)
+        return c
 
     @staticmethod
     def tuple_of(ex: Exchange, conn_key: int) -> tuple:

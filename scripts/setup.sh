@@ -8,7 +8,7 @@ extras=""
 [ "${1:-}" = "test" ] && extras="[test]"
 
 need_apt=()
-for tool in tshark:tshark editcap:wireshark-common tcpdump:tcpdump iptables:iptables wrk:wrk ip:iproute2 openssl:openssl curl:curl; do
+for tool in tshark:tshark editcap:wireshark-common tcpdump:tcpdump iptables:iptables wrk:wrk ip:iproute2 openssl:openssl curl:curl gzip:gzip zstd:zstd lz4:lz4; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi

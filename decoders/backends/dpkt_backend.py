@@ -18,6 +18,7 @@ from meshscope.decoders.tcp_cut import TcpCut
 from meshscope.decoders.tcp_flags import CONTROL, IP_FRAGMENTED
 from meshscope.decoders.tunnels import locate_inner_ip
 from meshscope.decoders.udp_table import Datagram, datagram_shard
+from meshscope.decoders.wording import counted
 
 _IPV6_EXTENSIONS = frozenset((0, 43, 44, 51, 60))  # hop-by-hop, routing, fragment, AH, dest. options
 _IPV4_HEAD = struct.Struct("!BxHxxHxB").unpack_from  # version + IHL, total length, flags + offset, protocol
@@ -127,7 +128,7 @@ class DpktBackend(SegmentBackend):
         finally:
             undecodable += cut.undecodable
             if undecodable:
-                stats.add_damage(f"{undecodable} packets dpkt could not dissect")
+                stats.add_damage(f"{counted(undecodable, 'packet')} dpkt could not dissect")
 
 
 def _datagram(frame: bytes, u: int, ip_end: int, ts: float, src: str, dst: str, orig: int,

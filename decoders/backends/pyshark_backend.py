@@ -25,6 +25,7 @@ from pyshark.capture.capture import TSharkCrashException
 
 from meshscope.errors import CaptureError
 
+TSHARK_COMPRESSIONS = (None, "gzip", "zstd", "lz4")  # what tshark 4.0 opens itself
 DISPLAY_FILTER = ("tcp.len > 0 or tcp.flags.syn == 1 or tcp.flags.fin == 1 or tcp.flags.reset == 1"
                   " or (udp and not tcp and not icmp and not icmpv6)")  # a tunnel's pure ACKs stay out
 PREFS = {"tcp.desegment_tcp_streams": "FALSE", "tcp.relative_sequence_numbers": "FALSE",
@@ -51,9 +52,13 @@ class PysharkBackend(SegmentBackend):
 
     def segments(self, path: Path, stats: ReadStats,
                  progress: Callable[[int], None] | None) -> Iterator[Segment | Datagram]:
+        if stats.compression not in TSHARK_COMPRESSIONS:
+            raise CaptureError(f"{path}: tshark (the pyshark backend) cannot read {stats.compression}-"
+                               f"compressed captures; decompress it or use another backend")
         not_decoded = stats.not_decoded
         for record in read_capture(path, stats, progress):  # framing, damage and what is not decoded
             locate_inner_ip(record.linktype, record.data, not_decoded)
+        stats.notes.clear()  # the last packet's comments: tshark's packets below are not matched to them
         params = []
         for proto in DISABLED:
             params += ["--disable-protocol", proto]

@@ -16,6 +16,7 @@ from meshscope.decoders.link_layers import BSD_AF_INET6
 from meshscope.decoders.tcp_flags import IP_FRAGMENT_OFFSET
 from meshscope.decoders.tunnels import GENEVE_PORT, IPPROTO_L2TP, L2TP_PORT, VXLAN_PORTS, locate_inner_ip
 from meshscope.decoders.udp_table import Datagram
+from meshscope.decoders.wording import counted
 from scapy.config import conf
 from scapy.contrib import geneve  # noqa: F401  (scapy binds each tunnel when its module loads)
 from scapy.layers import inet6, l2, ppp, vxlan  # noqa: F401  (link types, IPv6, PPPoE, VXLAN)
@@ -64,9 +65,12 @@ class ScapyBackend(SegmentBackend):
                 if _fragment(tcp):  # this IP header or a tunnel's outer one: not reassembled
                     locate_inner_ip(linktype, frame, stats.not_decoded)
                     continue
-                # the bytes scapy dissected the payload from: re-building it (bytes()) is not exact
-                # once scapy's TLS or HTTP layers are loaded, and Ethernet padding is already cut
-                payload = getattr(tcp.payload, "original", None) or b""
+                # the bytes scapy dissected TCP from (IP's length already cut the Ethernet padding
+                # off them), after the header: re-building the payload (bytes()) is not exact once
+                # scapy's TLS or HTTP layers are loaded, and the payload layer's own bytes are not
+                # either: a segment without payload gets the padding as a Padding layer, and a TLS
+                # record cut across segments is a Padding layer too
+                payload = (tcp.original or b"")[tcp.dataofs * 4:]
                 flags = int(tcp.flags)
                 if not wanted(flags, len(payload)):
                     continue
@@ -76,7 +80,7 @@ class ScapyBackend(SegmentBackend):
                        orig - len(frame) if orig > len(frame) else 0, interface)
         finally:
             if undecodable:
-                stats.add_damage(f"{undecodable} packets scapy could not dissect")
+                stats.add_damage(f"{counted(undecodable, 'packet')} scapy could not dissect")
 
 
 def _innermost_udp(pkt):

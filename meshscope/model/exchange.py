@@ -27,6 +27,9 @@ class Connection:
     syn_time: float | None = None
     handshake_seen: bool = False
     transport: str = "tcp"  # "tcp", or "udp" (DNS, QUIC)
+    # who the ends are, where known: client.pod, server.namespace, client.pid, client.command, …
+    # (decoders.pod_labels: ptcpdump's packet comments, a kubectl listing of pod and service IPs)
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, int, str, int]:
