@@ -22,26 +22,40 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_store import OUT, build_lookup_db  # noqa: E402
+from bench_store import GOLDEN, OUT, build_lookup_db, record  # noqa: E402
 from meshscope.pipelines.store.sqlite import SqliteStore  # noqa: E402
 
+from meshscope.model import AccessRecord  # noqa: E402
 from meshscope.settings import Settings  # noqa: E402
 from tests.api.conftest import serve  # noqa: E402
 
 TARGET_S = 1.0
-SCHEMA_VERSION = 3  # access table with path, duration_ms and flags columns
+SCHEMA_VERSION = 4  # access table with path, duration_ms and flags columns; varied durations and codes
 CHROMIUM = "/usr/bin/chromium"
 
 
+def web_record(i: int, t0: float) -> AccessRecord:
+    """bench_store's record i with a spread of durations (0.5 ms to 5 s, even on a log scale), of codes
+    (503, 500, 404, 200) and of flags, so filters by duration, code and flag select real subsets."""
+    r = record(i, t0)
+    n = i // 2
+    spread = ((n * GOLDEN) >> 20) % 1000 / 1000
+    code = 503 if n % 50 == 0 else 500 if n % 211 == 0 else 404 if n % 37 == 0 else 200
+    flags = ["URX"] if n % 500 == 0 else ["NR"] if code == 404 and n % 2 else []
+    duration = round(0.5 * 10 ** (4 * spread), 1)
+    return replace(r, duration_ms=duration, response_code=code, response_flags=flags)
+
+
 def build(db: Path, count: int) -> None:
-    """bench_store's records (t0 = 1.7e9, one request every 100 µs), then stretched to one hour."""
-    build_lookup_db(db, count)
+    """web_record's records (t0 = 1.7e9, one request every 100 µs), then stretched to one hour."""
+    build_lookup_db(db, count, web_record)
     import sqlite3
 
     conn = sqlite3.connect(db)

@@ -1,0 +1,63 @@
+"""``GET /api/pcaps/{id}/flows/{flow_id}/graph.svg``: the flow graph of one flow of an upload (the upload's
+whole graph draws only its first flows; the page shows any one flow on its own, as Wireshark's Flow Graph
+does for a selected conversation)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from meshscope.api.deps import uploads_of
+from meshscope.api.pcaps import SVG_HEADERS, UploadId, _finished
+from meshscope.api.schemas import ErrorBody
+from meshscope.api.uploads import Uploads
+from meshscope.model import Exchange, Flow
+
+router = APIRouter(prefix="/api/pcaps", tags=["captures"])
+FlowId = Annotated[str, Path(max_length=200, description="a flow's id from GET /api/pcaps/{id}/flows")]
+
+
+def flow_svg(document: dict[str, Any], flow_id: str) -> str | None:
+    """The sequence diagram of one flow of an analysis document with the exchanges it names, or None."""
+    from meshscope.decoders import render_svg
+
+    found = next((f for f in document.get("flows", []) if f.get("id") == flow_id), None)
+    if found is None:
+        return None
+    wanted = set(found.get("exchange_ids") or [])
+    exchanges = {
+        e["id"]: Exchange.from_dict(e) for e in document.get("exchanges", []) if e.get("id") in wanted
+    }
+    return render_svg([Flow.from_dict(found)], exchanges)
+
+
+def _document(uploads: Uploads, upload_id: str) -> dict[str, Any]:
+    path = uploads.flows_file(upload_id)
+    if path is not None:
+        return orjson.loads(path.read_bytes())
+    return uploads.analysis(upload_id) or {}
+
+
+@router.get(
+    "/{upload_id}/flows/{flow_id}/graph.svg",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/svg+xml": {}}},
+        404: {"model": ErrorBody},
+        409: {"model": ErrorBody},
+        422: {"model": ErrorBody},
+    },
+)
+async def get_flow_graph(
+    upload_id: UploadId, flow_id: FlowId, uploads: Annotated[Uploads, Depends(uploads_of)]
+) -> Response:
+    """One flow's sequence diagram as SVG (one column per host), drawn from the upload's analysis."""
+    _finished(uploads, upload_id)
+    svg = await run_in_threadpool(lambda: flow_svg(_document(uploads, upload_id), flow_id))
+    if svg is None:
+        raise HTTPException(404, f"upload {upload_id} has no flow {flow_id}")
+    return Response(svg, media_type="image/svg+xml", headers=SVG_HEADERS)
