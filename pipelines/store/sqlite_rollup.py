@@ -261,3 +261,47 @@ def newest_window(
     if exact:  # every match is in a listed slot: from the oldest to the newest (none: an empty window)
         return (max(start, oldest * SLOT_S), (newest + 1) * SLOT_S) if newest is not None else (start, start)
     return None
+
+
+# a map over fewer records than this is counted from the access table (exact p99 to the millisecond)
+EXACT_MAP_RECORDS = 20_000
+
+
+def traffic_rows(
+    conn: sqlite3.Connection, start: float, end: float
+) -> tuple[list[tuple], float, float] | None:
+    """The service map's counts over the whole slots of [start, end) from the detailed rollup: rows of
+    (source, target, duration bucket, requests, 5xx, retried), and the [lo, hi) they cover; None when the
+    range holds too few records to be worth it (or no whole slot)."""
+    lo = math.ceil(start / SLOT_S) * SLOT_S
+    hi = max(lo, math.floor(end / SLOT_S) * SLOT_S)
+    if lo >= hi:
+        return None
+    rows = conn.execute(
+        f"SELECT node_cluster, upstream_cluster, dur, sum(n),"
+        " sum(CASE WHEN response_code BETWEEN 500 AND 599 THEN n ELSE 0 END), sum(retried * n)"
+        f" FROM {DETAIL.table} WHERE slot >= ? AND slot < ? GROUP BY 1, 2, 3",
+        (lo // SLOT_S, hi // SLOT_S),
+    ).fetchall()
+    if sum(r[3] for r in rows) < EXACT_MAP_RECORDS:
+        return None
+    return rows, float(lo), float(hi)
+
+
+def bucket_quantile(counts: dict[int, int], q: float) -> float | None:
+    """The q-quantile of durations given as {duration bucket: how many}, interpolated linearly inside its
+    bucket (as Prometheus' histogram_quantile does); the last bucket, without an upper edge, answers its
+    lower edge."""
+    total = sum(n for k, n in counts.items() if k >= 0)
+    if not total:
+        return None
+    rank = max(1.0, q * total)
+    seen = 0
+    for k in sorted(k for k in counts if k >= 0):
+        if seen + counts[k] >= rank:
+            low = EDGES_MS[k]
+            if k + 1 >= len(EDGES_MS):
+                return float(low)
+            return low + (EDGES_MS[k + 1] - low) * (rank - seen) / counts[k]
+        seen += counts[k]
+    return float(EDGES_MS[max(counts)])

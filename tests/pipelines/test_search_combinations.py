@@ -118,3 +118,24 @@ async def check(store, stored: list[AccessRecord], case: dict) -> None:  # noqa:
 
 def vars_of(query: AccessSearch) -> dict:
     return {f.name: getattr(query, f.name) for f in fields(query) if f.name not in ("limit", "cursor")}
+
+
+async def test_sqlite_map_of_many_records_from_the_rollup(data_dir, monkeypatch):
+    """Over many records the service map counts from the detailed rollup (the partial slots at either
+    end scanned): the same counts as the exact scan, and a p99 inside the exact p99's duration bucket."""
+    from meshscope.pipelines.store import sqlite_rollup
+    from meshscope.pipelines.store.sqlite import SqliteStore
+
+    from meshscope.settings import Settings
+
+    async with SqliteStore(Settings(data_dir=data_dir)) as sqlite:
+        await sqlite.write(records())
+        exact = await sqlite.traffic_edges(START, END)
+        monkeypatch.setattr(sqlite_rollup, "EXACT_MAP_RECORDS", 0)
+        rolled = await sqlite.traffic_edges(START, END)
+    assert len(exact) == len(rolled) >= 6
+    for e, r in zip(exact, rolled, strict=True):
+        assert (e.source, e.target, e.count, e.count_5xx, e.count_retried) == (
+            r.source, r.target, r.count, r.count_5xx, r.count_retried)
+        k = sqlite_rollup.duration_bucket(e.p99_ms)
+        assert sqlite_rollup.EDGES_MS[k] <= r.p99_ms <= sqlite_rollup.EDGES_MS[min(k + 1, len(EDGES_MS) - 1)]
