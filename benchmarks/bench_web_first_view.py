@@ -10,7 +10,8 @@ store creates its indexes) and cached under benchmarks/out/.
 2. Browser: headless Chromium (Debian's /usr/bin/chromium, through playwright) opens ``/#/find`` for
    that hour; time from navigation start until the result list and the histogram are drawn.
 3. The same API requests (list and histogram) for every filter of the page, alone and in pairs; the
-   slowest against the target, and the proxy + minimum duration one against a plain SQLite scan of it.
+   slowest against the target, and the proxy + minimum duration one against a plain SQLite scan of it;
+   the Map view's service graph of the hour.
 
     .venv/bin/python benchmarks/bench_web_first_view.py [--records 1000000] [--rebuild] [--no-browser]
 """
@@ -197,6 +198,10 @@ async def main() -> None:
                 " WHERE node_id = ? AND duration_ms >= ? GROUP BY 1, 2", ("gateway-0", 10)
             ).fetchall()
             plain = time.perf_counter() - began
+            for _ in range(2):
+                began = time.perf_counter()
+                (await client.get("/api/graph", params=window)).raise_for_status()
+                print(f"Map view's service graph of the hour: {(time.perf_counter() - began) * 1000:.0f} ms")
             mine = took["proxy + min duration"]
             print(
                 "peer: the proxy + minimum duration histogram as a plain SQLite scan (no rollup, no window): "
