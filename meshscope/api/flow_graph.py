@@ -4,13 +4,13 @@ does for a selected conversation)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from meshscope.api.capture_view import Source, read_document
 from meshscope.api.deps import uploads_of
 from meshscope.api.pcaps import SVG_HEADERS, UploadId, _finished
 from meshscope.api.schemas import ErrorBody
@@ -21,25 +21,35 @@ router = APIRouter(prefix="/api/pcaps", tags=["captures"])
 FlowId = Annotated[str, Path(max_length=200, description="a flow's id from GET /api/pcaps/{id}/flows")]
 
 
-def flow_svg(document: dict[str, Any], flow_id: str) -> str | None:
-    """The sequence diagram of one flow of an analysis document with the exchanges it names, or None."""
+def flow_svg(source: Source, flow_id: str) -> str | None:
+    """The sequence diagram of one flow of an analysis document with the exchanges it names, or None.
+    flows.json is read as a stream up to the flow's last exchange: memory never holds the others."""
     from meshscope.decoders import render_svg
 
-    found = next((f for f in document.get("flows", []) if f.get("id") == flow_id), None)
-    if found is None:
-        return None
-    wanted = set(found.get("exchange_ids") or [])
-    exchanges = {
-        e["id"]: Exchange.from_dict(e) for e in document.get("exchanges", []) if e.get("id") in wanted
-    }
+    if isinstance(source, dict):
+        head, items = source, iter(source.get("exchanges", []))
+    else:
+        head, items = read_document(source)
+    try:
+        found = next((f for f in head.get("flows", []) if f.get("id") == flow_id), None)
+        if found is None:
+            return None
+        wanted = set(found.get("exchange_ids") or [])
+        exchanges: dict[str, Exchange] = {}
+        for data in items:
+            if len(exchanges) == len(wanted):
+                break
+            if data.get("id") in wanted:
+                exchanges[data["id"]] = Exchange.from_dict(data)
+    finally:
+        close = getattr(items, "close", None)  # the stream's file
+        if close is not None:
+            close()
     return render_svg([Flow.from_dict(found)], exchanges)
 
 
-def _document(uploads: Uploads, upload_id: str) -> dict[str, Any]:
-    path = uploads.flows_file(upload_id)
-    if path is not None:
-        return orjson.loads(path.read_bytes())
-    return uploads.analysis(upload_id) or {}
+def _source(uploads: Uploads, upload_id: str) -> Source:
+    return uploads.flows_file(upload_id) or uploads.analysis(upload_id) or {}
 
 
 @router.get(
@@ -57,7 +67,7 @@ async def get_flow_graph(
 ) -> Response:
     """One flow's sequence diagram as SVG (one column per host), drawn from the upload's analysis."""
     _finished(uploads, upload_id)
-    svg = await run_in_threadpool(lambda: flow_svg(_document(uploads, upload_id), flow_id))
+    svg = await run_in_threadpool(flow_svg, _source(uploads, upload_id), flow_id)
     if svg is None:
         raise HTTPException(404, f"upload {upload_id} has no flow {flow_id}")
     return Response(svg, media_type="image/svg+xml", headers=SVG_HEADERS)

@@ -173,7 +173,8 @@ async function drawGraph(section, id, flows, state, show, isCurrent) {
     section.append(el("p", null, el("button", { id: "fg-all", type: "button", onclick: () => show("") }, "show all flows")));
     url = base + "/flows/" + encodeURIComponent(state.flow) + "/graph.svg";
   } else {
-    which.textContent = flows.length > MAX_FLOWS_DRAWN ? `(the first ${MAX_FLOWS_DRAWN} of ${flows.length} flows; ` +
+    which.textContent = !flows.length ? "(no flow stitched: the capture's exchanges)" :
+      flows.length > MAX_FLOWS_DRAWN ? `(the first ${MAX_FLOWS_DRAWN} of ${flows.length} flows; ` +
       "a flow's graph button draws any one)" : `(all ${flows.length} flows)`;
   }
   const svg = await flowGraph(section, url, "upload-graph", isCurrent);
