@@ -62,7 +62,9 @@ def flow_diagram(flows: Iterable[Flow], exchanges: Mapping[str, Exchange], max_f
         root = exchanges.get(flow.exchange_ids[0]) if flow.exchange_ids else None
         msgs = _flow_messages(flow, exchanges, diagram.labels)
         msgs.sort(key=lambda m: m.t)
-        diagram.add(Section(flow_title(flow, root), flow.start or 0.0, msgs))
+        # a handshake drawn before the flow's first request (one host, a fresh connection): times from it
+        start = min(flow.start or 0.0, msgs[0].t) if msgs and flow.start else flow.start or 0.0
+        diagram.add(Section(flow_title(flow, root), start, msgs))
     return diagram
 
 

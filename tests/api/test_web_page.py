@@ -386,6 +386,8 @@ def test_upload_a_real_capture_and_watch_progress_to_the_flow_graph(page, stack)
     assert f"flow={flow_id}" in p.page.evaluate("location.hash")
     assert "flow " + str(len(flows)) in p.page.inner_text("#fg-which")
     assert p.svg_problems("#upload-graph") == []
+    texts = p.page.eval_on_selector_all("#upload-graph text", "ts => ts.map(t => t.textContent)")
+    assert not [t for t in texts if t.startswith("+-")]  # no time before its section's start
     p.shot("capture-one-flow")
     upload_view = p.page.evaluate("location.hash")
     p.page.click("#fg-all")
@@ -424,6 +426,8 @@ def test_request_hops_waterfall_packets_and_graph(page, stack):
     assert p.page.locator("#packets a[href^='#/captures/']").count() == len(packets)
     p.page.wait_for_selector("#request-graph text")
     assert p.svg_problems("#request-graph") == []
+    texts = p.page.eval_on_selector_all("#request-graph text", "ts => ts.map(t => t.textContent)")
+    assert not [t for t in texts if t.startswith("+-")]
     assert p.page.locator("#request-ids button.copy").count() >= 2
     link = p.page.inner_text("#request-ids dd:last-of-type .mono")
     assert link.endswith("#/request/" + normalize_request_id(CAPTURED_RID))
