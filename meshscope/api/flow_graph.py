@@ -12,8 +12,7 @@ from fastapi.responses import Response
 
 from meshscope.api.capture_view import Source, read_document
 from meshscope.api.deps import uploads_of
-from meshscope.api.pcaps import SVG_HEADERS, UploadId, _finished
-from meshscope.api.schemas import ErrorBody
+from meshscope.api.pcaps import SVG_HEADERS, SVG_RESPONSES, UploadId, _finished
 from meshscope.api.uploads import Uploads
 from meshscope.model import Exchange, Flow
 
@@ -55,12 +54,7 @@ def _source(uploads: Uploads, upload_id: str) -> Source:
 @router.get(
     "/{upload_id}/flows/{flow_id}/graph.svg",
     response_class=Response,
-    responses={
-        200: {"content": {"image/svg+xml": {}}},
-        404: {"model": ErrorBody},
-        409: {"model": ErrorBody},
-        422: {"model": ErrorBody},
-    },
+    responses=SVG_RESPONSES,
 )
 async def get_flow_graph(
     upload_id: UploadId, flow_id: FlowId, uploads: Annotated[Uploads, Depends(uploads_of)]
