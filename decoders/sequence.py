@@ -64,7 +64,9 @@ def flow_diagram(flows: Iterable[Flow], exchanges: Mapping[str, Exchange], max_f
         msgs = _flow_messages(flow, exchanges, diagram.labels)
         name_columns(diagram.labels, (exchanges[x] for x in flow.exchange_ids if x in exchanges))
         msgs.sort(key=lambda m: m.t)
-        diagram.add(Section(flow_title(flow, root), flow.start or 0.0, msgs))
+        # a handshake drawn before the flow's first request (one host, a fresh connection): times from it
+        start = min(flow.start or 0.0, msgs[0].t) if msgs and flow.start else flow.start or 0.0
+        diagram.add(Section(flow_title(flow, root), start, msgs))
     return diagram
 
 
