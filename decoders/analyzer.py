@@ -10,7 +10,7 @@ from typing import ClassVar, Protocol
 
 from meshscope.decoders.tcp_reassembly import StreamSink
 
-from meshscope.model import Connection, Exchange
+from meshscope.model import Connection, Exchange, connection_id_hash, exchange_id
 
 
 class Host(Protocol):
@@ -30,7 +30,7 @@ class Analyzer:
 
     protocol: ClassVar[str]
     __slots__ = ("host", "conn", "ready", "client", "server", "done", "exchanges", "index",
-                 "client_damage", "server_damage")
+                 "client_damage", "server_damage", "_id_hash")
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -43,6 +43,7 @@ class Analyzer:
         self.index = 0  # the next exchange's position on the connection
         self.client_damage: list[str] = []  # damage seen before the exchange it belongs to began
         self.server_damage: list[str] = []
+        self._id_hash: tuple | None = None  # (client ISN, SYN time, the connection's id hash)
 
     def held(self) -> int:
         """Bytes buffered (an unfinished head, hello or frame): counted against the table's budget."""
@@ -63,8 +64,13 @@ class Analyzer:
 
     # -- shared by the analyzers ------------------------------------------------------------------
     def new_exchange(self, kind: str, ts: float | None, index: int | None = None) -> Exchange:
-        ex = Exchange(exchange_type=kind, conn=self.conn, request_time=ts,
-                      index=self.index if index is None else index)
+        c = self.conn
+        at = self.index if index is None else index
+        known = self._id_hash
+        if known is None or known[0] != c.client_isn or known[1] != c.syn_time:  # (they never change now)
+            known = self._id_hash = (c.client_isn, c.syn_time, connection_id_hash(c))
+        ex = Exchange(id=exchange_id(known[2], kind, at, ts), exchange_type=kind, conn=c, request_time=ts,
+                      index=at)
         if index is None:
             self.index += 1
         if self.client_damage or self.server_damage:  # damage seen before this exchange began

@@ -2,7 +2,7 @@
 
 from meshscope.model.access import AccessRecord
 from meshscope.model.alert import Alert
-from meshscope.model.exchange import Connection, Exchange, GrpcCall, H2Stream
+from meshscope.model.exchange import Connection, Exchange, GrpcCall, H2Stream, connection_id_hash, exchange_id
 from meshscope.model.flow import HOP_KINDS, Flow, Hop
 from meshscope.model.ids import normalize_request_id, record_id
 from meshscope.model.istio import ProxyNode, parse_node_id
@@ -29,6 +29,7 @@ __all__ = [
     "AccessRecord", "Alert", "Connection", "Exchange", "Flow", "Hop", "HOP_KINDS", "Record",
     "RECORD_TYPES", "Span", "normalize_request_id", "record_id",
     "GrpcCall", "H2Stream",  # what an HTTP/2 stream and a gRPC call add to an Exchange
+    "connection_id_hash", "exchange_id",  # Exchange ids made per connection (the decoders' hot path)
     "ProxyNode", "parse_node_id",  # Istio node ids
     # the Zipkin v2 JSON codec
     "BadSpans", "normalize_trace_id", "pad_hex_id", "span_from_zipkin", "span_to_zipkin",
