@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from meshscope.decoders.diagram import Diagram, Message, Section
+from meshscope.decoders.pod_labels import endpoint_names
 
 from meshscope.model import Exchange, Flow, Hop
 
@@ -61,9 +62,17 @@ def flow_diagram(flows: Iterable[Flow], exchanges: Mapping[str, Exchange], max_f
             break
         root = exchanges.get(flow.exchange_ids[0]) if flow.exchange_ids else None
         msgs = _flow_messages(flow, exchanges, diagram.labels)
+        name_columns(diagram.labels, (exchanges[x] for x in flow.exchange_ids if x in exchanges))
         msgs.sort(key=lambda m: m.t)
         diagram.add(Section(flow_title(flow, root), flow.start or 0.0, msgs))
     return diagram
+
+
+def name_columns(labels: dict[str, str], exchanges: Iterable[Exchange]) -> None:
+    """Columns not yet named by a hop get the pod (or service) name their connections' labels carry
+    (ptcpdump's comments, a kubectl listing): the naming hook of every sequence diagram."""
+    for ip, name in endpoint_names(exchanges).items():
+        labels.setdefault(ip, name)
 
 
 def _flow_messages(flow: Flow, exchanges: Mapping[str, Exchange], labels: dict[str, str]) -> list[Message]:
@@ -76,7 +85,7 @@ def _flow_messages(flow: Flow, exchanges: Mapping[str, Exchange], labels: dict[s
             msgs += _nat_messages(hop, exchanges, drawn_syn, labels)
             for xid in hop.exchange_ids:
                 ends[xid] = (_ip(hop.src), _ip(hop.dst))
-        else:
+        elif hop.kind != "dns-lookup":  # a lookup is drawn by its exchange's arrows
             proxy = _ip(hop.src)
             what = hop.kind + (f" ×{hop.retries + 1} attempts" if hop.retries else "")
             if hop.sni:
