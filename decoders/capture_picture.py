@@ -60,11 +60,7 @@ def columns_of(c: Any) -> tuple[str, str]:
 
 def _conn_key(ex: Any) -> tuple:
     c = ex.conn
-    return (c.capture, c.interface, c.src, c.sport, c.dst, c.dport, c.client_isn, c.syn_time)
-
-
-def _transport(exchanges: Sequence[Any]) -> str:
-    return (getattr(exchanges[0].conn, "transport", None) or "tcp").upper()
+    return (c.capture, c.interface, c.transport, c.src, c.sport, c.dst, c.dport, c.client_isn, c.syn_time)
 
 
 def exchange_diagram(exchanges: Iterable[Any]) -> Diagram:
@@ -87,7 +83,7 @@ def exchange_diagram(exchanges: Iterable[Any]) -> Diagram:
             msgs += exchange_messages(ex, src, dst, True)
         msgs.sort(key=lambda m: m.t)
         where = f"  ({c.capture})" if many_captures and c.capture else ""
-        title = (f"{_transport(group)} {c.src}:{c.sport} → {c.dst}:{c.dport}  "
+        title = (f"{c.transport.upper()} {c.src}:{c.sport} → {c.dst}:{c.dport}  "
                  f"{plural(len(group), 'exchange')}{where}")
         sections.append(Section(title, msgs[0].t if msgs else 0.0, msgs))
     sections.sort(key=lambda s: s.start)

@@ -64,7 +64,9 @@ def flow_diagram(flows: Iterable[Flow], exchanges: Mapping[str, Exchange], max_f
         msgs = _flow_messages(flow, exchanges, diagram.labels)
         name_columns(diagram.labels, (exchanges[x] for x in flow.exchange_ids if x in exchanges))
         msgs.sort(key=lambda m: m.t)
-        diagram.add(Section(flow_title(flow, root), flow.start or 0.0, msgs))
+        # a handshake drawn before the flow's first request (one host, a fresh connection): times from it
+        start = min(flow.start or 0.0, msgs[0].t) if msgs and flow.start else flow.start or 0.0
+        diagram.add(Section(flow_title(flow, root), start, msgs))
     return diagram
 
 
@@ -161,7 +163,7 @@ def exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> list
     if ex.exchange_type == "tls":
         alpn = f" ALPN {','.join(ex.alpn)}" if ex.alpn else ""
         quic = getattr(ex, "quic", None)
-        what = f"QUIC v{quic.version} Initial ClientHello" if quic is not None else "ClientHello"
+        what = f"QUIC v{quic.version} ClientHello" if quic is not None else "ClientHello"
         out.append(Message(t0, src, dst, _short(f"{what} SNI {ex.sni or '-'}{alpn}"), "hello"))
         if ex.tls_version:
             out.append(Message(ex.response_time or t0, dst, src, f"ServerHello {ex.tls_version}", "response"))

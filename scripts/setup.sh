@@ -14,7 +14,8 @@ done
 if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
 # the alerting and metrics tests run Debian's Prometheus (with promtool) and Alertmanager (with amtool)
 if [ -n "$extras" ]; then
-  for tool in promtool:prometheus prometheus-alertmanager:prometheus-alertmanager; do
+  # npm fetches Mermaid's one-file build for the picture tests (below)
+  for tool in promtool:prometheus prometheus-alertmanager:prometheus-alertmanager npm:npm; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
   done
 fi

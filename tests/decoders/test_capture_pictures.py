@@ -373,3 +373,22 @@ def test_cli_threshold_and_bad_filters(ordinary):
         r = subprocess.run([*run, *bad], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and r.stdout == "", bad
         assert r.stderr.startswith("meshscope: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_quic_initial_is_drawn_as_its_hello_over_udp(tmp_path):
+    """RFC 9001 Appendix A's client and server Initials: one UDP section, the Initial's ClientHello named
+    as QUIC with its version, SNI and ALPN; the quic filter finds it, the tls filter does not."""
+    from tests.decoders.capture_builders import write
+    from tests.decoders.quic_vectors import CLIENT_INITIAL, SERVER_INITIAL
+    from tests.decoders.udp_builders import datagram
+
+    packets = [datagram(0, "10.0.0.1", 50000, "10.0.0.2", 443, CLIENT_INITIAL),
+               datagram(0.01, "10.0.0.2", 443, "10.0.0.1", 50000, SERVER_INITIAL)]
+    a = analyze([write(tmp_path / "quic.pcap", packets)])
+    d = picture(a)
+    assert [s.title for s in d.sections] == ["UDP 10.0.0.1:50000 → 10.0.0.2:443  1 exchange"]
+    hello = d.sections[0].messages[0]
+    assert hello.style == "hello" and hello.label == "QUIC v1 ClientHello SNI example.com ALPN alpn"
+    assert len(picture(a, ExchangeFilter.parse(protocol="quic")).sections) == 1
+    assert picture(a, ExchangeFilter.parse(protocol="tls")).sections == []
+    assert picture(a, max_exchanges=0).sections[0].messages[0].label.startswith("QUIC ×1")
