@@ -10,7 +10,7 @@ from typing import ClassVar, Protocol
 
 from meshscope.decoders.tcp_reassembly import StreamSink
 
-from meshscope.model import Connection, Exchange
+from meshscope.model import Connection, Exchange, connection_id_hash, exchange_id
 
 
 class Host(Protocol):
@@ -30,7 +30,7 @@ class Analyzer:
 
     protocol: ClassVar[str]
     __slots__ = ("host", "conn", "ready", "client", "server", "done", "exchanges", "index",
-                 "client_damage", "server_damage", "tunnel")
+                 "client_damage", "server_damage", "tunnel", "_id_hash")
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -44,6 +44,7 @@ class Analyzer:
         self.client_damage: list[str] = []  # damage seen before the exchange it belongs to began
         self.server_damage: list[str] = []
         self.tunnel: str | None = None  # inside an HTTP CONNECT tunnel: "CONNECT host:port"
+        self._id_hash: tuple | None = None  # (client ISN, SYN time, the connection's id hash)
 
     def held(self) -> int:
         """Bytes buffered (an unfinished head, hello or frame): counted against the table's budget."""
@@ -64,8 +65,13 @@ class Analyzer:
 
     # -- shared by the analyzers ------------------------------------------------------------------
     def new_exchange(self, kind: str, ts: float | None, index: int | None = None) -> Exchange:
-        ex = Exchange(exchange_type=kind, conn=self.conn, request_time=ts,
-                      index=self.index if index is None else index)
+        c = self.conn
+        at = self.index if index is None else index
+        known = self._id_hash
+        if known is None or known[0] != c.client_isn or known[1] != c.syn_time:  # (they never change now)
+            known = self._id_hash = (c.client_isn, c.syn_time, connection_id_hash(c))
+        ex = Exchange(id=exchange_id(known[2], kind, at, ts), exchange_type=kind, conn=c, request_time=ts,
+                      index=at)
         if index is None:
             self.index += 1
         if self.tunnel is not None:

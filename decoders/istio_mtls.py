@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography import x509
-
 # ALPN values Istio's sidecars offer on mesh mTLS (ALPNInMeshWithMxc, ALPNInMesh, ALPNInMeshH2, …)
 MESH_ALPNS = frozenset({"istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2", "istio"})
 ALPN_APP_PROTOCOL = {"istio-http/1.0": "http/1.0", "istio-http/1.1": "http/1.1", "istio-h2": "h2"}
@@ -97,6 +95,9 @@ def parse_spiffe(uri: str) -> SpiffeId | None:
 
 def spiffe_ids(der: bytes) -> list[SpiffeId]:
     """The SPIFFE identities in a DER certificate's URI SANs; [] for certificates without (or unreadable)."""
+    # imported here: a tenth of the CLI's start-up, and only certificates seen in a handshake need it
+    from cryptography import x509
+
     try:
         cert = x509.load_der_x509_certificate(der)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -170,9 +170,12 @@ def place_loopback(legs: list[Leg]) -> None:
     one address at the other end of its loopback connections, that address is the capture's host."""
     local: dict[str, set[str]] = defaultdict(set)
     for leg in legs:
-        src, dst = leg.sides[0].conn.src, leg.sides[-1].conn.dst
+        first = leg.sides[0].conn
+        src, dst = first.src, leg.sides[-1].conn.dst
         if is_loopback(src) != is_loopback(dst):
-            local[leg.sides[0].conn.capture].add(dst if is_loopback(src) else src)
+            local[first.capture].add(dst if is_loopback(src) else src)
+    if not local:
+        return  # no loopback connection in any capture
     for leg in legs:
         hosts = local.get(leg.sides[0].conn.capture)
         if not hosts or len(hosts) != 1:

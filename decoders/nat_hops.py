@@ -144,6 +144,9 @@ def build_legs(sightings: list[Sighting], links: list[NatLink]) -> list[Leg]:
     for s in sightings:
         if id(s) in has_prev:
             continue
+        if id(s) not in nxt:  # no NAT after it (most connections): a leg of one side, settled already
+            legs.append(Leg(sides=[s], primary=s))
+            continue
         leg = Leg(sides=[s])
         seen = {id(s)}
         while (link := nxt.get(id(leg.sides[-1]))) is not None and id(link.post) not in seen:

@@ -29,7 +29,7 @@ from meshscope.model import Connection
 BATCH = 500  # exchanges per message: pickling and pipe calls amortised, little memory held
 PIPE_BYTES = 1 << 20
 MAX_KEYS = 4096  # connections a worker remembers having sent (a connection's exchanges come close together)
-_END, _ERROR = "end", "error"
+_BATCH, _END, _ERROR = "batch", "end", "error"
 Batch = tuple[bytes, list[ExchangeFacts]]
 
 
@@ -68,15 +68,23 @@ def _worker(path: str, capture: str, shard: int, count: int, conn, keylog=None, 
                 new_conns.append(ct)
             facts.append(facts_of(ex, key))
             if len(lines) >= BATCH:
-                conn.send_bytes(pickle.dumps((b"\n".join(lines) + b"\n", facts, new_conns, offset[0]), 5))
+                _send_batch(conn, lines, facts, new_conns, offset[0])
                 lines, facts, new_conns = [], [], []
         if lines:
-            conn.send_bytes(pickle.dumps((b"\n".join(lines) + b"\n", facts, new_conns, offset[0]), 5))
+            _send_batch(conn, lines, facts, new_conns, offset[0])
         conn.send_bytes(pickle.dumps((_END, backend.report), 5))
     except Exception as exc:  # the parent turns it into one line for the user
         conn.send_bytes(pickle.dumps((_ERROR, f"{type(exc).__name__}: {exc}"), 5))
     finally:
         conn.close()
+
+
+def _send_batch(conn, lines: list[bytes], facts: list[tuple], new_conns: list[tuple], offset: int) -> None:
+    """A batch as two messages: its facts (pickled), then its JSON lines as they are (not copied into
+    the pickle and out again: they are most of the bytes)."""
+    conn.send_bytes(pickle.dumps((_BATCH, facts, new_conns, offset), 5))
+    lines.append(b"")  # so that the last line ends in a newline too
+    conn.send_bytes(b"\n".join(lines))
 
 
 def _widen(conn) -> None:
@@ -86,6 +94,13 @@ def _widen(conn) -> None:
         fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     except (OSError, AttributeError):  # not Linux, or above /proc/sys/fs/pipe-max-size: keep the default
         pass
+
+
+def _receive(pipe, path: Path, worker: int) -> bytes:
+    try:
+        return pipe.recv_bytes()
+    except EOFError:
+        raise CaptureError(f"{path}: decoder worker {worker} died") from None
 
 
 def can_start_workers() -> bool:
@@ -114,17 +129,15 @@ def decode_sharded(path: Path, capture: str, workers: int, reports: list[Capture
         live = list(range(workers))
         while live:
             for i in list(live):
-                try:
-                    msg = pickle.loads(pipes[i].recv_bytes())
-                except EOFError:
-                    raise CaptureError(f"{path}: decoder worker {i} died") from None
+                msg = pickle.loads(_receive(pipes[i], path, i))
                 if msg[0] == _END:
                     done.append(msg[1])
                     live.remove(i)
                 elif msg[0] == _ERROR:
                     raise CaptureError(f"{path}: {msg[1]}")
                 else:
-                    lines, facts, new_conns, offset = msg
+                    _, facts, new_conns, offset = msg
+                    lines = _receive(pipes[i], path, i)
                     if progress is not None and i == 0:
                         progress(offset)
                     known = conns[i]

@@ -132,9 +132,16 @@ class _Hellos:
         self.by_ip: dict[str, tuple[list[float], list[Exchange]]] = {}
         self.by_sni: dict[str, tuple[list[float], list[Exchange]]] = {}
         self.by_dst: dict[str, tuple[list[float], list[Exchange]]] = {}
+        # the few distinct x-forwarded-for and authority values recur on every request: worked out once
+        self._last_hops: dict[str, str] = {}
+        self._hosts: dict[str, str] = {}
+        names: dict[str | None, list[str]] = {}
         for t, x in zip(self.times, hellos, strict=True):
             keys = [(self.by_ip, x.conn.src), (self.by_dst, x.conn.dst)]
-            keys += [(self.by_sni, name) for name in _sni_names(x.sni)]
+            sni_names = names.get(x.sni)
+            if sni_names is None:
+                sni_names = names[x.sni] = _sni_names(x.sni)
+            keys += [(self.by_sni, name) for name in sni_names]
             for index, key in keys:
                 if key:
                     times, rows = index.setdefault(key, ([], []))
@@ -153,14 +160,35 @@ class _Hellos:
         lo, hi = bisect_left(times, t - MAX_OPEN_S), bisect_right(times, t + SLACK_S)
         return rows[max(lo, hi - MAX_CANDIDATES):hi]
 
-    def candidates(self, up: Exchange, t: float) -> list[Exchange]:
+    def entries(self, up: Exchange) -> list[tuple[list[float], list[Exchange]]]:
+        """The index entries a request's candidates come from (client address from x-forwarded-for
+        or x-envoy-external-address, SNI = authority, the sidecar's inbound address): mostly none,
+        and then the request is passed over without any more work."""
         h = up.headers
-        xff = [p.strip() for p in h.get("x-forwarded-for", "").split(",") if p.strip()]
+        out = []
+        xff = h.get("x-forwarded-for")
+        if xff:
+            last = self._last_hops.get(xff)
+            if last is None:
+                last = self._last_hops[xff] = _last_hop(xff)
+            if last and (entry := self.by_ip.get(last)) is not None:
+                out.append(entry)
+        if (entry := self.by_ip.get(h.get("x-envoy-external-address", ""))) is not None:
+            out.append(entry)
+        authority = up.host or h.get(":authority") or h.get("host") or ""
+        host = self._hosts.get(authority)
+        if host is None:
+            host = self._hosts[authority] = _host(authority) or ""
+        if (entry := self.by_sni.get(host)) is not None:
+            out.append(entry)
+        if up.conn.src == INBOUND_PASSTHROUGH_SOURCE and (entry := self.by_dst.get(up.conn.dst)) is not None:
+            out.append(entry)
+        return out
+
+    def candidates(self, up: Exchange, t: float,
+                   entries: list[tuple[list[float], list[Exchange]]] | None = None) -> list[Exchange]:
         found: dict[int, Exchange] = {}
-        sni = _host(up.host or h.get(":authority") or h.get("host")) or ""
-        inbound = self.by_dst.get(up.conn.dst) if up.conn.src == INBOUND_PASSTHROUGH_SOURCE else None
-        for entry in (self.by_ip.get(xff[-1]) if xff else None,
-                      self.by_ip.get(h.get("x-envoy-external-address", "")), self.by_sni.get(sni), inbound):
+        for entry in self.entries(up) if entries is None else entries:
             for x in self.window(entry, t):
                 if x.conn.key != up.conn.key:
                     found[id(x)] = x
@@ -182,8 +210,11 @@ def infer_terminations(tls_exchanges: list[Exchange],
         if not (h.get("x-forwarded-proto", "").lower() == "https" or "x-envoy-external-address" in h
                 or h.get("x-forwarded-for") or up.conn.src == INBOUND_PASSTHROUGH_SOURCE):
             continue  # nothing says a proxy forwarded it
+        entries = hellos.entries(up)
+        if not entries:
+            continue  # no TLS connection from its client, to its authority or its address
         t = exchange_time(up)
-        before = hellos.candidates(up, t)
+        before = hellos.candidates(up, t, entries)
         if not before:
             continue
         alone = hellos.open_at(t) == 1
@@ -206,6 +237,15 @@ def infer_terminations(tls_exchanges: list[Exchange],
         else:
             out.append(InferredTermination(up, best[0], best[1], best[2], candidates=scored[:3]))
     return out
+
+
+def _last_hop(xff: str) -> str:
+    """The last non-empty entry of an x-forwarded-for chain: the address the proxy saw."""
+    last = xff.rpartition(",")[2].strip()
+    if last:
+        return last
+    hops = [p.strip() for p in xff.split(",") if p.strip()]
+    return hops[-1] if hops else ""
 
 
 def _handshake_end(x: Exchange) -> float:

@@ -10,6 +10,8 @@ from meshscope.model.exchange import (
     GrpcCall,
     H2Stream,
     QuicInitial,
+    connection_id_hash,
+    exchange_id,
 )
 from meshscope.model.flow import HOP_KINDS, Flow, Hop
 from meshscope.model.ids import normalize_request_id, record_id
@@ -39,6 +41,7 @@ __all__ = [
     "RECORD_TYPES", "Span", "normalize_request_id", "record_id",
     "GrpcCall", "H2Stream",  # what an HTTP/2 stream and a gRPC call add to an Exchange
     "DnsAttempt", "DnsQuery", "QuicInitial",  # what DNS lookups and QUIC Initials add
+    "connection_id_hash", "exchange_id",  # Exchange ids made per connection (the decoders' hot path)
     "ProxyNode", "parse_node_id",  # Istio node ids
     # the Zipkin v2 JSON codec
     "BadSpans", "normalize_trace_id", "pad_hex_id", "span_from_zipkin", "span_to_zipkin",

@@ -166,13 +166,24 @@ class Exchange(Record):
 
     def compute_id(self) -> str:
         # record_id("exchange", c.capture, c.interface, c.src, c.sport, c.dst, c.dport, c.client_isn,
-        # c.syn_time, self.exchange_type, self.index, self.request_time), its text written out in one
-        # f-string: an id is made for every decoded exchange (tests/model check both give the same).
+        # c.syn_time, self.exchange_type, self.index, self.request_time), its text written out in
+        # f-strings: an id is made for every decoded exchange (tests/model check both give the same).
         # The 5-tuple and its ISN name one connection: a reused port pair is another connection.
-        c, n = self.conn, _NONE
-        return _blake2b(
-            f"exchange\x1e{c.capture}\x1e{n if c.interface is None else c.interface}\x1e{c.src}\x1e{c.sport}"
-            f"\x1e{c.dst}\x1e{c.dport}\x1e{n if c.client_isn is None else c.client_isn}"
-            f"\x1e{n if c.syn_time is None else c.syn_time}\x1e{self.exchange_type}\x1e{self.index}"
-            f"\x1e{n if self.request_time is None else self.request_time}\x1e".encode(), digest_size=16,
-        ).hexdigest()
+        return exchange_id(connection_id_hash(self.conn), self.exchange_type, self.index, self.request_time)
+
+
+def connection_id_hash(c: Connection):
+    """blake2b fed with a connection's part of its exchanges' ids: the decoders keep one per
+    connection and finish a copy for each exchange (exchange_id), instead of hashing it all again."""
+    n = _NONE
+    return _blake2b(
+        f"exchange\x1e{c.capture}\x1e{n if c.interface is None else c.interface}\x1e{c.src}\x1e{c.sport}"
+        f"\x1e{c.dst}\x1e{c.dport}\x1e{n if c.client_isn is None else c.client_isn}"
+        f"\x1e{n if c.syn_time is None else c.syn_time}\x1e".encode(), digest_size=16)
+
+
+def exchange_id(conn_hash, exchange_type: str, index: int, request_time: float | None) -> str:
+    """Exchange.compute_id from its connection's connection_id_hash()."""
+    h = conn_hash.copy()
+    h.update(f"{exchange_type}\x1e{index}\x1e{_NONE if request_time is None else request_time}\x1e".encode())
+    return h.hexdigest()

@@ -127,3 +127,24 @@ def test_bytes_held_across_connections_are_bounded():
         assert table.buffered <= (1 << 20)
     assert table.evicted > 1000 and len(table.conns) < 1000
     assert sum(tc.buffered for tc in table.conns.values()) == table.buffered
+
+
+def test_exchange_ids_hashed_once_per_connection_are_those_of_compute_id(tmp_path):
+    # the analyzers hash a connection's part of the id once and finish a copy per exchange
+    # (Analyzer.new_exchange): every id must be what Exchange.compute_id gives, with and without a
+    # handshake (no ISN, no SYN time), over several exchanges of one connection
+    import dataclasses
+
+    with_syn = Conversation(cport=40200).handshake()
+    mid = Conversation(cport=40201)
+    for c in (with_syn, mid):
+        for i in range(3):
+            c.send(True, http_request("GET", f"/item/{i}"))
+            c.send(False, http_response(200))
+    stream, _ = read_exchanges(write(tmp_path / "ids.pcap", with_syn.close().packets + mid.close().packets))
+    exchanges = [e for e in stream if e.exchange_type == "http"]
+    assert len(exchanges) == 6
+    assert {e.conn.client_isn is None for e in exchanges} == {True, False}
+    for e in exchanges:
+        assert e.id == dataclasses.replace(e, id="").id  # recomputed by compute_id
+    assert len({e.id for e in exchanges}) == 6

@@ -120,3 +120,38 @@ def test_faster_than_the_reference_decoder():
             d.decode(b)
 
     assert best(ours) < best(reference)
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=40))
+def test_huffman_strings_decode_as_hpack_decodes_them_or_fail_alike(raw):
+    # the byte machine (invalid codes run into a dead state, checked at the end) against hpack's
+    # nibble-at-a-time decoder, on any bytes: the same text, or both refuse
+    from hpack.exceptions import HPACKDecodingError
+    from hpack.huffman_table import decode_huffman as reference
+    from meshscope.decoders.hpack_decoder import decode_huffman
+
+    try:
+        expected = reference(raw).decode("latin-1")
+    except HPACKDecodingError:
+        expected = None
+    try:
+        got = decode_huffman(raw)
+    except HpackError:
+        got = None
+    assert got == expected
+
+
+def test_a_huffman_string_seen_before_is_remembered_and_the_memory_stays_bounded(monkeypatch):
+    from meshscope.decoders import hpack_decoder
+
+    monkeypatch.setattr(hpack_decoder, "_HUFFMAN_SEEN", {})
+    monkeypatch.setattr(hpack_decoder, "HUFFMAN_SEEN_MAX", 8)
+    enc = Encoder()
+    block = enc.encode([("x-request-id", "same-every-time")], huffman=True)
+    for _ in range(3):  # a new connection each time: a literal again, decoded from memory
+        assert HpackDecoder().decode(block) == [("x-request-id", "same-every-time")]
+    assert "same-every-time" in hpack_decoder._HUFFMAN_SEEN.values()
+    for i in range(50):
+        HpackDecoder().decode(Encoder().encode([(f"x-{i}", f"value-{i}")], huffman=True))
+    assert len(hpack_decoder._HUFFMAN_SEEN) <= 8
