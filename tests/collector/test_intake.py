@@ -117,9 +117,38 @@ async def test_a_message_past_the_limit_fails_its_stream(running, access_reader)
             await als_pb2_grpc.AccessLogServiceStub(channel).StreamAccessLogs(iter([http_message(3), big]),
                                                                               timeout=10)
     assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "exceeds the collector's limit" in failed.value.details()
     assert len(await access_reader.wait_for(3)) == 3
     await asyncio.sleep(0.2)
     assert len(access_reader.records) == 3
+    # counted, and named per proxy in the health body (the loss notice)
+    assert collector.health()["access_messages_too_large"] == {"node-a": 1}
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"http://127.0.0.1:{collector.zipkin_port}/metrics")).text
+    assert 'meshscope_collector_rejected_total{protocol="als",reason="too_large"} 1.0' in metrics
+
+
+async def test_a_message_past_the_grpc_ceiling_is_counted_as_a_cut_stream(running, access_reader):
+    """Past twice the limit gRPC refuses the message before the collector sees it; the stream it
+    cut is still counted against its proxy."""
+    collector, _ = running
+    huge = http_message(1, first=False, start=50)
+    huge.http_logs.log_entry[0].request.path = "/" + "x" * (9 * 1024 * 1024)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.als_port}",
+                                         options=[("grpc.max_send_message_length", -1)]) as channel:
+        with pytest.raises(grpc.RpcError) as failed:
+            await als_pb2_grpc.AccessLogServiceStub(channel).StreamAccessLogs(iter([http_message(3), huge]),
+                                                                              timeout=10)
+    assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(await access_reader.wait_for(3)) == 3
+    for _ in range(50):
+        if collector.health()["access_streams_failed"]:
+            break
+        await asyncio.sleep(0.05)
+    assert collector.health()["access_streams_failed"] == {"node-a": 1}
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"http://127.0.0.1:{collector.zipkin_port}/metrics")).text
+    assert 'meshscope_collector_rejected_total{protocol="als",reason="cut"} 1.0' in metrics
 
 
 def test_records_command_survives_a_year_287168_entry(tmp_path):
