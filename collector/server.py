@@ -22,6 +22,7 @@ from meshscope.pipelines.bus import Bus
 
 from meshscope.errors import UserError
 from meshscope.settings import Settings
+from meshscope.slow_clients import quiet_disconnects, uvicorn_options
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,12 @@ class Collector:
             raise OSError(f"the Zipkin receiver could not listen on {host}:{self.settings.zipkin_port}: "
                           f"{exc.strerror or exc}") from exc
         self._zipkin_port = sock.getsockname()[1]
-        self._http = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                                   lifespan="off", **self.access.uvicorn_ssl()))
+        # read timeouts on request heads and bodies (a slow or idle sender cannot hold a connection),
+        # and a sender gone mid-request is one log line
+        self._http = uvicorn.Server(uvicorn.Config(quiet_disconnects(self.app), log_level="warning",
+                                                   access_log=False, lifespan="off",
+                                                   **uvicorn_options(self.settings),
+                                                   **self.access.uvicorn_ssl()))
         self._http.install_signal_handlers = lambda: None  # the embedding program owns signals
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="collector-zipkin-http")
         while not self._http.started:
