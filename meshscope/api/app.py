@@ -78,8 +78,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
 
     @app.get("/healthz", response_model=Health, tags=["service"])
     async def healthz(request: Request) -> Health:
-        """Liveness: answers without a token; says which store is configured."""
-        return Health(status="ok", store=request.app.state.settings.store)
+        """Liveness: answers without a token; says which store is configured and, when a collector runs
+        in this process (``meshscope up``), whether it takes records ("degraded", "not ready" and why)."""
+        return _health(request.app)
+
+    @app.get("/readyz", response_model=Health, tags=["service"], responses={503: {"model": Health}})
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: 503 while the embedded collector refuses records (disk full, backpressure)."""
+        health = _health(request.app)
+        return JSONResponse(health.model_dump(), status_code=503 if health.status == "not ready" else 200)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -92,6 +99,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         return RedirectResponse("/")
 
     return app
+
+
+def _health(app: FastAPI) -> Health:
+    collector = getattr(app.state, "collector_health", None)  # set by the stack that embeds one
+    if collector is None:
+        return Health(status="ok", store=app.state.settings.store)
+    body = collector()
+    return Health(status=body["status"], store=app.state.settings.store, reason=body.get("reason"),
+                  collector=body)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
