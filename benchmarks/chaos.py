@@ -232,25 +232,27 @@ class Load:
 
 
 # ---- reading back what was stored ---------------------------------------------------------------
-async def stored_counts(store) -> tuple[int, int]:
-    return await store.count("access"), await store.count("span")
-
-
-async def settle(store, quiet: float, timeout: float) -> None:
-    """Wait until the store's counts stop moving for ``quiet`` seconds."""
+async def settle(store, ledger: Ledger, quiet: float, timeout: float) -> None:
+    """Wait until every acknowledged access entry is stored, or nothing new was stored for ``quiet`` s."""
+    acked = {i for i, (_, ok) in ledger.sent["als"].items() if ok}
     deadline = time.monotonic() + timeout
-    last, since = None, time.monotonic()
+    last, since = -1, time.monotonic()
     while time.monotonic() < deadline:
         try:
-            now = await stored_counts(store)
+            ids = await stored_request_ids(store)
         except Exception:  # noqa: BLE001 - the store may be catching up or briefly unreachable
-            now = None
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
+            ids = collections.Counter()
+        missing = len(acked - ids.keys())
+        if not missing:
+            await asyncio.sleep(3.0)  # the spans and Envoy's last entries trail a little
             return
-        await asyncio.sleep(1.0)
-    print(f"  (store still moving after {timeout:g} s)")
+        if len(ids) != last:
+            last, since = len(ids), time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            print(f"  (nothing new stored for {quiet:g} s; {missing} acknowledged entries not stored)")
+            return
+        await asyncio.sleep(2.0)
+    print(f"  (still settling after {timeout:g} s)")
 
 
 async def stored_request_ids(store) -> collections.Counter:
@@ -267,6 +269,9 @@ async def stored_request_ids(store) -> collections.Counter:
 async def report(ledger: Ledger, store, envoy: EnvoyProcess, shape: str) -> bool:
     """Print the per-fault table; True when the goals hold."""
     access = await stored_request_ids(store)
+    counted = await store.count("access")
+    if counted != sum(access.values()):
+        print(f"  (the store counts {counted} access records but paging read back {sum(access.values())})")
     span_counts = {}
     for trace in ledger.sent["spans"]:
         spans = await store.spans_by_trace_id(trace)
@@ -371,7 +376,7 @@ async def embedded(args, work: Path) -> bool:
         def kill(sig: int):
             async def do() -> None:
                 code = await asyncio.to_thread(up.signal, sig)
-                if sig == signal.SIGTERM and code != 0:
+                if sig == signal.SIGTERM and code not in (0, -signal.SIGTERM):
                     print(f"  up exited {code} on SIGTERM")
             return do
 
@@ -391,7 +396,7 @@ async def embedded(args, work: Path) -> bool:
             load.start()
             await cycles(ledger, faults, args)
             await load.stop()
-            await settle(store, args.quiet, args.settle)
+            await settle(store, ledger, args.quiet, args.settle)
             return await report(ledger, store, envoy, "embedded")
         finally:
             with contextlib.suppress(Exception):
@@ -442,7 +447,8 @@ async def scale_out(args, work: Path) -> bool:
             def kill(part: Part, sig: int):
                 async def do() -> None:
                     code = await asyncio.to_thread(part.signal, sig)
-                    if sig == signal.SIGTERM and code != 0:
+                    # uvicorn (the api) re-raises SIGTERM after its graceful shutdown
+                    if sig == signal.SIGTERM and code not in (0, -signal.SIGTERM):
                         print(f"  {part.name} exited {code} on SIGTERM")
                 return do
 
@@ -483,7 +489,7 @@ async def scale_out(args, work: Path) -> bool:
                 load.start()
                 await cycles(ledger, faults, args)
                 await load.stop()
-                await settle(store, args.quiet, args.settle)
+                await settle(store, ledger, args.quiet, args.settle)
                 return await report(ledger, store, envoy, "scale-out")
             finally:
                 with contextlib.suppress(Exception):
@@ -511,7 +517,8 @@ def main() -> int:
     parser.add_argument("--spans-per-post", type=int, default=20)
     parser.add_argument("--envoy-rate", type=float, default=30.0, help="requests/s through Envoy")
     parser.add_argument("--disk", default="256m", help="size of the tmpfs the data directory lives on")
-    parser.add_argument("--quiet", type=float, default=15.0, help="settled: the store unchanged this long")
+    parser.add_argument("--quiet", type=float, default=45.0,
+                        help="stop waiting for the store when nothing new arrived this long")
     parser.add_argument("--settle", type=float, default=240.0, help="give up settling after this long")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
     args = parser.parse_args()
