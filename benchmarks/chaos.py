@@ -333,6 +333,17 @@ def start_envoy(work: Path, als_port: int, zipkin_port: int) -> tuple[EnvoyProce
     return envoy, listener_port(routes, "ingress")
 
 
+async def rig(settings: Settings, p: dict, work: Path, args) -> tuple[EnvoyProcess, object, Ledger, Load]:
+    """Envoy pointed at the collector, a reader on the store, and the load (not started yet)."""
+    envoy, proxy_port = await asyncio.to_thread(start_envoy, work, p["als_port"], p["zipkin_port"])
+    store = make_store(settings)
+    await store.start()
+    ledger = Ledger(spans_per_post=args.spans_per_post)
+    load = Load(ledger, f"127.0.0.1:{p['als_port']}", f"http://127.0.0.1:{p['zipkin_port']}/api/v2/spans",
+                f"http://127.0.0.1:{proxy_port}", args)
+    return envoy, store, ledger, load
+
+
 def ports() -> dict:
     return {k: free_port() for k in ("api_port", "zipkin_port", "als_port", "envoy_admin_port", "proxy_port",
                                      "demo_upstream_port", "otlp_grpc_port", "otlp_http_port")}
@@ -353,6 +364,38 @@ async def cycles(ledger: Ledger, faults: list[tuple[str, object, object]], args)
     await asyncio.sleep(args.load_seconds)
 
 
+def kill_faults(part: Part) -> list[tuple[str, object, object]]:
+    """SIGKILL, then SIGTERM of one process, each undone by starting it again on the same config."""
+    def kill(sig: int):
+        async def do() -> None:
+            code = await asyncio.to_thread(part.signal, sig)
+            # uvicorn (the api) re-raises SIGTERM after its graceful shutdown
+            if sig == signal.SIGTERM and code not in (0, -signal.SIGTERM):
+                print(f"  {part.name} exited {code} on SIGTERM")
+        return do
+
+    async def restart() -> None:
+        part.start()
+        await part.wait_ready()
+
+    return [(f"{signal.Signals(sig).name} {part.name}", kill(sig), restart)
+            for sig in (signal.SIGKILL, signal.SIGTERM)]
+
+
+async def run_faults(shape: str, ledger: Ledger, load: Load, store, envoy: EnvoyProcess, faults: list,
+                     args) -> bool:
+    """Load on, the fault cycles, load off, wait for the store, print the table."""
+    try:
+        load.start()
+        await cycles(ledger, faults, args)
+        await load.stop()
+        await settle(store, ledger, args.quiet, args.settle)
+        return await report(ledger, store, envoy, shape)
+    finally:
+        with contextlib.suppress(Exception):
+            await load.stop()
+
+
 async def embedded(args, work: Path) -> bool:
     logs = work / "logs"
     logs.mkdir()
@@ -365,24 +408,8 @@ async def embedded(args, work: Path) -> bool:
         up = Part("up", ["up", "--no-proxy"], config, logs, f"http://127.0.0.1:{p['api_port']}/readyz")
         up.start()
         await up.wait_ready()
-        envoy, proxy_port = await asyncio.to_thread(start_envoy, work, p["als_port"], p["zipkin_port"])
-        store = make_store(settings)
-        await store.start()
-        ledger = Ledger(spans_per_post=args.spans_per_post)
-        load = Load(ledger, f"127.0.0.1:{p['als_port']}", f"http://127.0.0.1:{p['zipkin_port']}/api/v2/spans",
-                    f"http://127.0.0.1:{proxy_port}", args)
+        envoy, store, ledger, load = await rig(settings, p, work, args)
         filler: list[Path] = []
-
-        def kill(sig: int):
-            async def do() -> None:
-                code = await asyncio.to_thread(up.signal, sig)
-                if sig == signal.SIGTERM and code not in (0, -signal.SIGTERM):
-                    print(f"  up exited {code} on SIGTERM")
-            return do
-
-        async def restart() -> None:
-            up.start()
-            await up.wait_ready()
 
         async def fill_disk() -> None:
             filler.append(await asyncio.to_thread(fill, disk))
@@ -390,17 +417,10 @@ async def embedded(args, work: Path) -> bool:
         async def free_disk() -> None:
             filler.pop().unlink()
 
-        faults = [("SIGKILL up", kill(signal.SIGKILL), restart),
-                  ("SIGTERM up", kill(signal.SIGTERM), restart), ("disk full", fill_disk, free_disk)]
+        faults = [*kill_faults(up), ("disk full", fill_disk, free_disk)]
         try:
-            load.start()
-            await cycles(ledger, faults, args)
-            await load.stop()
-            await settle(store, ledger, args.quiet, args.settle)
-            return await report(ledger, store, envoy, "embedded")
+            return await run_faults("embedded", ledger, load, store, envoy, faults, args)
         finally:
-            with contextlib.suppress(Exception):
-                await load.stop()
             await store.stop()
             await asyncio.to_thread(envoy.stop)
             up.stop()
@@ -436,27 +456,8 @@ async def scale_out(args, work: Path) -> bool:
                 part.start()
             for part in parts:
                 await part.wait_ready()
-            envoy, proxy_port = await asyncio.to_thread(start_envoy, work, p["als_port"], p["zipkin_port"])
-            store = make_store(settings)
-            await store.start()
-            ledger = Ledger(spans_per_post=args.spans_per_post)
-            load = Load(ledger, f"127.0.0.1:{p['als_port']}", f"http://127.0.0.1:{p['zipkin_port']}/api/v2/spans",
-                        f"http://127.0.0.1:{proxy_port}", args)
+            envoy, store, ledger, load = await rig(settings, p, work, args)
             filler: list[Path] = []
-
-            def kill(part: Part, sig: int):
-                async def do() -> None:
-                    code = await asyncio.to_thread(part.signal, sig)
-                    # uvicorn (the api) re-raises SIGTERM after its graceful shutdown
-                    if sig == signal.SIGTERM and code not in (0, -signal.SIGTERM):
-                        print(f"  {part.name} exited {code} on SIGTERM")
-                return do
-
-            def restart(part: Part):
-                async def undo() -> None:
-                    part.start()
-                    await part.wait_ready()
-                return undo
 
             async def broker_down() -> None:
                 await asyncio.to_thread(broker.stop)
@@ -478,22 +479,13 @@ async def scale_out(args, work: Path) -> bool:
             async def search_back() -> None:
                 await asyncio.to_thread(search.resume)
 
-            faults = []
-            for part in parts:
-                for sig in (signal.SIGKILL, signal.SIGTERM):
-                    faults.append((f"{signal.Signals(sig).name} {part.name}", kill(part, sig), restart(part)))
+            faults = [fault for part in parts for fault in kill_faults(part)]
             faults += [("broker stopped", broker_down, broker_up),
                        ("search path cut", search_cut, search_back),
                        ("broker stopped, disk full", full_and_broker_down, free_and_broker_up)]
             try:
-                load.start()
-                await cycles(ledger, faults, args)
-                await load.stop()
-                await settle(store, ledger, args.quiet, args.settle)
-                return await report(ledger, store, envoy, "scale-out")
+                return await run_faults("scale-out", ledger, load, store, envoy, faults, args)
             finally:
-                with contextlib.suppress(Exception):
-                    await load.stop()
                 await store.stop()
                 if envoy is not None:
                     await asyncio.to_thread(envoy.stop)

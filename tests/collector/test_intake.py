@@ -105,19 +105,25 @@ async def test_the_running_collector_clamps_and_counts(running, access_reader):
     assert 'meshscope_collector_intake_total{action="time_ahead_clamped",protocol="http"} 1.0' in metrics
 
 
-async def test_a_message_past_the_limit_fails_its_stream(running, access_reader):
-    """The default limit is 4 MiB (Envoy flushes at 16 KiB): a bigger message is refused by gRPC
-    before it is held, and the stream's earlier messages still count."""
-    collector, _ = running
+async def _stream_with_a_big_message(collector, path_bytes: int) -> grpc.RpcError:
+    """Three entries, then one message carrying a path of ``path_bytes``: the error the stream ends with."""
     big = http_message(1, first=False, start=50)
-    big.http_logs.log_entry[0].request.path = "/" + "x" * (5 * 1024 * 1024)
+    big.http_logs.log_entry[0].request.path = "/" + "x" * path_bytes
     async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.als_port}",
                                          options=[("grpc.max_send_message_length", -1)]) as channel:
         with pytest.raises(grpc.RpcError) as failed:
             await als_pb2_grpc.AccessLogServiceStub(channel).StreamAccessLogs(iter([http_message(3), big]),
                                                                               timeout=10)
-    assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "exceeds the collector's limit" in failed.value.details()
+    return failed.value
+
+
+async def test_a_message_past_the_limit_fails_its_stream(running, access_reader):
+    """The default limit is 4 MiB (Envoy flushes at 16 KiB): a bigger message is refused by gRPC
+    before it is held, and the stream's earlier messages still count."""
+    collector, _ = running
+    failed = await _stream_with_a_big_message(collector, 5 * 1024 * 1024)
+    assert failed.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "exceeds the collector's limit" in failed.details()
     assert len(await access_reader.wait_for(3)) == 3
     await asyncio.sleep(0.2)
     assert len(access_reader.records) == 3
@@ -132,14 +138,8 @@ async def test_a_message_past_the_grpc_ceiling_is_counted_as_a_cut_stream(runnin
     """Past twice the limit gRPC refuses the message before the collector sees it; the stream it
     cut is still counted against its proxy."""
     collector, _ = running
-    huge = http_message(1, first=False, start=50)
-    huge.http_logs.log_entry[0].request.path = "/" + "x" * (9 * 1024 * 1024)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.als_port}",
-                                         options=[("grpc.max_send_message_length", -1)]) as channel:
-        with pytest.raises(grpc.RpcError) as failed:
-            await als_pb2_grpc.AccessLogServiceStub(channel).StreamAccessLogs(iter([http_message(3), huge]),
-                                                                              timeout=10)
-    assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    failed = await _stream_with_a_big_message(collector, 9 * 1024 * 1024)
+    assert failed.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(await access_reader.wait_for(3)) == 3
     for _ in range(50):
         if collector.health()["access_streams_failed"]:
