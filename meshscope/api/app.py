@@ -49,7 +49,14 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             from meshscope.pipelines import make_store
 
             app.state.store = make_store(settings)
-            await app.state.store.start()
+            try:
+                await app.state.store.start()
+            except StoreUnavailable as exc:
+                if settings.store != "elasticsearch":
+                    raise
+                # a search cluster that is slow or down must not keep the API from starting: its queries
+                # answer 503 until the store answers again (the pipeline installs the index templates)
+                log.warning("store unavailable at start, serving anyway (503 until it answers): %s", exc)
         else:
             app.state.store = store
         app.state.uploads = Uploads(settings, app.state.store)
