@@ -15,6 +15,9 @@ _EXPORTS = {
     "Diagram": ".diagram", "Section": ".diagram", "Message": ".diagram", "flow_diagram": ".sequence",
     "diagram_svg": ".graph_svg", "diagram_mermaid": ".graph_mermaid", "diagram_text": ".graph_text",
     "render_svg": ".graph_svg", "render_mermaid": ".graph_mermaid", "render_text": ".flow_text",
+    # a picture for every capture: flows, else its exchanges, else an overview; narrowed by a filter
+    "capture_diagram": ".capture_picture", "MAX_EXCHANGES": ".capture_picture",
+    "ExchangeFilter": ".exchange_filter", "FilterError": ".exchange_filter",
     "NODEPORT_LAB": ".samples",
     "KeyLog": ".tls_keylog",
 }

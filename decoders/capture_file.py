@@ -58,6 +58,8 @@ class ReadStats:
     damage: list[str] = field(default_factory=list)
     # pcapng Decryption Secrets Blocks of type TLSK: key-log text, a secret (kept out of repr)
     tls_key_logs: list[bytes] = field(default_factory=list, repr=False)
+    # frames that led to no analysable packet, by what stopped them (decoders.tunnels)
+    not_decoded: dict[str, int] = field(default_factory=dict)
 
     def add_damage(self, text: str) -> None:
         if len(self.damage) < MAX_DAMAGE:

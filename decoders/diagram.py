@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-STYLES = ("handshake", "hello", "request", "response", "nat", "note")
+STYLES = ("handshake", "hello", "request", "response", "nat", "note", "error")  # error: failed exchanges
 
 
 @dataclass(slots=True)
@@ -35,6 +35,8 @@ class Diagram:
     participants: list[str] = field(default_factory=list)  # in order of first appearance
     labels: dict[str, str] = field(default_factory=dict)  # participant → workload name, where known
     sections: list[Section] = field(default_factory=list)
+    section_name: str = "flow"  # what a section is ("flow", "connection", "overview"): its heading says
+    caption: str = ""  # one line above the drawing: what is drawn and why (a filter, an overview's threshold)
 
     def add(self, section: Section) -> None:
         """Append a section, adding its participants as they first appear."""

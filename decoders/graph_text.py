@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from meshscope.decoders.diagram import Diagram
 
-ARROW = {"handshake": "->", "hello": "->", "request": "->", "response": "<-", "nat": "~>", "note": "::"}
+ARROW = {"handshake": "->", "hello": "->", "request": "->", "response": "<-", "nat": "~>", "note": "::",
+         "error": "-x"}
 
 
 def diagram_text(diagram: Diagram) -> str:
-    """Each section's title, then its messages: time from the section's start, who, what."""
-    lines: list[str] = []
+    """The caption, then each section's title and its messages: time from the section's start, who, what."""
+    lines: list[str] = [diagram.caption] if diagram.caption else []
     for n, section in enumerate(diagram.sections):
         if not section.messages:
             continue
-        lines.append(f"flow {n + 1}: {section.title}")
+        lines.append(f"{diagram.section_name} {n + 1}: {section.title}")
         for m in section.messages:
             ms = f"+{(m.t - section.start) * 1000:.1f} ms"
             if m.style == "note" or m.src == m.dst:

@@ -47,34 +47,51 @@ def _skip_vlans(frame: bytes, off: int, ethertype: int) -> tuple[int, int]:
     return off, ethertype
 
 
-def locate_ip(linktype: int, frame: bytes) -> tuple[int, int | None] | None:
-    """(offset of the IP header, Linux ifindex when the link layer carries one), or None if the
-    frame holds no IPv4/IPv6 packet."""
+def link_payload(linktype: int, frame: bytes) -> tuple[int, int, int | None] | str:
+    """What the link layer carries, before any VLAN tag: (ethertype, its offset, Linux ifindex or
+    None); raw and BSD loopback frames give ETH_IPV4 / ETH_IPV6 from the IP version. A string
+    names why there is nothing to read (an unsupported link type, a frame too short for its header)."""
     if linktype == LINKTYPE_ETHERNET:
         if len(frame) < 14:
-            return None
-        off, et = _skip_vlans(frame, 14, (frame[12] << 8) | frame[13])
-        return (off, None) if et == ETH_IPV4 or et == ETH_IPV6 else None
+            return "ethernet (cut short)"
+        return (frame[12] << 8) | frame[13], 14, None
     if linktype == LINKTYPE_LINUX_SLL:
         if len(frame) < 16:
-            return None
-        off, et = _skip_vlans(frame, 16, (frame[14] << 8) | frame[15])
-        return (off, None) if et == ETH_IPV4 or et == ETH_IPV6 else None
+            return "linux-sll (cut short)"
+        return (frame[14] << 8) | frame[15], 16, None
     if linktype == LINKTYPE_LINUX_SLL2:
         if len(frame) < 20:
-            return None
-        off, et = _skip_vlans(frame, 20, (frame[0] << 8) | frame[1])
-        ifindex = int.from_bytes(frame[4:8], "big")
-        return (off, ifindex) if et == ETH_IPV4 or et == ETH_IPV6 else None
+            return "linux-sll2 (cut short)"
+        return (frame[0] << 8) | frame[1], 20, int.from_bytes(frame[4:8], "big")
     if linktype == LINKTYPE_RAW or linktype in LINKTYPE_RAW_ALT or linktype in (LINKTYPE_IPV4, LINKTYPE_IPV6):
-        return (0, None) if frame and frame[0] >> 4 in (4, 6) else None
+        return _by_version(frame, 0, "raw")
     if linktype == LINKTYPE_NULL or linktype == LINKTYPE_LOOP:
         if len(frame) < 5:
-            return None
+            return "null (cut short)"
         # null: host byte order of the capturing machine, so accept both; loop: network order
         af_le = int.from_bytes(frame[:4], "little")
         af_be = int.from_bytes(frame[:4], "big")
         if 2 in (af_le, af_be) or af_le in BSD_AF_INET6 or af_be in BSD_AF_INET6:
-            return (4, None)
+            return _by_version(frame, 4, "null")
+        return f"null address family {min(af_le, af_be)}"
+    return f"link type {linktype_name(linktype)}"
+
+
+def _by_version(frame: bytes, off: int, link: str) -> tuple[int, int, None] | str:
+    version = frame[off] >> 4 if len(frame) > off else 0
+    if version == 4:
+        return ETH_IPV4, off, None
+    if version == 6:
+        return ETH_IPV6, off, None
+    return f"{link} IP version {version}"
+
+
+def locate_ip(linktype: int, frame: bytes) -> tuple[int, int | None] | None:
+    """(offset of the IP header, Linux ifindex when the link layer carries one), or None if the
+    frame holds no IPv4/IPv6 packet (after VLAN tags; tunnels are decoders.tunnels' business)."""
+    found = link_payload(linktype, frame)
+    if found.__class__ is str:
         return None
-    return None
+    et, off, ifindex = found  # type: ignore[misc]
+    off, et = _skip_vlans(frame, off, et)
+    return (off, ifindex) if et == ETH_IPV4 or et == ETH_IPV6 else None

@@ -147,4 +147,5 @@ def merge_reports(parts: list[CaptureReport]) -> CaptureReport:
                          packets=first.packets, bytes=first.bytes,
                          connections=sum(r.connections for r in parts),
                          exchanges=sum(r.exchanges for r in parts), damage=list(damage),
-                         truncated=first.truncated)
+                         truncated=first.truncated,
+                         not_decoded=first.not_decoded)  # every shard reads (and counts) every frame

@@ -91,7 +91,7 @@ def _flow_messages(flow: Flow, exchanges: Mapping[str, Exchange], labels: dict[s
         if ex is None or (xid in ends and xid != _first_mirror(flow, xid)):
             continue
         src, dst = ends.get(xid, (ex.conn.src, ex.conn.dst))
-        msgs += _exchange_messages(ex, src, dst, xid in drawn_syn)
+        msgs += exchange_messages(ex, src, dst, xid in drawn_syn)
     return msgs
 
 
@@ -131,16 +131,29 @@ def _nat_messages(hop: Hop, exchanges: Mapping[str, Exchange], drawn_syn: set[st
     return out
 
 
-def _exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> list[Message]:
+def exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> list[Message]:
+    """One exchange's arrows from ``src`` to ``dst``: its connection's handshake (first exchange, unless
+    drawn already), then the hello or query or request, then the answer."""
     out = []
     c = ex.conn
     if ex.index == 0 and c.handshake_seen and not syn_drawn:
         out.append(Message(c.syn_time or ex.request_time or 0.0, src, dst, f"TCP handshake → :{c.dport}",
                            "handshake"))
     t0 = ex.request_time or c.syn_time or 0.0
+    dns = getattr(ex, "dns", None)
+    if dns is not None:  # a lookup: its question, and its answer after any NXDOMAIN attempts
+        asked = _short(f"DNS {dns.qtype} {dns.lookup or dns.name}")
+        out.append(Message(t0 or ex.response_time or 0.0, src, dst, asked, "request"))
+        if ex.response_time is not None:
+            tried = f" after {len(dns.attempts)} NXDOMAIN" if dns.attempts else ""
+            answer = _short(f"{dns.rcode}{tried} {' '.join(dns.answers)}".strip())
+            out.append(Message(ex.response_time, dst, src, answer, "response"))
+        return out
     if ex.exchange_type == "tls":
         alpn = f" ALPN {','.join(ex.alpn)}" if ex.alpn else ""
-        out.append(Message(t0, src, dst, _short(f"ClientHello SNI {ex.sni or '-'}{alpn}"), "hello"))
+        quic = getattr(ex, "quic", None)
+        what = f"QUIC v{quic.version} Initial ClientHello" if quic is not None else "ClientHello"
+        out.append(Message(t0, src, dst, _short(f"{what} SNI {ex.sni or '-'}{alpn}"), "hello"))
         if ex.tls_version:
             out.append(Message(ex.response_time or t0, dst, src, f"ServerHello {ex.tls_version}", "response"))
         return out

@@ -26,6 +26,8 @@ class CaptureReport:
     exchanges: int = 0
     damage: list[str] = field(default_factory=list)  # human-readable, capped in length
     truncated: bool = False  # the file ended mid-record
+    # frames not decoded, by link type / encapsulation / protocol ("PPP LCP": 3, "ARP": 2)
+    not_decoded: dict[str, int] = field(default_factory=dict)
 
 
 class Backend(abc.ABC):

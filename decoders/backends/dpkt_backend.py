@@ -1,7 +1,8 @@
 """The default, fastest backend. IPv4/TCP frames are cut into segments at the struct level
 (decoders.tcp_cut), most of them by the capture reader inside its record loop; everything else
 that is not a wanted TCP segment — most packets of a capture: pure ACKs, UDP, ARP — is dropped
-from the header alone; dpkt dissects IPv6 packets (extension headers)."""
+from the header alone; dpkt dissects IPv6 packets (extension headers). Tunnelled frames (VXLAN, GRE,
+PPPoE, L2TP, ...: decoders.tunnels) take the per-frame path and are cut at their innermost IP header."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 
 from meshscope.decoders.backends.segment_backend import Segment, SegmentBackend
 from meshscope.decoders.capture_file import CaptureRecord, ReadStats, read_capture
-from meshscope.decoders.link_layers import locate_ip
 from meshscope.decoders.tcp_cut import TcpCut
 from meshscope.decoders.tcp_flags import CONTROL, IP_FRAGMENTED
+from meshscope.decoders.tunnels import locate_inner_ip
 
 _IPV6_EXTENSIONS = frozenset((0, 43, 44, 51, 60))  # hop-by-hop, routing, fragment, AH, dest. options
 _IPV4_HEAD = struct.Struct("!BxHxxHxB").unpack_from  # version + IHL, total length, flags + offset, protocol
@@ -40,6 +41,7 @@ class DpktBackend(SegmentBackend):
         TCP: type | None = None
         dpkt_errors: tuple[type[Exception], ...] = ()
         undecodable = 0
+        not_decoded = stats.not_decoded
         try:
             for item in read_capture(path, stats, progress, cut if self.cut_in_reader else None):
                 if item.__class__ is not CaptureRecord:
@@ -48,7 +50,7 @@ class DpktBackend(SegmentBackend):
                 ts, linktype, iface, frame, orig = item
                 if IP6 is None:
                     IP6, TCP, dpkt_errors = _dpkt()
-                loc = locate_ip(linktype, frame)
+                loc = locate_inner_ip(linktype, frame, not_decoded)  # through any tunnels
                 if loc is None:
                     continue
                 off, ifindex = loc

@@ -4,7 +4,11 @@ the rest. Slowest by far; its value is that Wireshark's dissectors, not ours, re
 
 tshark's own TCP reassembly is switched off so each frame's payload arrives as captured; the
 file's framing (truncation, damage) is also checked with the shared reader, so the report reads
-the same as the other backends'."""
+the same as the other backends' (its count of frames not decoded too: decoders.tunnels).
+
+Through a tunnel, a frame has two IP layers, which pyshark's JSON mode folds into one layer object
+(the outer) with the others in ``duplicate_layers``: the addresses are taken from the IP layer
+right under TCP in ``frame.protocols``, the innermost one of its name."""
 
 from __future__ import annotations
 
@@ -15,15 +19,22 @@ from pathlib import Path
 import pyshark
 from meshscope.decoders.backends.segment_backend import Segment, SegmentBackend
 from meshscope.decoders.capture_file import ReadStats, read_capture
+from meshscope.decoders.tunnels import VXLAN_PORTS, locate_inner_ip
 from pyshark.capture.capture import TSharkCrashException
 
 from meshscope.errors import CaptureError
 
 DISPLAY_FILTER = "tcp.len > 0 or tcp.flags.syn == 1 or tcp.flags.fin == 1 or tcp.flags.reset == 1"
 PREFS = {"tcp.desegment_tcp_streams": "FALSE", "tcp.relative_sequence_numbers": "FALSE",
-         "tcp.analyze_sequence_numbers": "FALSE", "tcp.check_checksum": "FALSE"}
+         "tcp.analyze_sequence_numbers": "FALSE", "tcp.check_checksum": "FALSE",
+         "ip.defragment": "FALSE"}  # fragments are counted, not reassembled, by every backend
 # tshark would otherwise dissect payloads we parse ourselves (and reassemble them across frames)
 DISABLED = ("http", "tls", "http2")
+# tunnels on ports tshark does not assign them by default (the other backends decode them there),
+# and an L2TPv3 session whose control channel was not captured (`ip l2tp` sets up none) taken as an
+# Ethernet pseudowire, as the other backends take it; tshark then assumes no cookie
+DECODE_AS = tuple(f"udp.port=={port},vxlan" for port in sorted(VXLAN_PORTS) if port != 4789) + (
+    "l2tp.pw_type==0,eth",)
 
 
 def _epoch(text: str) -> float:
@@ -38,11 +49,14 @@ class PysharkBackend(SegmentBackend):
 
     def segments(self, path: Path, stats: ReadStats,
                  progress: Callable[[int], None] | None) -> Iterator[Segment]:
-        for _ in read_capture(path, stats, progress):  # framing and damage, for the report
-            pass
+        not_decoded = stats.not_decoded
+        for record in read_capture(path, stats, progress):  # framing, damage and what is not decoded
+            locate_inner_ip(record.linktype, record.data, not_decoded)
         params = []
         for proto in DISABLED:
             params += ["--disable-protocol", proto]
+        for rule in DECODE_AS:
+            params += ["-d", rule]
         # a loop of its own: pyshark otherwise asks asyncio for the current one, which fails once an
         # earlier asyncio.run() (or pytest-asyncio) has closed and unset it
         loop = asyncio.new_event_loop()
@@ -66,14 +80,30 @@ class PysharkBackend(SegmentBackend):
             loop.close()
 
 
+def _innermost_ip(pkt, layers: dict):
+    """The IP layer right under TCP (tunnels put several in one frame), or None."""
+    stack = str(pkt.frame_info.protocols).split(":")
+    if "tcp" not in stack:
+        return None
+    below = [name for name in stack[:stack.index("tcp")] if name in ("ip", "ipv6")]
+    if not below or "icmp" in stack or "icmpv6" in stack:
+        return None  # no IP, or TCP quoted inside an ICMP error: not a segment
+    ip = layers.get(below[-1])
+    if ip is None:
+        return None
+    return ip.duplicate_layers[-1] if ip.duplicate_layers else ip
+
+
 def _segment(pkt) -> Segment | None:
     layers = {layer.layer_name: layer for layer in pkt.layers}
     tcp = layers.get("tcp")
-    ip = layers.get("ip") or layers.get("ipv6")
+    ip = _innermost_ip(pkt, layers) if tcp is not None else None
     if tcp is None or ip is None:
         return None
-    if ip.layer_name == "ip" and (str(ip.flags_tree.mf) == "1" or int(ip.frag_offset)):
-        return None  # an IP fragment: the other backends skip them too
+    v4 = layers.get("ip")
+    if v4 is not None and any(str(h.flags_tree.mf) == "1" or int(h.frag_offset)
+                              for h in (v4, *v4.duplicate_layers)):
+        return None  # an IP fragment, or a tunnel's: the other backends skip them too
     frame = pkt.frame_info
     payload_hex = getattr(tcp, "payload", None)
     payload = bytes.fromhex(payload_hex.replace(":", "")) if payload_hex else b""

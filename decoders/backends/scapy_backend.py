@@ -1,6 +1,8 @@
 """The scapy backend: frames framed by the shared reader, dissected by scapy's layer classes
 (chosen from scapy's own link-type table), then the shared connection table. Slow, but an
-independent dissector of link, IP and TCP headers."""
+independent dissector of link, IP and TCP headers, and of tunnels: scapy's own PPPoE, L2TP, GRE,
+VXLAN and Geneve layers are loaded. Scapy has no L2TPv3 layer: there the shared walker
+(decoders.tunnels) steps over the tunnel and scapy dissects the inner packet."""
 
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ from meshscope.decoders.capture_file import ReadStats, read_capture
 from meshscope.decoders.connection_table import wanted
 from meshscope.decoders.link_layers import BSD_AF_INET6
 from meshscope.decoders.tcp_flags import IP_FRAGMENT_OFFSET
+from meshscope.decoders.tunnels import IPPROTO_L2TP, locate_inner_ip
 from scapy.config import conf
-from scapy.layers import inet6, l2  # noqa: F401  (registers link types and IPv6 with scapy)
+from scapy.contrib import geneve  # noqa: F401  (scapy binds each tunnel when its module loads)
+from scapy.layers import inet6, l2, ppp, vxlan  # noqa: F401  (link types, IPv6, PPPoE, VXLAN)
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
+from scapy.layers.l2tp import L2TP
 from scapy.packet import bind_layers
 
 for _af in BSD_AF_INET6:  # scapy binds the loopback header to this host's AF_INET6 only
@@ -38,11 +43,19 @@ class ScapyBackend(SegmentBackend):
                     continue
                 tcp = pkt.getlayer(TCP)
                 if tcp is None:
-                    continue
-                ip = tcp.underlayer
-                if not isinstance(ip, IP | IPv6):
-                    ip = pkt.getlayer(IPv6) or pkt.getlayer(IP)
-                if isinstance(ip, IP) and (ip.flags.MF or ip.frag & IP_FRAGMENT_OFFSET):
+                    # counted by the shared walker, so that every backend's report names it alike
+                    loc = locate_inner_ip(linktype, frame, stats.not_decoded)
+                    if loc is None or not _l2tpv3(pkt):
+                        continue
+                    inner = frame[loc[0]:]
+                    tcp = (IP if inner[0] >> 4 == 4 else IPv6)(inner).getlayer(TCP)
+                    if tcp is None:
+                        continue
+                ip = tcp.underlayer  # the innermost IP header: the one right under TCP
+                while ip is not None and not isinstance(ip, IP | IPv6):
+                    ip = ip.underlayer  # IPv6 extension headers
+                if _fragment(tcp):  # this IP header or a tunnel's outer one: not reassembled
+                    locate_inner_ip(linktype, frame, stats.not_decoded)
                     continue
                 # the bytes scapy dissected the payload from: re-building it (bytes()) is not exact
                 # once scapy's TLS or HTTP layers are loaded, and Ethernet padding is already cut
@@ -57,6 +70,27 @@ class ScapyBackend(SegmentBackend):
         finally:
             if undecodable:
                 stats.add_damage(f"{undecodable} packets scapy could not dissect")
+
+
+def _fragment(layer) -> bool:
+    """Whether any IPv4 header under ``layer`` belongs to a fragment."""
+    while layer is not None:
+        if isinstance(layer, IP) and (layer.flags.MF or layer.frag & IP_FRAGMENT_OFFSET):
+            return True
+        layer = layer.underlayer
+    return False
+
+
+def _l2tpv3(pkt) -> bool:
+    """Whether scapy stopped at an L2TPv3 tunnel (over IP, or over UDP where it takes it for v2)."""
+    l2tp = pkt.getlayer(L2TP)
+    if l2tp is not None:
+        return l2tp.version == 3
+    ip = pkt.getlayer(IP)
+    if ip is not None and ip.proto == IPPROTO_L2TP:
+        return True
+    ip6 = pkt.getlayer(IPv6)
+    return ip6 is not None and ip6.nh == IPPROTO_L2TP
 
 
 BACKEND = ScapyBackend

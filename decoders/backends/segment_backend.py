@@ -73,6 +73,7 @@ class SegmentBackend(Backend):
         r.link_types = sorted(linktype_name(lt) for lt in stats.link_types)
         r.packets, r.bytes, r.truncated = stats.packets, stats.bytes, stats.truncated
         r.connections = table.connections
+        r.not_decoded = dict(sorted(stats.not_decoded.items(), key=lambda kv: (-kv[1], kv[0])))
         r.damage = list(stats.damage) + list(table.damage)
         for lt in sorted(stats.link_types - SUPPORTED_LINKTYPES):
             r.damage.append(f"link type {linktype_name(lt)} is not supported; its packets were skipped")

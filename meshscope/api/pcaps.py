@@ -7,12 +7,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
 
+from meshscope.api.capture_view import filter_query, filtered_document, filtered_svg
 from meshscope.api.deps import uploads_of
 from meshscope.api.schemas import ErrorBody, UploadFlows
 from meshscope.api.schemas import UploadStatus as UploadStatusBody
 from meshscope.api.upload_status import UploadState, UploadStatus
 from meshscope.api.uploads import Uploads
+from meshscope.decoders import ExchangeFilter
 
 router = APIRouter(prefix="/api/pcaps", tags=["captures"])
 UploadId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="the id POST /api/pcaps returned")]
@@ -90,16 +93,21 @@ async def get_upload(upload_id: UploadId, uploads: Annotated[Uploads, Depends(up
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
 async def get_flows(
-    upload_id: UploadId, uploads: Annotated[Uploads, Depends(uploads_of)]
+    upload_id: UploadId, uploads: Annotated[Uploads, Depends(uploads_of)],
+    flt: Annotated[ExchangeFilter, Depends(filter_query)],
 ) -> dict | FileResponse:
     """The upload's analysis document — its flows and exchanges, each capture's report and the copies
-    folded — the same document as ``meshscope pcap analyze --json`` (409 while still being analysed)."""
+    folded — the same document as ``meshscope pcap analyze --json`` (409 while still being analysed).
+    Filters (host, port, protocol, status, request_id) keep the flows carrying a matching exchange, and
+    the matching exchanges, as ``meshscope pcap analyze --json --host …`` does."""
     _finished(uploads, upload_id)
     path = uploads.flows_file(upload_id)
-    if path is not None:  # streamed from disk: a big upload's exchanges are never held in memory
+    if path is not None and not flt:  # streamed from disk: a big upload's exchanges are never held in memory
         return FileResponse(path, media_type="application/json")
-    # analysed by an earlier version (or the folder lost its results): the same document, from analysis.json
-    return uploads.analysis(upload_id) or {"id": upload_id, "flows": [], "exchanges": []}
+    # read as a stream (memory holds what the filter keeps); or analysed by an earlier version (or the
+    # folder lost its results): the same document, from analysis.json
+    source = path or uploads.analysis(upload_id) or {"id": upload_id, "flows": [], "exchanges": []}
+    return await run_in_threadpool(filtered_document, source, flt) if flt else source
 
 
 @router.get(
@@ -113,9 +121,16 @@ async def get_flows(
         501: {"model": ErrorBody},
     },
 )
-async def get_graph(upload_id: UploadId, uploads: Annotated[Uploads, Depends(uploads_of)]) -> Response:
-    """The upload's flow graph as SVG (a sequence diagram, one column per host)."""
+async def get_graph(upload_id: UploadId, uploads: Annotated[Uploads, Depends(uploads_of)],
+                    flt: Annotated[ExchangeFilter, Depends(filter_query)]) -> Response:
+    """The upload's picture as SVG, one column per host: its flows; with none stitched, its exchanges
+    (a section per connection); too many to draw one by one, an overview of hosts and their exchanges
+    with counts and error rates. Filters narrow what is drawn."""
     _finished(uploads, upload_id)
+    if flt:  # drawn from the analysis document, for what the filter keeps
+        source = uploads.flows_file(upload_id) or uploads.analysis(upload_id) or {}
+        svg = await run_in_threadpool(filtered_svg, source, flt)  # a big document: off the event loop
+        return Response(svg, media_type="image/svg+xml", headers=SVG_HEADERS)
     svg = uploads.graph(upload_id)
     if svg is None:
         raise HTTPException(501, "no flow graph renderer in this build")

@@ -36,6 +36,8 @@ class CaptureSummary(BaseModel):
     exchanges: int
     damage: list[str] = Field(description="what was damaged in the capture (truncation, gaps …)")
     truncated: bool
+    not_decoded: dict[str, int] = Field(
+        {}, description="frames not decoded, by link type, encapsulation or protocol (\"PPP LCP\": 3)")
 
 
 class UploadStatus(BaseModel):
@@ -53,7 +55,10 @@ class UploadStatus(BaseModel):
 
 
 class UploadFlows(BaseModel):
-    """An upload's analysis document (decoders.Analysis), led by the upload's id."""
+    """An upload's analysis document (decoders.Analysis), led by the upload's id; narrowed by filters
+    it also says by what (``filter``: "status 5xx, port 80")."""
+
+    model_config = ConfigDict(extra="allow")
 
     id: str
     flows: list[Flow]

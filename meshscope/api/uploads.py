@@ -66,6 +66,7 @@ def capture_summary(report: Any, files: list[dict[str, Any]]) -> dict[str, Any]:
         "exchanges": report.exchanges,
         "damage": list(report.damage),
         "truncated": report.truncated,
+        "not_decoded": dict(report.not_decoded),
     }
 
 

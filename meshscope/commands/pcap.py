@@ -24,6 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="decoder backend (default: dpkt, the fastest)")
     a.add_argument("--max-flows", type=int, default=20, metavar="N",
                    help="flows drawn in --svg/--mermaid (default 20)")
+    a.add_argument("--max-exchanges", type=int, default=100, metavar="N",
+                   help="with no flow stitched, exchanges drawn one by one up to N (default 100); above, an "
+                        "overview of hosts and their exchanges with counts and error rates")
+    f = a.add_argument_group("filters", "narrow what is drawn and listed (every one given must match)")
+    f.add_argument("--host", metavar="H", help="an IP at either end, an address block (10.0.0.0/24), or a "
+                                               "Host, SNI or DNS name")
+    f.add_argument("--port", metavar="P", help="a port at either end")
+    f.add_argument("--protocol", metavar="NAME", help="http (HTTP/1), h2 (HTTP/2, gRPC included), grpc, tls, "
+                                                      "quic or dns")
+    f.add_argument("--status", metavar="S", help="5xx, 404, a gRPC status or DNS rcode (UNAVAILABLE, "
+                                                 "NXDOMAIN); several with commas")
+    f.add_argument("--request-id", metavar="ID", help="x-request-id, or its beginning")
     a.add_argument("--keylog", action="append", default=[], metavar="FILE",
                    help="NSS key log (SSLKEYLOGFILE, Envoy key_log) to decrypt TLS with; repeatable. "
                         "Keys inside a pcapng (Decryption Secrets Block) are used without it")
@@ -63,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _analyze_and_emit(args: argparse.Namespace) -> int:
-    from meshscope.decoders import KeyLog, analyze
+    from meshscope.decoders import ExchangeFilter, KeyLog, analyze
+
+    # a bad filter fails before any decoding
+    args.filter = ExchangeFilter.parse(args.host, args.port, args.protocol, args.status, args.request_id)
+    if args.max_exchanges < 0 or args.max_flows < 0:
+        raise UserError("--max-flows and --max-exchanges take a number of 0 or more")
 
     keylog = None
     if args.keylog:
@@ -86,31 +103,55 @@ def _analyze_and_emit(args: argparse.Namespace) -> int:
 
 
 def _emit(result, args: argparse.Namespace) -> int:
-    from meshscope.decoders import render_text
+    from meshscope.decoders import capture_diagram, diagram_mermaid, diagram_svg, diagram_text, render_text
 
-    exchanges = result.by_id() if args.svg or not args.json else {}  # --json alone needs no lookup
+    flt = args.filter
+    exchanges = result.by_id() if args.svg or not args.json or flt else {}  # --json alone needs no lookup
+    diagram = None
+    if args.svg or args.mermaid or not args.json:
+        diagram = capture_diagram(result.flows, exchanges, flt, args.max_flows, args.max_exchanges)
     if args.svg:
-        from meshscope.decoders import render_svg
-
         try:
-            Path(args.svg).write_text(render_svg(result.flows, exchanges, args.max_flows))
+            Path(args.svg).write_text(diagram_svg(diagram))
         except OSError as exc:
             raise UserError(f"cannot write {args.svg}: {exc.strerror or exc}") from None
     out = sys.stdout
     if args.json:
-        result.write_json(out.buffer)
+        if flt:
+            _filtered(result, exchanges, flt)
+        result.write_json(out.buffer, lead={"filter": flt.describe()} if flt else None)
         out.buffer.write(b"\n")
     elif args.mermaid:
-        from meshscope.decoders import render_mermaid
-
-        out.write(render_mermaid(result.flows, exchanges, args.max_flows))
+        out.write(diagram_mermaid(diagram))
     else:
-        out.write(render_text(result.flows, exchanges))
+        flows = flt.flows(result.flows, exchanges)
+        if flows:  # stitched flows: each hop with its evidence
+            if diagram.caption:
+                out.write(diagram.caption + "\n")
+            out.write(render_text(flows, exchanges))
+        else:  # the exchanges, as the pictures draw them
+            out.write(diagram_text(diagram))
         out.write(_summary(result))
     for r in result.reports:
         for line in r.damage[:5]:
             print(f"meshscope: {r.capture}: {line}", file=sys.stderr)
+        if r.not_decoded:
+            print(f"meshscope: {r.capture}: not decoded: {_not_decoded(r.not_decoded)}", file=sys.stderr)
     return 0
+
+
+def _not_decoded(counts: dict[str, int]) -> str:
+    """"PPP LCP 3 frames, ARP 1 frame": what the decoders could not read, most frequent first."""
+    return ", ".join(f"{what} {n} frame{'' if n == 1 else 's'}" for what, n in counts.items())
+
+
+def _filtered(result, exchanges, flt) -> None:
+    """Narrow an analysis to what the filter matches, for --json: the flows carrying a match, the
+    matching exchanges and those of the kept flows."""
+    result.flows = flt.flows(result.flows, exchanges)
+    keep = {x for f in result.flows for x in f.exchange_ids}
+    keep.update(i for i, ex in exchanges.items() if flt.matches(ex))
+    result.exchanges = [ex for ex in result.exchanges if ex.id in keep]
 
 
 def _summary(result) -> str:

@@ -63,6 +63,24 @@ def test_raw_body_upload_and_damage_report(api, tmp_path):
         assert cap["format"] == "pcap" and cap["truncated"] and cap["damage"]
 
 
+def test_tunnelled_capture_reports_what_it_did_not_decode(api, tmp_path):
+    from tests.decoders.capture_builders import Conversation, http_request, http_response
+    from tests.decoders.tunnel_builders import UNDECODABLE, undecodable_frames, wrapped, write_tunnelled
+
+    c = Conversation().handshake()
+    c.send(True, http_request("GET", "/through-l2tp"))
+    c.send(False, http_response(200, b"inner"))
+    frames = wrapped(c.close().packets, "l2tp") + undecodable_frames(1.0)
+    data = write_tunnelled(tmp_path / "access.pcap", frames).read_bytes()
+    with api.client() as client:
+        r = client.post("/api/pcaps", files=[("file", ("access.pcap", data, "application/octet-stream"))])
+        assert r.status_code == 202, r.text
+        status = wait_done(client, r.json()["id"])
+        assert status["state"] == "done" and status["counts"]["exchanges"] == 1
+        (cap,) = status["captures"]
+        assert cap["not_decoded"] == UNDECODABLE
+
+
 def test_bad_uploads_get_clear_4xx_json(api, tmp_path):
     node, _ = lab_captures(tmp_path, RID, NOW)
     with api.client() as c:

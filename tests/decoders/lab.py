@@ -58,11 +58,14 @@ def stop_processes(procs: list[subprocess.Popen]) -> None:
             p.wait(5)
 
 
-def start_capture(ns: str, interface: str, path: Path, procs: list[subprocess.Popen]) -> subprocess.Popen:
-    """tcpdump in a namespace (added to procs); returns once it is listening."""
+def start_capture(ns: str, interface: str, path: Path, procs: list[subprocess.Popen],
+                  bpf: str = "tcp") -> subprocess.Popen:
+    """tcpdump in a namespace (added to procs); returns once it is listening. ``bpf``: its filter
+    ("" for every frame: a tunnel's underlay)."""
     # --immediate-mode and a big buffer: nothing held back in the ring when SIGINT comes, no drops
     p = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", interface, "-n", "-U",
-                          "--immediate-mode", "-B", "8192", "-s", "0", "-w", str(path), "tcp"],
+                          "--immediate-mode", "-B", "8192", "-s", "0", "-w", str(path),
+                          *([bpf] if bpf else [])],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     procs.append(p)
     deadline = time.monotonic() + 10

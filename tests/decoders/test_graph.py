@@ -25,8 +25,13 @@ def lab():
 
 
 def _texts(svg: str) -> list[str]:
+    """Each text's full wording: a text cut to fit its box keeps it in its <title>."""
     root = ET.fromstring(svg)  # well-formed, or this raises
-    return ["".join(t.itertext()) for t in root.iter(f"{SVG_NS}text")]
+    out = []
+    for t in root.iter(f"{SVG_NS}text"):
+        title = t.find(f"{SVG_NS}title")
+        out.append(title.text or "" if title is not None else "".join(t.itertext()))
+    return out
 
 
 def test_svg_draws_the_lab_path(lab):

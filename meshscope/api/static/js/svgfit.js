@@ -75,7 +75,9 @@ export function roomOf(t, shapes, width) {
 /** Cut a text to width (binary search on its length), keeping the full text as its tooltip. */
 export function fitText(t, width) {
   if (t.getComputedTextLength() <= width) return false;
-  const full = t.textContent;
+  const given = t.querySelector("title");  // cut by the server already: its whole text is there
+  const full = given ? given.textContent : t.textContent;
+  if (given) given.remove();
   let lo = 0, hi = full.length;
   while (lo < hi) {
     const mid = Math.ceil((lo + hi) / 2);
