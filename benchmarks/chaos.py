@@ -240,8 +240,10 @@ async def settle(store, ledger: Ledger, quiet: float, timeout: float) -> None:
     while time.monotonic() < deadline:
         try:
             ids = await stored_request_ids(store)
-        except Exception:  # noqa: BLE001 - the store may be catching up or briefly unreachable
-            ids = collections.Counter()
+        except Exception as exc:  # noqa: BLE001 - the store may be catching up or briefly unreachable
+            print(f"  (reading the store failed: {exc!r}; trying again)")
+            await asyncio.sleep(2.0)
+            continue
         missing = len(acked - ids.keys())
         if not missing:
             await asyncio.sleep(3.0)  # the spans and Envoy's last entries trail a little
@@ -256,10 +258,19 @@ async def settle(store, ledger: Ledger, quiet: float, timeout: float) -> None:
 
 
 async def stored_request_ids(store) -> collections.Counter:
+    """Request id -> copies stored, every page (small pages, each retried: the test search bridge
+    cuts big answers when the machine is saturated)."""
     ids: collections.Counter = collections.Counter()
     cursor = None
     while True:
-        page = await store.list_access(AccessQuery(limit=1000, cursor=cursor))
+        for attempt in range(5):
+            try:
+                page = await store.list_access(AccessQuery(limit=250, cursor=cursor))
+                break
+            except Exception:  # noqa: BLE001 - retried; the last failure is raised
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(1.0)
         ids.update(r.request_id for r in page.items)
         cursor = page.next_cursor
         if not cursor:
