@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -100,9 +101,9 @@ async def lookup_latency(store: Store, requests: int, lookups: int) -> tuple[flo
     return p50, p99, found
 
 
-def build_lookup_db(path: Path, count: int) -> None:
-    """Bulk-load count records without indexes (the store creates them at start, much faster
-    once than row by row), in one connection with big transactions."""
+def build_lookup_db(path: Path, count: int, make: Callable[[int, float], AccessRecord] = record) -> None:
+    """Bulk-load count records (``make(i, t0)``) without indexes (the store creates them at start, much
+    faster once than row by row), in one connection with big transactions."""
     tmp = path.with_suffix(".building")
     for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         p.unlink(missing_ok=True)
@@ -115,7 +116,7 @@ def build_lookup_db(path: Path, count: int) -> None:
     gc.disable()
     try:
         for start in range(0, count, batch):
-            rows = [access_row(record(i, t0)) for i in range(start, min(start + batch, count))]
+            rows = [access_row(make(i, t0)) for i in range(start, min(start + batch, count))]
             conn.execute("BEGIN")
             conn.executemany(insert, rows)
             conn.execute("COMMIT")

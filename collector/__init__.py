@@ -14,7 +14,7 @@ The door: the rest of meshscope imports only the names below.
 from meshscope.doors import lazy_exports
 
 _EXPORTS = {
-    "Collector": ".server", "PublisherMetrics": ".publisher",
+    "Collector": ".server", "PublisherMetrics": ".publisher", "Backpressure": ".publisher",
     "BadLine": ".access_log_lines", "ImportReport": ".access_log_lines", "LineParser": ".access_log_lines",
     "LineSplitter": ".access_log_lines", "Origin": ".access_log_lines", "custom_format": ".access_log_lines",
     "parse_lines": ".access_log_lines", "read_lines": ".access_log_lines",

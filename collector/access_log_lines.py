@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from hashlib import blake2b
 from typing import IO, Any
 
 import orjson
@@ -72,7 +73,6 @@ ISTIO_JSON_FORMAT: dict[str, str] = {
 MAX_REPORTED_ERRORS = 100
 
 
-_NONE = frozenset({"-", ""})
 
 
 class BadLine(ValueError):
@@ -119,6 +119,11 @@ _SECONDS: dict[str, int] = {}  # "2024-05-01T12:00:00" → epoch seconds (one en
 
 def parse_start_time(value: Any) -> float:
     """Envoy's START_TIME (``2024-05-01T12:00:00.123Z``), any ISO 8601 time, or epoch seconds."""
+    if type(value) is str and len(value) == 24 and value[23] == "Z" and value[19] == ".":
+        base = _SECONDS.get(value[:19])  # the common case: a second already seen, milliseconds
+        frac = value[20:23]
+        if base is not None and frac.isdigit():
+            return base + int(frac) / 1000
     if isinstance(value, int | float):
         return float(value)
     text = str(value).strip()
@@ -204,29 +209,37 @@ def operator_key(operator: str) -> str:
 
 
 # ---- formats ------------------------------------------------------------------------------------
-# inline reading of the common value kinds, for the generated per-format function (see TextFormat)
+# inline reading of the common value kinds, for the generated per-format functions (see TextFormat); ``{v}``
+# is a local holding the group. Envoy's "-" and "" are None: compared, not hashed (each group is a new string)
 _INLINE = {
-    "_text": "(None if {v} in NONE else {v})",
-    "_int": "(None if {v} in NONE else int({v}))",
-    "_float": "(None if {v} in NONE else float({v}))",
-    "_code": "(None if {v} in NONE else int({v}) or None)",
-    "_flags": "([] if {v} in NONE else {v}.split(','))",
+    "_text": "(None if {v} == '-' or not {v} else {v})",
+    "_int": "(None if {v} == '-' or not {v} else int({v}))",
+    "_float": "(None if {v} == '-' or not {v} else float({v}))",
+    "_code": "(None if {v} == '-' or not {v} else int({v}) or None)",
+    "_flags": "([] if {v} == '-' or not {v} else {v}.split(','))",
+    # a second already seen, with milliseconds (what Envoy writes): one dict lookup, else the full parser
+    "parse_start_time": "(b + int({v}[20:23]) / 1000 if len({v}) == 24 and {v}[23] == 'Z' and {v}[19] == '.' "
+                        "and (b := SECONDS.get({v}[:19])) is not None and {v}[20:23].isdigit() else R({v}))",
 }
 
 
 @dataclass(slots=True)
 class TextFormat:
     """A compiled Envoy text format: a regex whose groups are the operators, each with its field.
-    The groups are read by one generated function (as dataclasses generates ``__init__``): a line
-    is then one regex match and one call, which is what 100 k lines/s needs."""
+    The groups are read by generated functions (as dataclasses generates ``__init__``): ``_read``
+    gives the fields as a dict (OTLP bodies, merged with attributes), ``_build`` the AccessRecord
+    itself with its id, no dict between. A line is then one regex match and one call, which is what
+    100 k lines/s needs."""
 
     name: str
     pattern: re.Pattern[str]
     readers: list[tuple[str, Callable[[Any], Any]] | None]
     _read: Callable[[tuple], dict[str, Any]] = field(init=False)
+    _build: Callable[[tuple, str, str], AccessRecord] = field(init=False)
 
     def __post_init__(self) -> None:
-        env: dict[str, Any] = {"NONE": _NONE}
+        env: dict[str, Any] = {"AccessRecord": AccessRecord, "BadLine": BadLine, "SECONDS": _SECONDS,
+                               "R": parse_start_time, "blake2b": blake2b, "US": "\x1f"}
         items: dict[str, str] = {}
         for i, reader in enumerate(self.readers):
             if reader is None:
@@ -236,14 +249,17 @@ class TextFormat:
             if template is None:
                 env[f"R{i}"] = read
                 template = f"R{i}({{v}})"
-            expr = template.format(v=f"g[{i}]")
+            expr = template.format(v=f"g{i}")
             # two operators for one field (":PATH" and the original path): the first that is set wins
             if name in items:
                 expr = f"({items[name]} if {items[name]} is not None else {expr})"
             items[name] = expr
+        unpack = f"    {', '.join(f'g{i}' for i in range(len(self.readers)))}, = g\n"
         body = ", ".join(f"{name!r}: {expr}" for name, expr in items.items())
-        exec(f"def read(g):\n    return {{{body}}}\n", env)  # noqa: S102 - our own operator table
+        exec(f"def read(g):\n{unpack}    return {{{body}}}\n", env)  # noqa: S102 - our own operator table
         self._read = env["read"]
+        exec(_builder(items, unpack), env)  # noqa: S102 - our own operator table
+        self._build = env["build"]
 
     def fields(self, line: str) -> dict[str, Any] | None:
         m = self.pattern.fullmatch(line)
@@ -253,13 +269,56 @@ class TextFormat:
         try:
             return self._read(g)
         except (ValueError, TypeError, AttributeError):
-            for reader, value in zip(self.readers, g, strict=True):  # which field: slow, only for errors
-                if reader is not None:
-                    try:
-                        reader[1](value)
-                    except (ValueError, TypeError, AttributeError) as exc:
-                        raise BadLine(f"{self.name} format: {reader[0]} {value!r}: {exc}") from None
+            self._explain(g)
             raise
+
+    def record(self, line: str, node_id: str, log_name: str) -> AccessRecord | None:
+        """The line's AccessRecord (None: the line is not in this format); BadLine for a bad value."""
+        m = self.pattern.fullmatch(line)
+        if m is None:
+            return None
+        g = m.groups()
+        try:
+            return self._build(g, node_id, log_name)
+        except (ValueError, TypeError, AttributeError):
+            self._explain(g)
+            raise
+
+    def _explain(self, g: tuple) -> None:
+        """BadLine naming the field whose value failed (slow: only for errors)."""
+        for reader, value in zip(self.readers, g, strict=True):
+            if reader is not None:
+                try:
+                    reader[1](value)
+                except (ValueError, TypeError, AttributeError) as exc:
+                    raise BadLine(f"{self.name} format: {reader[0]} {value!r}: {exc}") from None
+
+
+def _builder(items: dict[str, str], unpack: str) -> str:
+    """Source of ``build(g, node_id, log_name)``: the fields as locals, then one AccessRecord call with
+    the id ``AccessRecord.compute_id`` would give (``record_id``'s text of the same parts, hashed here
+    in one f-string; make_record's protocol rule)."""
+    lines = ["def build(g, node_id, log_name):", unpack.rstrip("\n")]
+    lines += [f"    {name} = {expr}" for name, expr in items.items()]
+    if "start_time" not in items:
+        lines.append("    raise BadLine('no start time')")
+        return "\n".join(lines) + "\n"
+    lines.append("    if start_time is None:\n        raise BadLine('no start time')")
+    http = [n for n in ("method", "protocol_version") if n in items]
+    lines.append(f"    protocol = 'HTTP' if ({' or '.join(http) or 'False'}) else 'TCP'")
+    kwargs = [f"{name}={name}" for name in items]
+    kwargs += ["protocol=protocol", "node_id=node_id", "log_name=log_name"]
+    if "access_log_type" not in items:  # else compute_id decides whether the type is part of the id
+        # record_id("access", node_id, log_name, protocol, f"{start_time:.6f}", downstream_remote,
+        # upstream_local, request_id, path): each part then \x1e, None as \x1f
+        parts = "".join(f"{{US if {n} is None else {n}}}\\x1e" if n in items else "\\x1f\\x1e"
+                        for n in ("downstream_remote", "upstream_local", "request_id", "path"))
+        lines.append("    text = f'access\\x1e{node_id}\\x1e{log_name}\\x1e{protocol}\\x1e"
+                     "{start_time:.6f}\\x1e" + parts + "'")
+        lines.append("    rid = blake2b(text.encode(), digest_size=16).hexdigest()")
+        kwargs.append("id=rid")
+    lines.append(f"    return AccessRecord({', '.join(kwargs)})")
+    return "\n".join(lines) + "\n"
 
 
 def compile_format(format_string: str, name: str = "custom") -> TextFormat:
@@ -449,22 +508,33 @@ class LineParser:
                 return fmt.name, got
         raise BadLine("fits no known format (Istio text or JSON, Envoy default, --format)")
 
+    def line_record(self, line: str, origin: Origin) -> tuple[str, AccessRecord]:
+        """(format name, AccessRecord) of a line without prefix; BadLine when nothing fits. Text
+        formats build the record straight from the regex groups (no field dict)."""
+        if line[:1] == "{":
+            fmt = self.custom_json or ISTIO_JSON
+            return fmt.name, make_record(fmt.fields(line), origin)
+        texts = self.texts
+        for i, fmt in enumerate(texts):
+            got = fmt.record(line, origin.node_id, origin.log_name)
+            if got is not None:
+                if i and fmt is not texts[0]:  # the next line is most likely in the same format
+                    texts.insert(0, texts.pop(i))
+                return fmt.name, got
+        raise BadLine("fits no known format (Istio text or JSON, Envoy default, --format)")
+
     def record(self, raw: str) -> tuple[str, AccessRecord]:
         line, origin = strip_prefix(raw)
         try:
-            name, fields = self.fields(line.rstrip("\r\n"))
+            return self.line_record(line.rstrip("\r\n"), origin or self.origin)
         except BadLine:
             if len(line) == len(raw):
                 raise
             try:  # what looked like a prefix may be the line's own start (a custom format's time)
-                name, fields = self.fields(raw.rstrip("\r\n"))
-                origin = None
+                return self.line_record(raw.rstrip("\r\n"), self.origin)
             except BadLine:
                 pass
-            else:
-                return name, make_record(fields, self.origin)
             raise
-        return name, make_record(fields, origin or self.origin)
 
 
 def make_record(fields: dict[str, Any], origin: Origin, node_cluster: str = "") -> AccessRecord:
@@ -497,7 +567,7 @@ def parse_lines(lines: Iterable[str], parser: LineParser, report: ImportReport,
     n = report.lines
     for raw in lines:
         n += 1
-        if not raw.strip():
+        if not raw or raw.isspace():
             report.blank += 1
             continue
         try:

@@ -47,11 +47,12 @@ class IntakeCheck:
         self.count = count
         self.clock = clock
 
-    def apply(self, records: Sequence[Record], protocol: str) -> list[Record]:
-        """The records to publish: fixed in place where they can be, without the rejected ones."""
+    def apply(self, records: Sequence[Record], protocol: str, *, history: bool = False) -> list[Record]:
+        """The records to publish: fixed in place where they can be, without the rejected ones.
+        ``history``: records known to be old (an imported log file): no bound behind the clock."""
         now = self.clock()
         lim = self.limits
-        low, high = now - lim.max_behind, now + lim.max_ahead
+        low, high = (float("-inf") if history else now - lim.max_behind), now + lim.max_ahead
         kept: list[Record] = []
         for r in records:
             if isinstance(r, AccessRecord):

@@ -6,6 +6,11 @@ Answers as the OTLP specification asks: success only once the records are safe (
 fsync); a log record that cannot be read is reported in ``partial_success`` and the rest are kept; a
 request that cannot be decoded is INVALID_ARGUMENT / 400 with the reason; a full collector is
 UNAVAILABLE / 503, which OTLP exporters retry.
+
+Access is the other receivers' (``access_control``): TLS when the collector has a certificate, client
+certificates with ``collector_client_ca``, the bearer token on both transports; each record says how
+its sender proved itself (``node_auth``). The HTTP listener takes the app's uvicorn options (read
+timeouts for slow clients, ``meshscope.serving.guarded_http``).
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import logging
 import socket
 import zlib
 from collections import Counter
+from operator import attrgetter
 
 import grpc
 import uvicorn
 from google.rpc import status_pb2
+from meshscope.collector.access_control import ReceiverAccess, peer_identity
 from meshscope.collector.otlp_records import (
     BadOtlp,
     ExportLogsServiceRequest,
@@ -46,34 +53,45 @@ LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+_NODE_ID = attrgetter("node_id")
 
 
 class OtlpReceiver:
     """Turns OTLP export requests into records and publishes them; counts what arrived per proxy."""
 
-    def __init__(self, publisher: Publisher) -> None:
+    def __init__(self, publisher: Publisher, access: ReceiverAccess | None = None) -> None:
         self.publisher = publisher
+        self.access = access or ReceiverAccess()  # how senders prove themselves (records say which)
         self.converter = LogConverter()
         self.arrived: Counter[str] = Counter()  # node id → log records made safe
 
-    async def take_logs(self, request) -> logs_service_pb2.ExportLogsServiceResponse:
-        """Publish a request's log records; Backpressure when the collector is full."""
+    async def take_logs(self, request,
+                        identity: str | None = None) -> logs_service_pb2.ExportLogsServiceResponse:
+        """Publish a request's log records (``identity``: how the sender proved itself, kept on each
+        record as ``node_auth``); Backpressure when the collector is full."""
         skipped_before = self.converter.skipped
         records = self.converter.records(request)
+        if identity is not None:
+            for r in records:
+                r.node_auth = identity
         rejected = self.converter.skipped - skipped_before
         if rejected:
             self.publisher.metrics.rejected.labels("otlp_logs", "unreadable").inc(rejected)
         await self.publisher.submit(ACCESS, records, "otlp_logs", wait=False)
-        for r in records:
-            self.arrived[r.node_id] += 1
+        self.arrived.update(map(_NODE_ID, records))
         response = logs_service_pb2.ExportLogsServiceResponse()
         if rejected:
             response.partial_success.rejected_log_records = rejected
             response.partial_success.error_message = self.converter.last_error[:500]
         return response
 
-    async def take_traces(self, request) -> trace_service_pb2.ExportTraceServiceResponse:
-        await self.publisher.submit(SPANS, spans(request), "otlp_traces", wait=False)
+    async def take_traces(self, request,
+                          identity: str | None = None) -> trace_service_pb2.ExportTraceServiceResponse:
+        out = spans(request)
+        if identity is not None:
+            for span in out:
+                span.tags["meshscope.auth"] = identity
+        await self.publisher.submit(SPANS, out, "otlp_traces", wait=False)
         return trace_service_pb2.ExportTraceServiceResponse()
 
     # ---- gRPC --------------------------------------------------------------------------------
@@ -81,7 +99,7 @@ class OtlpReceiver:
         async def export(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
                 request = decode_protobuf(message_type, raw)
-                response = await take(request)
+                response = await take(request, peer_identity(context, self.access))
             except BadOtlp as exc:
                 self.publisher.metrics.rejected.labels(protocol, "malformed").inc()
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -115,7 +133,10 @@ class OtlpReceiver:
                 try:
                     body = await read_body(request, max_body_bytes)
                     decode = decode_protobuf if content_type == PROTOBUF else decode_json
-                    response = await take(decode(message_type, body))
+                    identity = request.scope.get("state", {}).get("peer_auth")
+                    if identity is None and self.access.client_ca is not None:
+                        identity = "mtls"  # the handshake required a client certificate (name not exposed)
+                    response = await take(decode(message_type, body), identity)
                 except BodyTooLarge as exc:
                     metrics.rejected.labels(protocol, "too_large").inc()
                     return _status(content_type, 413, str(exc))
@@ -171,8 +192,9 @@ class HttpListener:
     """An ASGI app served by uvicorn on host:port inside the caller's event loop (port 0: a free one).
     Bound here, not by uvicorn, so a taken port is an OSError for the caller."""
 
-    def __init__(self, app, host: str, port: int, name: str) -> None:
+    def __init__(self, app, host: str, port: int, name: str, options: dict | None = None) -> None:
         self.app, self.host, self.port, self.name = app, host, port, name
+        self.options = options or {}  # more uvicorn.Config keywords: TLS, the h11 protocol with timeouts
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task | None = None
 
@@ -184,7 +206,7 @@ class HttpListener:
                           f"{exc.strerror or exc}") from exc
         self.port = sock.getsockname()[1]
         self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                                     lifespan="off"))
+                                                     lifespan="off", **self.options))
         self._server.install_signal_handlers = lambda: None
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=self.name)
         while not self._server.started:

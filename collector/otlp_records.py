@@ -140,21 +140,25 @@ def _resolve(key: str) -> tuple[str, Callable[[Any], Any]] | None:
     return reader
 
 
+def _attribute_field(key: str, value: Any, reader: tuple[str, Callable[[Any], Any]]) -> tuple[str, Any]:
+    """(field, value read) of one attribute; BadLine naming it when its value does not read."""
+    name, read = reader
+    try:
+        if isinstance(value, list):
+            value = ",".join(map(str, value)) if name == "response_flags" else _first(value)
+        return name, read(value)
+    except (ValueError, TypeError) as exc:
+        raise BadLine(f"attribute {key}={value!r}: {exc}") from None
+
+
 def _fields_from_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in attrs.items():
         reader = _resolve(key)
-        if reader is None:
-            continue
-        name, read = reader
-        try:
-            if isinstance(value, list):
-                value = ",".join(map(str, value)) if name == "response_flags" else _first(value)
-            got = read(value)
-        except (ValueError, TypeError) as exc:
-            raise BadLine(f"attribute {key}={value!r}: {exc}") from None
-        if got is not None:
-            out[name] = got
+        if reader is not None:
+            name, got = _attribute_field(key, value, reader)
+            if got is not None:
+                out[name] = got
     return out
 
 
@@ -184,13 +188,34 @@ class LogConverter:
         return out
 
     def record(self, log, origin: Origin, cluster: str) -> AccessRecord:
+        body = log.body
+        if body.WhichOneof("value") == "string_value":
+            text = body.string_value.strip()
+            if text:
+                try:
+                    record = self.parser.line_record(text, origin)[1]
+                except BadLine:
+                    if not log.attributes:
+                        raise
+                else:  # the common case: the body is a whole line, attributes add to it
+                    record.node_cluster = cluster
+                    if log.attributes:
+                        _apply_attributes(record, log.attributes)
+                    if not record.trace_id and log.trace_id:
+                        record.trace_id = log.trace_id.hex()
+                        if log.span_id and record.span_id is None:
+                            record.span_id = log.span_id.hex()
+                    return record
+        return self._record_from_fields(log, origin, cluster)
+
+    def _record_from_fields(self, log, origin: Origin, cluster: str) -> AccessRecord:
+        """A body that is not a whole line (a map, a custom text, nothing): fields merged, then built."""
         fields: dict[str, Any] = {}
         body = log.body
         which = body.WhichOneof("value")
         if which == "string_value" and body.string_value.strip():
-            text = body.string_value.strip()
             try:
-                fields = self.parser.fields(text)[1]
+                fields = self.parser.fields(body.string_value.strip())[1]
             except BadLine:
                 if not log.attributes:
                     raise
@@ -206,6 +231,35 @@ class LogConverter:
             if log.span_id:
                 fields.setdefault("span_id", log.span_id.hex())
         return make_record(fields, origin, cluster)
+
+
+# fields that make a record's id (AccessRecord.compute_id) or its protocol (make_record)
+_IDENTITY = frozenset({"start_time", "downstream_remote", "upstream_local", "request_id", "path",
+                       "access_log_type", "duration_ms", "method", "protocol_version"})
+
+
+def _apply_attributes(record: AccessRecord, kvs) -> None:
+    """Attributes win over the body (as ``_fields_from_attributes``, read straight off the key-values
+    and set on the record); the protocol and id are worked out again when an attribute changed what
+    they are made of."""
+    again = False
+    resolved = _RESOLVED
+    for kv in kvs:
+        key = kv.key
+        reader = resolved[key] if key in resolved else _resolve(key)
+        if reader is None:
+            continue
+        v = kv.value
+        value = v.string_value if v.WhichOneof("value") == "string_value" else any_value(v)
+        if value is None:
+            continue
+        name, got = _attribute_field(key, value, reader)
+        if got is not None:
+            setattr(record, name, got)
+            again = again or name in _IDENTITY
+    if again:
+        record.protocol = "HTTP" if (record.method or record.protocol_version) else "TCP"
+        record.id = record.compute_id()
 
 
 # ---- traces → Spans -----------------------------------------------------------------------------

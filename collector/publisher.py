@@ -125,12 +125,13 @@ class Publisher:
         raise Backpressure(why) from cause
 
     async def submit(self, topic: str, records: Sequence[Record], protocol: str, *,
-                     wait: bool = True) -> None:
-        """Return once every record is acknowledged by the bus or fsync'ed to the spool."""
+                     wait: bool = True, history: bool = False) -> None:
+        """Return once every record is acknowledged by the bus or fsync'ed to the spool (``history``:
+        an imported log, whose old times the intake window must not clamp)."""
         if not records:
             return
         self.metrics.received.labels(protocol).inc(len(records))
-        records = self.intake.apply(records, protocol)
+        records = self.intake.apply(records, protocol, history=history)
         if not records:
             return
         n = len(records)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable, Sequence
 
 import uvicorn
 from meshscope.collector.access_control import receiver_access
@@ -18,11 +19,11 @@ from meshscope.collector.intake import IntakeLimits
 from meshscope.collector.otlp_receiver import HttpListener, OtlpReceiver
 from meshscope.collector.publisher import Publisher, PublisherMetrics
 from meshscope.collector.zipkin_receiver import make_app
-from meshscope.pipelines.bus import Bus
+from meshscope.pipelines.bus import ACCESS, Bus
 
 from meshscope.errors import UserError
+from meshscope.model import AccessRecord
 from meshscope.settings import Settings
-from meshscope.slow_clients import quiet_disconnects, uvicorn_options
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,14 @@ class Collector:
     """Receives Envoy access logs (gRPC, settings.als_port) and Zipkin spans (HTTP, settings.zipkin_port)."""
 
     def __init__(self, settings: Settings, bus: Bus, *, max_inflight: int = 50_000,
-                 max_spool_bytes: int = 1024**3, publish_timeout: float = 5.0) -> None:
+                 max_spool_bytes: int = 1024**3, publish_timeout: float = 5.0,
+                 http_options: dict | None = None, wrap_http: Callable | None = None) -> None:
+        """``http_options`` (uvicorn.Config keywords) and ``wrap_http`` (an ASGI wrapper) are how the app
+        hands its HTTP guards to the collector's HTTP receivers (Zipkin, OTLP/HTTP): read timeouts for
+        slow clients and quiet disconnects (``meshscope.serving.guarded_http``)."""
         self.settings = settings
+        self.http_options = dict(http_options or {})
+        wrap = wrap_http or (lambda app: app)
         self.bus = bus
         self.metrics = PublisherMetrics()
         try:
@@ -50,18 +57,20 @@ class Collector:
         limit = settings.collector_max_message_bytes
         self.als = AccessLogServer(self.servicer, settings.host, settings.als_port, access=self.access,
                                    max_message_bytes=limit, ceiling_bytes=2 * limit)
-        self.app = self.access.http_guard(make_app(self.publisher, health=self.health))
+        self.app = wrap(self.access.http_guard(make_app(self.publisher, health=self.health)))
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None
         self._zipkin_port = settings.zipkin_port
         # OTLP logs and traces (Istio's envoyOtelAls and opentelemetry providers): gRPC and HTTP
-        self.otlp = OtlpReceiver(self.publisher)
+        self.otlp = OtlpReceiver(self.publisher, self.access)
         # the same access rules as ALS and Zipkin (token and mTLS on gRPC; the token on HTTP)
         self.otlp_grpc = AccessLogServer(self.otlp, settings.host, settings.otlp_grpc_port,
                                          access=self.access,
                                          max_message_bytes=settings.collector_max_message_bytes)
-        self.otlp_http = HttpListener(self.access.http_guard(self.otlp.http_app()), settings.host,
-                                      settings.otlp_http_port, "OTLP/HTTP receiver")
+        # TLS (and mTLS), the token and the read timeouts as on the Zipkin receiver
+        self.otlp_http = HttpListener(wrap(self.access.http_guard(self.otlp.http_app())), settings.host,
+                                      settings.otlp_http_port, "OTLP/HTTP receiver",
+                                      options={**self.http_options, **self.access.uvicorn_ssl()})
 
     @property
     def als_port(self) -> int:
@@ -94,11 +103,8 @@ class Collector:
             raise OSError(f"the Zipkin receiver could not listen on {host}:{self.settings.zipkin_port}: "
                           f"{exc.strerror or exc}") from exc
         self._zipkin_port = sock.getsockname()[1]
-        # read timeouts on request heads and bodies (a slow or idle sender cannot hold a connection),
-        # and a sender gone mid-request is one log line
-        self._http = uvicorn.Server(uvicorn.Config(quiet_disconnects(self.app), log_level="warning",
-                                                   access_log=False, lifespan="off",
-                                                   **uvicorn_options(self.settings),
+        self._http = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
+                                                   lifespan="off", **self.http_options,
                                                    **self.access.uvicorn_ssl()))
         self._http.install_signal_handlers = lambda: None  # the embedding program owns signals
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="collector-zipkin-http")
@@ -132,6 +138,12 @@ class Collector:
                 await asyncio.wait_for(self._http_task, 5)
         await self.als.stop()
         await self.publisher.stop()
+
+    async def publish_imported(self, records: Sequence[AccessRecord]) -> None:
+        """Imported access-log records (``POST /api/logs``) onto the bus the way live ones go: the same
+        intake (without the bound on old times), the same durable acknowledgement, then the pipeline's
+        store and alert engine. Backpressure when the collector cannot take them now."""
+        await self.publisher.submit(ACCESS, records, "log_import", history=True)
 
     def health(self) -> dict:
         """/healthz and /readyz body: 'degraded' while records wait in the spool for the bus, 'not

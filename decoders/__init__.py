@@ -10,7 +10,7 @@ _EXPORTS = {
     "Analysis": ".analysis", "analyze": ".analysis", "stitch": ".analysis",
     "BACKENDS": ".backends", "DEFAULT_BACKEND": ".backends", "get_backend": ".backends",
     "CaptureReport": ".backends",
-    "capture_format": ".capture_file", "read_exchanges": ".read",
+    "capture_format": ".capture_file", "upload_format": ".capture_file", "read_exchanges": ".read",
     # diagrams: one Diagram type (sections of messages), built from flows or by the app; three renderers
     "Diagram": ".diagram", "Section": ".diagram", "Message": ".diagram", "flow_diagram": ".sequence",
     "diagram_svg": ".graph_svg", "diagram_mermaid": ".graph_mermaid", "diagram_text": ".graph_text",
@@ -20,6 +20,8 @@ _EXPORTS = {
     "ExchangeFilter": ".exchange_filter", "FilterError": ".exchange_filter",
     "NODEPORT_LAB": ".samples",
     "KeyLog": ".tls_keylog",
+    "K8sNames": ".pod_labels", "endpoint_names": ".pod_labels", "name_columns": ".sequence",
+    "counted": ".wording", "examples": ".wording", "capture_line": ".report_text",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 import orjson
 from meshscope.decoders.backends import DEFAULT_BACKEND, CaptureReport, get_backend
+from meshscope.decoders.dns_flows import lookups_before
 from meshscope.decoders.flows import build_flows
 from meshscope.decoders.legs import fold_copies, place_loopback
 from meshscope.decoders.nat_hops import build_legs, match_nat
@@ -90,7 +91,7 @@ def stitch(exchanges: Iterable[Exchange | ExchangeFacts]) -> Analysis:
     legs = build_legs(sightings, match_nat(sightings))
     place_loopback(legs)
     links = match_proxy(legs)
-    flows = build_flows(legs, links + inferred_tls_links(legs, links))
+    flows = build_flows(legs, links + inferred_tls_links(legs, links), lookups_before(legs))
     kept = sorted((ex for s in sightings for ex in s.exchanges),
                   key=lambda e: (e.conn.capture, e.request_time or 0))
     folded = {i for s in sightings for i in s.duplicates}
@@ -107,18 +108,19 @@ def capture_names(paths: Sequence[Path]) -> list[str]:
 
 
 def analyze(paths: Sequence[str | Path], backend: str = DEFAULT_BACKEND,
-            progress: Progress | None = None, workers: int | None = None, keylog=None) -> Analysis:
+            progress: Progress | None = None, workers: int | None = None, keylog=None,
+            names=None) -> Analysis:
     """Decode the captures (analysed together: a NAT's two sides may be in two files) and stitch them.
     ``workers``: decode processes per capture (default: one per core for a dpkt capture of at
-    least PARALLEL_MIN_BYTES, else 1). Raises CaptureError (a UserError) when a file cannot be
-    read at all. ``keylog`` (decoders.tls_keylog.KeyLog) decrypts TLS; pcapng Decryption Secrets
-    Blocks are read either way."""
+    least PARALLEL_MIN_BYTES, else 1). ``keylog`` (decoders.tls_keylog.KeyLog) decrypts TLS;
+    pcapng Decryption Secrets Blocks are read either way. ``names`` (decoders.pod_labels.K8sNames)
+    labels connections with pod and service names by IP (ptcpdump's packet comments label them
+    either way). A capture that cannot be read (missing, a directory, garbage, a decoder failing
+    on it) gets a report with its ``error`` and the others are still analysed; CaptureError (a
+    UserError) only when none could be read."""
     files = [Path(p) for p in paths]
     if not files:
         raise CaptureError("no capture given")
-    for f in files:
-        if not f.is_file():
-            raise CaptureError(f"{f}: no such capture file")
     get_backend(backend)  # an unknown backend fails here, before any work
     reports: list[CaptureReport] = []
     spool = ExchangeSpool()
@@ -127,10 +129,14 @@ def analyze(paths: Sequence[str | Path], backend: str = DEFAULT_BACKEND,
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        analysis = stitch(spool.park_batches(_decode_all(files, backend, progress, reports, workers, keylog)))
+        analysis = stitch(spool.park_batches(_decode_all(files, backend, progress, reports, workers, keylog,
+                                                         names)))
     finally:
         if gc_was_on:
             gc.enable()
+    if all(r.error for r in reports):
+        spool.close()
+        raise CaptureError("; ".join(r.error for r in reports if r.error))
     spool.skip = analysis.folded  # the copies stitching folded away
     analysis.exchanges = spool
     analysis.reports = reports
@@ -165,26 +171,51 @@ def _batches(exchanges: Iterable[Exchange], size: int = 1000) -> Iterator[Batch]
 
 
 def _decode_all(files: list[Path], backend: str, progress: Progress | None,
-                reports: list[CaptureReport], workers: int | None, keylog=None) -> Iterator[Batch]:
-    sizes = [f.stat().st_size for f in files]
+                reports: list[CaptureReport], workers: int | None, keylog=None,
+                names=None) -> Iterator[Batch]:
+    sizes = [_size(f) for f in files]
     total = sum(sizes)
     done = 0
     for f, size, name in zip(files, sizes, capture_names(files), strict=True):
-        tick = None
-        if progress is not None:
-            base = done
-            def tick(offset: int, base: int = base) -> None:
-                progress(base + offset, total)
-        n = _workers(backend, size, workers)
-        if n > 1:
-            from meshscope.decoders.parallel import decode_sharded
-
-            yield from decode_sharded(f, name, n, reports, tick, keylog=keylog)
-        else:
-            decoder = get_backend(backend)
-            decoder.keylog = keylog
-            yield from _batches(decoder.decode(f, capture=name, progress=tick))
-            reports.append(decoder.report or CaptureReport(capture=name))
+        try:
+            yield from _decode_one(f, size, name, backend, progress, reports, workers, keylog, names, done,
+                                   total)
+        except Exception as exc:  # one bad capture is reported; the others are still analysed
+            why = str(exc) if isinstance(exc, CaptureError) else \
+                f"{f}: cannot decode: {type(exc).__name__}: {exc}"
+            why = why.replace(str(f), name)  # the capture's name, as in its report (not a server's path)
+            if not reports or reports[-1].capture != name:
+                reports.append(CaptureReport(capture=name))
+            reports[-1].error = why
         done += size
         if progress is not None:
             progress(done, total)
+
+
+def _size(f: Path) -> int:
+    try:
+        return f.stat().st_size if f.is_file() else 0
+    except OSError:
+        return 0
+
+
+def _decode_one(f: Path, size: int, name: str, backend: str, progress: Progress | None,
+                reports: list[CaptureReport], workers: int | None, keylog, names, done: int,
+                total: int) -> Iterator[Batch]:
+    tick = None
+    if progress is not None:
+        def tick(offset: int, base: int = done) -> None:
+            progress(base + offset, total)
+    n = _workers(backend, size, workers)
+    if n > 1:
+        from meshscope.decoders.parallel import decode_sharded
+
+        yield from decode_sharded(f, name, n, reports, tick, keylog=keylog, names=names)
+        return
+    decoder = get_backend(backend)
+    decoder.keylog = keylog
+    decoder.names = names
+    try:
+        yield from _batches(decoder.decode(f, capture=name, progress=tick))
+    finally:  # a decoder failing mid-file still has a report of what it read
+        reports.append(decoder.report or CaptureReport(capture=name))

@@ -30,7 +30,7 @@ class Analyzer:
 
     protocol: ClassVar[str]
     __slots__ = ("host", "conn", "ready", "client", "server", "done", "exchanges", "index",
-                 "client_damage", "server_damage")
+                 "client_damage", "server_damage", "tunnel")
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -43,6 +43,7 @@ class Analyzer:
         self.index = 0  # the next exchange's position on the connection
         self.client_damage: list[str] = []  # damage seen before the exchange it belongs to began
         self.server_damage: list[str] = []
+        self.tunnel: str | None = None  # inside an HTTP CONNECT tunnel: "CONNECT host:port"
 
     def held(self) -> int:
         """Bytes buffered (an unfinished head, hello or frame): counted against the table's budget."""
@@ -67,6 +68,8 @@ class Analyzer:
                       index=self.index if index is None else index)
         if index is None:
             self.index += 1
+        if self.tunnel is not None:
+            ex.tunnel = self.tunnel
         if self.client_damage or self.server_damage:  # damage seen before this exchange began
             ex.damage.extend(self.client_damage)
             ex.damage.extend(self.server_damage)

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from meshscope.decoders.compressed import COMPRESSIONS, CaptureStream, compression_of
 from meshscope.decoders.link_layers import FIXED_LAYOUTS
 from meshscope.decoders.tcp_cut import IPV4_TCP_MIN, TcpCut, linked_head
 from meshscope.decoders.tcp_flags import CONTROL, IP_FRAGMENTED
+from meshscope.decoders.wording import counted
 
 from meshscope.errors import CaptureError
 
@@ -50,18 +52,24 @@ class ReadStats:
     """What the reader saw: filled while iterating."""
 
     format: str = ""
+    compression: str | None = None  # "gzip", "zstd", … (decoders.compressed), None for a plain file
     link_types: set[int] = field(default_factory=set)
     packets: int = 0
     bytes: int = 0
     offset: int = 0
     truncated: bool = False
-    damage: list[str] = field(default_factory=list)
+    snaplen: int | None = None  # the smallest snaplen the file's header(s) declare
+    damage: list[str] = field(default_factory=list)  # the first MAX_DAMAGE places
+    damage_count: int = 0  # all of them
+    # the packet just yielded carried pcapng comments: [(comments, direction)] (decoders.pod_labels)
+    notes: list[tuple[tuple[str, ...], int]] = field(default_factory=list, repr=False)
     # pcapng Decryption Secrets Blocks of type TLSK: key-log text, a secret (kept out of repr)
     tls_key_logs: list[bytes] = field(default_factory=list, repr=False)
     # frames that led to no analysable packet, by what stopped them (decoders.tunnels)
     not_decoded: dict[str, int] = field(default_factory=dict)
 
     def add_damage(self, text: str) -> None:
+        self.damage_count += 1
         if len(self.damage) < MAX_DAMAGE:
             self.damage.append(text)
 
@@ -78,21 +86,48 @@ def capture_format(head: bytes) -> str | None:
     return None
 
 
+def upload_format(head: bytes) -> str | None:
+    """What an upload's first bytes announce: 'pcap', 'pcapng', a compression ('gzip', …: the capture
+    inside is checked when it is read), or None for anything else."""
+    return capture_format(head) or compression_of(head)
+
+
 def sniff_format(path: Path) -> str:
-    """'pcap' or 'pcapng' from the file's magic; CaptureError (one line) for anything else."""
+    """'pcap' or 'pcapng' from the file's magic (inside its compression, if any); CaptureError (one
+    line) for anything else."""
+    return sniff_capture(path)[0]
+
+
+def sniff_capture(path: Path) -> tuple[str, str | None]:
+    """(format, compression) from the file's magic; CaptureError (one line) for anything else: a
+    directory, a missing or unreadable file, an empty one, a wrong magic, a damaged compressed head."""
+    path = Path(path)
+    if path.is_dir():
+        raise CaptureError(f"{path}: is a directory, not a capture file (name the files in it)")
+    compression = None
     try:
-        with open(path, "rb") as f:
-            head = f.read(4)
+        with CaptureStream(path) as cs:
+            compression = cs.compression
+            head = cs.stream.read(4)
+    except FileNotFoundError:
+        raise CaptureError(f"{path}: no such capture file") from None
     except OSError as e:
-        raise CaptureError(f"{path}: cannot read capture: {e.strerror or e}") from None
+        if e.strerror is not None:
+            raise CaptureError(f"{path}: cannot read capture: {e.strerror}") from None
+        raise CaptureError(f"{path}: damaged {compression} compression: {e}") from None
+    except Exception as e:  # a decompressor's own error (zstandard.ZstdError, lz4's RuntimeError, EOFError)
+        raise CaptureError(f"{path}: damaged {compression} compression: {e or type(e).__name__}") from None
+    inside = f" inside its {compression} compression" if compression else ""
     if not head:
-        raise CaptureError(f"{path}: empty file, not a capture")
+        raise CaptureError(f"{path}: empty file, not a capture" if not compression
+                           else f"{path}: nothing{inside}, not a capture")
     if len(head) < 4:
-        raise CaptureError(f"{path}: only {len(head)} bytes, not a capture")
+        raise CaptureError(f"{path}: only {counted(len(head), 'byte')}{inside}, not a capture")
     fmt = capture_format(head)
     if fmt is None:
-        raise CaptureError(f"{path}: not a pcap or pcapng file (magic {head.hex()})")
-    return fmt
+        raise CaptureError(f"{path}: not a pcap or pcapng file{inside} (magic {head.hex()}; compressions "
+                           f"read: {', '.join(COMPRESSIONS.values())})")
+    return fmt, compression
 
 
 class _Chunks:
@@ -103,15 +138,34 @@ class _Chunks:
         self.buf = b""
         self.pos = 0
         self.base = 0  # file offset of buf[0]
+        self.error: str | None = None  # why reading stopped early (a damaged compressed stream)
 
     def need(self, n: int) -> bool:
-        """Make buf[pos:pos+n] available; False at end of file."""
+        """Make buf[pos:pos+n] available; False at end of file (or where decompression failed)."""
         if self.pos + n <= len(self.buf):
             return True
         self.base += self.pos
-        self.buf = self.buf[self.pos:] + self.f.read(max(CHUNK, n))
+        self.buf = self.buf[self.pos:] + self._read(max(CHUNK, n))
         self.pos = 0
         return n <= len(self.buf)
+
+    def _read(self, n: int) -> bytes:
+        if self.error is not None:
+            return b""
+        parts, got = [], 0
+        # read1 where there is one: a decompressor's read() of a damaged stream raises and drops what
+        # it had already decompressed; read1 hands that over first
+        read = getattr(self.f, "read1", self.f.read)
+        try:
+            while got < n:  # decompressors return less than asked before the end
+                part = read(n - got)
+                if not part:
+                    break
+                parts.append(part)
+                got += len(part)
+        except Exception as e:  # gzip's EOFError / BadGzipFile, zstandard.ZstdError, lz4's RuntimeError
+            self.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        return b"".join(parts) if len(parts) != 1 else parts[0]
 
     @property
     def offset(self) -> int:
@@ -130,28 +184,37 @@ def read_capture(path: Path, stats: ReadStats | None = None,
     the pure ACKs not at all; every other record still comes out as a CaptureRecord, and every
     record is counted."""
     stats = stats if stats is not None else ReadStats()
-    fmt = sniff_format(path)
+    fmt, stats.compression = sniff_capture(path)
     stats.format = fmt
-    with open(path, "rb") as f:
-        chunks = _Chunks(f)
-        if fmt == "pcap":
-            yield from _read_pcap(path, chunks, stats, progress, cut)
-        else:
-            yield from _read_pcapng(path, chunks, stats, progress)
+    with CaptureStream(path) as cs:
+        chunks = _Chunks(cs.stream)
+        tick = cs.progress_of(progress)  # a compressed file's progress counts the bytes on disk
+        try:
+            if fmt == "pcap":
+                yield from _read_pcap(path, chunks, stats, tick, cut)
+            else:
+                yield from _read_pcapng(path, chunks, stats, tick)
+        finally:
+            if chunks.error is not None:
+                stats.truncated = True
+                stats.add_damage(f"{stats.compression} stream damaged after {counted(chunks.offset, 'byte')} "
+                                 f"of capture ({chunks.error}); read up to there")
         stats.offset = chunks.offset
         if progress is not None:
-            progress(chunks.offset)  # the end, whatever the chunking reported before
+            progress(cs.raw_offset() if cs.compression else chunks.offset)  # the end
 
 
 def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
                cut: TcpCut | None = None) -> Iterator[CaptureRecord | tuple]:
     if not c.need(24):
-        raise CaptureError(f"{path}: pcap header cut short ({c.left()} of 24 bytes)")
+        why = f"; {c.error}" if c.error else ""
+        raise CaptureError(f"{path}: pcap header cut short ({c.left()} of 24 bytes{why})")
     magic = struct.unpack_from("<I", c.buf, 0)[0]
     order, divisor = PCAP_MAGICS[magic]
-    _vmaj, _vmin, _tz, _sig, _snaplen, linktype = struct.unpack_from(order + "HHiIII", c.buf, 4)
+    _vmaj, _vmin, _tz, _sig, snaplen, linktype = struct.unpack_from(order + "HHiIII", c.buf, 4)
     linktype &= 0xFFFF  # upper bits carry FCS flags, not the link type
     stats.link_types.add(linktype)
+    stats.snaplen = snaplen or None
     c.pos = 24
     unpack = struct.Struct(order + "IIII").unpack_from
     packets = 0
@@ -180,7 +243,8 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
             sec, frac, incl, orig = unpack(buf, pos)
             if incl > MAX_RECORD:
                 c.pos = pos
-                stats.add_damage(f"record at byte {c.offset} claims {incl} bytes; stopped reading there")
+                stats.add_damage(f"record at byte {c.offset} claims {counted(incl, 'byte')}; stopped reading "
+                                 "there")
                 break
             end = pos + 16 + incl
             if end > blen:
@@ -227,6 +291,7 @@ class _Interface:
     linktype: int
     name: str
     ts_div: int  # ticks per second (10**k or 2**k), kept integral so times round the same as pcap's
+    snaplen: int = 0  # 0: no limit
 
 
 def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator[CaptureRecord]:
@@ -235,6 +300,7 @@ def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator
     packets = 0
     nbytes = 0
     next_progress = 0
+    notes = stats.notes
     try:
         while True:
             if not c.need(12):
@@ -271,6 +337,8 @@ def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator
                 if btype == 1:  # Interface Description Block
                     ifaces.append(_parse_idb(body, order, len(ifaces)))
                     stats.link_types.add(ifaces[-1].linktype)
+                    if ifaces[-1].snaplen and (stats.snaplen is None or ifaces[-1].snaplen < stats.snaplen):
+                        stats.snaplen = ifaces[-1].snaplen
                     continue
                 if btype == 6:  # Enhanced Packet Block
                     if_id, ts_hi, ts_lo, caplen, orig = struct.unpack_from(order + "IIIII", body, 0)
@@ -290,6 +358,11 @@ def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator
                         stats.add_damage(f"packet block at byte {c.base + start} overruns its block")
                         continue
                     data = body[20:20 + caplen]
+                    if notes:
+                        notes.clear()  # the last packet's, not this one's
+                    opts = 20 + ((caplen + 3) & ~3)
+                    if len(body) > opts + 4:  # options: comments (ptcpdump's process and pod)
+                        _packet_notes(body, opts, order, notes)
                 if if_id >= len(ifaces):
                     stats.add_damage(f"packet at byte {c.base + start} names unknown interface {if_id}")
                     continue
@@ -306,6 +379,24 @@ def _read_pcapng(path: Path, c: _Chunks, stats: ReadStats, progress) -> Iterator
         stats.bytes += nbytes
 
 
+def _packet_notes(body: bytes, pos: int, order: str, notes: list) -> None:
+    """A packet block's comments (opt_comment) and direction (epb_flags bits 0-1), if it has comments."""
+    comments: list[str] = []
+    direction = 0
+    while pos + 4 <= len(body):
+        code, olen = struct.unpack_from(order + "HH", body, pos)
+        if code == 0:
+            break
+        value = body[pos + 4:pos + 4 + olen]
+        pos += 4 + ((olen + 3) & ~3)
+        if code == 1:
+            comments.append(value.decode("utf-8", "replace"))
+        elif code == 2 and olen == 4:
+            direction = struct.unpack(order + "I", value)[0] & 3
+    if comments:
+        notes.append((tuple(comments), direction))
+
+
 def _read_dsb(body: bytes, order: str, stats: ReadStats, offset: int) -> None:
     """A Decryption Secrets Block: keep TLS key-log text; other secret types are noted, not read."""
     stype, slen = struct.unpack_from(order + "II", body, 0)
@@ -319,7 +410,7 @@ def _read_dsb(body: bytes, order: str, stats: ReadStats, offset: int) -> None:
 
 def _parse_idb(body: bytes, order: str, index: int) -> _Interface:
     """Link type, name (if_name option, else the interface's index) and timestamp unit."""
-    linktype, _res, _snaplen = struct.unpack_from(order + "HHI", body, 0)
+    linktype, _res, snaplen = struct.unpack_from(order + "HHI", body, 0)
     name = str(index)
     ts_div = 1_000_000
     pos = 8
@@ -334,4 +425,4 @@ def _parse_idb(body: bytes, order: str, index: int) -> _Interface:
         elif code == 9 and value:  # if_tsresol
             r = value[0]
             ts_div = 2 ** min(r & 0x7F, 64) if r & 0x80 else 10 ** min(r, 19)
-    return _Interface(linktype, name, ts_div)
+    return _Interface(linktype, name, ts_div, snaplen)

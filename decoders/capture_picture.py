@@ -13,7 +13,9 @@ from typing import Any
 
 from meshscope.decoders.diagram import Diagram, Message, Section
 from meshscope.decoders.exchange_filter import ExchangeFilter, failure_of, protocol_of
+from meshscope.decoders.pod_labels import endpoint_names
 from meshscope.decoders.sequence import exchange_messages, flow_diagram
+from meshscope.decoders.wording import counted as plural
 
 from meshscope.model import Flow
 
@@ -26,17 +28,15 @@ PROTOCOL_NAMES = {"http": "HTTP/1", "h2": "HTTP/2", "grpc": "gRPC", "tls": "TLS"
                   "dns": "DNS"}
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}es" if word.endswith(("s", "x")) else f"{n} {word}s"
-
-
 def _workload(ns: str | None, name: str | None) -> str | None:
     return (f"{ns}/{name}" if ns else name) if name else None
 
 
 def _name_columns(diagram: Diagram, exchanges: Iterable[Any]) -> None:
-    """Workload names (Istio peer metadata) on the columns of the hosts they were seen on."""
+    """Workload names (Istio peer metadata) on the columns of the hosts they were seen on; then pod and
+    service names from the connections' labels (ptcpdump's comments, a kubectl listing)."""
     columns = set(diagram.participants)
+    exchanges = list(exchanges)
     for ex in exchanges:
         c = ex.conn
         if c.src not in columns and c.dst not in columns:
@@ -47,6 +47,9 @@ def _name_columns(diagram: Diagram, exchanges: Iterable[Any]) -> None:
         for ip, name in ((c.src, client), (c.dst, server)):
             if name and ip in columns:
                 diagram.labels.setdefault(ip, name)
+    for ip, name in endpoint_names(exchanges).items():
+        if ip in columns:
+            diagram.labels.setdefault(ip, name)
 
 
 def columns_of(c: Any) -> tuple[str, str]:
@@ -57,11 +60,7 @@ def columns_of(c: Any) -> tuple[str, str]:
 
 def _conn_key(ex: Any) -> tuple:
     c = ex.conn
-    return (c.capture, c.interface, c.src, c.sport, c.dst, c.dport, c.client_isn, c.syn_time)
-
-
-def _transport(exchanges: Sequence[Any]) -> str:
-    return (getattr(exchanges[0].conn, "transport", None) or "tcp").upper()
+    return (c.capture, c.interface, c.transport, c.src, c.sport, c.dst, c.dport, c.client_isn, c.syn_time)
 
 
 def exchange_diagram(exchanges: Iterable[Any]) -> Diagram:
@@ -84,8 +83,8 @@ def exchange_diagram(exchanges: Iterable[Any]) -> Diagram:
             msgs += exchange_messages(ex, src, dst, True)
         msgs.sort(key=lambda m: m.t)
         where = f"  ({c.capture})" if many_captures and c.capture else ""
-        title = (f"{_transport(group)} {c.src}:{c.sport} → {c.dst}:{c.dport}  "
-                 f"{_plural(len(group), 'exchange')}{where}")
+        title = (f"{c.transport.upper()} {c.src}:{c.sport} → {c.dst}:{c.dport}  "
+                 f"{plural(len(group), 'exchange')}{where}")
         sections.append(Section(title, msgs[0].t if msgs else 0.0, msgs))
     sections.sort(key=lambda s: s.start)
     diagram = Diagram(section_name="connection")
@@ -174,10 +173,10 @@ def overview_diagram(exchanges: Sequence[Any], columns: int = OVERVIEW_COLUMNS,
     if hidden:
         last = shown[-1]
         msgs.append(Message(last.first, last.src, last.src,
-                            f"… {_plural(len(hidden), 'more conversation')}, "
-                            f"{_plural(sum(cv.count for cv in hidden), 'exchange')}", "note"))
+                            f"… {plural(len(hidden), 'more conversation')}, "
+                            f"{plural(sum(cv.count for cv in hidden), 'exchange')}", "note"))
     diagram = Diagram(section_name="overview")
-    title = f"{_plural(len(traffic), 'host')}, {_plural(len(convs), 'conversation')}"
+    title = f"{plural(len(traffic), 'host')}, {plural(len(convs), 'conversation')}"
     diagram.add(Section(title, min((cv.first for cv in shown), default=0.0), msgs))  # times: first seen
     _name_columns(diagram, exchanges)
     if OTHERS in diagram.participants:
@@ -196,7 +195,7 @@ def capture_diagram(flows: Sequence[Flow], exchanges: Mapping[str, Any], flt: Ex
         diagram = flow_diagram(shown_flows, exchanges, max_flows)
         if flt or len(shown_flows) > max_flows:
             drawn = min(len(shown_flows), max_flows)
-            diagram.caption = (f"{_plural(len(shown_flows), 'flow')}{narrowed}"
+            diagram.caption = (f"{plural(len(shown_flows), 'flow')}{narrowed}"
                                + (f", the first {drawn} drawn" if drawn < len(shown_flows) else ""))
         return diagram
     chosen = flt.exchanges(exchanges.values())
@@ -204,7 +203,7 @@ def capture_diagram(flows: Sequence[Flow], exchanges: Mapping[str, Any], flt: Ex
         what = "no exchange" + (narrowed or " in this capture")
         return Diagram(caption=what)
     hosts = {h for ex in chosen for h in columns_of(ex.conn)}
-    counted = f"{_plural(len(chosen), 'exchange')}{narrowed} between {_plural(len(hosts), 'host')}"
+    counted = f"{plural(len(chosen), 'exchange')}{narrowed} between {plural(len(hosts), 'host')}"
     if len(chosen) <= max_exchanges and len(hosts) <= MAX_COLUMNS:
         diagram = exchange_diagram(chosen)
         diagram.caption = f"{counted}; no multi-hop flow stitched: each exchange drawn"

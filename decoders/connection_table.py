@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from meshscope.decoders.analyzer import Analyzer
 from meshscope.decoders.detect import choose_analyzer, first_is_client
+from meshscope.decoders.pod_labels import process_side
 from meshscope.decoders.tcp_flags import ACK, CONTROL, FIN, RST, SYN
 from meshscope.decoders.tcp_reassembly import StreamReassembler
 
@@ -128,6 +129,7 @@ class ConnectionTable:
                  keylog=None) -> None:
         self.capture = capture
         self.keylog = keylog  # decoders.tls_keylog.KeyLog: TLS records are decrypted with it
+        self.dns = None  # decoders.dns_lookups.DnsLookups: where DNS over TCP goes (None: not read)
         self.max_connections = max_connections
         self.max_buffered = max_buffered
         self.buffered = 0  # bytes held by all connections together
@@ -138,6 +140,8 @@ class ConnectionTable:
         self.damage_count = 0
         self.connections = 0
         self.evicted = 0
+        self.snap_cut = 0  # segments whose payload the capture's snaplen cut short
+        self.names = None  # decoders.pod_labels.K8sNames: pod and service names by IP, for new connections
 
     def note_damage(self, conn: Connection, text: str) -> None:
         self.damage_count += 1
@@ -176,6 +180,8 @@ class ConnectionTable:
                 if tc.s2c is not None:
                     tc.s2c.syn(seq)
         if payload or missing:
+            if missing:
+                self.snap_cut += 1
             if from_client:
                 tc.client_bytes += len(payload)
             else:
@@ -217,6 +223,11 @@ class ConnectionTable:
         else:
             conn = Connection(src=dst, sport=dport, dst=src, dport=sport, capture=self.capture,
                               interface=interface)
+        if self.names is not None:
+            for side, ip in (("client", conn.src), ("server", conn.dst)):
+                found = self.names.lookup(ip)
+                if found:
+                    conn.labels.update({f"{side}.{k}": v for k, v in found.items()})
         tc = _Tracked(self, conn, client_first, key, ts)
         self.conns[key] = tc
         self.connections += 1
@@ -260,6 +271,16 @@ class ConnectionTable:
             tc.c2s.sink = tc.s2c.sink = None  # type: ignore[union-attr,assignment]
         tc.analyzer = tc.c2s = tc.s2c = None
         tc.table = None  # type: ignore[assignment]
+
+    def label(self, src: str, sport: int, dst: str, dport: int, labels: dict[str, str],
+              direction: int) -> None:
+        """Labels a packet from src to dst carried (its capture's comment: the process on this host that
+        sent or received it, by ``direction``) go on its connection, on that end's side."""
+        tc = self.conns.get((src, sport, dst, dport)) or self.conns.get((dst, dport, src, sport))
+        if tc is None or not labels:
+            return
+        side = process_side(direction, tc.conn.src == src and tc.conn.sport == sport)
+        tc.conn.labels.update({f"{side}.{k}": v for k, v in labels.items()})
 
     def finish(self) -> None:
         """End of capture: close every connection still open."""

@@ -6,6 +6,7 @@ Also which side is the client, for a connection whose handshake was not captured
 from __future__ import annotations
 
 from meshscope.decoders.analyzer import Analyzer, Host, Opaque
+from meshscope.decoders.dns_tcp_analyzer import DnsTcpAnalyzer
 from meshscope.decoders.http1 import looks_like_request, looks_like_response
 from meshscope.decoders.http1_analyzer import Http1Analyzer
 from meshscope.decoders.http2_analyzer import Http2Analyzer
@@ -13,10 +14,18 @@ from meshscope.decoders.http2_frames import PREFACE, plausible_frames
 from meshscope.decoders.tls_analyzer import TlsAnalyzer
 from meshscope.decoders.tls_hello import looks_like_handshake
 
+DNS_PORT = 53
+
 
 def choose_analyzer(host: Host, from_client: bool, payload: bytes) -> Analyzer:
     """The analyzer for a connection whose first payload (in capture order) is ``payload``."""
     midstream = not host.conn.handshake_seen
+    conn = host.conn
+    if conn.dport == DNS_PORT or conn.sport == DNS_PORT:
+        table = getattr(host, "table", None)
+        lookups = getattr(table, "dns", None)
+        if lookups is not None:
+            return DnsTcpAnalyzer(host, lookups)
     if looks_like_handshake(payload) and (from_client or payload[5:6] == b"\x02"):
         keylog = getattr(host, "keylog", None)
         if keylog is not None:  # keys were given: read through the records

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from meshscope.decoders.sequence import request_label, response_label
+from meshscope.decoders.wording import counted
 
 from meshscope.model import Exchange, Flow, Hop
 
@@ -35,6 +36,12 @@ def hop_lines(n: int, hop: Hop) -> list[str]:
         caps = ", ".join(ev.get("captures", []))
         why += [f"before {ev.get('pre')}", f"after {ev.get('post')}", f"matched by {ev.get('match')}{isn}",
                 "one capture" if ev.get("same_capture") else f"captures {caps}"]
+    elif hop.kind == "dns-lookup":
+        why.append(f"{ev.get('qtype')} {ev.get('name')} {ev.get('rcode') or 'not answered'}")
+        if ev.get("tried"):
+            why.append("tried " + ", ".join(ev["tried"]))
+        if ev.get("retries"):
+            why.append(f"sent {ev['retries'] + 1} times")
     else:
         why.append(f"matched by {', '.join(ev.get('matched_by', []))}")
         if hop.request_ids:
@@ -64,7 +71,7 @@ def flow_lines(flow: Flow, exchanges: Mapping[str, Exchange]) -> list[str]:
         status = root.status if root.status is not None else "?"
         what = f"{root.method} {root.host or ''}{root.uri or ''} → {status}"
     rid = f"  x-request-id {flow.request_id}" if flow.request_id else ""
-    head = (f"flow {flow.id[:12]}  {what}  {flow.client} → {flow.server}  {len(flow.hops)} hops  "
+    head = (f"flow {flow.id[:12]}  {what}  {flow.client} → {flow.server}  {counted(len(flow.hops), 'hop')}  "
             f"{_ms(flow.start, flow.end)}{rid}")
     return [head] + [line for i, h in enumerate(flow.hops, 1) for line in hop_lines(i, h)]
 

@@ -37,10 +37,13 @@ def workload_names(legs: Iterable[Leg]) -> dict[str, str]:
 
 
 class FlowBuilder:
-    """Walks the exchanges' cause tree (from ProxyLinks) and emits one Flow per root exchange."""
+    """Walks the exchanges' cause tree (from ProxyLinks) and emits one Flow per root exchange.
+    ``lookups``: request id → the DNS lookups before it that its flow starts with (decoders.dns_flows)."""
 
-    def __init__(self, legs: list[Leg], links: list[ProxyLink]) -> None:
+    def __init__(self, legs: list[Leg], links: list[ProxyLink],
+                 lookups: dict[str, list[Exchange]] | None = None) -> None:
         self.legs = legs
+        self.lookups = lookups or {}
         self.names: dict[str, str] = {}
         self.leg_of: dict[str, Leg] = {}
         self.caused: dict[str, list[ProxyLink]] = defaultdict(list)
@@ -52,8 +55,9 @@ class FlowBuilder:
     def flows(self) -> list[Flow]:
         """A flow for each exchange nobody caused that went through a NAT or caused another: an
         exchange on its own is already fully told by itself."""
+        lookups = self.lookups
         roots = [ex for leg in self.legs for ex in leg.exchanges
-                 if ex.id not in self.has_parent and (leg.nat or ex.id in self.caused)]
+                 if ex.id not in self.has_parent and (leg.nat or ex.id in self.caused or ex.id in lookups)]
         if not roots:
             return []  # no NAT, no proxy: nothing to look up names and legs for
         roots.sort(key=exchange_time)
@@ -63,9 +67,11 @@ class FlowBuilder:
 
     def flow(self, root: Exchange) -> Flow:
         leg = self.leg_of[root.id]
+        dns = [self._dns_hop(lk) for lk in self.lookups.get(root.id, ())]
         hops = self._nat_hops(leg, root)
         self._walk(root, hops, 0)
-        exchange_ids = [root.id, *(i for h in hops for i in h.exchange_ids)]
+        hops = dns + hops
+        exchange_ids = [root.id, *(i for h in hops for i in h.exchange_ids)]  # the root first
         rid = next((normalize_request_id(r) for h in hops for r in h.request_ids if r), None)
         rid = normalize_request_id(root.request_id) or rid
         captures = sorted({cap for h in hops for cap in h.evidence.get("captures", [])}
@@ -73,8 +79,11 @@ class FlowBuilder:
         start = exchange_time(root)
         if root.index == 0 and leg.sides[0].conn.syn_time is not None:
             start = min(start, leg.sides[0].conn.syn_time)
+        if dns:
+            start = min(start, *(h.start for h in dns if h.start is not None))
         ends = [t for t in (root.response_time, *(h.end for h in hops)) if t is not None]
-        last = hops[-1].dst if hops else endpoint(leg.receiver, leg.sides[-1].conn.dport)
+        rest = hops[len(dns):]  # the request's own hops: where it ended up
+        last = rest[-1].dst if rest else endpoint(leg.receiver, leg.sides[-1].conn.dport)
         return Flow(hops=hops, request_id=rid, client=endpoint(leg.sender, leg.sides[0].conn.sport),
                     server=last, start=start, end=max(ends) if ends else None, captures=captures,
                     exchange_ids=list(dict.fromkeys(exchange_ids)))
@@ -107,6 +116,17 @@ class FlowBuilder:
                    sni=ex.sni, request_ids=[ex.request_id] if ex.request_id else [],
                    evidence=dict(link.evidence), exchange_ids=mirrors)
 
+    def _dns_hop(self, lookup: Exchange) -> Hop:
+        c, d = lookup.conn, lookup.dns
+        assert d is not None
+        evidence = {"name": d.name, "qtype": d.qtype, "rcode": d.rcode, "lookup": d.lookup,
+                    "tried": [f"{a.name} {a.rcode}" for a in d.attempts], "retries": d.retries}
+        if lookup.response_time is not None and lookup.request_time is not None:
+            evidence["latency_ms"] = round((lookup.response_time - lookup.request_time) * 1000, 3)
+        return Hop(kind="dns-lookup", src=endpoint(c.src, c.sport), dst=endpoint(c.dst, c.dport),
+                   src_name=self._name(c.src), dst_name=self._name(c.dst), start=lookup.request_time,
+                   end=lookup.response_time, evidence=evidence, exchange_ids=[lookup.id])
+
     def _proxy_hop(self, link: ProxyLink) -> Hop:
         first = link.attempts[0]
         up = self.leg_of[first.id]
@@ -122,6 +142,7 @@ class FlowBuilder:
                    exchange_ids=[link.parent.id, *(a.id for a in link.attempts)])
 
 
-def build_flows(legs: list[Leg], links: list[ProxyLink]) -> list[Flow]:
-    """Ordered Flows of Hops for every root exchange of the legs."""
-    return FlowBuilder(legs, links).flows()
+def build_flows(legs: list[Leg], links: list[ProxyLink],
+                lookups: dict[str, list[Exchange]] | None = None) -> list[Flow]:
+    """Ordered Flows of Hops for every root exchange of the legs (DNS lookups first, when given)."""
+    return FlowBuilder(legs, links, lookups).flows()

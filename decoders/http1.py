@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from meshscope.decoders.wording import counted
+
 MAX_HEAD = 64 * 1024  # a head larger than this is garbage, not HTTP
 MAX_LINE = 4096  # chunk-size and trailer lines
 METHODS = frozenset(b"GET POST PUT DELETE HEAD OPTIONS PATCH CONNECT TRACE PROPFIND PROPPATCH MKCOL "
@@ -89,7 +91,7 @@ class HttpStreamParser:
     reports gaps and garbage."""
 
     __slots__ = ("is_request", "on_head", "on_end", "on_damage", "on_lost", "state", "buf", "scan_from",
-                 "remaining", "body_bytes", "head_ts", "after_stop")
+                 "remaining", "body_bytes", "head_ts", "after_stop", "after_cut")
 
     def __init__(self, is_request: bool, on_head: Callable[[HttpHead], bool],
                  on_end: Callable[[int, float], None], on_damage: Callable[[str], None],
@@ -107,6 +109,7 @@ class HttpStreamParser:
         self.head_ts = 0.0
         # where the bytes after a protocol switch go (an h2c upgrade); None: dropped
         self.after_stop: Callable[[bytes, float], None] | None = None
+        self.after_cut = False  # hunting after a head cut short: the next gaps are that message's rest
 
     # -- input -----------------------------------------------------------------------------------
     def feed(self, data: bytes, ts: float) -> None:
@@ -151,7 +154,7 @@ class HttpStreamParser:
         if (st == BODY or st == CHUNK_DATA) and nbytes <= self.remaining:
             self.remaining -= nbytes
             self.body_bytes += nbytes
-            self.on_damage(f"{nbytes} bytes lost inside a body (framing kept)")
+            self.on_damage(f"{counted(nbytes, 'byte')} lost inside a body (framing kept)")
             if not self.remaining:
                 if st == BODY:
                     self._end(ts)
@@ -160,11 +163,15 @@ class HttpStreamParser:
             return True
         if st == UNTIL_CLOSE:
             self.body_bytes += nbytes
-            self.on_damage(f"{nbytes} bytes lost inside a body (framing kept)")
+            self.on_damage(f"{counted(nbytes, 'byte')} lost inside a body (framing kept)")
             return True
         if st == DEAD:
             return True
-        self.on_damage(f"{nbytes} bytes lost; resynchronising at the next message")
+        if st == HEAD and self.buf and self._cut_head(nbytes, ts):
+            return True
+        if st == HUNT and self.after_cut:
+            return True  # more of the message whose head was cut (its body's segments, cut the same way)
+        self.on_damage(f"{counted(nbytes, 'byte')} lost; resynchronising at the next message")
         if st in (BODY, CHUNK_DATA, CHUNK_SIZE, CHUNK_END, TRAILERS):
             self._end(ts)
         self.buf.clear()
@@ -173,6 +180,33 @@ class HttpStreamParser:
         if self.on_lost is not None:
             self.on_lost(ts)
         return False
+
+    def _cut_head(self, nbytes: int, ts: float) -> bool:
+        """A head the capture cut short (a small snaplen keeps a segment's first bytes only): the
+        start line and the header lines kept whole still make a message, as tshark reads them; its
+        body (and any headers after the cut) are unknown. False when not even a start line was kept."""
+        buf = self.buf
+        if not (looks_like_request(buf[:16]) if self.is_request else looks_like_response(buf[:16])):
+            return False
+        end = buf.rfind(b"\n")
+        if end < 0:
+            return False
+        kept = len(buf)
+        head = parse_head(bytes(buf[:end]).rstrip(b"\r"), self.is_request, self.head_ts or ts)
+        buf.clear()
+        self.scan_from = 0
+        if head is None:
+            return False
+        self.body_bytes = 0
+        self.on_head(head)  # the message exists from here: the damage below is its own
+        self.on_damage(f"head cut short after {counted(kept, 'byte')} ({counted(nbytes, 'byte')} not "
+                       "captured): headers after the cut and the body unknown")
+        if self.state == DEAD:  # on_head ended the stream (protocol switch)
+            return True
+        self._end(ts)
+        self.state = HUNT  # the next message starts somewhere after the bytes not captured
+        self.after_cut = True
+        return True
 
     def close(self, ts: float) -> None:
         """The stream ended: a body delimited by the close is complete; anything else is cut."""
@@ -328,6 +362,7 @@ class HttpStreamParser:
         del self.buf[:m.start()]
         self.state = HEAD
         self.scan_from = 0
+        self.after_cut = False
         return True
 
     def _end(self, ts: float) -> None:

@@ -104,6 +104,8 @@ class Http1Analyzer(Analyzer):
             self.done = True
             if status == 101 and head.headers.get("upgrade", "").lower() == "h2c":
                 self._upgrade_h2c(ex)
+            elif ex.method == "CONNECT":
+                self._open_tunnel(ex, head.ts)
             else:
                 self._response_end(0, head.ts)
                 self.client.stop()  # type: ignore[attr-defined]
@@ -123,6 +125,20 @@ class Http1Analyzer(Analyzer):
         client.stop()  # type: ignore[attr-defined]
         server.stop()  # type: ignore[attr-defined]
         self.host.hand_over(h2)
+
+    def _open_tunnel(self, ex: Exchange, ts: float) -> None:
+        """A 2xx to CONNECT: the bytes after it either way are a new stream (decoders.http_tunnel)."""
+        from meshscope.decoders.http_tunnel import TunnelStart
+
+        self._response_end(0, ts)
+        host = self.host
+        start = TunnelStart(host, f"CONNECT {ex.uri}", self.index, self.exchanges)
+        client, server = self.client, self.server
+        client.after_stop = start.client.data  # type: ignore[attr-defined]
+        server.after_stop = start.server.data  # type: ignore[attr-defined]
+        host.hand_over(start)  # first: bytes the parsers still hold go to the tunnel's analyzer
+        client.stop()  # type: ignore[attr-defined]
+        server.stop()  # type: ignore[attr-defined]
 
     def _response_end(self, body_bytes: int, ts: float) -> None:
         ex = self.responding

@@ -44,6 +44,7 @@ from meshscope.decoders.http2_frames import (
     plausible_frames,
 )
 from meshscope.decoders.peer_metadata import decode_peer_metadata
+from meshscope.decoders.wording import counted
 
 from meshscope.model import Exchange, GrpcCall, H2Stream
 
@@ -136,8 +137,8 @@ class _Direction:
             sid &= 0x7FFFFFFF
             end = pos + FRAME_HEADER + length
             if length > self.max_frame:
-                h2.report(None, self.from_client, f"{_frame_name(ftype)} frame of {length} bytes over the "
-                          f"maximum of {self.max_frame}: skipped")
+                h2.report(None, self.from_client, f"{_frame_name(ftype)} frame of "
+                          f"{counted(length, 'byte')} over the maximum of {self.max_frame}: skipped")
                 if ftype in (HEADERS, PUSH_PROMISE, CONTINUATION):
                     self._drop_headers(sid)
                 if end > n:
@@ -151,8 +152,8 @@ class _Direction:
                     self._start_data(buf, pos, n, length, flags, sid, ts)
                     pos = n
                 elif length > MAX_BUFFERED_FRAME:
-                    h2.report(None, self.from_client, f"{_frame_name(ftype)} frame of {length} bytes: "
-                              "not held, skipped")
+                    h2.report(None, self.from_client, f"{_frame_name(ftype)} frame of "
+                              f"{counted(length, 'byte')}: not held, skipped")
                     if ftype in (HEADERS, PUSH_PROMISE, CONTINUATION):
                         self._drop_headers(sid)
                     self.skip, self.data_left, self.data_stream = end - n, 0, None
@@ -177,12 +178,13 @@ class _Direction:
                 reader = st.req_msgs if self.from_client else st.resp_msgs
                 if reader is not None:
                     reader.gap()
-                h2.report(st.ex, self.from_client, f"{nbytes} bytes lost inside a DATA frame (framing kept)")
+                h2.report(st.ex, self.from_client,
+                          f"{counted(nbytes, 'byte')} lost inside a DATA frame (framing kept)")
                 if not self.skip and self.data_end:
                     h2.end_side(st, self.from_client, ts)
             return
-        h2.report(None, self.from_client, f"{nbytes} bytes lost; HTTP/2 framing resynchronised at the next "
-                  "plausible frame, header blocks after it decoded only where literal")
+        h2.report(None, self.from_client, f"{counted(nbytes, 'byte')} lost; HTTP/2 framing resynchronised at "
+                  "the next plausible frame, header blocks after it decoded only where literal")
         self.buf = b""
         self.skip = self.data_left = 0
         self.data_stream = None

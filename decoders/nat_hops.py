@@ -97,8 +97,9 @@ def _link(pre: Sighting, post: Sighting, how: str) -> NatLink:
 
 
 def _signature(ex: Exchange) -> tuple:
+    dns, quic = getattr(ex, "dns", None), getattr(ex, "quic", None)
     return (ex.exchange_type, ex.method, ex.uri, ex.host, tuple(sorted(ex.headers.items())), ex.sni,
-            tuple(ex.alpn), ex.status)
+            tuple(ex.alpn), ex.status, dns and (dns.id, dns.name, dns.qtype), quic and quic.dcid)
 
 
 def _match_by_payload(sightings: list[Sighting]) -> list[NatLink]:

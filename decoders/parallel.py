@@ -10,6 +10,7 @@ in turn, so the result does not depend on timing.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import gc
 import multiprocessing
@@ -32,7 +33,7 @@ _END, _ERROR = "end", "error"
 Batch = tuple[bytes, list[ExchangeFacts]]
 
 
-def _worker(path: str, capture: str, shard: int, count: int, conn, keylog=None) -> None:
+def _worker(path: str, capture: str, shard: int, count: int, conn, keylog=None, names=None) -> None:
     """Decode one shard of the capture and send (lines, fact tuples, new connections, offset)
     batches, then the report."""
     from meshscope.decoders.backends.dpkt_backend import DpktBackend
@@ -47,6 +48,7 @@ def _worker(path: str, capture: str, shard: int, count: int, conn, keylog=None) 
         backend = DpktBackend()
         backend.shard = (shard, count)
         backend.keylog = keylog
+        backend.names = names
         lines: list[bytes] = []
         facts: list[tuple] = []
         keys: dict[tuple, int] = {}  # each connection is sent once, then named by its key
@@ -92,7 +94,7 @@ def can_start_workers() -> bool:
 
 
 def decode_sharded(path: Path, capture: str, workers: int, reports: list[CaptureReport],
-                   progress: Callable[[int], None] | None = None, keylog=None) -> Iterator[Batch]:
+                   progress: Callable[[int], None] | None = None, keylog=None, names=None) -> Iterator[Batch]:
     """Batches of (JSON lines, facts) from ``workers`` processes; appends the merged report once done."""
     # fork is quick and safe from a single-threaded process (the CLI); spawn otherwise
     ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
@@ -100,7 +102,8 @@ def decode_sharded(path: Path, capture: str, workers: int, reports: list[Capture
     for i in range(workers):
         recv, send = ctx.Pipe(duplex=False)
         _widen(send)
-        p = ctx.Process(target=_worker, args=(str(path), capture, i, workers, send, keylog), daemon=True)
+        p = ctx.Process(target=_worker, args=(str(path), capture, i, workers, send, keylog, names),
+                        daemon=True)
         p.start()
         send.close()
         procs.append(p)
@@ -143,9 +146,11 @@ def merge_reports(parts: list[CaptureReport]) -> CaptureReport:
     damage: dict[str, None] = {}
     for r in parts:
         damage.update(dict.fromkeys(r.damage))  # reading damage is seen by every shard: once
-    return CaptureReport(capture=first.capture, format=first.format, link_types=first.link_types,
-                         packets=first.packets, bytes=first.bytes,
-                         connections=sum(r.connections for r in parts),
-                         exchanges=sum(r.exchanges for r in parts), damage=list(damage),
-                         truncated=first.truncated,
-                         not_decoded=first.not_decoded)  # every shard reads (and counts) every frame
+    unlisted = sum(max(0, r.damage_count - len(r.damage)) for r in parts)
+    return dataclasses.replace(first, connections=sum(r.connections for r in parts),
+                               cut_by_snaplen=sum(r.cut_by_snaplen for r in parts),
+                               exchanges=sum(r.exchanges for r in parts), damage=list(damage),
+                               damage_count=len(damage) + unlisted,  # not_decoded: the first's
+                               datagrams=sum(r.datagrams for r in parts),  # UDP is split among the shards
+                               quic_connections=sum(r.quic_connections for r in parts),
+                               dns_lookups=sum(r.dns_lookups for r in parts))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from meshscope.decoders.diagram import Diagram, Message, Section
+from meshscope.decoders.pod_labels import endpoint_names
 
 from meshscope.model import Exchange, Flow, Hop
 
@@ -61,9 +62,19 @@ def flow_diagram(flows: Iterable[Flow], exchanges: Mapping[str, Exchange], max_f
             break
         root = exchanges.get(flow.exchange_ids[0]) if flow.exchange_ids else None
         msgs = _flow_messages(flow, exchanges, diagram.labels)
+        name_columns(diagram.labels, (exchanges[x] for x in flow.exchange_ids if x in exchanges))
         msgs.sort(key=lambda m: m.t)
-        diagram.add(Section(flow_title(flow, root), flow.start or 0.0, msgs))
+        # a handshake drawn before the flow's first request (one host, a fresh connection): times from it
+        start = min(flow.start or 0.0, msgs[0].t) if msgs and flow.start else flow.start or 0.0
+        diagram.add(Section(flow_title(flow, root), start, msgs))
     return diagram
+
+
+def name_columns(labels: dict[str, str], exchanges: Iterable[Exchange]) -> None:
+    """Columns not yet named by a hop get the pod (or service) name their connections' labels carry
+    (ptcpdump's comments, a kubectl listing): the naming hook of every sequence diagram."""
+    for ip, name in endpoint_names(exchanges).items():
+        labels.setdefault(ip, name)
 
 
 def _flow_messages(flow: Flow, exchanges: Mapping[str, Exchange], labels: dict[str, str]) -> list[Message]:
@@ -76,7 +87,7 @@ def _flow_messages(flow: Flow, exchanges: Mapping[str, Exchange], labels: dict[s
             msgs += _nat_messages(hop, exchanges, drawn_syn, labels)
             for xid in hop.exchange_ids:
                 ends[xid] = (_ip(hop.src), _ip(hop.dst))
-        else:
+        elif hop.kind != "dns-lookup":  # a lookup is drawn by its exchange's arrows
             proxy = _ip(hop.src)
             what = hop.kind + (f" ×{hop.retries + 1} attempts" if hop.retries else "")
             if hop.sni:
@@ -152,7 +163,7 @@ def exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> list
     if ex.exchange_type == "tls":
         alpn = f" ALPN {','.join(ex.alpn)}" if ex.alpn else ""
         quic = getattr(ex, "quic", None)
-        what = f"QUIC v{quic.version} Initial ClientHello" if quic is not None else "ClientHello"
+        what = f"QUIC v{quic.version} ClientHello" if quic is not None else "ClientHello"
         out.append(Message(t0, src, dst, _short(f"{what} SNI {ex.sni or '-'}{alpn}"), "hello"))
         if ex.tls_version:
             out.append(Message(ex.response_time or t0, dst, src, f"ServerHello {ex.tls_version}", "response"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from meshscope.model import Connection, Exchange, GrpcCall
+from meshscope.model import Connection, DnsQuery, Exchange, GrpcCall, QuicInitial
 
 # request headers stitching reads (ids, forwarding chain, trace context, proxy marks)
 STITCH_HEADERS = tuple((
@@ -80,6 +80,9 @@ class ExchangeFacts:
     stream_id: int | None = None
     grpc: GrpcCall | None = None
     tls_decryption: str | None = None  # set when a key log was given (decoders.tls_decrypting_analyzer)
+    dns: DnsQuery | None = None  # a DNS lookup (its answers and attempts: the graphs draw them)
+    quic: QuicInitial | None = None
+    tunnel: str | None = None  # inside an HTTP CONNECT tunnel
 
     @property
     def request_id(self) -> str | None:
@@ -103,18 +106,21 @@ class ExchangeFacts:
                             for name in STITCH_HEADERS if name in h},
                    alpn=ex.alpn or _NONE, tls_offered_versions=ex.tls_offered_versions or _NONE,
                    protocol=ex.protocol, stream_id=ex.stream_id, grpc=_slim_grpc(ex.grpc),
-                   tls_decryption=ex.tls_decryption)
+                   tls_decryption=ex.tls_decryption, dns=ex.dns, quic=ex.quic, tunnel=ex.tunnel)
 
 
     @staticmethod
     def conn_tuple(c: Connection) -> tuple:
-        """A connection as a plain tuple (conn_of() gives it back); addresses interned."""
+        """A connection as a plain, hashable tuple (conn_of() gives it back); addresses interned."""
         return (sys.intern(c.src), c.sport, sys.intern(c.dst), c.dport, c.capture, c.interface, c.client_isn,
-                c.server_isn, c.syn_time, c.handshake_seen)
+                c.server_isn, c.syn_time, c.handshake_seen, c.transport,
+                tuple(c.labels.items()) if c.labels else ())
 
     @staticmethod
     def conn_of(t: tuple) -> Connection:
-        return Connection(**dict(zip(_CONN_FIELDS, t, strict=True)))
+        c = Connection(**dict(zip(_CONN_FIELDS, t, strict=True)))
+        c.labels = dict(c.labels)
+        return c
 
     @staticmethod
     def tuple_of(ex: Exchange, conn_key: int) -> tuple:
@@ -130,7 +136,7 @@ class ExchangeFacts:
                 {name: intern(h[name]) if name in _SHARED_VALUES else h[name]
                  for name in STITCH_HEADERS if name in h},
                 ex.alpn or _NONE, ex.tls_offered_versions or _NONE, ex.protocol, ex.stream_id,
-                _slim_grpc(ex.grpc), ex.tls_decryption)
+                _slim_grpc(ex.grpc), ex.tls_decryption, ex.dns, ex.quic, ex.tunnel)
 
     @classmethod
     def from_tuple(cls, t: tuple, conns: list[Connection]) -> ExchangeFacts:

@@ -73,6 +73,10 @@ class TcpCut:
         text = self._addrs[raw] = socket.inet_ntop(socket.AF_INET, raw)
         return text
 
+    def addr(self, raw: bytes) -> str:
+        """An IPv4 address's text form, remembered (shared with the UDP path)."""
+        return self._addrs.get(raw) or self._addr(raw)
+
     def ifindex_name(self, raw: bytes) -> str:
         """A Linux ifindex (4 bytes, network order, as SLL2 carries it) as the interface name."""
         name = self._ifaces.get(raw)

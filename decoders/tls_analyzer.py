@@ -3,8 +3,11 @@ with SNI, ALPN and versions. Nothing after the hellos is read."""
 
 from __future__ import annotations
 
+import struct
+
 from meshscope.decoders.analyzer import Analyzer, Host
 from meshscope.decoders.tls_hello import HelloAssembler, parse_client_hello, parse_server_hello
+from meshscope.decoders.wording import counted
 
 from meshscope.model import Exchange
 
@@ -26,7 +29,8 @@ class _HelloSide:
     def gap(self, nbytes: int, ts: float) -> None:
         side = self.hello
         if not self.analyzer.done and not side.done and not side.failed:
-            side.failed = f"{nbytes} bytes lost inside the hello"
+            read = self.analyzer.cut_hello(self, nbytes)
+            side.failed = f"{counted(nbytes, 'byte')} lost inside the hello{read}"
             self.analyzer.damage(self.analyzer.tls, self.from_client, side.failed)
             self.analyzer.check_done()
 
@@ -80,6 +84,27 @@ class TlsAnalyzer(Analyzer):
         if hello.failed:
             self.damage(self.tls, from_client, hello.failed)
         self.check_done()
+
+    def cut_hello(self, side: _HelloSide, nbytes: int) -> str:
+        """A hello cut short (a small snaplen keeps each segment's first bytes): what the kept bytes
+        still tell, the extensions kept whole (SNI, ALPN, versions). Returns a note for the damage."""
+        kept, ex = side.hello.kept(), self.tls
+        if kept is None or ex is None:
+            return ""
+        mtype, body = kept
+        try:
+            if side.from_client and mtype == 1:
+                ch = parse_client_hello(body, whole_only=True)
+                ex.sni, ex.alpn, ex.tls_offered_versions = ch.sni, ch.alpn, ch.versions
+                found = [what for what, v in (("SNI", ch.sni), ("ALPN", ch.alpn)) if v]
+            elif not side.from_client and mtype == 2:
+                ex.tls_version = parse_server_hello(body, whole_only=True).version
+                found = ["version"]
+            else:
+                return ""
+        except (ValueError, IndexError, struct.error):
+            return ""
+        return f"; {' and '.join(found)} read from the {counted(len(body), 'byte')} kept" if found else ""
 
     def check_done(self) -> None:
         c, s = self.client.hello, self.server.hello  # type: ignore[attr-defined]

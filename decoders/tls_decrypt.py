@@ -28,6 +28,7 @@ from meshscope.decoders.tls_key_schedule import (
     tls13_traffic_keys,
 )
 from meshscope.decoders.tls_keylog import KeyLog
+from meshscope.decoders.wording import counted
 
 CT_CCS, CT_ALERT, CT_HANDSHAKE, CT_APPDATA = 20, 21, 22, 23
 MAX_CIPHERTEXT = (1 << 14) + 2048  # RFC 5246: TLSCiphertext.length <= 2^14 + 2048
@@ -196,7 +197,7 @@ class TlsSession:
         for d in (self.client, self.server):
             if d.buf and not d.framing_lost:
                 r.note(f"{'client' if d.from_client else 'server'} stream ends inside a TLS record "
-                       f"({len(d.buf)} bytes held)")
+                       f"({counted(len(d.buf), 'byte')} held)")
                 d.buf.clear()
         if r.decryption == "decrypted" and r.failed_records and not r.decrypted_records:
             r.decryption = "wrong key"
@@ -376,7 +377,7 @@ class TlsSession:
         while len(hs) >= 4:
             mlen = int.from_bytes(hs[1:4], "big")
             if mlen > MAX_HANDSHAKE_MSG:
-                self.report.note(f"handshake message claims {mlen} bytes")
+                self.report.note(f"handshake message claims {counted(mlen, 'byte')}")
                 hs.clear()
                 return
             if len(hs) < 4 + mlen:

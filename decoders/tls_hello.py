@@ -8,6 +8,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from meshscope.decoders.wording import counted
+
 MAX_HELLO = 64 * 1024 + 4  # a handshake message length is 24 bits, but real hellos are small
 EXT_SERVER_NAME = 0
 EXT_ALPN = 16
@@ -42,7 +44,8 @@ class ServerHello:
     version: str = ""
 
 
-def _extensions(body: bytes, pos: int) -> dict[int, bytes]:
+def _extensions(body: bytes, pos: int, whole_only: bool = False) -> dict[int, bytes]:
+    """Extensions by type; ``whole_only`` (a hello cut short by the capture): those kept whole only."""
     exts: dict[int, bytes] = {}
     if pos + 2 > len(body):
         return exts
@@ -51,6 +54,8 @@ def _extensions(body: bytes, pos: int) -> dict[int, bytes]:
     end = min(len(body), pos + total)
     while pos + 4 <= end:
         etype, elen = struct.unpack_from("!HH", body, pos)
+        if whole_only and pos + 4 + elen > len(body):
+            break
         exts.setdefault(etype, body[pos + 4:pos + 4 + elen])
         pos += 4 + elen
     return exts
@@ -63,8 +68,9 @@ def _after_session_id(body: bytes, what: str) -> tuple[int, int]:
     return struct.unpack_from("!H", body, 0)[0], 35 + body[34]
 
 
-def parse_client_hello(body: bytes) -> ClientHello:
-    """The ClientHello message body (after the 4-byte handshake header). Raises ValueError."""
+def parse_client_hello(body: bytes, whole_only: bool = False) -> ClientHello:
+    """The ClientHello message body (after the 4-byte handshake header). Raises ValueError.
+    ``whole_only``: the body was cut short (a small snaplen): read only the extensions kept whole."""
     legacy, pos = _after_session_id(body, "ClientHello")
     if pos + 2 > len(body):
         raise ValueError("ClientHello cut in cipher suites")
@@ -72,7 +78,7 @@ def parse_client_hello(body: bytes) -> ClientHello:
     if pos + 1 > len(body):
         raise ValueError("ClientHello cut in compression methods")
     pos += 1 + body[pos]  # compression methods
-    exts = _extensions(body, pos)
+    exts = _extensions(body, pos, whole_only)
     hello = ClientHello()
     sn = exts.get(EXT_SERVER_NAME)
     if sn and len(sn) >= 5:
@@ -97,16 +103,16 @@ def parse_client_hello(body: bytes) -> ClientHello:
         n = sv[0]
         hello.versions = [version_name(v) for (v,) in struct.iter_unpack("!H", sv[1:1 + n - n % 2])
                           if not is_grease(v)]
-    if not hello.versions:
+    if not hello.versions and not whole_only:  # cut short, supported_versions may be past the cut
         hello.versions = [version_name(legacy)]
     return hello
 
 
-def parse_server_hello(body: bytes) -> ServerHello:
+def parse_server_hello(body: bytes, whole_only: bool = False) -> ServerHello:
     """The ServerHello body: the version it chose (supported_versions overrides the legacy field)."""
     legacy, pos = _after_session_id(body, "ServerHello")
     pos += 3  # cipher suite, compression method
-    exts = _extensions(body, pos)
+    exts = _extensions(body, pos, whole_only)
     sv = exts.get(EXT_SUPPORTED_VERSIONS)
     if sv and len(sv) >= 2:
         return ServerHello(version_name(struct.unpack_from("!H", sv, 0)[0]))
@@ -126,6 +132,14 @@ class HelloAssembler:
         self.failed: str | None = None
         self.done = False
 
+    def kept(self) -> tuple[int, bytes] | None:
+        """(type, the body so far) of a hello the capture cut short, or None before its header."""
+        if self.records[:1] != b"\x16":
+            data = bytes(self.handshake)
+        else:
+            data = bytes(self.handshake + self.records[5:])
+        return (data[0], data[4:]) if len(data) >= 4 else None
+
     def feed(self, data: bytes) -> tuple[int, bytes] | None:
         if self.done or self.failed:
             return None
@@ -142,7 +156,7 @@ class HelloAssembler:
             if len(self.handshake) >= 4:
                 mlen = int.from_bytes(self.handshake[1:4], "big")
                 if mlen > MAX_HELLO:
-                    self.failed = f"handshake message claims {mlen} bytes"
+                    self.failed = f"handshake message claims {counted(mlen, 'byte')}"
                     return None
                 if len(self.handshake) >= 4 + mlen:
                     self.done = True

@@ -39,3 +39,9 @@ class EmbeddedServer:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self.task, timeout)
             self.task = None
+
+
+def guarded_http(settings: Settings) -> dict:
+    """The collector's keywords for its HTTP receivers (Zipkin, OTLP/HTTP): the same read timeouts
+    and quiet disconnects as the API (``Collector(settings, bus, **guarded_http(settings))``)."""
+    return {"http_options": uvicorn_options(settings), "wrap_http": quiet_disconnects}

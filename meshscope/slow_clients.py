@@ -6,8 +6,6 @@ closes a connection whose request head is not complete within ``head_timeout`` s
 connection (or of the previous response), and one whose body stops arriving for ``body_timeout``
 seconds while the app is waiting for it. ``quiet_disconnects`` turns a client that went away
 mid-request into one log line instead of uvicorn's traceback.
-
-Ground, not app: the API and the collector's HTTP receivers (Zipkin) both serve through it.
 """
 
 from __future__ import annotations

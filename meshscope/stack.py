@@ -7,7 +7,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from meshscope.serving import EmbeddedServer
+from meshscope.serving import EmbeddedServer, guarded_http
 from meshscope.settings import Settings
 
 log = logging.getLogger("meshscope.up")
@@ -96,10 +96,11 @@ class Stack:
                 pipeline.expect_clusters(LAB_CLUSTERS)
             await pipeline.start()
             self._stops.append(("pipeline", pipeline.stop))
-            collector = Collector(s, bus)
+            collector = Collector(s, bus, **guarded_http(s))
             await collector.start()
             self._stops.append(("collector", collector.stop))
             app = create_app(s, self.store)
+            app.state.publish_access = collector.publish_imported  # POST /api/logs goes the live way
             # one scrape target for the whole stack: the API's /metrics also has the collector's
             # registry (the pipeline's counters are this process's default registry)
             app.state.metric_registries = [collector.metrics.registry]

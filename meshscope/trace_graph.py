@@ -14,13 +14,25 @@ def _ip(address: str | None) -> str | None:
     return address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
 
 
+def _parties(hop: TraceHop) -> tuple[str, str, str]:
+    """A hop's client, proxy and upstream columns: their addresses, with the port where two share one
+    (everything on one host, as in a loopback lab: the diagram would fold into one column)."""
+    record = hop.record
+    client = _ip(record.downstream_remote) or "client"
+    proxy = _ip(record.downstream_local) or hop.node_id or "proxy"
+    upstream = _ip(hop.upstream_host) or hop.upstream_cluster or "upstream"
+    if proxy in (client, upstream) and record.downstream_local:
+        proxy = record.downstream_local
+    if upstream in (client, proxy) and hop.upstream_host:
+        upstream = hop.upstream_host
+    return client, proxy, upstream
+
+
 def _hop_messages(hop: TraceHop, labels: dict[str, str]) -> list[Message]:
     """A proxy hop as messages: downstream → proxy, the proxy's note, proxy → upstream and the answers."""
     record = hop.record
-    proxy = _ip(record.downstream_local) or hop.node_id or "proxy"
+    client, proxy, upstream = _parties(hop)
     labels[proxy] = f"{hop.role} {parse_node_id(hop.node_id).name}"[:40]  # a proxy's name beats a cluster's
-    client = _ip(record.downstream_remote) or "client"
-    upstream = _ip(hop.upstream_host) or hop.upstream_cluster or "upstream"
     if hop.upstream_cluster and upstream != hop.upstream_cluster:
         labels.setdefault(upstream, hop.upstream_cluster[:40])
     t0 = hop.start_time

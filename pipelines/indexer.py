@@ -35,6 +35,9 @@ from meshscope.settings import Settings
 log = logging.getLogger("meshscope.indexer")
 
 GROUP = "meshscope-indexer"
+# records this far behind the wall clock are stored but not alerted on: an imported log's past must not
+# page anyone (nor turn the engine's event clock back); live records arrive within seconds
+ALERT_MAX_AGE = 15 * 60.0
 INDEXED = Counter("meshscope_indexer_records", "Records written to the store (indexed)", ["topic"])
 FAILURES = Counter("meshscope_indexer_store_failures", "Store writes that failed and were retried", ["topic"])
 DEADLETTERED = Counter("meshscope_indexer_deadlettered", "Records the store refused (dead-lettered)",
@@ -185,7 +188,8 @@ class Pipeline:
         self.settings = settings
         if role == "index":
             rules = []
-        self.engine = AlertEngine(load_rules(settings.alert_rules) if rules is None else rules)
+        self.engine = AlertEngine(load_rules(settings.alert_rules) if rules is None else rules,
+                                  max_age=ALERT_MAX_AGE)
         external_url = f"http://{settings.host}:{settings.api_port}"
         self.notifier = WebhookNotifier(settings.alert_webhooks, external_url=external_url)
         self.alertmanager = AlertmanagerNotifier.from_settings(settings, external_url=external_url)

@@ -8,13 +8,14 @@ extras=""
 [ "${1:-}" = "test" ] && extras="[test]"
 
 need_apt=()
-for tool in tshark:tshark editcap:wireshark-common tcpdump:tcpdump iptables:iptables wrk:wrk ip:iproute2 openssl:openssl curl:curl; do
+for tool in tshark:tshark editcap:wireshark-common tcpdump:tcpdump iptables:iptables wrk:wrk ip:iproute2 openssl:openssl curl:curl gzip:gzip zstd:zstd lz4:lz4; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
 # the alerting and metrics tests run Debian's Prometheus (with promtool) and Alertmanager (with amtool)
 if [ -n "$extras" ]; then
-  for tool in promtool:prometheus prometheus-alertmanager:prometheus-alertmanager; do
+  # npm fetches Mermaid's one-file build for the picture tests (below)
+  for tool in promtool:prometheus prometheus-alertmanager:prometheus-alertmanager npm:npm; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
   done
 fi
@@ -45,4 +46,20 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     exit 1
   fi
   touch "$stamp"
+fi
+
+# the picture tests parse meshscope's Mermaid text with Mermaid's own parser (in Chromium): its one-file
+# build, from the npm registry, kept in .venv/js (not in the repository); without npm those tests skip
+MERMAID_VERSION=11.17.2
+if [ -n "$extras" ] && [ ! -f .venv/js/mermaid-$MERMAID_VERSION.min.js ] && command -v npm >/dev/null 2>&1; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && npm pack -q "mermaid@$MERMAID_VERSION" >/dev/null \
+      && tar -xzf "mermaid-$MERMAID_VERSION.tgz" package/dist/mermaid.min.js package/LICENSE); then
+    mkdir -p .venv/js
+    cp "$tmp/package/dist/mermaid.min.js" ".venv/js/mermaid-$MERMAID_VERSION.min.js"
+    cp "$tmp/package/LICENSE" .venv/js/mermaid-LICENSE
+  else
+    echo "setup: could not fetch mermaid@$MERMAID_VERSION from the npm registry; its tests will skip" >&2
+  fi
+  rm -rf "$tmp"
 fi

@@ -19,15 +19,23 @@ class CaptureReport:
 
     capture: str
     format: str = ""  # "pcap" or "pcapng"
+    compression: str | None = None  # "gzip", "zstd", "lz4", "bzip2", "xz" (decoders.compressed), or None
     link_types: list[str] = field(default_factory=list)
     packets: int = 0
     bytes: int = 0
     connections: int = 0
     exchanges: int = 0
-    damage: list[str] = field(default_factory=list)  # human-readable, capped in length
+    damage: list[str] = field(default_factory=list)  # human-readable, the first places (capped in length)
+    damage_count: int = 0  # every damaged place, also those beyond the examples in ``damage``
     truncated: bool = False  # the file ended mid-record
+    snaplen: int | None = None  # the capture's declared snaplen (bytes kept per packet)
+    cut_by_snaplen: int = 0  # TCP segments whose payload that snaplen cut short (their heads still read)
+    error: str | None = None  # why this capture could not be read (the others of a run still were)
     # frames not decoded, by link type / encapsulation / protocol ("PPP LCP": 3, "ARP": 2)
     not_decoded: dict[str, int] = field(default_factory=dict)
+    datagrams: int = 0  # UDP datagrams read (DNS, QUIC, other)
+    quic_connections: int = 0
+    dns_lookups: int = 0
 
 
 class Backend(abc.ABC):
@@ -36,6 +44,7 @@ class Backend(abc.ABC):
     def __init__(self) -> None:
         self.report: CaptureReport | None = None
         self.keylog = None  # decoders.tls_keylog.KeyLog: decrypt TLS with it (segment backends)
+        self.names = None  # decoders.pod_labels.K8sNames: label connections with pod and service names
 
     @abc.abstractmethod
     def decode(

@@ -1,8 +1,9 @@
 """The default, fastest backend. IPv4/TCP frames are cut into segments at the struct level
-(decoders.tcp_cut), most of them by the capture reader inside its record loop; everything else
-that is not a wanted TCP segment — most packets of a capture: pure ACKs, UDP, ARP — is dropped
-from the header alone; dpkt dissects IPv6 packets (extension headers). Tunnelled frames (VXLAN, GRE,
-PPPoE, L2TP, ...: decoders.tunnels) take the per-frame path and are cut at their innermost IP header."""
+(decoders.tcp_cut), most of them by the capture reader inside its record loop; UDP datagrams
+(unfragmented, IPv4 or IPv6) are cut here, on the per-frame path; everything else that is not a
+wanted TCP segment — pure ACKs, ARP — is dropped from the header alone; dpkt dissects IPv6 packets
+with extension headers. Tunnelled frames (VXLAN, GRE, PPPoE, L2TP, ...: decoders.tunnels) take the
+per-frame path and are cut at their innermost IP header."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from meshscope.decoders.capture_file import CaptureRecord, ReadStats, read_captu
 from meshscope.decoders.tcp_cut import TcpCut
 from meshscope.decoders.tcp_flags import CONTROL, IP_FRAGMENTED
 from meshscope.decoders.tunnels import locate_inner_ip
+from meshscope.decoders.udp_table import Datagram, datagram_shard
+from meshscope.decoders.wording import counted
 
 _IPV6_EXTENSIONS = frozenset((0, 43, 44, 51, 60))  # hop-by-hop, routing, fragment, AH, dest. options
 _IPV4_HEAD = struct.Struct("!BxHxxHxB").unpack_from  # version + IHL, total length, flags + offset, protocol
+_UDP_HEAD = struct.Struct("!HHH").unpack_from  # ports, length
 
 
 class DpktBackend(SegmentBackend):
@@ -62,6 +66,13 @@ class DpktBackend(SegmentBackend):
                 if version == 4:
                     vhl, total, frag, proto = _IPV4_HEAD(frame, off)
                     if proto != 6 or frag & IP_FRAGMENTED:
+                        if proto == 17 and not frag & IP_FRAGMENTED:
+                            src, dst = frame[off + 12:off + 16], frame[off + 16:off + 20]
+                            end = off + total if total else len(frame)
+                            dg = _datagram(frame, off + ((vhl & 15) << 2), end, ts, cut.addr(src),
+                                           cut.addr(dst), orig, iface, self.shard)
+                            if dg is not None:
+                                yield dg
                         continue  # not TCP, or an IP fragment (TCP is not fragmented in practice)
                     t = off + ((vhl & 15) << 2)  # the TCP header, after any IPv4 options
                     if len(frame) < t + 14:
@@ -76,6 +87,15 @@ class DpktBackend(SegmentBackend):
                 if version != 6:
                     continue
                 nxt = frame[off + 6]
+                if nxt == 17:
+                    plen = (frame[off + 4] << 8) | frame[off + 5]
+                    s6, d6 = frame[off + 8:off + 24], frame[off + 24:off + 40]
+                    dg = _datagram(frame, off + 40, off + 40 + plen if plen else len(frame), ts,
+                                   addr6.get(s6) or _addr6(addr6, s6), addr6.get(d6) or _addr6(addr6, d6),
+                                   orig, iface, self.shard)
+                    if dg is not None:
+                        yield dg
+                    continue
                 if nxt == 6:
                     t = off + 40
                     if len(frame) < t + 14:
@@ -108,7 +128,21 @@ class DpktBackend(SegmentBackend):
         finally:
             undecodable += cut.undecodable
             if undecodable:
-                stats.add_damage(f"{undecodable} packets dpkt could not dissect")
+                stats.add_damage(f"{counted(undecodable, 'packet')} dpkt could not dissect")
+
+
+def _datagram(frame: bytes, u: int, ip_end: int, ts: float, src: str, dst: str, orig: int,
+              iface: str | None, shard: tuple[int, int] | None) -> Datagram | None:
+    """The UDP datagram whose header is at ``u`` (its IP packet ending at ``ip_end``), or None."""
+    if len(frame) < u + 8:
+        return None
+    sport, dport, ulen = _UDP_HEAD(frame, u)
+    if not datagram_shard(sport, dport, shard):
+        return None
+    end = min(u + ulen if ulen >= 8 else ip_end, ip_end)  # Ethernet padding after it is not payload
+    payload = frame[u + 8:end]
+    missing = max(0, end - len(frame)) if orig > len(frame) else 0
+    return Datagram(ts, src, sport, dst, dport, bytes(payload), missing, iface)
 
 
 def _dpkt() -> tuple[type, type, tuple[type[Exception], ...]]:

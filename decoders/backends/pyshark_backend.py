@@ -20,16 +20,19 @@ import pyshark
 from meshscope.decoders.backends.segment_backend import Segment, SegmentBackend
 from meshscope.decoders.capture_file import ReadStats, read_capture
 from meshscope.decoders.tunnels import VXLAN_PORTS, locate_inner_ip
+from meshscope.decoders.udp_table import Datagram
 from pyshark.capture.capture import TSharkCrashException
 
 from meshscope.errors import CaptureError
 
-DISPLAY_FILTER = "tcp.len > 0 or tcp.flags.syn == 1 or tcp.flags.fin == 1 or tcp.flags.reset == 1"
+TSHARK_COMPRESSIONS = (None, "gzip", "zstd", "lz4")  # what tshark 4.0 opens itself
+DISPLAY_FILTER = ("tcp.len > 0 or tcp.flags.syn == 1 or tcp.flags.fin == 1 or tcp.flags.reset == 1"
+                  " or (udp and not tcp and not icmp and not icmpv6)")  # a tunnel's pure ACKs stay out
 PREFS = {"tcp.desegment_tcp_streams": "FALSE", "tcp.relative_sequence_numbers": "FALSE",
          "tcp.analyze_sequence_numbers": "FALSE", "tcp.check_checksum": "FALSE",
          "ip.defragment": "FALSE"}  # fragments are counted, not reassembled, by every backend
 # tshark would otherwise dissect payloads we parse ourselves (and reassemble them across frames)
-DISABLED = ("http", "tls", "http2")
+DISABLED = ("http", "tls", "http2", "dns", "quic")
 # tunnels on ports tshark does not assign them by default (the other backends decode them there),
 # and an L2TPv3 session whose control channel was not captured (`ip l2tp` sets up none) taken as an
 # Ethernet pseudowire, as the other backends take it; tshark then assumes no cookie
@@ -48,10 +51,14 @@ class PysharkBackend(SegmentBackend):
     name = "pyshark"
 
     def segments(self, path: Path, stats: ReadStats,
-                 progress: Callable[[int], None] | None) -> Iterator[Segment]:
+                 progress: Callable[[int], None] | None) -> Iterator[Segment | Datagram]:
+        if stats.compression not in TSHARK_COMPRESSIONS:
+            raise CaptureError(f"{path}: tshark (the pyshark backend) cannot read {stats.compression}-"
+                               f"compressed captures; decompress it or use another backend")
         not_decoded = stats.not_decoded
         for record in read_capture(path, stats, progress):  # framing, damage and what is not decoded
             locate_inner_ip(record.linktype, record.data, not_decoded)
+        stats.notes.clear()  # the last packet's comments: tshark's packets below are not matched to them
         params = []
         for proto in DISABLED:
             params += ["--disable-protocol", proto]
@@ -80,47 +87,79 @@ class PysharkBackend(SegmentBackend):
             loop.close()
 
 
-def _innermost_ip(pkt, layers: dict):
-    """The IP layer right under TCP (tunnels put several in one frame), or None."""
+def _innermost_ip(pkt, layers: dict, transport: str = "tcp"):
+    """The IP layer right under the innermost ``transport`` layer (tunnels put several in one
+    frame), or None."""
     stack = str(pkt.frame_info.protocols).split(":")
-    if "tcp" not in stack:
+    if transport not in stack:
         return None
-    below = [name for name in stack[:stack.index("tcp")] if name in ("ip", "ipv6")]
+    at = len(stack) - 1 - stack[::-1].index(transport)
+    below = [name for name in stack[:at] if name in ("ip", "ipv6")]
     if not below or "icmp" in stack or "icmpv6" in stack:
-        return None  # no IP, or TCP quoted inside an ICMP error: not a segment
+        return None  # no IP, or a header quoted inside an ICMP error: not a segment
+    if transport == "udp" and stack[at + 1:at + 2] and stack[at + 1] in _UDP_TUNNELS:
+        return None  # the UDP of a tunnel whose payload is not IP: counted, not a datagram
     ip = layers.get(below[-1])
     if ip is None:
         return None
     return ip.duplicate_layers[-1] if ip.duplicate_layers else ip
 
 
-def _segment(pkt) -> Segment | None:
+_UDP_TUNNELS = frozenset(("vxlan", "geneve", "l2tp"))
+
+
+def _fragment(layers: dict) -> bool:
+    v4 = layers.get("ip")
+    return v4 is not None and any(str(h.flags_tree.mf) == "1" or int(h.frag_offset)
+                                  for h in (v4, *v4.duplicate_layers))
+
+
+def _segment(pkt) -> Segment | Datagram | None:
     layers = {layer.layer_name: layer for layer in pkt.layers}
     tcp = layers.get("tcp")
-    ip = _innermost_ip(pkt, layers) if tcp is not None else None
-    if tcp is None or ip is None:
+    if tcp is None:
+        return _datagram(pkt, layers) if "udp" in layers else None
+    ip = _innermost_ip(pkt, layers)
+    if ip is None:
         return None
-    v4 = layers.get("ip")
-    if v4 is not None and any(str(h.flags_tree.mf) == "1" or int(h.frag_offset)
-                              for h in (v4, *v4.duplicate_layers)):
+    if _fragment(layers):
         return None  # an IP fragment, or a tunnel's: the other backends skip them too
     frame = pkt.frame_info
     payload_hex = getattr(tcp, "payload", None)
     payload = bytes.fromhex(payload_hex.replace(":", "")) if payload_hex else b""
-    sll = layers.get("sll")
-    ifindex = getattr(sll, "ifindex", None) if sll is not None else None
-    if ifindex is not None:
-        interface = str(int(ifindex))
-    else:
-        iface_id = getattr(frame, "interface_id", None)  # pcapng only; its name sits in a subtree
-        tree = getattr(frame, "interface_id_tree", None)
-        name = getattr(tree, "interface_name", None) if tree is not None else None
-        interface = str(name) if name else (str(iface_id) if iface_id is not None else None)
+    interface = _interface(frame, layers)
     wire, captured = int(frame.len), int(frame.cap_len)
     # str(): pyshark's field values are str subclasses, which other code (interning, orjson) refuses
     return (_epoch(frame.time_epoch), str(ip.src), int(tcp.srcport), str(ip.dst), int(tcp.dstport),
             int(tcp.seq_raw), int(tcp.ack_raw), int(tcp.flags, 16) & 0xFF, payload,
             wire - captured if wire > captured else 0, interface)
+
+
+def _interface(frame, layers: dict) -> str | None:
+    sll = layers.get("sll")
+    ifindex = getattr(sll, "ifindex", None) if sll is not None else None
+    if ifindex is not None:
+        return str(int(ifindex))
+    iface_id = getattr(frame, "interface_id", None)  # pcapng only; its name sits in a subtree
+    tree = getattr(frame, "interface_id_tree", None)
+    name = getattr(tree, "interface_name", None) if tree is not None else None
+    return str(name) if name else (str(iface_id) if iface_id is not None else None)
+
+
+def _datagram(pkt, layers: dict) -> Datagram | None:
+    ip = _innermost_ip(pkt, layers, "udp")
+    if ip is None or _fragment(layers):
+        return None
+    udp = layers["udp"]
+    udp = udp.duplicate_layers[-1] if udp.duplicate_layers else udp
+    frame = pkt.frame_info
+    payload_hex = getattr(udp, "payload", None)
+    payload = bytes.fromhex(str(payload_hex).replace(":", "")) if payload_hex else b""
+    wire, captured = int(frame.len), int(frame.cap_len)
+    length = int(udp.length)
+    return Datagram(_epoch(frame.time_epoch), str(ip.src), int(udp.srcport), str(ip.dst), int(udp.dstport),
+                    payload, max(0, length - 8 - len(payload)) if wire > captured else 0,
+                    _interface(frame, layers))
 
 
 BACKEND = PysharkBackend

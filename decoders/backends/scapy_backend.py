@@ -14,11 +14,13 @@ from meshscope.decoders.capture_file import ReadStats, read_capture
 from meshscope.decoders.connection_table import wanted
 from meshscope.decoders.link_layers import BSD_AF_INET6
 from meshscope.decoders.tcp_flags import IP_FRAGMENT_OFFSET
-from meshscope.decoders.tunnels import IPPROTO_L2TP, locate_inner_ip
+from meshscope.decoders.tunnels import GENEVE_PORT, IPPROTO_L2TP, L2TP_PORT, VXLAN_PORTS, locate_inner_ip
+from meshscope.decoders.udp_table import Datagram
+from meshscope.decoders.wording import counted
 from scapy.config import conf
 from scapy.contrib import geneve  # noqa: F401  (scapy binds each tunnel when its module loads)
 from scapy.layers import inet6, l2, ppp, vxlan  # noqa: F401  (link types, IPv6, PPPoE, VXLAN)
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2tp import L2TP
 from scapy.packet import bind_layers
@@ -43,6 +45,12 @@ class ScapyBackend(SegmentBackend):
                     continue
                 tcp = pkt.getlayer(TCP)
                 if tcp is None:
+                    udp = _innermost_udp(pkt)
+                    if udp is not None:  # not a tunnel's, nor a fragment's (counted below)
+                        dg = _datagram(pkt, udp, ts, iface, orig - len(frame) if orig > len(frame) else 0)
+                        if dg is not None:
+                            yield dg
+                        continue
                     # counted by the shared walker, so that every backend's report names it alike
                     loc = locate_inner_ip(linktype, frame, stats.not_decoded)
                     if loc is None or not _l2tpv3(pkt):
@@ -57,9 +65,12 @@ class ScapyBackend(SegmentBackend):
                 if _fragment(tcp):  # this IP header or a tunnel's outer one: not reassembled
                     locate_inner_ip(linktype, frame, stats.not_decoded)
                     continue
-                # the bytes scapy dissected the payload from: re-building it (bytes()) is not exact
-                # once scapy's TLS or HTTP layers are loaded, and Ethernet padding is already cut
-                payload = getattr(tcp.payload, "original", None) or b""
+                # the bytes scapy dissected TCP from (IP's length already cut the Ethernet padding
+                # off them), after the header: re-building the payload (bytes()) is not exact once
+                # scapy's TLS or HTTP layers are loaded, and the payload layer's own bytes are not
+                # either: a segment without payload gets the padding as a Padding layer, and a TLS
+                # record cut across segments is a Padding layer too
+                payload = (tcp.original or b"")[tcp.dataofs * 4:]
                 flags = int(tcp.flags)
                 if not wanted(flags, len(payload)):
                     continue
@@ -69,7 +80,38 @@ class ScapyBackend(SegmentBackend):
                        orig - len(frame) if orig > len(frame) else 0, interface)
         finally:
             if undecodable:
-                stats.add_damage(f"{undecodable} packets scapy could not dissect")
+                stats.add_damage(f"{counted(undecodable, 'packet')} scapy could not dissect")
+
+
+def _innermost_udp(pkt):
+    """The innermost UDP layer, unless it carries a tunnel scapy did not open (L2TPv3) or it is in
+    an IP fragment: those are counted by the shared walker."""
+    udp = None
+    layer = pkt
+    while layer is not None and layer.__class__.__name__ not in ("NoPayload", "Raw", "Padding"):
+        if isinstance(layer, UDP):
+            udp = layer
+        layer = layer.payload
+    if udp is None or _fragment(udp):
+        return None
+    if udp.dport in VXLAN_PORTS or udp.dport == GENEVE_PORT or L2TP_PORT in (udp.sport, udp.dport):
+        return None
+    return udp
+
+
+def _datagram(pkt, udp, ts: float, iface: str | None, missing: int) -> Datagram | None:
+    """A UDP layer scapy dissected, as a Datagram (None inside an ICMP error)."""
+    ip = udp.underlayer
+    if not isinstance(ip, IP | IPv6) or pkt.getlayer(ICMP) is not None:
+        return None
+    # the bytes scapy dissected the UDP layer from (its own DNS layer is not re-built), cut to the
+    # UDP length: what follows in the frame is link-layer padding
+    raw = getattr(udp, "original", None) or b""
+    end = udp.len if udp.len and udp.len >= 8 else len(raw)
+    payload = bytes(raw[8:end])
+    ifindex = getattr(pkt.getlayer(l2.CookedLinuxV2), "ifindex", None)
+    return Datagram(ts, ip.src, udp.sport, ip.dst, udp.dport, payload,
+                    max(0, end - len(raw)) if missing else 0, str(ifindex) if ifindex is not None else iface)
 
 
 def _fragment(layer) -> bool:

@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from meshscope.api import (
     alerts,
+    flow_graph,
     logs,
     metrics,
     pcaps,
@@ -80,7 +81,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     if token is not None:
         app.add_middleware(BearerTokenMiddleware, token=token)
     _install_error_handlers(app)
-    for module in (pcaps, traces, alerts, records, search, service_graph, proxies, zipkin, metrics, logs):
+    routers = (pcaps, flow_graph, traces, alerts, records, search, service_graph, proxies, zipkin, metrics)
+    for module in (*routers, logs):
         app.include_router(module.router)
 
     @app.get("/healthz", response_model=Health, tags=["service"])

@@ -20,6 +20,12 @@ from meshscope.decoders import ExchangeFilter
 router = APIRouter(prefix="/api/pcaps", tags=["captures"])
 UploadId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="the id POST /api/pcaps returned")]
 SVG_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"}
+SVG_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/svg+xml": {}}},
+    404: {"model": ErrorBody},
+    409: {"model": ErrorBody},
+    422: {"model": ErrorBody},
+}
 
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
@@ -113,13 +119,7 @@ async def get_flows(
 @router.get(
     "/{upload_id}/graph.svg",
     response_class=Response,
-    responses={
-        200: {"content": {"image/svg+xml": {}}},
-        404: {"model": ErrorBody},
-        409: {"model": ErrorBody},
-        422: {"model": ErrorBody},
-        501: {"model": ErrorBody},
-    },
+    responses={**SVG_RESPONSES, 501: {"model": ErrorBody}},
 )
 async def get_graph(upload_id: UploadId, uploads: Annotated[Uploads, Depends(uploads_of)],
                     flt: Annotated[ExchangeFilter, Depends(filter_query)]) -> Response:

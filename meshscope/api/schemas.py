@@ -34,8 +34,14 @@ class CaptureSummary(BaseModel):
     bytes: int
     connections: int
     exchanges: int
-    damage: list[str] = Field(description="what was damaged in the capture (truncation, gaps …)")
+    damage: list[str] = Field(description="what was damaged in the capture (truncation, gaps …): the "
+                                          "first places")
     truncated: bool
+    compression: str | None = Field(None, description="gzip, zstd, lz4, bzip2 or xz: sniffed and undone")
+    damage_count: int = Field(0, description="every damaged place, also those beyond the examples in damage")
+    snaplen: int | None = Field(None, description="bytes kept per packet, as the capture declares")
+    cut_by_snaplen: int = Field(0, description="TCP segments whose payload the snaplen cut short")
+    error: str | None = Field(None, description="why this capture could not be read (the others still were)")
     not_decoded: dict[str, int] = Field(
         {}, description="frames not decoded, by link type, encapsulation or protocol (\"PPP LCP\": 3)")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from meshscope.api.upload_status import PROGRESS_FILE, ProgressFile
+from meshscope.api.upload_stream import NAMES_FILE
 from meshscope.pipelines import StoreWriter
 from meshscope.settings import Settings
 
@@ -41,13 +42,15 @@ def run_analysis(settings: Settings, paths: list[str], folder: str,
 
 async def _analyse_into_store(settings: Settings, paths: list[str], folder: Path,
                               keylog_path: str | None = None) -> StoredAnalysis:
-    from meshscope.decoders import KeyLog, analyze, render_svg
+    from meshscope.decoders import K8sNames, KeyLog, analyze, render_svg
     from meshscope.pipelines import make_store
 
     for stale in folder.glob("*.tmp"):  # left by a worker ended mid-write (the server stopped)
         stale.unlink(missing_ok=True)
     keylog = KeyLog.from_files([Path(keylog_path)]) if keylog_path else None
-    analysis = analyze(paths, progress=ProgressFile(folder / PROGRESS_FILE), keylog=keylog)
+    names_file = folder / NAMES_FILE  # pod and service names by IP, if the upload came with them
+    names = K8sNames.from_file(names_file) if names_file.exists() else None
+    analysis = analyze(paths, progress=ProgressFile(folder / PROGRESS_FILE), keylog=keylog, names=names)
     try:
         # a store of the configured kind, opened here: SQLite's WAL takes a second writing process
         async with make_store(settings) as store:

@@ -1,6 +1,6 @@
 """Receiving one upload: the request body streamed to capture files (raw body, or multipart file parts
 fed to python-multipart's streaming parser), under the byte and file limits, each file sniffed for
-pcap/pcapng magic before more of it is written."""
+pcap/pcapng (or gzip/zstd/lz4/bzip2/xz) magic before more of it is written."""
 
 from __future__ import annotations
 
@@ -11,12 +11,16 @@ from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from meshscope.decoders import capture_format
+from meshscope.decoders import K8sNames, upload_format
+from meshscope.errors import UserError
 
 MAX_FILES_PER_UPLOAD = 16
 KEYLOG_PART = "keylog"  # the multipart field name of a TLS key log sent beside the captures
 KEYLOG_FILE = "keylog.secret"  # where it waits for the analysis (owner-only), deleted when it ends
 MAX_KEYLOG_BYTES = 64 << 20
+NAMES_PART = "k8s-names"  # `kubectl get pods,svc -A -o json`: pod and service names by IP (decoders.K8sNames)
+NAMES_FILE = "k8s-names.json"
+MAX_NAMES_BYTES = 64 << 20
 
 
 class UploadRejected(Exception):
@@ -48,6 +52,8 @@ class CaptureFiles:
         self._head = b""
         self.keylog_bytes: int | None = None  # a key-log part was received (never its content)
         self._keylog = False  # the open file is the key log
+        self.names_bytes: int | None = None  # a k8s-names part was received
+        self._names = False  # the open file is the k8s-names listing
 
     def open_keylog(self, _name: str | None = None) -> None:
         """The key-log part: written owner-only beside the captures, not sniffed, not listed as a file."""
@@ -58,6 +64,15 @@ class CaptureFiles:
         self._fh = os.fdopen(fd, "wb")
         self._keylog = True
         self.keylog_bytes = 0
+
+    def open_names(self, _name: str | None = None) -> None:
+        """The k8s-names part: written beside the captures, read by the analysis, not listed as a file."""
+        self.close()
+        if self.names_bytes is not None:
+            raise UploadRejected(400, f"at most one {NAMES_PART} part per upload")
+        self._fh = open(self.folder / NAMES_FILE, "wb")  # noqa: SIM115 - closed in close()
+        self._names = True
+        self.names_bytes = 0
 
     def open(self, client_name: str | None) -> None:
         self.close()
@@ -76,10 +91,15 @@ class CaptureFiles:
             return
         if self._fh is None:
             raise UploadRejected(400, "capture data outside a file part")
-        if self._keylog:
-            self.keylog_bytes = (self.keylog_bytes or 0) + len(data)
-            if self.keylog_bytes > MAX_KEYLOG_BYTES:
-                raise UploadRejected(413, f"key log larger than {MAX_KEYLOG_BYTES} bytes")
+        if self._names or self._keylog:  # a side part: counted against its own limit, not sniffed
+            if self._names:
+                self.names_bytes = size = (self.names_bytes or 0) + len(data)
+                limit, what = MAX_NAMES_BYTES, NAMES_PART
+            else:
+                self.keylog_bytes = size = (self.keylog_bytes or 0) + len(data)
+                limit, what = MAX_KEYLOG_BYTES, "key log"
+            if size > limit:
+                raise UploadRejected(413, f"{what} larger than {limit} bytes")
             self._fh.write(data)
             return
         self.total += len(data)
@@ -94,10 +114,11 @@ class CaptureFiles:
         self._fh.write(data)
 
     def _sniff(self, current: dict[str, Any]) -> None:
-        fmt = capture_format(self._head)
+        fmt = upload_format(self._head)  # a compressed capture's own magic is checked when it is analysed
         if fmt is None:
             raise UploadRejected(
-                415, f"{current['name']}: not a pcap or pcapng capture (starts with {self._head[:4].hex()})"
+                415, f"{current['name']}: not a pcap or pcapng capture, plain or compressed "
+                     f"(starts with {self._head[:4].hex()})"
             )
         current["format"] = fmt
 
@@ -107,6 +128,13 @@ class CaptureFiles:
             return
         self._fh.close()
         self._fh = None
+        if self._names:  # checked now: a listing that names nothing is refused, not found out later
+            self._names = False
+            try:
+                K8sNames.from_file(self.folder / NAMES_FILE)
+            except UserError as exc:
+                raise UploadRejected(400, f"{NAMES_PART}: {str(exc).split(': ', 1)[-1]}") from None
+            return
         if self._keylog:
             self._keylog = False
             return
@@ -167,6 +195,9 @@ class MultipartCaptures:
         if params.get(b"name") == KEYLOG_PART.encode():
             self._in_file = True
             self._pending.append(("open_keylog", None))
+        elif params.get(b"name") == NAMES_PART.encode():
+            self._in_file = True
+            self._pending.append(("open_names", None))
         elif b"filename" in params:
             self._in_file = True
             self._pending.append(("open", params[b"filename"].decode("utf-8", "replace")))

@@ -66,6 +66,9 @@ def capture_summary(report: Any, files: list[dict[str, Any]]) -> dict[str, Any]:
         "exchanges": report.exchanges,
         "damage": list(report.damage),
         "truncated": report.truncated,
+        # compressed captures, damage beyond the examples, snaplen cuts, a capture that could not be read
+        **{k: getattr(report, k, None) for k in ("compression", "damage_count", "snaplen", "cut_by_snaplen",
+                                                 "error")},
         "not_decoded": dict(report.not_decoded),
     }
 

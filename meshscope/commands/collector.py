@@ -22,6 +22,7 @@ def add_arguments(parser) -> None:
 async def _serve(settings) -> None:
     from meshscope.collector import Collector
     from meshscope.pipelines import make_bus
+    from meshscope.serving import guarded_http
 
     bus = make_bus(settings)
     stop = asyncio.Event()
@@ -30,7 +31,7 @@ async def _serve(settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await bus.start()
     try:
-        collector = Collector(settings, bus)
+        collector = Collector(settings, bus, **guarded_http(settings))
         try:
             await collector.start()
         except OSError as exc:

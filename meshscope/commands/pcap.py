@@ -1,4 +1,8 @@
-"""`meshscope pcap analyze FILE [FILE…]`: stitched flows from tcpdump captures (text, JSON, SVG, Mermaid)."""
+"""`meshscope pcap analyze FILE [FILE…]`: stitched flows from tcpdump captures (text, JSON, SVG, Mermaid).
+
+Captures may be compressed (gzip, zstd, lz4, bzip2, xz: sniffed, not guessed from the name). Each
+capture gets its own report; one that cannot be read is reported and the others are still analysed,
+and the exit status is then 1 (2 when none could be read)."""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = sub.add_parser("analyze", help="decode captures and print the end-to-end flows",
                        description="Decode captures (analysed together: the two sides of a NAT may be in "
                                    "two files) and print the end-to-end flows.")
-    a.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng capture")
+    a.add_argument("files", nargs="+", metavar="FILE",
+                   help="pcap or pcapng capture, plain or compressed (gzip, zstd, lz4, bzip2, xz)")
     a.add_argument("--json", action="store_true", help="print captures, flows and exchanges as JSON")
     a.add_argument("--svg", metavar="OUT", help="write the flow graph (SVG sequence diagram) to OUT")
     a.add_argument("--mermaid", action="store_true", help="print the flow graph as a Mermaid sequenceDiagram")
@@ -39,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--keylog", action="append", default=[], metavar="FILE",
                    help="NSS key log (SSLKEYLOGFILE, Envoy key_log) to decrypt TLS with; repeatable. "
                         "Keys inside a pcapng (Decryption Secrets Block) are used without it")
+    a.add_argument("--k8s-names", metavar="FILE",
+                   help="`kubectl get pods,svc -A -o json` output: connections are labelled with the pod and "
+                        "service names of their IPs, and the graphs' columns named after them "
+                        "(ptcpdump's packet comments do the same without it)")
 
 
 class ProgressBar:
@@ -75,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _analyze_and_emit(args: argparse.Namespace) -> int:
-    from meshscope.decoders import ExchangeFilter, KeyLog, analyze
+    from meshscope.decoders import ExchangeFilter, K8sNames, KeyLog, analyze
 
     # a bad filter fails before any decoding
     args.filter = ExchangeFilter.parse(args.host, args.port, args.protocol, args.status, args.request_id)
@@ -87,9 +96,11 @@ def _analyze_and_emit(args: argparse.Namespace) -> int:
         keylog = KeyLog.from_files([Path(f) for f in args.keylog])  # UserError for an unreadable file
         for problem in keylog.problems[:10]:  # line numbers and reasons only: never the line
             print(f"meshscope: key log {problem}", file=sys.stderr)
+    names = K8sNames.from_file(args.k8s_names) if args.k8s_names else None  # UserError for a bad file
     bar = ProgressBar() if sys.stderr.isatty() else None
     try:
-        result = analyze([Path(f) for f in args.files], backend=args.backend, progress=bar, keylog=keylog)
+        result = analyze([Path(f) for f in args.files], backend=args.backend, progress=bar, keylog=keylog,
+                         names=names)
     except UserError:
         raise
     except (OSError, ValueError) as exc:
@@ -103,7 +114,15 @@ def _analyze_and_emit(args: argparse.Namespace) -> int:
 
 
 def _emit(result, args: argparse.Namespace) -> int:
-    from meshscope.decoders import capture_diagram, diagram_mermaid, diagram_svg, diagram_text, render_text
+    from meshscope.decoders import (
+        capture_diagram,
+        counted,
+        diagram_mermaid,
+        diagram_svg,
+        diagram_text,
+        examples,
+        render_text,
+    )
 
     flt = args.filter
     exchanges = result.by_id() if args.svg or not args.json or flt else {}  # --json alone needs no lookup
@@ -116,6 +135,9 @@ def _emit(result, args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UserError(f"cannot write {args.svg}: {exc.strerror or exc}") from None
     out = sys.stdout
+    failed = [r for r in result.reports if r.error]
+    for r in failed:  # first, so that a long output does not hide them
+        print(f"meshscope: {r.error}", file=sys.stderr)
     if args.json:
         if flt:
             _filtered(result, exchanges, flt)
@@ -133,11 +155,13 @@ def _emit(result, args: argparse.Namespace) -> int:
             out.write(diagram_text(diagram))
         out.write(_summary(result))
     for r in result.reports:
-        for line in r.damage[:5]:
-            print(f"meshscope: {r.capture}: {line}", file=sys.stderr)
+        if r.damage_count:
+            print(f"meshscope: {r.capture}: {counted(r.damage_count, 'damaged place')}:", file=sys.stderr)
+            for line in examples(r.damage, r.damage_count):
+                print(f"meshscope: {r.capture}:   {line}", file=sys.stderr)
         if r.not_decoded:
             print(f"meshscope: {r.capture}: not decoded: {_not_decoded(r.not_decoded)}", file=sys.stderr)
-    return 0
+    return 1 if failed else 0
 
 
 def _not_decoded(counts: dict[str, int]) -> str:
@@ -155,9 +179,13 @@ def _filtered(result, exchanges, flt) -> None:
 
 
 def _summary(result) -> str:
-    caps = ", ".join(f"{r.capture} ({r.packets} packets, {r.exchanges} exchanges)" for r in result.reports)
+    from meshscope.decoders import capture_line, counted
+
     kept = {e.id for e in result.exchanges}
     in_flows = len(kept.intersection(i for f in result.flows for i in f.exchange_ids))
-    copies = f", {result.duplicates} copies (other interface or capture) folded" if result.duplicates else ""
-    return (f"{len(result.flows)} flows over {in_flows} exchanges; {len(kept) - in_flows} exchanges had no "
-            f"NAT or proxy hop{copies}\ncaptures: {caps}\n")
+    copies = (f", {counted(result.duplicates, 'copy', 'copies')} (other interface or capture) folded"
+              if result.duplicates else "")
+    alone = len(kept) - in_flows
+    caps = "".join(f"  {capture_line(r)}\n" for r in result.reports)
+    return (f"{counted(len(result.flows), 'flow')} over {counted(in_flows, 'exchange')}; "
+            f"{counted(alone, 'exchange')} had no NAT or proxy hop{copies}\ncaptures:\n{caps}")

@@ -2,7 +2,15 @@
 
 from meshscope.model.access import AccessRecord
 from meshscope.model.alert import Alert
-from meshscope.model.exchange import Connection, Exchange, GrpcCall, H2Stream
+from meshscope.model.exchange import (
+    Connection,
+    DnsAttempt,
+    DnsQuery,
+    Exchange,
+    GrpcCall,
+    H2Stream,
+    QuicInitial,
+)
 from meshscope.model.flow import HOP_KINDS, Flow, Hop
 from meshscope.model.ids import normalize_request_id, record_id
 from meshscope.model.istio import ProxyNode, parse_node_id
@@ -18,7 +26,8 @@ from meshscope.model.zipkin import (
     spans_to_zipkin_json,
 )
 
-register_nested(Exchange, conn=Connection, h2=H2Stream, grpc=GrpcCall)
+register_nested(Exchange, conn=Connection, h2=H2Stream, grpc=GrpcCall, dns=DnsQuery, quic=QuicInitial)
+register_nested(DnsQuery, attempts=DnsAttempt)
 register_nested(Flow, hops=Hop)
 
 RECORD_TYPES: dict[str, type[Record]] = {
@@ -29,6 +38,7 @@ __all__ = [
     "AccessRecord", "Alert", "Connection", "Exchange", "Flow", "Hop", "HOP_KINDS", "Record",
     "RECORD_TYPES", "Span", "normalize_request_id", "record_id",
     "GrpcCall", "H2Stream",  # what an HTTP/2 stream and a gRPC call add to an Exchange
+    "DnsAttempt", "DnsQuery", "QuicInitial",  # what DNS lookups and QUIC Initials add
     "ProxyNode", "parse_node_id",  # Istio node ids
     # the Zipkin v2 JSON codec
     "BadSpans", "normalize_trace_id", "pad_hex_id", "span_from_zipkin", "span_to_zipkin",

@@ -1,4 +1,5 @@
-"""Exchange: one HTTP/1 request/response, HTTP/2 stream (gRPC call) or TLS handshake seen in a capture."""
+"""Exchange: one HTTP/1 request/response, HTTP/2 stream (gRPC call), TLS or QUIC handshake or DNS lookup
+seen in a capture."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ class Connection:
     server_isn: int | None = None
     syn_time: float | None = None
     handshake_seen: bool = False
+    transport: str = "tcp"  # "tcp", or "udp" (DNS, QUIC)
+    # who the ends are, where known: client.pod, server.namespace, client.pid, client.command, …
+    # (decoders.pod_labels: ptcpdump's packet comments, a kubectl listing of pod and service IPs)
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, int, str, int]:
@@ -63,10 +68,47 @@ class GrpcCall:
 
 
 @dataclass(slots=True, kw_only=True)
+class DnsAttempt:
+    """One name a lookup tried before its last (a search-domain expansion answered NXDOMAIN)."""
+
+    name: str
+    qtype: str
+    rcode: str | None = None  # None: never answered
+    query_time: float | None = None
+    answer_time: float | None = None
+    retries: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class DnsQuery:
+    """What a DNS lookup adds to an Exchange: the last name tried and its answer; ``attempts``
+    are the names tried before it (search-domain expansion), in order."""
+
+    id: int  # transaction id of the last query
+    name: str
+    qtype: str  # "A", "AAAA", "SRV", … or the number
+    rcode: str | None = None  # "NOERROR", "NXDOMAIN", "SERVFAIL", …; None: no answer captured
+    answers: list[str] = field(default_factory=list)  # "A 10.0.0.8", "CNAME x.example", …
+    retries: int = 0  # the same query sent again before its answer
+    lookup: str | None = None  # the name asked for, before expansion (the attempts' common start)
+    attempts: list[DnsAttempt] = field(default_factory=list)
+
+
+@dataclass(slots=True, kw_only=True)
+class QuicInitial:
+    """What a QUIC connection's client Initial shows (the TLS fields are the exchange's own)."""
+
+    version: str  # "1", "2", "draft-29" or the hex number
+    dcid: str  # the client's first destination connection id, hex (the Initial keys come from it)
+    client_packets: int = 0  # QUIC packets seen each way on the connection, Initials included
+    server_packets: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
 class Exchange(Record):
     kind = "exchange"
 
-    exchange_type: str  # "http" (HTTP/1 or HTTP/2) or "tls"
+    exchange_type: str  # "http" (HTTP/1 or HTTP/2), "tls" (also QUIC's) or "dns"
     conn: Connection
     index: int = 0  # position on its connection (0, 1, 2 … for keep-alive; the stream id on HTTP/2)
     request_time: float | None = None
@@ -104,6 +146,10 @@ class Exchange(Record):
     stream_id: int | None = None
     h2: H2Stream | None = None
     grpc: GrpcCall | None = None
+    # DNS (exchange_type "dns") and QUIC (a "tls" exchange whose conn.transport is "udp")
+    dns: DnsQuery | None = None
+    quic: QuicInitial | None = None
+    tunnel: str | None = None  # carried inside an HTTP CONNECT tunnel: "CONNECT host:port"
     # damage seen on this exchange (gaps, truncation)
     damage: list[str] = field(default_factory=list)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from meshscope.model.ids import record_id
 from meshscope.model.record import Record
 
-HOP_KINDS = ("nat-dnat", "nat-snat", "l7-proxy", "app-call", "tls-passthrough")
+HOP_KINDS = ("nat-dnat", "nat-snat", "l7-proxy", "app-call", "tls-passthrough", "dns-lookup")
 
 
 @dataclass(slots=True, kw_only=True)

@@ -47,9 +47,12 @@ def _bucket_width(timeframe: float) -> float:
 class AlertEngine:
     """Evaluates rules on the record stream; ``evaluate`` returns new firings and resolutions."""
 
-    def __init__(self, rules: Iterable[Rule], remember: int = 100_000) -> None:
+    def __init__(self, rules: Iterable[Rule], remember: int = 100_000, max_age: float | None = None) -> None:
         self.rules = list(rules)
         self.remember = remember  # record ids kept for deduplication: more than a redelivered batch
+        # records older than this behind the wall clock (an imported log's past, a replay after a long
+        # outage) are not counted: they would set the event clock back and fire alerts about the past
+        self.max_age = max_age
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._states = []
         for rule in self.rules:
@@ -73,8 +76,9 @@ class AlertEngine:
         delivers again (at-least-once) is not counted twice."""
         seen = self._seen
         access = []
+        floor = -math.inf if self.max_age is None else time.time() - self.max_age
         for r in records:
-            if isinstance(r, AccessRecord) and r.id not in seen:
+            if isinstance(r, AccessRecord) and r.start_time >= floor and r.id not in seen:
                 seen[r.id] = None
                 access.append(r)
         while len(seen) > self.remember:

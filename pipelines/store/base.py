@@ -44,6 +44,7 @@ class AccessSearch:
     response_flag: str | None = None  # one of Envoy's flags (UF, URX, NR …)
     retried: bool = False  # only requests retried (attempt count above 1, or URX)
     min_duration_ms: float | None = None
+    max_duration_ms: float | None = None  # exclusive (the stores' own use: a band of durations)
     request_id: str | None = None  # matched normalised: any sampling digit
     trace_id: str | None = None
     limit: int = 100

@@ -590,8 +590,9 @@ def _search_filters(query: AccessSearch) -> list[dict] | None:
         filters.append({"prefix": {"path": query.path_prefix}})
     if query.retried:
         filters.append({"term": {"retried": True}})
-    if query.min_duration_ms is not None:
-        filters.append({"range": {"duration_ms": {"gte": query.min_duration_ms}}})
+    if query.min_duration_ms is not None or query.max_duration_ms is not None:
+        bounds = {"gte": query.min_duration_ms, "lt": query.max_duration_ms}
+        filters.append({"range": {"duration_ms": {k: v for k, v in bounds.items() if v is not None}}})
     if query.request_id is not None:
         key = normalize_request_id(query.request_id)
         if not key:

@@ -16,7 +16,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
@@ -91,9 +90,14 @@ CREATE INDEX IF NOT EXISTS access_trace ON access (trace_id) WHERE trace_id IS N
 -- 2xx/3xx queries are served as well by the time index: only error codes are worth an entry
 CREATE INDEX IF NOT EXISTS access_code ON access (response_code, start_time) WHERE response_code >= 400;
 CREATE INDEX IF NOT EXISTS access_cluster ON access (upstream_cluster, start_time);
--- the search page: path prefixes as index ranges; only slow requests (100 ms and more) by duration
-CREATE INDEX IF NOT EXISTS access_path ON access (path, start_time);
-CREATE INDEX IF NOT EXISTS access_slow ON access (duration_ms, start_time) WHERE duration_ms >= 100;
+-- the search page: path prefixes as index ranges (with what a histogram of them reads); durations for the
+-- share of a minimum duration that the rollup's duration buckets cannot tell (sqlite_rollup.py); the
+-- few records with response flags, newest first
+DROP INDEX IF EXISTS access_path;
+CREATE INDEX IF NOT EXISTS access_path_time ON access (path, start_time, response_code, duration_ms);
+DROP INDEX IF EXISTS access_slow;
+CREATE INDEX IF NOT EXISTS access_duration ON access (duration_ms, start_time, response_code);
+CREATE INDEX IF NOT EXISTS access_flagged ON access (start_time) WHERE flags IS NOT NULL;
 CREATE INDEX IF NOT EXISTS span_rid ON span (request_id_norm) WHERE request_id_norm IS NOT NULL;
 CREATE INDEX IF NOT EXISTS span_service ON span (service, ts);
 CREATE INDEX IF NOT EXISTS span_ts ON span (ts);
@@ -514,9 +518,23 @@ class SqliteStore(Store):
         where, params = _search_filters(query)
         if where is None:
             return Page([])
-        return await self._access_page(where, params, query.limit, query.cursor)
+        before = decode_cursor(query.cursor)[0] if query.cursor else None
+        # the rollup tells which slots hold the newest matches: only those are read
+        want = query.limit + 1
+        window = await self._on(
+            self._reader, lambda: rollup.newest_window(self._conn(writer=False), query, before, want)
+        )
+        if window is not None:
+            lo, hi = window
+            if hi is not None and lo >= hi:
+                return Page([])
+            _condition(where, params, "start_time >= ?", lo)
+            _condition(where, params, "start_time < ?", hi)
+        return await self._access_page(where, params, query.limit, query.cursor, _index_for(query))
 
-    async def _access_page(self, where: list[str], params: list[Any], limit: int, cursor: str | None) -> Page:
+    async def _access_page(
+        self, where: list[str], params: list[Any], limit: int, cursor: str | None, index: str | None = None
+    ) -> Page:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         if cursor:
@@ -524,7 +542,8 @@ class SqliteStore(Store):
             where.append("(start_time, id) < (?, ?)")
             params += key[:2]
         order = " ORDER BY start_time DESC, id DESC LIMIT ?"
-        sql = "SELECT id, start_time, doc FROM access" + _where(where) + order
+        hint = f" INDEXED BY {index}" if index else ""
+        sql = "SELECT id, start_time, doc FROM access" + hint + _where(where) + order
         rows = await self._query(sql, [*params, limit + 1])
         more = len(rows) > limit
         rows = rows[:limit]
@@ -535,16 +554,14 @@ class SqliteStore(Store):
         if bucket_s <= 0:
             raise ValueError("bucket_s must be positive")
         parts: list[tuple[str, list[Any]]] = []
-        if rollup.usable(query, bucket_s):  # whole 10-second slots from the rollup, the edges from access
-            sql, params, lo, hi = rollup.histogram_sql(query, bucket_s)
+        rest = [query]
+        if rollup.usable(query, bucket_s):  # whole 10-second slots from the rollup, the rest from access
+            sql, params, rest = rollup.histogram_parts(query, bucket_s)
             parts.append((sql, params))
-            edges = [(query.start, lo), (hi, query.end)] if lo < hi else [(query.start, query.end)]
-        else:
-            edges = [(query.start, query.end)]
-        for start, end in edges:
-            if start is not None and end is not None and start >= end:
+        for part in rest:
+            if part.start is not None and part.end is not None and part.start >= part.end:
                 continue
-            where, params = _search_filters(replace(query, start=start, end=end))
+            where, params = _search_filters(part)
             if where is None:
                 return []
             sql = (
@@ -595,24 +612,25 @@ class SqliteStore(Store):
         return [v for v, _ in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))][:limit]
 
     async def traffic_edges(self, start: float, end: float) -> list[TrafficEdge]:
-        """One scan grouped by edge and whole milliseconds; p99 from those counts (1 ms resolution)."""
-        sql = (
-            "SELECT coalesce(node_cluster, ''), coalesce(upstream_cluster, ''), CAST(duration_ms AS INTEGER),"
-            " count(*), sum(response_code BETWEEN 500 AND 599), sum(retried) FROM access"
-            " WHERE start_time >= ? AND start_time < ? GROUP BY 1, 2, 3"
+        """One scan grouped by edge and whole milliseconds; p99 from those counts (1 ms resolution). Over
+        many records (a busy hour): the whole 10-second slots from the detailed rollup, p99 interpolated
+        in its duration buckets, and only the partial slots at either end scanned."""
+        rolled = await self._on(
+            self._reader, lambda: rollup.traffic_rows(self._conn(writer=False), start, end)
         )
-        edges: dict[tuple[str, str], TrafficEdge] = {}
-        durations: dict[tuple[str, str], dict[float, int]] = defaultdict(dict)
-        for src, dst, ms, n, n5, nr in await self._query(sql, (start, end)):
-            edge = edges.setdefault((src, dst), TrafficEdge(source=src, target=dst))
-            edge.count += n
-            edge.count_5xx += n5 or 0
-            edge.count_retried += nr or 0
-            if ms is not None:
-                durations[(src, dst)][float(ms)] = n
-        for key, edge in edges.items():
-            edge.p99_ms = percentile_of_counts(durations[key], 0.99)
-        return sorted(edges.values(), key=lambda e: (e.source, e.target))
+        if rolled is None:
+            return _edges(await self._query(_TRAFFIC, (start, end)), {})
+        rows, lo, hi = rolled
+        scanned = [*await self._query(_TRAFFIC, (start, lo)), *await self._query(_TRAFFIC, (hi, end))]
+        buckets: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
+        for src, dst, dur, n, _, _ in rows:
+            buckets[(src, dst)][dur] = buckets[(src, dst)].get(dur, 0) + n
+        for src, dst, ms, n, _, _ in scanned:
+            dur = rollup.duration_bucket(ms)
+            buckets[(src, dst)][dur] = buckets[(src, dst)].get(dur, 0) + n
+        return _edges(
+            [(src, dst, None, n, n5, nr) for src, dst, _, n, n5, nr in [*rows, *scanned]], buckets
+        )
 
     async def aggregates(
         self, start: float, end: float, window_s: float, group_by: Sequence[str]
@@ -698,6 +716,33 @@ class SqliteStore(Store):
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
+_TRAFFIC = (
+    "SELECT coalesce(node_cluster, ''), coalesce(upstream_cluster, ''), CAST(duration_ms AS INTEGER),"
+    " count(*), sum(response_code BETWEEN 500 AND 599), sum(retried) FROM access"
+    " WHERE start_time >= ? AND start_time < ? GROUP BY 1, 2, 3"
+)
+
+
+def _edges(rows: list[tuple], buckets: dict[tuple[str, str], dict[int, int]]) -> list[TrafficEdge]:
+    """Map edges from (source, target, whole ms or None, requests, 5xx, retried) rows; each p99 from the
+    edge's duration buckets where given (the rollup's), else from its millisecond counts."""
+    edges: dict[tuple[str, str], TrafficEdge] = {}
+    durations: dict[tuple[str, str], dict[float, int]] = defaultdict(dict)
+    for src, dst, ms, n, n5, nr in rows:
+        edge = edges.setdefault((src, dst), TrafficEdge(source=src, target=dst))
+        edge.count += n
+        edge.count_5xx += n5 or 0
+        edge.count_retried += nr or 0
+        if ms is not None:
+            durations[(src, dst)][float(ms)] = n
+    for key, edge in edges.items():
+        if key in buckets:
+            edge.p99_ms = rollup.bucket_quantile(buckets[key], 0.99)
+        else:
+            edge.p99_ms = percentile_of_counts(durations[key], 0.99)
+    return sorted(edges.values(), key=lambda e: (e.source, e.target))
+
+
 def _add_later_columns(conn: sqlite3.Connection) -> None:
     """Bring an access table written by an older release up to ACCESS_COLUMNS (one transaction)."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(access)")}
@@ -726,20 +771,19 @@ def _search_filters(query: AccessSearch) -> tuple[list[str] | None, list[Any]]:
                           ("upstream_cluster = ?", query.upstream_cluster),
                           ("route_name = ?", query.route_name), ("authority = ?", query.authority),
                           ("method = ?", query.method), ("response_code = ?", query.status),
-                          ("duration_ms >= ?", query.min_duration_ms)):
+                          ("duration_ms >= ?", query.min_duration_ms),
+                          ("duration_ms < ?", query.max_duration_ms)):
         _condition(where, params, clause, value)
     if query.status_class is not None:
         where.append("response_code BETWEEN ? AND ?")
         params += [query.status_class * 100, query.status_class * 100 + 99]
-        if query.status_class >= 4:  # lets the planner use the partial access_code index
-            where.append("response_code >= 400")
+    if (query.status_class or 0) >= 4 or (query.status or 0) >= 400:  # the partial access_code index applies
+        where.append("response_code >= 400")
     if query.path_prefix:  # a range of the path index: every string that starts with the prefix
         where.append("path >= ? AND path < ?")
         params += [query.path_prefix, query.path_prefix + "\U0010ffff"]
-    if query.min_duration_ms is not None and query.min_duration_ms >= 100:
-        where.append("duration_ms >= 100")  # spelled out so the planner may use the partial access_slow index
-    if query.response_flag:
-        where.append("instr(flags, ?) > 0")
+    if query.response_flag:  # spelled out so the planner may use the partial access_flagged index
+        where.append("flags IS NOT NULL AND instr(flags, ?) > 0")
         params.append(f",{query.response_flag},")
     if query.retried:
         where.append("retried = 1")
@@ -753,6 +797,18 @@ def _search_filters(query: AccessSearch) -> tuple[list[str] | None, list[Any]]:
         where.append("trace_id = ?")
         params.append(trace_id_key(query.trace_id))
     return where, params
+
+
+def _index_for(query: AccessSearch) -> str | None:
+    """The partial index that holds a search's few candidates (flagged or failed requests), which the
+    planner, without statistics, would pass over for the time index; None: the planner's choice."""
+    if query.request_id is not None or query.trace_id is not None or query.path_prefix:
+        return None
+    if query.response_flag:
+        return "access_flagged"
+    if (query.status_class or 0) >= 4 or (query.status or 0) >= 400:
+        return "access_code"
+    return None
 
 
 def _where(where: list[str]) -> str:

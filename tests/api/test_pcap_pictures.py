@@ -21,7 +21,7 @@ from tests.decoders.test_capture_pictures import arrows, svg_texts
 def upload(c: httpx.Client, path) -> str:
     r = c.post("/api/pcaps", content=path.read_bytes(), headers={"content-type": "application/octet-stream"})
     assert r.status_code == 202, r.text
-    status = wait_done(c, r.json()["id"])
+    status = wait_done(c, r.json()["id"], timeout=240)  # a shared machine under load can be slow
     assert status["state"] == "done", status
     return status["id"]
 

@@ -28,3 +28,22 @@ def test_hops_then_packet_flows_in_one_diagram():
     assert trace_svg(view) == diagram_svg(diagram)
     # building the trace graph leaves the packet diagram it drew from as it was
     assert flow_diagram(lab.flows, lab.by_id()) == packets
+
+
+def test_a_loopback_lab_keeps_client_proxy_and_upstream_apart():
+    """Everything on 127.0.0.1 (the demo stack, the web page's test): the proxy and upstream columns
+    take their ports, so the hop does not fold into one column of self-messages."""
+    record = AccessRecord(
+        start_time=1.7e9, duration_ms=3.0, node_id="lab-gateway", node_cluster="gateway", request_id=RID,
+        method="GET", authority="shop.local", path="/headers", response_code=200,
+        upstream_cluster="webapp", upstream_host="127.0.0.1:54813",
+        downstream_remote="127.0.0.1:41034", downstream_local="127.0.0.1:36479",
+    )
+    view = TraceView(request_id=RID, request_id_norm=RID, hops=order_hops([record]), exchanges=[], flows=[])
+    diagram = trace_diagram(view)
+    assert diagram.participants == ["127.0.0.1", "127.0.0.1:36479", "127.0.0.1:54813"]
+    assert diagram.labels["127.0.0.1:54813"] == "webapp"
+    request, note, forward, answer, reply = diagram.sections[0].messages
+    assert (request.src, request.dst, forward.dst, reply.dst) == (
+        "127.0.0.1", "127.0.0.1:36479", "127.0.0.1:54813", "127.0.0.1")
+    assert note.src == note.dst == "127.0.0.1:36479"

@@ -378,6 +378,24 @@ def test_upload_a_real_capture_and_watch_progress_to_the_flow_graph(page, stack)
     assert p.rows("#captures")[0][1] in ("pcap", "pcapng")
     assert p.svg_problems("#upload-graph") == []
     p.shot("capture")
+    # one flow's graph on its own, with a URL of its own; then back to all flows
+    button = p.page.locator("#flows button[data-graph]").last
+    flow_id = button.get_attribute("data-graph")
+    button.click()
+    p.page.wait_for_selector(f"#upload-graph[data-flow='{flow_id}'] text")
+    assert f"flow={flow_id}" in p.page.evaluate("location.hash")
+    assert "flow " + str(len(flows)) in p.page.inner_text("#fg-which")
+    assert p.svg_problems("#upload-graph") == []
+    texts = p.page.eval_on_selector_all("#upload-graph text", "ts => ts.map(t => t.textContent)")
+    assert not [t for t in texts if t.startswith("+-")]  # no time before its section's start
+    p.shot("capture-one-flow")
+    upload_view = p.page.evaluate("location.hash")
+    p.page.click("#fg-all")
+    p.page.wait_for_selector("#upload-graph:not([data-flow]) text")
+    assert "flow=" not in p.page.evaluate("location.hash")
+    p.go(upload_view)  # the one-flow URL opens that flow's graph again
+    p.page.wait_for_selector(f"#upload-graph[data-flow='{flow_id}'] text")
+    p.go(upload_view.split("?")[0])
     # the flow filters
     p.page.fill("#flow-rid", flows[-1][5][:8])
     assert [r[5] for r in p.rows("#flows")] == [flows[-1][5]]
@@ -408,6 +426,8 @@ def test_request_hops_waterfall_packets_and_graph(page, stack):
     assert p.page.locator("#packets a[href^='#/captures/']").count() == len(packets)
     p.page.wait_for_selector("#request-graph text")
     assert p.svg_problems("#request-graph") == []
+    texts = p.page.eval_on_selector_all("#request-graph text", "ts => ts.map(t => t.textContent)")
+    assert not [t for t in texts if t.startswith("+-")]
     assert p.page.locator("#request-ids button.copy").count() >= 2
     link = p.page.inner_text("#request-ids dd:last-of-type .mono")
     assert link.endswith("#/request/" + normalize_request_id(CAPTURED_RID))

@@ -21,11 +21,27 @@ from meshscope.pipelines.bus.memory import MemoryBus
 from meshscope.proxy.certs import self_signed_pair
 
 from tests.collector.als_messages import http_message
+from tests.collector.test_access_log_lines import ISTIO_LINE
 from tests.proxy.test_netns import namespace  # noqa: F401 - fixture
 
 MESHSCOPE = [sys.executable, "-m", "meshscope.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 SPAN = b'[{"traceId": "463ac35c9f6413ad", "id": "463ac35c9f6413ad", "kind": "SERVER"}]'
+PROTOBUF = {"content-type": "application/x-protobuf"}
+
+
+def _otlp_logs() -> bytes:
+    """One OTLP log record whose body is an Istio text line dated now (inside the intake window)."""
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+
+    request = logs_service_pb2.ExportLogsServiceRequest()
+    log = request.resource_logs.add().scope_logs.add().log_records.add()
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    log.body.string_value = ISTIO_LINE.replace("2024-05-01T12:00:00.123Z", now).rstrip()
+    return request.SerializeToString()
+
+
+OTLP_LOGS = _otlp_logs()
 
 
 def _collector(data_dir: Path, host: str, env: dict, netns: str | None = None) -> subprocess.Popen:
@@ -100,10 +116,14 @@ def test_bearer_token_on_grpc_metadata_and_http(namespace, data_dir):  # noqa: F
         assert httpx.post(f"{url}/api/v2/spans", content=SPAN, timeout=10,
                           headers={"Authorization": "Bearer s3cret"}).status_code == 202
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200  # probes stay open
+        otlp = f"http://{ns_ip}:4318/v1/logs"
+        assert httpx.post(otlp, content=OTLP_LOGS, headers=PROTOBUF, timeout=10).status_code == 401
+        assert httpx.post(otlp, content=OTLP_LOGS, timeout=10,
+                          headers={**PROTOBUF, "Authorization": "Bearer s3cret"}).status_code == 200
     finally:
         _stop(proc)
     assert proc.returncode == 0
-    assert _stored_auth(data_dir) == ["token"] * 3  # nothing from the forged proxy
+    assert _stored_auth(data_dir) == ["token"] * 4  # nothing from the forged proxy
 
 
 @pytest.mark.root
@@ -134,19 +154,26 @@ def test_mtls_client_certificates(namespace, data_dir, tmp_path):  # noqa: F811
             with pytest.raises(grpc.RpcError):
                 send(cert, key, "forged")
 
-        def post(cert: Path | None, key: Path | None) -> int:
+        def post(cert: Path | None, key: Path | None, url: str = f"https://{ns_ip}:9411/api/v2/spans",
+                 body: bytes = SPAN) -> int:
             ctx = ssl.create_default_context(cafile=str(server_cert))
             ctx.check_hostname = False
             if cert:
                 ctx.load_cert_chain(cert, key)
-            return httpx.post(f"https://{ns_ip}:9411/api/v2/spans", content=SPAN, verify=ctx,
-                              timeout=10).status_code
+            headers = PROTOBUF if body is OTLP_LOGS else None
+            return httpx.post(url, content=body, verify=ctx, headers=headers, timeout=10).status_code
 
         assert post(client_cert, client_key) == 202
+        otlp = f"https://{ns_ip}:4318/v1/logs"
+        assert post(client_cert, client_key, otlp, OTLP_LOGS) == 200  # OTLP/HTTP: TLS, client certificate
         for cert, key in ((None, None), (stranger_cert, stranger_key)):
-            with pytest.raises((httpx.HTTPError, ssl.SSLError)):
-                post(cert, key)
+            for url, body in ((f"https://{ns_ip}:9411/api/v2/spans", SPAN), (otlp, OTLP_LOGS)):
+                with pytest.raises((httpx.HTTPError, ssl.SSLError)):
+                    post(cert, key, url, body)
+        with pytest.raises(httpx.HTTPError):  # no plain HTTP on the TLS port
+            httpx.post(f"http://{ns_ip}:4318/v1/logs", content=OTLP_LOGS, headers=PROTOBUF, timeout=10)
         time.sleep(0.2)
     finally:
         _stop(proc)
-    assert _stored_auth(data_dir) == ["mtls:gateway.lab"] * 2
+    # over HTTP uvicorn does not expose the certificate's name: the record says only "mtls"
+    assert _stored_auth(data_dir) == ["mtls:gateway.lab"] * 2 + ["mtls"]

@@ -21,6 +21,7 @@ from meshscope.collector.access_log_lines import (
     Origin,
     compile_format,
     custom_format,
+    make_record,
     parse_lines,
     parse_start_time,
     read_lines,
@@ -150,6 +151,28 @@ def test_deterministic_ids_and_same_line_same_record():
     (b,), _ = parse(ISTIO_LINE)
     (c,), _ = parse(ISTIO_LINE, origin=Origin("other"))
     assert a.id == b.id != c.id
+
+
+@pytest.mark.parametrize(("fmt", "line"), [
+    (ISTIO_TEXT_FORMAT, ISTIO_LINE), (ISTIO_TEXT_FORMAT, TCP_LINE), (ENVOY_DEFAULT_FORMAT, ENVOY_LINE),
+    ("%START_TIME% %REQ(:METHOD)% %RESPONSE_CODE% %ACCESS_LOG_TYPE% %DURATION%",
+     "2024-05-01T12:00:04.000Z GET 200 DownstreamPeriodic 7"),
+    ("%DURATION% %REQ(X-REQUEST-ID)%", f"7 {RID}"),
+])
+def test_generated_builder_gives_the_record_the_field_path_gives(fmt, line):
+    """The fast path (regex groups → AccessRecord, id included) and the field-dict path (``fields`` +
+    ``make_record`` + ``compute_id``) agree on every field: ids stay what earlier imports stored."""
+    compiled = compile_format(fmt)
+    origin = Origin("sidecar~10.0.0.1~a.b~b.svc.cluster.local", "istio-proxy")
+    fields = compiled.fields(line.rstrip())
+    if "start_time" not in fields:
+        with pytest.raises(BadLine, match="no start time"):
+            compiled.record(line.rstrip(), origin.node_id, origin.log_name)
+        return
+    fast = compiled.record(line.rstrip(), origin.node_id, origin.log_name)
+    slow = make_record(fields, origin)
+    assert fast == slow and fast.id == fast.compute_id() == slow.id
+    assert compiled.record("not this format", "n", "") is None
 
 
 def test_start_time_forms():

@@ -223,3 +223,67 @@ async def test_bad_otlp_input_gets_clear_errors(running, access_reader):
     rejected = collector.metrics.rejected
     assert rejected.labels("otlp_logs", "malformed")._value.get() >= 2
     assert rejected.labels("otlp_logs", "unreadable")._value.get() == 1
+
+
+def _log_request(body: str, attributes: dict[str, str], nanos: int = 1_714_564_800_000_000_000):
+    request = logs_service_pb2.ExportLogsServiceRequest()
+    rl = request.resource_logs.add()
+    rl.resource.attributes.add(key="node_name", value=common_pb2.AnyValue(string_value="sidecar~1~a.b~b"))
+    log = rl.scope_logs.add().log_records.add()
+    log.time_unix_nano = nanos
+    log.body.string_value = body
+    for key, value in attributes.items():
+        log.attributes.add(key=key, value=common_pb2.AnyValue(string_value=value))
+    return request, log
+
+
+@pytest.mark.parametrize("attributes", [
+    {},
+    {"x-envoy-attempt-count": "3", "x-b3-traceid": "463ac35c9f6413ad"},
+    {"x-request-id": "other-id", "http.request.method": "POST"},  # attributes that change the id
+    {"START_TIME": "2024-05-01T12:30:00.000Z", "DOWNSTREAM_REMOTE_ADDRESS": "10.9.9.9:1"},
+])
+def test_line_bodies_take_the_fast_path_and_agree_with_the_field_path(attributes):
+    """A body that is a whole line is built straight from the line and the attributes set on the record;
+    it must equal what merging fields first gives, id included (so re-sends dedupe as before)."""
+    from meshscope.collector.access_log_lines import Origin
+    from meshscope.collector.otlp_records import LogConverter
+
+    converter = LogConverter()
+    for line in (ISTIO_LINE, ISTIO_LINE.replace('"GET /productpage HTTP/1.1"', '"- - -"')):
+        request, log = _log_request(line.rstrip(), attributes)
+        (fast,) = converter.records(request)
+        slow = converter._record_from_fields(log, Origin("sidecar~1~a.b~b"), "")
+        assert fast == slow and fast.id == fast.compute_id()
+    assert converter.skipped == 0
+
+
+async def test_otlp_http_closes_slow_clients(data_dir):
+    """The OTLP/HTTP receiver gets the API's read timeouts (``guarded_http``): half a request head, or a
+    body that stops arriving, loses its connection instead of holding it forever."""
+    from meshscope.collector.server import Collector
+    from meshscope.pipelines.bus.memory import MemoryBus
+
+    from meshscope.serving import guarded_http
+    from meshscope.settings import Settings
+    from tests.conftest import free_port
+
+    settings = Settings(data_dir=data_dir, als_port=free_port(), zipkin_port=free_port(), otlp_grpc_port=0,
+                        otlp_http_port=0, http_head_timeout_s=1, http_body_timeout_s=1)
+    async with Collector(settings, MemoryBus(), **guarded_http(settings)) as collector:
+        port = collector.otlp_http.port
+        for sent in (b"POST /v1/logs HTTP/1.1\r\nHost: x\r\n",  # half a head
+                     b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                     b"Content-Length: 1000\r\n\r\n0123456789"):  # a body that stalls
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(sent)
+            await writer.drain()
+            started = time.monotonic()
+            got = await asyncio.wait_for(reader.read(), 10)  # EOF once the server closes
+            assert 0.8 < time.monotonic() - started < 4 and b"200" not in got
+            writer.close()
+        # a prompt client is served as before
+        body = logs_service_pb2.ExportLogsServiceRequest().SerializeToString()
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(f"http://127.0.0.1:{port}/v1/logs", content=body, headers=PROTOBUF_CT)
+        assert answer.status_code == 200

@@ -134,13 +134,14 @@ async def test_slow_and_idle_senders_are_closed_after_the_read_timeouts(data_dir
 
     from meshscope.collector.server import Collector
 
+    from meshscope.serving import guarded_http
     from meshscope.settings import Settings
     from tests.conftest import free_port
     from tests.stack.test_slow_clients import _closed_within
 
     settings = Settings(data_dir=data_dir / "slow", als_port=0, zipkin_port=free_port(), otlp_grpc_port=0,
                         otlp_http_port=0, http_head_timeout_s=1, http_body_timeout_s=1)
-    async with Collector(settings, MemoryBus()) as collector:
+    async with Collector(settings, MemoryBus(), **guarded_http(settings)) as collector:
         port = collector.zipkin_port
         heads = []
         for _ in range(20):

@@ -58,13 +58,34 @@ def stop_processes(procs: list[subprocess.Popen]) -> None:
             p.wait(5)
 
 
-def start_capture(ns: str, interface: str, path: Path, procs: list[subprocess.Popen],
-                  bpf: str = "tcp") -> subprocess.Popen:
-    """tcpdump in a namespace (added to procs); returns once it is listening. ``bpf``: its filter
-    ("" for every frame: a tunnel's underlay)."""
+class LabLifecycle:
+    """A lab as a context manager: ``_up()`` on entry, ``down()`` on exit and after a failed set-up."""
+
+    def _up(self) -> None:
+        raise NotImplementedError
+
+    def down(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self._up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+
+def start_capture(ns: str, interface: str, path: Path, procs: list[subprocess.Popen], bpf: str = "tcp",
+                  snaplen: int = 0) -> subprocess.Popen:
+    """tcpdump in a namespace (added to procs); returns once it is listening. ``bpf``: the capture
+    filter ("" for everything)."""
     # --immediate-mode and a big buffer: nothing held back in the ring when SIGINT comes, no drops
     p = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", interface, "-n", "-U",
-                          "--immediate-mode", "-B", "8192", "-s", "0", "-w", str(path),
+                          "--immediate-mode", "-B", "8192", "-s", str(snaplen), "-w", str(path),
                           *([bpf] if bpf else [])],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     procs.append(p)
@@ -82,7 +103,7 @@ def start_capture(ns: str, interface: str, path: Path, procs: list[subprocess.Po
     return p
 
 
-class Lab:
+class Lab(LabLifecycle):
     """Namespaces, routes, iptables NAT, Envoy and the apps; `capture()` runs tcpdump in one of them."""
 
     def __init__(self, workdir: Path, *, snat: bool = False) -> None:
@@ -93,17 +114,9 @@ class Lab:
         self.procs: list[subprocess.Popen] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def __enter__(self) -> Lab:
-        try:
-            self._network()
-            self._workloads()
-        except BaseException:
-            self.down()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.down()
+    def _up(self) -> None:
+        self._network()
+        self._workloads()
 
     def down(self) -> None:
         """Stop what this lab started (by pid) and delete its namespaces."""

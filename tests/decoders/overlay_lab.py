@@ -1,9 +1,10 @@
 """A VXLAN overlay between two network namespaces, as Flannel or Calico-VXLAN build one, for real
 captures of tunnelled traffic:
 
-    node-a 192.168.77.1 ── veth (the underlay) ── node-b 192.168.77.2
+    node-a 192.168.77.1 fd00:77::1 ── veth (the underlay) ── node-b 192.168.77.2 fd00:77::2
       vx0  VXLAN 42, UDP 4789: 10.244.0.1 fd00:244::1      10.244.0.2 fd00:244::2
       vx1  VXLAN 43, UDP 8472 (the Linux default) over vx0: 10.245.0.1 ↔ 10.245.0.2 — nested
+      vx2  VXLAN 44, UDP 4789 over the IPv6 underlay: 10.246.0.1 ↔ 10.246.0.2
 
 An HTTP server in node-b answers on every address (overlay_apps.py); the client in node-a runs a
 keep-alive connection to each pod address; tcpdump on the underlay sees only VXLAN (and ARP).
@@ -27,6 +28,8 @@ UNDERLAY = ("192.168.77.1", "192.168.77.2")
 POD_V4 = ("10.244.0.1", "10.244.0.2")
 POD_V6 = ("fd00:244::1", "fd00:244::2")
 NESTED_V4 = ("10.245.0.1", "10.245.0.2")
+UNDERLAY_V6 = ("fd00:77::1", "fd00:77::2")
+OVER_V6 = ("10.246.0.1", "10.246.0.2")
 PORT = 8080
 _serial = count()
 
@@ -59,6 +62,11 @@ class OverlayLab(Lab):
                 "local", POD_V4[i], "remote", POD_V4[1 - i], "dev", "vx0")
             _sh("ip", "-n", ns, "addr", "add", f"{NESTED_V4[i]}/24", "dev", "vx1")
             _sh("ip", "-n", ns, "link", "set", "vx1", "up")
+            _sh("ip", "-n", ns, "addr", "add", f"{UNDERLAY_V6[i]}/64", "dev", "under", "nodad")
+            _sh("ip", "-n", ns, "link", "add", "vx2", "type", "vxlan", "id", "44", "dstport", "4789",
+                "local", UNDERLAY_V6[i], "remote", UNDERLAY_V6[1 - i], "dev", "under")
+            _sh("ip", "-n", ns, "addr", "add", f"{OVER_V6[i]}/24", "dev", "vx2")
+            _sh("ip", "-n", ns, "link", "set", "vx2", "up")
 
     def _workloads(self) -> None:
         self.spawn("b", sys.executable, str(APPS), "serve", str(PORT), log="server.log")
@@ -67,13 +75,15 @@ class OverlayLab(Lab):
         if r.returncode != 0:
             raise RuntimeError(f"server not ready: {r.stderr.strip()} {self.logs()}")
 
-    def capture_underlay(self, path: Path) -> subprocess.Popen:
-        """tcpdump on node-a's underlay, every frame; returns once it listens."""
-        return start_capture(self.ns["a"], "under", path, self.procs, bpf="")
+    def capture_underlay(self, path: Path, interface: str = "under") -> subprocess.Popen:
+        """tcpdump in node-a, every frame: on the underlay, or ``any`` (each packet then once on
+        every device it crosses: vx1, vx0, the underlay); returns once it listens."""
+        return start_capture(self.ns["a"], interface, path, self.procs, bpf="")
 
     def traffic(self) -> list[dict]:
         """The client's requests (one dict each: its own 4-tuple, method, path, status)."""
-        r = self.run("a", sys.executable, str(APPS), "client", str(PORT), POD_V4[1], POD_V6[1], NESTED_V4[1])
+        r = self.run("a", sys.executable, str(APPS), "client", str(PORT), POD_V4[1], POD_V6[1], NESTED_V4[1],
+                     OVER_V6[1])
         if r.returncode != 0:
             raise RuntimeError(f"client failed: {r.stderr[-800:]} {self.logs()}")
         return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]

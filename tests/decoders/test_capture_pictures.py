@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -160,6 +161,38 @@ def test_every_text_fits_its_box_in_a_browser(ordinary, busy):
             for _, a in (ordinary, busy):
                 page.set_content(f"<!doctype html><html><body>{diagram_svg(picture(a))}</body></html>")
                 assert page.evaluate(CHECK, "svg") == []
+        finally:
+            browser.close()
+
+
+MERMAID_JS = sorted((Path(sys.prefix) / "js").glob("mermaid-*.min.js"))  # scripts/setup.sh test fetches it
+
+
+@pytest.mark.chromium
+def test_mermaids_own_parser_reads_every_picture(ordinary, busy):
+    """Mermaid's parser (its one-file build, in Chromium) accepts each kind of picture, and refuses a
+    broken one: the structural check above is not the only judge."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.conftest import need, need_binary
+
+    need_binary("/usr/bin/chromium")
+    need(bool(MERMAID_JS), "needs Mermaid's build in .venv/js (scripts/setup.sh test fetches it with npm)")
+    lab = analyze([NODEPORT_LAB])
+    texts = [diagram_mermaid(picture(ordinary[1])), diagram_mermaid(picture(busy[1])),
+             diagram_mermaid(picture(lab)), diagram_mermaid(picture(lab, ExchangeFilter.parse(status="503"))),
+             diagram_mermaid(picture(ordinary[1], ExchangeFilter.parse(status="404")))]
+    parse = ("async t => { try { await mermaid.parse(t); return 'ok'; } "
+             "catch (e) { return String(e.message || e); } }")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.set_content("<!doctype html><html><body></body></html>")
+            page.add_script_tag(path=str(MERMAID_JS[-1]))
+            assert [page.evaluate(parse, t) for t in texts] == ["ok"] * len(texts)
+            assert "Parse error" in page.evaluate(parse, texts[0].replace("->>", "->>:", 1))
         finally:
             browser.close()
 
@@ -327,3 +360,35 @@ def test_dns_lookups_are_drawn_counted_and_filtered(tmp_path):
     over = picture(a, max_exchanges=1)
     (row,) = over.sections[0].messages
     assert row.style == "error" and row.label.startswith("DNS ×3, errors 33.3 % (no answer 1)")
+
+
+def test_cli_threshold_and_bad_filters(ordinary):
+    import subprocess
+
+    path, _ = ordinary
+    run = [sys.executable, "-m", "meshscope.cli", "pcap", "analyze", str(path)]
+    r = subprocess.run([*run, "--max-exchanges", "2"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "more than 2 exchanges" in r.stdout and "\noverview 1: 4 hosts" in r.stdout
+    for bad in (["--protocol", "smtp"], ["--status", "6xx"], ["--port", "x"], ["--max-exchanges", "-1"]):
+        r = subprocess.run([*run, *bad], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stdout == "", bad
+        assert r.stderr.startswith("meshscope: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_quic_initial_is_drawn_as_its_hello_over_udp(tmp_path):
+    """RFC 9001 Appendix A's client and server Initials: one UDP section, the Initial's ClientHello named
+    as QUIC with its version, SNI and ALPN; the quic filter finds it, the tls filter does not."""
+    from tests.decoders.capture_builders import write
+    from tests.decoders.quic_vectors import CLIENT_INITIAL, SERVER_INITIAL
+    from tests.decoders.udp_builders import datagram
+
+    packets = [datagram(0, "10.0.0.1", 50000, "10.0.0.2", 443, CLIENT_INITIAL),
+               datagram(0.01, "10.0.0.2", 443, "10.0.0.1", 50000, SERVER_INITIAL)]
+    a = analyze([write(tmp_path / "quic.pcap", packets)])
+    d = picture(a)
+    assert [s.title for s in d.sections] == ["UDP 10.0.0.1:50000 → 10.0.0.2:443  1 exchange"]
+    hello = d.sections[0].messages[0]
+    assert hello.style == "hello" and hello.label == "QUIC v1 ClientHello SNI example.com ALPN alpn"
+    assert len(picture(a, ExchangeFilter.parse(protocol="quic")).sections) == 1
+    assert picture(a, ExchangeFilter.parse(protocol="tls")).sections == []
+    assert picture(a, max_exchanges=0).sections[0].messages[0].label.startswith("QUIC ×1")

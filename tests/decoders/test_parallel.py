@@ -57,3 +57,27 @@ def test_inside_a_daemonic_process_it_decodes_in_that_process(tmp_path):
     p.join(60)
     assert p.exitcode == 0
     assert out.get(timeout=5) == analyze([capture], workers=1).reports[0].exchanges
+
+
+def test_two_workers_keep_dns_lookups_whole_and_split_quic(tmp_path):
+    """DNS goes to one worker (a lookup's attempts come from several ports); QUIC by its ports."""
+    from tests.decoders.capture_builders import write
+    from tests.decoders.quic_vectors import CLIENT_INITIAL, SERVER_INITIAL
+    from tests.decoders.udp_builders import Resolver, datagram
+
+    r = Resolver()
+    for i in range(40):
+        name = f"svc{i}"
+        r.query(i, 2 * i, f"{name}.web.svc.cluster.local", cport=40000 + i)
+        r.answer(i + 0.001, 2 * i, f"{name}.web.svc.cluster.local", 3, cport=40000 + i)
+        r.query(i + 0.002, 2 * i + 1, f"{name}.svc.cluster.local", cport=41000 + i)  # another port
+        r.answer(i + 0.003, 2 * i + 1, f"{name}.svc.cluster.local", 0, ("10.0.0.1",), cport=41000 + i)
+    quic = [datagram(50 + i, "10.3.0.5", 50000 + i, "10.3.0.9", 443, CLIENT_INITIAL) for i in range(10)]
+    quic += [datagram(50.5 + i, "10.3.0.9", 443, "10.3.0.5", 50000 + i, SERVER_INITIAL) for i in range(10)]
+    capture = write(tmp_path / "udp.pcap", r.packets + quic)
+    one, two = analyze([capture], workers=1), analyze([capture], workers=2)
+    assert two.reports == one.reports
+    report = one.reports[0]
+    assert (report.dns_lookups, report.quic_connections, report.datagrams) == (40, 10, 180)
+    assert all(len(ex.dns.attempts) == 1 for ex in one.exchanges if ex.dns is not None)
+    assert _document(two) == _document(one)

@@ -131,12 +131,12 @@ def tls_connections(pcap: Path, keylog: KeyLog | None, server_ports: set[int],
 
 
 @contextlib.contextmanager
-def tcpdump_lo(path: Path, ports: list[int], drain: float = 0.5):
+def tcpdump_lo(path: Path, ports: list[int], drain: float = 0.5, snaplen: int = 0):
     """Real tcpdump on loopback for these ports, stopped on exit after ``drain`` seconds (to write what
-    the kernel already handed it)."""
+    the kernel already handed it); ``snaplen``: bytes kept per packet (0: all)."""
     filt = " or ".join(f"tcp port {p}" for p in ports)
-    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-s", "0", "-w", str(path),
-                             filt],
+    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-s", str(snaplen),
+                             "-w", str(path), filt],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 10

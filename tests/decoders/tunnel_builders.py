@@ -61,6 +61,13 @@ def l2tpv3_cookie(inner: Packet) -> Packet:
     return l2tpv3(inner, bytes.fromhex("c00c1e55"))
 
 
+def l2tpv3_udp(inner: Packet) -> Packet:
+    """L2TPv3 over UDP 1701 (RFC 3931 section 4.1.2.2): version 3, reserved, session id, Ethernet."""
+    head = b"\x00\x03\x00\x00" + struct.pack("!I", 0x2B)
+    return (_ether() / IP(src=OUTER_A, dst=OUTER_B) / UDP(sport=1701, dport=1701) / Raw(head)
+            / Ether(src="02:00:00:00:0b:01", dst="02:00:00:00:0b:02", type=_ethertype(inner)) / inner)
+
+
 def gre(inner: Packet) -> Packet:
     """GRE over IPv4 with a key and a sequence number, carrying the IP packet directly."""
     return (_ether() / IP(src=OUTER_A, dst=OUTER_B)
@@ -104,7 +111,8 @@ def nested(inner: Packet) -> Packet:
 
 
 TUNNELS: dict[str, Callable[[Packet], Packet]] = {
-    "pppoe": pppoe, "l2tp": l2tp, "l2tpv3": l2tpv3, "l2tpv3_cookie": l2tpv3_cookie, "gre": gre,
+    "pppoe": pppoe, "l2tp": l2tp, "l2tpv3": l2tpv3, "l2tpv3_cookie": l2tpv3_cookie,
+    "l2tpv3_udp": l2tpv3_udp, "gre": gre,
     "gre_teb": gre_teb, "pptp": pptp, "vxlan_vlan": vxlan_vlan, "geneve": geneve, "nested": nested,
 }
 

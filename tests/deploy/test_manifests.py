@@ -1,7 +1,9 @@
 """deploy/: the Kubernetes manifests of both shapes validate against the Kubernetes OpenAPI schemas
 (the ``kubernetes-validate`` package ships them, strict: unknown fields fail), hang together (every
 Service selects pods that have its target ports, probes name real ports, ServiceMonitor endpoints
-name Service ports) and the container image definition copies everything the wheel needs."""
+name Service ports) and the container image definition copies everything the wheel needs. Objects of
+CRD kinds (ServiceMonitor, Istio's Telemetry) validate against the CRDs their projects publish
+(vendored in ``crds/``), strict as well."""
 
 from __future__ import annotations
 
@@ -21,6 +23,49 @@ K8S_VERSION = "1.33.0"
 # kinds defined by CRDs, not by the Kubernetes API: not in its OpenAPI schemas
 CRD_KINDS = {"ServiceMonitor", "Telemetry", "IstioOperator"}
 CLUSTER_SCOPED = {"Namespace"}
+# the published CRDs of those kinds (vendored, with their source): Istio's Telemetry and EnvoyFilter,
+# prometheus-operator's ServiceMonitor. IstioOperator has no published CRD any more (istioctl reads it)
+CRDS = Path(__file__).parent / "crds"
+
+
+def crd_schemas() -> dict[tuple[str, str], dict]:
+    """(apiVersion, kind) → the CRD's openAPIV3Schema for that version, made strict as ``kubectl apply
+    --validate=strict`` is: a field the schema does not declare is an error, not silently pruned."""
+    out = {}
+    for path in sorted(CRDS.glob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text()):
+            if crd:
+                spec = crd["spec"]
+                for version in spec["versions"]:
+                    schema = _strict(version["schema"]["openAPIV3Schema"])
+                    out[(f"{spec['group']}/{version['name']}", spec["names"]["kind"])] = schema
+    return out
+
+
+def _strict(schema):
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) for k, v in schema.items()}
+    if ("properties" in out and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    if out.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    return out
+
+
+def validate_crd_object(obj: dict, schemas: dict) -> None:
+    """jsonschema.ValidationError unless the object fits its CRD's schema (apiVersion, kind and metadata
+    are the API server's own, allowed at the root of every object whatever the CRD declares)."""
+    import jsonschema
+
+    schema = schemas.get((obj["apiVersion"], obj["kind"]))
+    assert schema is not None, f"no vendored CRD for {obj['apiVersion']} {obj['kind']}"
+    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+    jsonschema.Draft7Validator(schema, format_checker=None).validate(body)
 
 
 def build(directory: Path) -> list[dict]:
@@ -53,6 +98,41 @@ def test_every_object_validates_against_the_kubernetes_schemas(shape):
         if obj["kind"] in CRD_KINDS:
             continue
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)  # raises ValidationError
+
+
+def crd_objects() -> list[dict]:
+    """Every object of a CRD kind in deploy/: the ServiceMonitor of both shapes, the Istio guide's."""
+    objects = [o for shape in SHAPES for o in build(DEPLOY / "kubernetes" / shape) if o["kind"] in CRD_KINDS]
+    for path in sorted((DEPLOY / "istio").glob("*.yaml")):
+        objects += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return objects
+
+
+def test_crd_kinds_validate_against_their_published_crd_schemas():
+    schemas = crd_schemas()
+    checked = set()
+    for obj in crd_objects():
+        if obj["kind"] == "IstioOperator":
+            continue  # no published CRD: test_the_istio_guide_* checks its providers instead
+        validate_crd_object(obj, schemas)  # raises jsonschema.ValidationError
+        checked.add(obj["kind"])
+    assert checked == {"ServiceMonitor", "Telemetry"}
+
+
+@pytest.mark.parametrize(("kind", "break_it", "why"), [
+    ("ServiceMonitor", lambda o: o["spec"]["endpoints"][0].update(intervall="30s"), "intervall"),
+    ("ServiceMonitor", lambda o: o["spec"]["endpoints"][0].update(interval="30 seconds"), "30 seconds"),
+    ("ServiceMonitor", lambda o: o["spec"].update(endpoints="http-zipkin"), "is not of type 'array'"),
+    ("Telemetry", lambda o: o["spec"]["tracing"][0].update(randomSamplingPercentage="all"), "all"),
+    ("Telemetry", lambda o: o["spec"].update(accessLoging=[]), "accessLoging"),
+])
+def test_a_broken_crd_object_is_caught(kind, break_it, why):
+    import jsonschema
+
+    obj = next(o for o in crd_objects() if o["kind"] == kind and o["spec"].get("tracing", [None]))
+    break_it(obj)
+    with pytest.raises(jsonschema.ValidationError, match=why):
+        validate_crd_object(obj, crd_schemas())
 
 
 def test_a_broken_manifest_is_caught():

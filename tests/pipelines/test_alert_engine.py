@@ -130,3 +130,20 @@ def test_one_record_dated_years_ahead_does_not_move_the_clock():
     e.observe([access(100 + i, code=503, t=time.time()) for i in range(40)])
     assert e.evaluate() == []  # counted in the current window: the alert stays open, nothing resolved
     assert e.now() <= time.time() + 5
+
+
+def test_records_older_than_max_age_are_not_alerted_on():
+    """An imported log's past (a 5xx burst yesterday) neither fires nor turns the event clock back, nor
+    makes a spike rule's reference window look watched; the same burst dated now fires."""
+    now = time.time()
+    rule = {"name": "r", "type": "threshold", "threshold": 10, "timeframe": 10, "filter": {"status_class": 5}}
+    e = AlertEngine(parse_rules({"rules": [rule]}), max_age=900)
+    e.observe([access(i, code=503, t=now - 86400 + i / 10) for i in range(20)])
+    assert e.evaluate() == [] and e.now() >= now
+    e.observe([access(100 + i, code=503, t=time.time() - 1 + i / 100) for i in range(20)])
+    assert [a.state for a in e.evaluate()] == ["firing"]
+    spike = AlertEngine(parse_rules({"rules": [{"name": "s", "type": "spike", "spike_height": 3,
+                                                "threshold_cur": 10, "timeframe": 10}]}), max_age=900)
+    spike.observe([access(i, code=200, t=now - 86400 + i) for i in range(20)])
+    spike.observe([access(100 + i, code=200, t=time.time()) for i in range(20)])
+    assert spike.evaluate() == []  # no reference window was watched: yesterday does not count

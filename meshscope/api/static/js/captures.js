@@ -137,23 +137,49 @@ async function renderUpload(main, route, isCurrent) {
         c.damage.length ? c.damage.join("; ") : (c.truncated ? "truncated" : "none"))]), { id: "captures" })));
   const body = await json("/api/pcaps/" + encodeURIComponent(id) + "/flows");
   if (!isCurrent()) return;
-  main.append(flowsPanel(body, route.params, id));
-  const graph = el("section", { class: "panel", "aria-labelledby": "fg-h" }, el("h2", { id: "fg-h" }, "Flow graph"));
-  main.append(graph);
-  await flowGraph(graph, "/api/pcaps/" + encodeURIComponent(id) + "/graph.svg", "upload-graph", isCurrent);
+  const graph = el("section", { class: "panel", "aria-labelledby": "fg-h" },
+    el("h2", { id: "fg-h" }, "Flow graph ", el("span", { id: "fg-which", class: "muted" })));
+  const state = { flow: route.params.get("flow") || "" };
+  const show = (flowId) => {
+    state.flow = flowId;
+    syncUrl(id, state);
+    return drawGraph(graph, id, body.flows, state, show, isCurrent);
+  };
+  main.append(flowsPanel(body, route.params, id, state, (flowId) => {
+    graph.scrollIntoView({ block: "start" });
+    show(flowId).then(() => graph.querySelector(".graph-box")?.focus({ preventScroll: true }));
+  }), graph);
+  await drawGraph(graph, id, body.flows, state, show, isCurrent);
 }
 
-/** Scroll the upload's flow graph to the section of flow n (its title reads "flow n: …"). */
-function showFlowInGraph(n) {
-  const graph = $("#upload-graph");
-  if (!graph) return;
-  const title = Array.from(graph.querySelectorAll("text")).find((t) => t.textContent.startsWith(`flow ${n}:`));
-  const box = graph.closest(".graph-box");
-  if (!title || !box) return;
-  const scale = graph.getBoundingClientRect().height / graph.viewBox.baseVal.height;
-  box.scrollIntoView({ block: "start" });
-  box.scrollTop = Math.max(0, title.getBBox().y * scale - 80 * scale);
-  box.focus({ preventScroll: true });
+/** The upload view's URL: its flow filters and the flow whose graph is shown (every view has a URL). */
+function syncUrl(id, state) {
+  const q = new URLSearchParams(Object.entries(state.filters || {}).filter(([, v]) => v));
+  if (state.flow) q.set("flow", state.flow);
+  history.replaceState(null, "", "#/captures/" + encodeURIComponent(id) + (q.toString() ? "?" + q : ""));
+}
+
+const MAX_FLOWS_DRAWN = 20;  // the upload's whole graph draws its first 20 flows (decoders' render_svg)
+
+/** The flow graph panel: one flow alone (state.flow) or the upload's graph of all flows. */
+async function drawGraph(section, id, flows, state, show, isCurrent) {
+  while (section.children.length > 1) section.lastChild.remove();
+  const n = state.flow ? flows.findIndex((f) => f.id === state.flow) : -1;
+  const which = section.querySelector("#fg-which");
+  const base = "/api/pcaps/" + encodeURIComponent(id);
+  let url = base + "/graph.svg";
+  if (n >= 0) {
+    which.textContent = `(flow ${n + 1} of ${flows.length})`;
+    section.append(el("p", null, el("button", { id: "fg-all", type: "button", onclick: () => show("") }, "show all flows")));
+    url = base + "/flows/" + encodeURIComponent(state.flow) + "/graph.svg";
+  } else {
+    which.textContent = !flows.length ? "(no flow stitched: the capture's exchanges)" :
+      flows.length > MAX_FLOWS_DRAWN ? `(the first ${MAX_FLOWS_DRAWN} of ${flows.length} flows; ` +
+      "a flow's graph button draws any one)" : `(all ${flows.length} flows)`;
+  }
+  const svg = await flowGraph(section, url, "upload-graph", isCurrent);
+  if (svg && n >= 0) svg.dataset.flow = state.flow;
+  return svg;
 }
 
 /** What a flow can be filtered by: its hosts, NodePorts, SNIs, HTTP statuses and request ids. */
@@ -187,9 +213,10 @@ function matches(facts, filters) {
   return true;
 }
 
-function flowsPanel(body, params, id) {
+function flowsPanel(body, params, id, state, showGraph) {
   const exchanges = Object.fromEntries(body.exchanges.map((e) => [e.id, e]));
   const filters = Object.fromEntries(FILTERS.map(([k]) => [k, params.get(k) || ""]));
+  state.filters = filters;
   const tbody = el("tbody");
   const count = el("span", { class: "muted", role: "status" });
   const rows = body.flows.map((f, i) => {
@@ -201,7 +228,8 @@ function flowsPanel(body, params, id) {
       facts.status.join(", ") || "-",
       el("td", { class: "mono" }, timeEl(f.start)),
       el("td", null, f.request_id ? requestLink(f.request_id) : "-"),
-      el("td", null, el("button", { type: "button", class: "copy", onclick: () => showFlowInGraph(i + 1) }, "in graph")),
+      el("td", null, el("button", { type: "button", class: "copy", "data-graph": f.id, "aria-label": `graph of flow ${i + 1}`,
+        onclick: () => showGraph(f.id) }, "graph")),
     ]);
     tr.dataset.flow = String(i);
     return { tr, facts };
@@ -210,8 +238,7 @@ function flowsPanel(body, params, id) {
     const shown = rows.filter((r) => matches(r.facts, filters));
     tbody.replaceChildren(...shown.map((r) => r.tr));
     count.textContent = `${shown.length} of ${rows.length} flows`;
-    const q = new URLSearchParams(Object.entries(filters).filter(([, v]) => v));
-    history.replaceState(null, "", "#/captures/" + encodeURIComponent(id) + (q.toString() ? "?" + q : ""));
+    syncUrl(id, state);
   };
   const inputs = FILTERS.map(([k, label]) => {
     const input = el("input", { id: "flow-" + k, value: filters[k], autocomplete: "off", spellcheck: "false" });
