@@ -46,10 +46,27 @@ class AccessLogServicer:
         self.access = access or ReceiverAccess()
         self.arrived: Counter[str] = Counter()  # node id -> entries received and made safe
         self.streams_failed: Counter[str] = Counter()  # node id ("" before an identifier) -> streams
+        self.too_large: Counter[str] = Counter()  # node id -> messages refused for their size
+        #: messages past this are refused and counted here; gRPC itself refuses past the server's ceiling
+        self.max_message_bytes = 4 * 1024 * 1024
 
     async def stream_access_logs(self, requests: AsyncIterator[bytes],
                                  context: grpc.aio.ServicerContext) -> bytes:
         """Handle one stream: the identifier from its first message applies to every entry."""
+        node = [""]  # the stream's node id, once its first message named it
+        try:
+            return await self._read_stream(requests, context, node)
+        except asyncio.CancelledError:
+            # gRPC ended the stream under us: a message past the server's ceiling, the sender's
+            # deadline or cancel. What was published stays; say that the stream was cut.
+            self.publisher.metrics.rejected.labels("als", "cut").inc()
+            self.streams_failed[node[0]] += 1
+            log.warning("access-log stream from %s cut by gRPC (a message over the size ceiling, or the "
+                        "sender gave up)", context.peer())
+            raise
+
+    async def _read_stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext,
+                           node: list[str]) -> bytes:
         source: LogSource | None = None
         metrics = self.publisher.metrics
         identity = peer_identity(context, self.access)
@@ -58,6 +75,16 @@ class AccessLogServicer:
         # ends OK only once all are on disk
         sink: _StreamSink | None = None
         async for raw in requests:
+            if len(raw) > self.max_message_bytes:
+                metrics.rejected.labels("als", "too_large").inc()
+                self.too_large[node[0]] += 1
+                self.streams_failed[node[0]] += 1
+                log.warning("access-log message of %d bytes from %s (%s) refused: the limit is %d bytes; "
+                            "its entries are lost", len(raw), node[0] or "an unidentified proxy",
+                            context.peer(), self.max_message_bytes)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"message of {len(raw)} bytes exceeds the collector's limit of "
+                                    f"{self.max_message_bytes} bytes (collector_max_message_bytes)")
             try:
                 message = StreamAccessLogsMessage.FromString(raw)
             except DecodeError as exc:
@@ -75,6 +102,7 @@ class AccessLogServicer:
                 ident = message.identifier
                 node_id = ident.node.id or anonymous_node_id(context.peer(), ident.log_name)
                 source = LogSource(node_id, ident.node.cluster, ident.log_name)
+                node[0] = node_id
             try:
                 records = message_records(message, source)
             except Exception as exc:  # noqa: BLE001 - a message we cannot convert fails its stream only
@@ -159,10 +187,16 @@ class AccessLogServer:
     """A grpc.aio server carrying the AccessLogService on host:port (port 0 picks a free one)."""
 
     def __init__(self, servicer: AccessLogServicer, host: str, port: int, *,
-                 access: ReceiverAccess | None = None, max_message_bytes: int = 4 * 1024 * 1024) -> None:
+                 access: ReceiverAccess | None = None, max_message_bytes: int = 4 * 1024 * 1024,
+                 ceiling_bytes: int | None = None) -> None:
         self.servicer = servicer
         self.access = access or ReceiverAccess()
         self.max_message_bytes = max_message_bytes
+        # gRPC refuses past the ceiling before the message is held, silently for us; a servicer that
+        # checks sizes itself (ALS) gets messages up to the ceiling so it can count and name the refusal
+        self.ceiling_bytes = max(ceiling_bytes or max_message_bytes, max_message_bytes)
+        if hasattr(servicer, "max_message_bytes"):
+            servicer.max_message_bytes = max_message_bytes
         self.host = host
         self.port = port
         self._server: grpc.aio.Server | None = None
@@ -172,7 +206,7 @@ class AccessLogServer:
         self._server = grpc.aio.server(interceptors=self.access.grpc_interceptors(), options=[
             # Envoy flushes its buffer at 16 KiB (buffer_size_bytes): 4 MiB is generous, 64 MiB was a
             # way to make the process hold gigabytes
-            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.ceiling_bytes),
             ("grpc.so_reuseport", 0),  # a second collector on the same port must fail, not share it
             # read ahead up to 8 MiB per stream while a message is being published: a short stall
             # of this process (a big span batch, the embedded indexer) then does not fill Envoy's

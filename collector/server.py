@@ -54,8 +54,9 @@ class Collector:
                                    publish_timeout=publish_timeout, intake=intake)
         self.access = receiver_access(settings)  # refuses an exposed collector without credentials
         self.servicer = AccessLogServicer(self.publisher, self.access)
+        limit = settings.collector_max_message_bytes
         self.als = AccessLogServer(self.servicer, settings.host, settings.als_port, access=self.access,
-                                   max_message_bytes=settings.collector_max_message_bytes)
+                                   max_message_bytes=limit, ceiling_bytes=2 * limit)
         self.app = wrap(self.access.http_guard(make_app(self.publisher, health=self.health)))
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None
@@ -155,6 +156,7 @@ class Collector:
             "access_entries_by_proxy": dict(self.servicer.arrived),
             "otlp_log_records_by_proxy": dict(self.otlp.arrived),
             "access_streams_failed": dict(self.servicer.streams_failed),
+            "access_messages_too_large": dict(self.servicer.too_large),
             "spool_lines_skipped": self.publisher.spool.skipped,
         }
 

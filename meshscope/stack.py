@@ -104,6 +104,7 @@ class Stack:
             # one scrape target for the whole stack: the API's /metrics also has the collector's
             # registry (the pipeline's counters are this process's default registry)
             app.state.metric_registries = [collector.metrics.registry]
+            app.state.collector_health = collector.health  # /healthz and /readyz say when it refuses
             api = EmbeddedServer(app, s.host, s.api_port, name="api", settings=s)
             await api.start()
             self._stops.append(("api", api.stop))

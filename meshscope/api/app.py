@@ -50,7 +50,14 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             from meshscope.pipelines import make_store
 
             app.state.store = make_store(settings)
-            await app.state.store.start()
+            try:
+                await app.state.store.start()
+            except StoreUnavailable as exc:
+                if settings.store != "elasticsearch":
+                    raise
+                # a search cluster that is slow or down must not keep the API from starting: its queries
+                # answer 503 until the store answers again (the pipeline installs the index templates)
+                log.warning("store unavailable at start, serving anyway (503 until it answers): %s", exc)
         else:
             app.state.store = store
         app.state.uploads = Uploads(settings, app.state.store)
@@ -80,8 +87,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
 
     @app.get("/healthz", response_model=Health, tags=["service"])
     async def healthz(request: Request) -> Health:
-        """Liveness: answers without a token; says which store is configured."""
-        return Health(status="ok", store=request.app.state.settings.store)
+        """Liveness: answers without a token; says which store is configured and, when a collector runs
+        in this process (``meshscope up``), whether it takes records ("degraded", "not ready" and why)."""
+        return _health(request.app)
+
+    @app.get("/readyz", response_model=Health, tags=["service"], responses={503: {"model": Health}})
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: 503 while the embedded collector refuses records (disk full, backpressure)."""
+        health = _health(request.app)
+        return JSONResponse(health.model_dump(), status_code=503 if health.status == "not ready" else 200)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -94,6 +108,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         return RedirectResponse("/")
 
     return app
+
+
+def _health(app: FastAPI) -> Health:
+    collector = getattr(app.state, "collector_health", None)  # set by the stack that embeds one
+    if collector is None:
+        return Health(status="ok", store=app.state.settings.store)
+    body = collector()
+    return Health(status=body["status"], store=app.state.settings.store, reason=body.get("reason"),
+                  collector=body)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

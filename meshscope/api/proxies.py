@@ -1,6 +1,7 @@
 """``GET /api/proxies``: every proxy that has sent records, named by pod, namespace and role when its node
 id is Istio's (by log name and peer address when it sent none), with its access-log loss accounting
-(written and dropped by the proxy's own admin stats, received by our store)."""
+(written and dropped by the proxy's own admin stats, received by our store) and how it proved its
+identity to the collector (a node id is only a claim unless the sender was authenticated)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from fastapi import APIRouter, Depends
 from meshscope.api.deps import reader_of, settings_of
 from meshscope.api.schemas import ProxyInfo, ProxyList, ProxyLossInfo
 from meshscope.model import parse_node_id
-from meshscope.pipelines import StoreReader
+from meshscope.pipelines import AccessQuery, StoreReader
 from meshscope.proxy import account
 from meshscope.settings import Settings
 
@@ -32,7 +33,16 @@ async def list_proxies(
     for n in nodes:
         node = parse_node_id(n["node_id"])
         loss = by_node.get(n["node_id"])
+        auth = await _latest_auth(store, n["node_id"])
         items.append(ProxyInfo(**n, role=node.role, name=node.name, namespace=node.namespace, ip=node.ip,
+                               auth=auth, authenticated=auth is not None,
                                loss=ProxyLossInfo(**loss.to_dict()) if loss else None))
     unmatched = [ProxyLossInfo(**loss.to_dict()) for loss in losses if loss.node_id not in arrived]
     return ProxyList(items=items, unmatched_admins=unmatched)
+
+
+async def _latest_auth(store: StoreReader, node_id: str) -> str | None:
+    """How the sender of this node's newest access record proved itself ("mtls:<name>", "token"), or
+    None: it sent without credentials (allowed on loopback only), so its node id is unverified."""
+    page = await store.list_access(AccessQuery(node_id=node_id, limit=1))
+    return page.items[0].node_auth if page.items else None

@@ -12,8 +12,10 @@ class ErrorBody(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description='"ok"; with an embedded collector also "degraded" or "not ready"')
     store: str
+    reason: str | None = Field(None, description="why the collector is degraded or not ready")
+    collector: dict | None = Field(None, description="the embedded collector's health (meshscope up)")
 
 
 class UploadedFile(BaseModel):
@@ -103,6 +105,9 @@ class ProxyInfo(BaseModel):
     records: int = Field(description="records received from this proxy")
     first_seen: float | None = None
     last_seen: float | None = None
+    authenticated: bool = Field(False, description="its newest record came from a sender that proved its "
+                                "identity (mTLS or the collector token); false: the node id is only a claim")
+    auth: str | None = Field(None, description='how it proved it: "mtls:<certificate name>" or "token"')
     loss: ProxyLossInfo | None = Field(None, description="from the proxy's admin stats, when configured")
 
 

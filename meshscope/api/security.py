@@ -1,4 +1,4 @@
-"""Bearer-token protection for an API bound beyond loopback: every endpoint but /healthz needs the token.
+"""Bearer-token protection for an API bound beyond loopback: every endpoint but the probes needs the token.
 
 The web page's shell (``/`` and ``/static/…``: code, no data) is served without it, because a browser
 cannot send a header when it navigates; the page then asks for the token and sends it on every API call."""
@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from meshscope.errors import UserError
 from meshscope.settings import Settings, is_loopback  # noqa: F401 - re-exported
 
-OPEN_PATHS = frozenset({"/healthz", "/"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
 OPEN_PREFIXES = ("/static/",)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -58,10 +59,21 @@ async def _serve(settings, rules, role: str, group: str | None, batch: int) -> i
         loop.add_signal_handler(sig, stop.set)
     log = logging.getLogger("meshscope.pipeline")
     bus, store = make_bus(settings), make_store(settings)
-    try:
-        await store.start()
-    except StoreUnavailable as exc:
-        raise UserError(f"store unavailable: {exc}") from exc
+    while True:
+        try:
+            await store.start()
+            break
+        except StoreUnavailable as exc:
+            if settings.store != "elasticsearch":
+                raise UserError(f"store unavailable: {exc}") from exc
+            # a search cluster that is slow or down at start is waited for, as the broker is: exiting
+            # would leave what the bus holds unindexed until someone restarts the pipeline
+            log.warning("store not reachable yet, waiting for it: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
+            if stop.is_set():
+                await store.stop()
+                return 0
     try:
         await bus.start()
     except BusUnavailable as exc:  # the consumers wait for the broker; say so and go on

@@ -33,3 +33,23 @@ def test_proxies_by_pod_namespace_role_and_anonymous_by_log_name_and_peer(data_d
     assert (anonymous["role"], anonymous["name"], anonymous["ip"]) == ("proxy", "http_als", "10.0.0.7")
     assert [(h["role"], h["node_id"]) for h in trace["hops"]] == [
         ("gateway", GATEWAY_NODE), ("sidecar", ISTIO_NODE), ("proxy", ANONYMOUS)]
+
+
+def test_proxies_say_whether_their_identity_was_authenticated(data_dir):
+    """A node id is a claim: /api/proxies says which senders proved theirs (mTLS, token) and which did not."""
+    records = [AccessRecord(start_time=NOW, node_id=GATEWAY_NODE, request_id="a-1", response_code=200,
+                            node_auth="mtls:istio-ingressgateway"),
+               AccessRecord(start_time=NOW, node_id=ISTIO_NODE, request_id="b-1", response_code=200,
+                            node_auth="token"),
+               AccessRecord(start_time=NOW, node_id=ANONYMOUS, request_id="c-1", response_code=200)]
+    write_records(settings_for(data_dir), records)
+    running = serve(settings_for(data_dir))
+    try:
+        with running.client() as c:
+            items = {p["node_id"]: p for p in c.get("/api/proxies").json()["items"]}
+    finally:
+        running.stop()
+    assert (items[GATEWAY_NODE]["authenticated"], items[GATEWAY_NODE]["auth"]) == (
+        True, "mtls:istio-ingressgateway")
+    assert (items[ISTIO_NODE]["authenticated"], items[ISTIO_NODE]["auth"]) == (True, "token")
+    assert (items[ANONYMOUS]["authenticated"], items[ANONYMOUS]["auth"]) == (False, None)

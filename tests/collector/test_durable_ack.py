@@ -262,3 +262,33 @@ def test_full_disk_is_backpressure_and_not_ready_then_recovers(tmp_path):
     acknowledged = {f"req-{i}" for i in (*range(100), *range(2000, 2100))}
     assert acknowledged <= set(seen)  # every acknowledged entry is on disk
     assert len(seen) == len(set(seen))
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_up_on_a_full_disk_says_not_ready_on_the_api(tmp_path):
+    """Under `meshscope up` the API's probes carry the embedded collector's state: /readyz is 503 with
+    the reason while records are refused for a full disk, and 200 again once space is freed."""
+    with small_tmpfs(tmp_path / "disk", "8m") as disk:
+        config, ports = _config(tmp_path, disk / "data")
+        proc = _start(config, "up", "--no-proxy", log=tmp_path / "up.log")
+        api = f"http://127.0.0.1:{ports['api_port']}"
+        try:
+            _wait(lambda: httpx.get(f"{api}/readyz", timeout=1).status_code == 200, 60, "the stack")
+            assert httpx.get(f"{api}/healthz", timeout=5).json()["status"] == "ok"
+            _send_access(ports["als_port"], 0, 100)
+            filler = fill(disk)
+            with pytest.raises(grpc.RpcError):
+                _send_access(ports["als_port"], 1000, 500)
+            ready = httpx.get(f"{api}/readyz", timeout=5)
+            assert ready.status_code == 503, ready.text
+            assert ready.json()["status"] == "not ready" and "No space left" in ready.json()["reason"]
+            health = httpx.get(f"{api}/healthz", timeout=5)
+            assert health.status_code == 200 and health.json()["status"] == "not ready"
+            filler.unlink()
+            _send_access(ports["als_port"], 2000, 100)
+            assert httpx.get(f"{api}/readyz", timeout=5).status_code == 200
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            _stop(proc)

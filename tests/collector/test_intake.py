@@ -105,21 +105,43 @@ async def test_the_running_collector_clamps_and_counts(running, access_reader):
     assert 'meshscope_collector_intake_total{action="time_ahead_clamped",protocol="http"} 1.0' in metrics
 
 
-async def test_a_message_past_the_limit_fails_its_stream(running, access_reader):
-    """The default limit is 4 MiB (Envoy flushes at 16 KiB): a bigger message is refused by gRPC
-    before it is held, and the stream's earlier messages still count."""
-    collector, _ = running
+async def _stream_with_a_big_message(collector, path_bytes: int) -> grpc.RpcError:
+    """Three entries, then one message carrying a path of ``path_bytes``: the error the stream ends with."""
     big = http_message(1, first=False, start=50)
-    big.http_logs.log_entry[0].request.path = "/" + "x" * (5 * 1024 * 1024)
+    big.http_logs.log_entry[0].request.path = "/" + "x" * path_bytes
     async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.als_port}",
                                          options=[("grpc.max_send_message_length", -1)]) as channel:
         with pytest.raises(grpc.RpcError) as failed:
             await als_pb2_grpc.AccessLogServiceStub(channel).StreamAccessLogs(iter([http_message(3), big]),
                                                                               timeout=10)
-    assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    return failed.value
+
+
+async def test_a_message_past_the_limit_fails_its_stream(running, access_reader):
+    """The default limit is 4 MiB (Envoy flushes at 16 KiB): a bigger message is refused by gRPC
+    before it is held, and the stream's earlier messages still count."""
+    collector, _ = running
+    failed = await _stream_with_a_big_message(collector, 5 * 1024 * 1024)
+    assert failed.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "exceeds the collector's limit" in failed.details()
     assert len(await access_reader.wait_for(3)) == 3
     await asyncio.sleep(0.2)
     assert len(access_reader.records) == 3
+    # counted, and named per proxy in the health body (the loss notice)
+    assert collector.health()["access_messages_too_large"] == {"node-a": 1}
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"http://127.0.0.1:{collector.zipkin_port}/metrics")).text
+    assert 'meshscope_collector_rejected_total{protocol="als",reason="too_large"} 1.0' in metrics
+
+
+async def test_a_message_past_the_grpc_ceiling_fails_its_stream_before_it_is_held(running, access_reader):
+    """Past twice the limit gRPC itself refuses the message before the collector holds it (the memory
+    bound); the stream's earlier messages still count. (Whether the collector sees the cut, to count it,
+    is a race with gRPC: not asserted.)"""
+    collector, _ = running
+    failed = await _stream_with_a_big_message(collector, 9 * 1024 * 1024)
+    assert failed.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(await access_reader.wait_for(3)) == 3
 
 
 def test_records_command_survives_a_year_287168_entry(tmp_path):

@@ -124,3 +124,37 @@ async def test_full_collector_answers_503(tmp_path):
         await publisher.stop()
     assert statuses[0] == 202 and 503 in statuses
     assert set(statuses) == {202, 503}
+
+
+async def test_slow_and_idle_senders_are_closed_after_the_read_timeouts(data_dir):
+    """Half a request head or a stalled body is closed after its timeout (1 s here) while real senders
+    go on; the connections held meanwhile do not stop a real POST."""
+    import asyncio
+    import socket
+
+    from meshscope.collector.server import Collector
+
+    from meshscope.serving import guarded_http
+    from meshscope.settings import Settings
+    from tests.conftest import free_port
+    from tests.stack.test_slow_clients import _closed_within
+
+    settings = Settings(data_dir=data_dir / "slow", als_port=0, zipkin_port=free_port(), otlp_grpc_port=0,
+                        otlp_http_port=0, http_head_timeout_s=1, http_body_timeout_s=1)
+    async with Collector(settings, MemoryBus(), **guarded_http(settings)) as collector:
+        port = collector.zipkin_port
+        heads = []
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /api/v2/spans HTTP/1.1\r\nHost: x\r\n")  # never finished
+            heads.append(s)
+        body = socket.create_connection(("127.0.0.1", port))
+        body.sendall(b"POST /api/v2/spans HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000\r\n\r\n[{")  # then nothing
+        async with httpx.AsyncClient() as client:
+            r = await client.post(_url(collector), content=orjson.dumps([_json_span(0)]))
+            assert r.status_code == 202
+        closed = await asyncio.gather(*(asyncio.to_thread(_closed_within, s, 4) for s in [*heads, body]))
+        assert all(closed)
+        for s in [*heads, body]:
+            s.close()

