@@ -224,10 +224,7 @@ class ConnectionTable:
             conn = Connection(src=dst, sport=dport, dst=src, dport=sport, capture=self.capture,
                               interface=interface)
         if self.names is not None:
-            for side, ip in (("client", conn.src), ("server", conn.dst)):
-                found = self.names.lookup(ip)
-                if found:
-                    conn.labels.update({f"{side}.{k}": v for k, v in found.items()})
+            self.names.label(conn)
         tc = _Tracked(self, conn, client_first, key, ts)
         self.conns[key] = tc
         self.connections += 1

@@ -72,6 +72,7 @@ class DnsLookups:
         self.lookups = 0  # emitted
         self.unmatched_answers = 0
         self.duplicate_answers = 0
+        self.names = None  # decoders.pod_labels.K8sNames: pod and service names by IP, for new lookups
 
     def message(self, msg: DnsMessage, ts: float, src: str, sport: int, dst: str, dport: int,
                 transport: str = "udp", interface: str | None = None) -> None:
@@ -173,8 +174,9 @@ class DnsLookups:
 
     def _conn(self, client: str, cport: int, server: str, sport: int, transport: str,
               interface: str | None) -> Connection:
-        return Connection(src=client, sport=cport, dst=server, dport=sport, capture=self.capture,
+        conn = Connection(src=client, sport=cport, dst=server, dport=sport, capture=self.capture,
                           interface=interface, transport=transport)
+        return conn if self.names is None else self.names.label(conn)
 
     def _expire(self, now: float) -> None:
         """Emit the lookups nothing more can join: an NXDOMAIN FOLLOW_WINDOW ago, or idle for IDLE."""

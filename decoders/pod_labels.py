@@ -57,6 +57,15 @@ class K8sNames:
     def __len__(self) -> int:
         return len(self.by_ip)
 
+    def label(self, conn: Any) -> Any:
+        """Put the pod or service names of both ends on ``conn.labels`` (``client.pod`` …); the
+        connection tables (TCP, UDP, DNS) all call this when they open a connection."""
+        for side, ip in (("client", conn.src), ("server", conn.dst)):
+            found = self.lookup(ip)
+            if found:
+                conn.labels.update({f"{side}.{k}": v for k, v in found.items()})
+        return conn
+
     def lookup(self, ip: str) -> dict[str, str] | None:
         return self.by_ip.get(ip)
 

@@ -93,6 +93,7 @@ class UdpTable:
         self.quic_connections = 0
         self.damage: list[str] = []
         self.damage_count = 0
+        self.names = None  # decoders.pod_labels.K8sNames: pod and service names by IP, for new flows
 
     def note_damage(self, text: str) -> None:
         self.damage_count += 1
@@ -161,6 +162,8 @@ class UdpTable:
                 src, sport, dst, dport, _ = key
                 conn = Connection(src=src, sport=sport, dst=dst, dport=dport, capture=self.capture,
                                   interface=interface, transport="udp")
+                if self.names is not None:
+                    self.names.label(conn)
                 flow = _QuicFlow(conn, pkt.version, pkt.dcid, ts)
                 self.quic_connections += 1
             break

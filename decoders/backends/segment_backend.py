@@ -53,7 +53,7 @@ class SegmentBackend(Backend):
         udp = UdpTable(capture, ready)
         table.dns = udp.dns  # DNS over TCP joins the same lookups
         segment = table.segment
-        table.names = self.names
+        table.names = udp.names = udp.dns.names = self.names
         secrets = stats.tls_key_logs if stats.format == "pcapng" else None  # Decryption Secrets Blocks
         notes = stats.notes  # the comments of the packet just read (pcapng: ptcpdump's process and pod)
         try:

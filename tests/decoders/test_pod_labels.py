@@ -177,3 +177,30 @@ def test_a_bad_names_file_is_one_line(tmp_path, capsys, content, message):
     assert main(["pcap", "analyze", "--k8s-names", str(bad), str(NODEPORT_LAB)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("backend", ["dpkt", "scapy"])
+def test_a_kubectl_listing_names_the_ends_of_dns_lookups_too(tmp_path, backend):
+    """The listing labels UDP conversations as it does TCP ones: a pod's lookup names the pod and the
+    cluster DNS service."""
+    from tests.decoders.capture_builders import write
+    from tests.decoders.udp_builders import Resolver
+
+    r = Resolver()
+    r.query(0.000, 1, "catalog.default.svc.cluster.local")
+    r.answer(0.002, 1, "catalog.default.svc.cluster.local", 0, ("10.0.0.8",))
+    listing = _kubectl_listing()
+    listing["items"] += [
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-1", "namespace": "shop"},
+         "spec": {"containers": [{"name": "app"}]}, "status": {"phase": "Running", "podIP": "10.1.0.5"}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+         "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 53}]}}]
+    listing["items"] = [i for i in listing["items"] if i["metadata"]["name"] != "catalog"]  # 10.96.0.10
+    names = K8sNames.from_kubectl(listing)
+    analysis = analyze([write(tmp_path / "dns.pcap", r.packets)], backend=backend, names=names)
+    (lookup,) = analysis.exchanges
+    assert lookup.exchange_type == "dns"
+    assert lookup.conn.labels == {"client.pod": "web-1", "client.namespace": "shop",
+                                  "server.service": "kube-dns", "server.namespace": "kube-system"}
+    assert endpoint_names(analysis.exchanges) == {"10.1.0.5": "shop/web-1",
+                                                  "10.96.0.10": "kube-system/kube-dns"}
