@@ -56,9 +56,15 @@ class PysharkBackend(SegmentBackend):
             raise CaptureError(f"{path}: tshark (the pyshark backend) cannot read {stats.compression}-"
                                f"compressed captures; decompress it or use another backend")
         not_decoded = stats.not_decoded
-        for record in read_capture(path, stats, progress):  # framing, damage and what is not decoded
+        notes = stats.notes
+        by_frame: dict[int, list] = {}  # pcapng packet comments (ptcpdump's) by tshark's frame number
+        for number, record in enumerate(read_capture(path, stats, progress), 1):  # framing, damage, …
             locate_inner_ip(record.linktype, record.data, not_decoded)
-        stats.notes.clear()  # the last packet's comments: tshark's packets below are not matched to them
+            if notes:
+                by_frame[number] = notes[:]
+                notes.clear()
+        if stats.damage:
+            by_frame.clear()  # a skipped block would shift the numbering: no comment on the wrong packet
         params = []
         for proto in DISABLED:
             params += ["--disable-protocol", proto]
@@ -73,6 +79,8 @@ class PysharkBackend(SegmentBackend):
             for pkt in cap:
                 seg = _segment(pkt)
                 if seg is not None:
+                    if by_frame and seg.__class__ is not Datagram:
+                        notes[:] = by_frame.get(int(pkt.frame_info.number), ())
                     yield seg
         except TSharkCrashException:
             if not stats.truncated and not stats.damage:  # tshark's complaint is news to us

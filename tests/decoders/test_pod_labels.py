@@ -84,12 +84,12 @@ def ptcpdump_capture(tmp_path):
 
 def test_ptcpdump_comments_label_each_end_of_the_connection(ptcpdump_capture):
     by_uri = {}
-    for backend in ("dpkt", "scapy"):
+    for backend in ("dpkt", "scapy", "pyshark"):
         stream, report = read_exchanges(ptcpdump_capture, backend)
         exs = list(stream)
         assert not report.damage
         by_uri[backend] = {e.uri: e.conn.labels for e in exs}
-    assert by_uri["scapy"] == by_uri["dpkt"]
+    assert by_uri["scapy"] == by_uri["dpkt"] == by_uri["pyshark"]
     labels = by_uri["dpkt"]
     assert labels["/from-client-host"] == {
         "client.pid": "4242", "client.command": "/usr/bin/curl", "client.container": "curl",
@@ -179,7 +179,7 @@ def test_a_bad_names_file_is_one_line(tmp_path, capsys, content, message):
     assert err.count("\n") == 1 and message in err
 
 
-@pytest.mark.parametrize("backend", ["dpkt", "scapy"])
+@pytest.mark.parametrize("backend", ["dpkt", "scapy", "pyshark"])
 def test_a_kubectl_listing_names_the_ends_of_dns_lookups_too(tmp_path, backend):
     """The listing labels UDP conversations as it does TCP ones: a pod's lookup names the pod and the
     cluster DNS service."""
