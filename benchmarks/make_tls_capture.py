@@ -45,8 +45,8 @@ def record_sessions(workdir: Path, requests_per_connection: int = 20) -> tuple[P
         for c in routes.clusters:
             c.endpoints = [Endpoint("127.0.0.1", up.port)]
         with EnvoyProcess(build_bootstrap(routes, collector=None, admin_port=0)):
-            dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-s", "0", "-w", str(pcap),
-                                     f"tcp port {port}"],
+            dump = subprocess.Popen(["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-s", "0",
+                                     "-w", str(pcap), f"tcp port {port}"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:
                 while b"listening" not in (dump.stderr.readline() or b"listening"):
@@ -58,15 +58,22 @@ def record_sessions(workdir: Path, requests_per_connection: int = 20) -> tuple[P
                     subprocess.run(["curl", "-sk", "--resolve",
                                     f"shop.example.com:{port}:127.0.0.1", http, *tls_args, *urls],
                                    check=True, timeout=60, stdout=subprocess.DEVNULL)
-                time.sleep(0.5)
+                time.sleep(1.0)  # loopback packets still in the ring buffer (FACTS: stranded by a stop)
             finally:
                 dump.terminate()
                 dump.wait(10)
     return pcap, keys, port
 
 
+def _copy_port(ports: dict[int, int], copy: int, port: int) -> int:
+    """The ephemeral port a copy's connection uses in place of the recorded ``port``: even, spread."""
+    return ports.setdefault(port, 32768 + 2 * ((copy * 7 + len(ports) * 131) % 14000))
+
+
 def replay(src: Path, dst: Path, packets: int, server_port: int) -> int:
-    """Copies of every connection in ``src`` (new client address per copy) until ``packets``."""
+    """Copies of every connection in ``src`` until ``packets``: each copy a new client address and
+    each connection of it a new even ephemeral port (as Linux's connect() picks), so that the copies
+    are as many distinct connections as real clients would make (sharding is by ports)."""
     frames = []
     with open(src, "rb") as f:
         for ts, buf in dpkt.pcap.Reader(f):
@@ -78,6 +85,7 @@ def replay(src: Path, dst: Path, packets: int, server_port: int) -> int:
         copy = 0
         while written < packets:
             client_ip = bytes([10, 64 + (copy >> 16) % 64, (copy >> 8) % 256, copy % 256])
+            ports: dict[int, int] = {}  # recorded client port → this copy's
             for ts, buf in frames:
                 eth = dpkt.ethernet.Ethernet(buf)
                 ip = eth.data
@@ -86,8 +94,10 @@ def replay(src: Path, dst: Path, packets: int, server_port: int) -> int:
                 tcp = ip.data
                 if tcp.dport == server_port:
                     ip.src = client_ip
+                    tcp.sport = _copy_port(ports, copy, tcp.sport)
                 else:
                     ip.dst = client_ip
+                    tcp.dport = _copy_port(ports, copy, tcp.dport)
                 ip.sum = tcp.sum = 0  # recomputed on pack
                 w.writepkt(bytes(eth), ts=1_700_000_000.0 + copy * 0.05 + (ts - t0))
                 written += 1

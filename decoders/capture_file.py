@@ -267,7 +267,7 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
                 # connection, a pure ACK: most packets), the cut for what is left
                 et, vhl, total, frag, proto, sport, dport, doff, flags = head(buf, start)
                 if et == 0x0800 and vhl == 0x45 and proto == 6 and not frag & IP_FRAGMENTED:
-                    if count > 1 and ((sport ^ dport) & 0xFF) % count != index:  # TcpCut.mine, inlined
+                    if count > 1 and (((sport ^ dport) & 0xFF) >> 1) % count != index:  # TcpCut.mine, inlined
                         continue
                     if total and not flags & CONTROL and total - 20 - ((doff >> 4) << 2) <= 0:
                         continue

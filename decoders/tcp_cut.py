@@ -25,7 +25,7 @@ def linked_head(ethertype_at: int, ip_at: int):
 
 class TcpCut:
     """Cuts IPv4/TCP frames of one shard of the connections (``shard=(index, count)``: the XOR of the
-    two ports' low bytes, the same both ways, modulo count) into Segment tuples, as
+    two ports' low bytes without bit 0, the same both ways, modulo count) into Segment tuples, as
     ConnectionTable.segment takes them. Callers drop the other shards' frames and the pure ACKs
     before calling ``cut`` (the cheap test, inline in their loops); what TCP cannot parse is counted
     in ``undecodable``."""
@@ -39,8 +39,10 @@ class TcpCut:
         self._ifaces: dict[bytes, str] = {}
 
     def mine(self, sport: int, dport: int) -> bool:
-        """Whether the connection of these ports is this shard's (the capture reader inlines this)."""
-        return ((sport ^ dport) & 0xFF) % self.count == self.index
+        """Whether the connection of these ports is this shard's (the capture reader inlines this). Bit 0
+        is left out: Linux gives connect() even ephemeral ports, so with an even server port the
+        parity of every connection is the same and one shard would get them all."""
+        return (((sport ^ dport) & 0xFF) >> 1) % self.count == self.index
 
     def cut(self, buf: bytes, ip: int, tcp: int, frame_end: int, total: int, ts: float, missing: int,
             iface: str | None):

@@ -54,7 +54,7 @@ def datagram_shard(sport: int, dport: int, shard: tuple[int, int] | None) -> boo
         return True
     if sport == DNS_PORT or dport == DNS_PORT:
         return shard[0] == 0
-    return ((sport ^ dport) & 0xFF) % shard[1] == shard[0]
+    return (((sport ^ dport) & 0xFF) >> 1) % shard[1] == shard[0]  # as TcpCut.mine
 
 
 class _QuicFlow:

@@ -79,6 +79,19 @@ def test_the_shards_split_the_segments_between_them(captures):
         assert sorted(parts, key=repr) == sorted(whole, key=repr), path.name
 
 
+def test_linux_even_client_ports_still_split_evenly():
+    """Linux gives connect() even ephemeral ports: with an even server port (8443, 10000) the ports'
+    parity is the same for every connection, so a shard rule on bit 0 sent them all to one worker
+    (a real TLS capture decoded on one core)."""
+    from meshscope.decoders.tcp_cut import TcpCut
+
+    for server_port in (8443, 10000, 443, 8081):
+        for count in (2, 3):
+            shares = [sum(TcpCut((i, count)).mine(port, server_port) for port in range(32768, 60999, 2))
+                      for i in range(count)]
+            assert min(shares) > 0.9 * max(shares), (server_port, count, shares)
+
+
 def test_odd_frames_are_cut_as_tcp_says(captures):
     path = next(p for p in captures if p.name == "odd_ether.pcap")
     segments, damage = _segments(path, True)
