@@ -25,6 +25,7 @@ from meshscope.decoders.svg_text import fit, text_width
 
 from meshscope.cli import main
 from tests.decoders.picture_captures import RID, busy_capture, ordinary_capture
+from tests.decoders.udp_builders import Resolver
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 CHECK = (Path(__file__).parents[1] / "api" / "svg_text_check.js").read_text()
@@ -328,8 +329,7 @@ def test_a_loopback_capture_keeps_its_services_apart(tmp_path):
 def test_dns_lookups_are_drawn_counted_and_filtered(tmp_path):
     """A pod's lookups (a search-path NXDOMAIN, a slow retried answer, one never answered) with no request
     after them: drawn as queries and answers, counted as DNS in the overview, found by the filters."""
-    udp = pytest.importorskip("tests.decoders.udp_builders", reason="DNS exchanges come with field-udp")
-    r = udp.Resolver(client="10.1.0.5", server="10.96.0.10")
+    r = Resolver(client="10.1.0.5", server="10.96.0.10")
     r.query(0.000, 1, "catalog.default.web.svc.cluster.local")
     r.answer(0.001, 1, "catalog.default.web.svc.cluster.local", 3)  # NXDOMAIN
     r.query(0.002, 2, "catalog.default.svc.cluster.local")

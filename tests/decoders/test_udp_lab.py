@@ -25,7 +25,6 @@ def lab_capture(tmp_path_factory):
     need_binary("tcpdump")
     need_binary("tshark")
     need_binary("curl")
-    pytest.importorskip("aioquic")
     d = tmp_path_factory.mktemp("udp-lab")
     pcap = d / "pod.pcap"
     results = {}
