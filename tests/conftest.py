@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 
 import pytest
 
@@ -25,6 +26,17 @@ def need_binary(name: str) -> str:
     path = shutil.which(name)
     need(path is not None, f"needs `{name}` on PATH (scripts/setup.sh installs it)")
     return path  # type: ignore[return-value]
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM, ``grace`` seconds to exit, then SIGKILL: how the tests end a server they started."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def need_root() -> None:

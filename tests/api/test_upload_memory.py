@@ -23,7 +23,7 @@ from benchmarks.make_capture import write_http_tls
 from meshscope.settings import Settings
 from tests.api.captures import lab_captures
 from tests.api.conftest import NOW, RID
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -81,12 +81,7 @@ def api_process(tmp_path) -> Iterator[ApiProcess]:
             time.sleep(0.1)
         yield ApiProcess(proc, url, data_dir)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, 30)
         log.close()
 
 

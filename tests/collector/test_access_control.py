@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from meshscope.proxy.certs import self_signed_pair
 
 from tests.collector.als_messages import http_message
 from tests.collector.test_access_log_lines import ISTIO_LINE
+from tests.conftest import stop_process
 from tests.proxy.test_netns import namespace  # noqa: F401 - fixture
 
 MESHSCOPE = [sys.executable, "-m", "meshscope.cli"]
@@ -56,16 +56,6 @@ def _collector(data_dir: Path, host: str, env: dict, netns: str | None = None) -
 def _wait_listening(proc: subprocess.Popen) -> None:
     line = proc.stdout.readline()  # "meshscope collector: access logs on …" once both listen
     assert "access logs on" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def _stored_auth(data_dir: Path) -> list[str | None]:
@@ -121,7 +111,7 @@ def test_bearer_token_on_grpc_metadata_and_http(namespace, data_dir):  # noqa: F
         assert httpx.post(otlp, content=OTLP_LOGS, timeout=10,
                           headers={**PROTOBUF, "Authorization": "Bearer s3cret"}).status_code == 200
     finally:
-        _stop(proc)
+        stop_process(proc)
     assert proc.returncode == 0
     assert _stored_auth(data_dir) == ["token"] * 4  # nothing from the forged proxy
 
@@ -174,6 +164,6 @@ def test_mtls_client_certificates(namespace, data_dir, tmp_path):  # noqa: F811
             httpx.post(f"http://{ns_ip}:4318/v1/logs", content=OTLP_LOGS, headers=PROTOBUF, timeout=10)
         time.sleep(0.2)
     finally:
-        _stop(proc)
+        stop_process(proc)
     # over HTTP uvicorn does not expose the certificate's name: the record says only "mtls"
     assert _stored_auth(data_dir) == ["mtls:gateway.lab"] * 2 + ["mtls"]

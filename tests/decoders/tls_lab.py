@@ -17,6 +17,8 @@ from meshscope.decoders.tls_decrypt import TlsSession
 from meshscope.decoders.tls_keylog import KeyLog
 from meshscope.proxy.certs import self_signed_pair
 
+from tests.conftest import stop_process
+
 
 class Collect:
     """A plaintext sink that keeps the bytes and marks gaps."""
@@ -166,11 +168,7 @@ def openssl_server(workdir: Path, port: int, *args: str, keylog: Path | None = N
         _wait_port(port)
         yield www
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 5)
 
 
 def _wait_port(port: int, timeout: float = 10.0) -> None:

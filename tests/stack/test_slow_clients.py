@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_process
 
 pytestmark = [pytest.mark.slow]
 MESHSCOPE = [sys.executable, "-m", "meshscope.cli"]
@@ -46,12 +46,7 @@ def api(tmp_path):
         yield port, log
         assert not leftover.exists()  # removed at start
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> bool:
