@@ -10,19 +10,17 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import uvicorn
 from meshscope.collector.access_control import receiver_access
 from meshscope.collector.als_server import AccessLogServer, AccessLogServicer
-from meshscope.collector.intake import IntakeLimits
+from meshscope.collector.log_imports import LogImports, intake_limits
 from meshscope.collector.otlp_receiver import HttpListener, OtlpReceiver
 from meshscope.collector.publisher import Publisher, PublisherMetrics
 from meshscope.collector.zipkin_receiver import make_app
-from meshscope.pipelines.bus import ACCESS, Bus
+from meshscope.pipelines.bus import Bus
 
-from meshscope.errors import UserError
-from meshscope.model import AccessRecord
 from meshscope.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,16 +40,10 @@ class Collector:
         wrap = wrap_http or (lambda app: app)
         self.bus = bus
         self.metrics = PublisherMetrics()
-        try:
-            s = settings
-            intake = IntakeLimits(max_ahead=s.intake_max_ahead_s, max_behind=s.intake_max_behind_s,
-                                  time_policy=s.intake_time_policy, max_field=s.intake_max_field,
-                                  max_entry=s.intake_max_entry)
-        except ValueError as exc:
-            raise UserError(str(exc)) from exc
         self.publisher = Publisher(bus, settings.data_dir / "spool", metrics=self.metrics,
                                    max_inflight=max_inflight, max_spool_bytes=max_spool_bytes,
-                                   publish_timeout=publish_timeout, intake=intake)
+                                   publish_timeout=publish_timeout, intake=intake_limits(settings))
+        self.imports = LogImports(self.publisher)  # POST /api/logs under `meshscope up`
         self.access = receiver_access(settings)  # refuses an exposed collector without credentials
         self.servicer = AccessLogServicer(self.publisher, self.access)
         limit = settings.collector_max_message_bytes
@@ -138,12 +130,6 @@ class Collector:
                 await asyncio.wait_for(self._http_task, 5)
         await self.als.stop()
         await self.publisher.stop()
-
-    async def publish_imported(self, records: Sequence[AccessRecord]) -> None:
-        """Imported access-log records (``POST /api/logs``) onto the bus the way live ones go: the same
-        intake (without the bound on old times), the same durable acknowledgement, then the pipeline's
-        store and alert engine. Backpressure when the collector cannot take them now."""
-        await self.publisher.submit(ACCESS, records, "log_import", history=True)
 
     def health(self) -> dict:
         """/healthz and /readyz body: 'degraded' while records wait in the spool for the bus, 'not

@@ -100,7 +100,7 @@ class Stack:
             await collector.start()
             self._stops.append(("collector", collector.stop))
             app = create_app(s, self.store)
-            app.state.publish_access = collector.publish_imported  # POST /api/logs goes the live way
+            app.state.log_imports = collector.imports  # POST /api/logs goes the live way
             # one scrape target for the whole stack: the API's /metrics also has the collector's
             # registry (the pipeline's counters are this process's default registry)
             app.state.metric_registries = [collector.metrics.registry]

@@ -1,5 +1,6 @@
 """The FastAPI application: ``create_app(settings, store=None)`` wires the routers, the store (opened
-in the lifespan through pipelines.wiring.make_store), the upload worker and the bearer-token guard."""
+in the lifespan through pipelines.wiring.make_store), the upload worker, the bearer-token guard and,
+standing alone with a Kafka bus configured, the way imported logs reach the bus (api.logs)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,14 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         app.state.uploads = Uploads(settings, app.state.store)
         await app.state.uploads.start()
         try:
-            yield
+            if not owned:  # embedded (`meshscope up`): the stack hands over the collector's way in
+                yield
+                return
+            async with logs.imports_for(settings) as imports:  # standalone: Kafka if configured
+                if imports is not None:
+                    app.state.log_imports = imports
+                    app.state.metric_registries = [imports.metrics.registry]
+                yield
         finally:
             await app.state.uploads.stop()
             if owned:

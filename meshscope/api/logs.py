@@ -5,18 +5,22 @@ The body is read as it arrives and stored in batches, so a large file takes boun
 do not parse are counted and listed by line number in the answer, never fatal. Records have
 deterministic ids: importing the same file again stores nothing twice.
 
-Where the API runs with the collector and pipeline in one process (``meshscope up``), imported records
-take the live records' way: the collector's publisher (intake checks, the bus's durable
-acknowledgement), then the pipeline's store and alert engine, so a 5xx burst in an imported log fires
-the alert a live one would. Records older than the alert windows are stored but cannot fire (the engine
-counts only what its windows hold): importing last month's log pages nobody. The answer then says
-``published`` (acknowledged on the bus; the pipeline stores them moments later). The API on its own
-(``meshscope api``) has no pipeline in its process: it writes to the store (``stored``) and alerts do
-not see the records."""
+Imported records take the live records' way when a bus is there to take them: the collector's
+publisher (intake checks, the bus's durable acknowledgement), then the pipeline's store and alert
+engine, so a 5xx burst in an imported log fires the alert a live one would. Under ``meshscope up`` the
+API borrows the collector's publisher; a standalone ``meshscope api`` with Kafka configured (the
+scale-out shape) owns one (``imports_for``). Records older than the alert windows are stored but cannot
+fire (the engine counts only what its windows hold): importing last month's log pages nobody. The
+answer then says ``published`` (acknowledged on the bus; the pipeline stores them moments later).
+With no bus to reach (``meshscope api`` over the embedded store, whose in-process bus only lives
+inside ``meshscope up``) the API writes to the store (``stored``) and the answer says plainly that
+alerts were not evaluated."""
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -27,14 +31,37 @@ from meshscope.collector import (
     ImportReport,
     LineParser,
     LineSplitter,
+    LogImports,
     Origin,
     custom_format,
     parse_lines,
 )
-from meshscope.pipelines import StoreWriter
+from meshscope.pipelines import StoreWriter, make_bus
+from meshscope.settings import Settings
 
 router = APIRouter(prefix="/api/logs", tags=["logs"])
 BATCH = 5000
+NOT_EVALUATED = ("alerts were not evaluated: this API has no bus to the pipeline (configure bus: kafka, "
+                 "or import under `meshscope up`); the records are in the store")
+
+
+@asynccontextmanager
+async def imports_for(settings: Settings) -> AsyncIterator[LogImports | None]:
+    """A standalone API's way onto the bus: its own publisher over the configured Kafka bus, or None
+    when the bus is the in-process one (no pipeline listens to it outside ``meshscope up``). The bus is
+    not started here: a broker that is down at start-up must not keep the API from serving (the
+    publisher spools until it answers)."""
+    if settings.bus == "memory":
+        yield None
+        return
+    bus = make_bus(settings)
+    imports = LogImports.own(settings, bus)
+    await imports.start()
+    try:
+        yield imports
+    finally:
+        await imports.stop()
+        await bus.stop()
 
 
 @router.post("", responses={200: {"description": "the import report"}})
@@ -47,11 +74,13 @@ async def import_logs(
     log_name: Annotated[str, Query(max_length=200)] = "",
 ) -> JSONResponse:
     """Body: the log (``Content-Encoding: gzip`` or a gzip file both work). Answers the report:
-    ``{lines, records, blank, failed, by_format, errors: [{line, reason, text}], stored}``."""
+    ``{lines, records, blank, failed, by_format, errors: [{line, reason, text}]}`` and ``published``
+    (on the bus: the pipeline stores them and its alert rules see them) or ``stored`` with ``alerts``
+    saying they were not evaluated."""
     parser = LineParser(custom_format(format) if format else None, Origin(node_id, log_name))
     store: StoreWriter = request.app.state.store
-    publish = getattr(request.app.state, "publish_access", None)  # the collector's, under `meshscope up`
-    write = publish or store.write
+    imports: LogImports | None = getattr(request.app.state, "log_imports", None)
+    write = imports.publish if imports else store.write
     limit = request.app.state.settings.upload_max_bytes
     report = ImportReport()
     splitter = LineSplitter()
@@ -78,4 +107,6 @@ async def import_logs(
     except Backpressure as exc:  # the batches before this one are on the bus: a retry dedupes them
         return JSONResponse({"detail": f"the collector cannot take more records now, retry: {exc}",
                              **report.to_dict()}, status_code=503, headers={"Retry-After": "1"})
-    return JSONResponse({**report.to_dict(), ("published" if publish else "stored"): report.records})
+    if imports:
+        return JSONResponse({**report.to_dict(), "published": report.records})
+    return JSONResponse({**report.to_dict(), "stored": report.records, "alerts": NOT_EVALUATED})

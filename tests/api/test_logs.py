@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from meshscope.settings import Settings
 from tests.api.conftest import serve, settings_for
 from tests.collector.test_access_log_lines import ENVOY_LINE, ISTIO_LINE, JSON_LINE, RID, TCP_LINE
 from tests.conftest import free_port
+from tests.pipelines.conftest import tansu  # noqa: F401 - fixture
 
 TOKEN = "logs-token-for-tests"
 
@@ -36,6 +38,7 @@ def test_post_logs_mixed_formats_prefixes_gzip_and_reimport(data_dir):
             assert r.status_code == 200, r.text
             report = r.json()
             assert report["records"] == report["stored"] == 34
+            assert report["alerts"].startswith("alerts were not evaluated")  # no bus, no pipeline here
             assert report["failed"] == 1 and report["blank"] == 1
             assert report["errors"][0]["line"] == 2 and report["errors"][0]["text"] == "not a log line"
             assert report["by_format"] == {"istio": 32, "envoy": 1, "istio-json": 1}
@@ -188,3 +191,74 @@ async def _count(records, n: int) -> bool:
 
 async def _nonempty(alerts) -> bool:
     return bool(await alerts())
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_standalone_api_imports_through_kafka_to_the_pipeline_and_its_alerts(data_dir, tmp_path,
+                                                                             tansu):  # noqa: F811
+    """The scale-out shape: ``meshscope api`` and ``meshscope pipeline`` as separate processes over a
+    real Kafka-protocol broker (Tansu). ``POST /api/logs`` publishes to the bus with the collector's
+    publisher; the pipeline stores the records and its alert rule fires on the imported 5xx burst. A
+    broker that hangs mid-import does not lose the records: the API's spool holds them until it answers."""
+    (tmp_path / "rules.yaml").write_text(RULES)
+    api_port = free_port()
+    env = os.environ | {"MESHSCOPE_BUS": "kafka", "MESHSCOPE_KAFKA_BOOTSTRAP": tansu.bootstrap,
+                        "MESHSCOPE_DATA_DIR": str(data_dir),
+                        "MESHSCOPE_ALERT_RULES": str(tmp_path / "rules.yaml")}
+    logs = {name: tmp_path / f"{name}.log" for name in ("pipeline", "api")}
+    procs = {name: subprocess.Popen([sys.executable, "-m", "meshscope.cli", *args], env=env,
+                                    stdout=logs[name].open("w"), stderr=subprocess.STDOUT)
+             for name, args in (("pipeline", ["pipeline"]), ("api", ["api", "--port", str(api_port)]))}
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as c:
+            _wait_until(lambda: "indexing and alerting" in logs["pipeline"].read_text(), 60, "the pipeline")
+            _wait_until(lambda: _answers(c), 60, "the API")
+            yesterday = _dated(15, time.time() - 86400, "old")
+            old = c.post("/api/logs", params={"node_id": "old"}, content=yesterday)
+            assert old.status_code == 200, old.text
+            assert old.json()["published"] == 15 and "alerts" not in old.json()
+
+            def records() -> list:
+                return c.get("/api/records", params={"limit": 1000}).json()["items"]
+
+            _wait_until(lambda: len(records()) == 15, 60, "the pipeline to store the imported records")
+            assert c.get("/api/alerts").json()["items"] == []  # yesterday's burst pages nobody
+            tansu.pause()  # a hung broker: the API's publisher spools after its publish timeout
+            try:
+                now = c.post("/api/logs", params={"node_id": "now"}, content=_dated(12, time.time(), "now"))
+                assert now.status_code == 200 and now.json()["published"] == 12
+            finally:
+                tansu.resume()
+            _wait_until(lambda: c.get("/api/alerts").json()["items"], 60, "the imported burst's alert")
+            (fired,) = c.get("/api/alerts").json()["items"]
+            assert fired["rule"] == "imported-5xx" and fired["state"] == "firing"
+            assert all(rid.startswith("now-") for rid in fired["sample_request_ids"])
+            _wait_until(lambda: len(records()) == 27, 60, "the spooled records replayed into the store")
+            metrics = c.get("/metrics").text
+            assert 'meshscope_collector_received_total{protocol="log_import"} 27.0' in metrics
+            assert 'meshscope_collector_spooled_total{protocol="log_import"} 12.0' in metrics
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        codes = {name: proc.wait(60) for name, proc in procs.items()}
+    # uvicorn shuts down cleanly on SIGTERM and then re-raises the signal it caught (exit -15)
+    assert codes["pipeline"] == 0 and codes["api"] in (0, -signal.SIGTERM), \
+        {n: p.read_text()[-2000:] for n, p in logs.items()}
+    assert "Application shutdown complete" in logs["api"].read_text()
+
+
+def _answers(client: httpx.Client) -> bool:
+    try:
+        return client.get("/healthz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
