@@ -8,6 +8,7 @@ into records and publishes them to the bus durably. One module per transport or 
 - ``log_imports``: imported access-log records onto the bus the way live ones go (``POST /api/logs``)
 - ``otlp_receiver`` + ``otlp_records``: OTLP/gRPC (4317) and OTLP/HTTP (4318) logs and traces
 - ``publisher`` + ``spool``: bus acknowledgement, disk spool, replay, backpressure, metrics
+- ``access_control`` + ``tls_scope``: who may send (token, mTLS) and the name records give the sender
 
 The door: the rest of meshscope imports only the names below.
 """

@@ -3,18 +3,23 @@
 One owner for all receivers (gRPC ALS, Zipkin HTTP, and the OTLP ones): ``receiver_access(settings)``
 says what to require and refuses to start an exposed collector without either, as the API does.
 gRPC servers take ``grpc_credentials()`` and ``grpc_interceptors()``; Starlette apps are wrapped
-with ``http_guard(app)`` and uvicorn gets ``uvicorn_ssl()``. ``peer_identity`` names how a sender
-proved who it is ("mtls:<subject>", "token") so records can say so.
+with ``http_guard(app)`` and uvicorn gets ``uvicorn_options(...)``. ``peer_identity`` (gRPC) and
+``http_identity`` (HTTP) name how a sender proved who it is ("mtls:<certificate name>", "token") so
+records can say so, the same name on both transports.
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from meshscope.collector.tls_scope import with_tls_scope
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -54,12 +59,17 @@ class ReceiverAccess:
     def http_guard(self, app: ASGIApp) -> ASGIApp:
         return _BearerGuard(app, self.token) if self.token else app
 
-    def uvicorn_ssl(self) -> dict:
+    def uvicorn_options(self, options: dict | None = None) -> dict:
+        """``options`` (uvicorn.Config keywords) plus TLS; with client certificates required, the HTTP
+        protocol also puts the sender's certificate in the ASGI scope (``http_identity`` reads it)."""
+        options = dict(options or {})
         if not self.tls:
-            return {}
-        return {"ssl_certfile": str(self.cert), "ssl_keyfile": str(self.key),
-                **({"ssl_ca_certs": str(self.client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
-                   if self.client_ca else {})}
+            return options
+        options.update(ssl_certfile=str(self.cert), ssl_keyfile=str(self.key))
+        if self.client_ca:
+            options.update(ssl_ca_certs=str(self.client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED,
+                           http=with_tls_scope(options.get("http")))
+        return options
 
 
 def receiver_access(settings: Settings) -> ReceiverAccess:
@@ -92,12 +102,41 @@ def receiver_access(settings: Settings) -> ReceiverAccess:
 def peer_identity(context: grpc.aio.ServicerContext, access: ReceiverAccess) -> str | None:
     """How a gRPC sender proved itself: "mtls:<certificate name>", "token", or None (loopback, open)."""
     auth = context.auth_context() or {}
-    names = auth.get("x509_common_name") or auth.get("x509_subject_alternative_name") or []
+    pem = auth.get("x509_pem_cert")
+    if pem:
+        return "mtls:" + certificate_name(pem[0].decode())
+    names = [n for n in (*auth.get("x509_common_name", ()), *auth.get("x509_subject_alternative_name", ()))
+             if n]
     if names:
         return "mtls:" + names[0].decode(errors="replace")
     if access.token:
         return "token"  # the interceptor let only token holders through
     return None
+
+
+def http_identity(scope: Scope) -> str | None:
+    """How an HTTP sender proved itself, named as ``peer_identity`` names a gRPC one: "mtls:<name>"
+    from the client certificate in the scope's TLS extension, "token" (set by the bearer guard), or None."""
+    chain = (scope.get("extensions") or {}).get("tls", {}).get("client_cert_chain")
+    if chain:
+        return "mtls:" + certificate_name(chain[0])
+    return scope.get("state", {}).get("peer_auth")
+
+
+@functools.lru_cache(maxsize=1024)
+def certificate_name(pem: str) -> str:
+    """A certificate's name in records: its common name, else its first subject alternative name (an
+    Istio workload certificate has an empty subject and its SPIFFE id as a URI SAN)."""
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    common = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if common:
+        return str(common[0].value)
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return cert.subject.rfc4514_string() or "unnamed"
+    first = next(iter(sans), None)
+    return str(first.value) if first is not None else "unnamed"
 
 
 def _token_ok(given: str | bytes | None, expected: str) -> bool:

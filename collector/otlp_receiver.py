@@ -26,7 +26,7 @@ from operator import attrgetter
 import grpc
 import uvicorn
 from google.rpc import status_pb2
-from meshscope.collector.access_control import ReceiverAccess, peer_identity
+from meshscope.collector.access_control import ReceiverAccess, http_identity, peer_identity
 from meshscope.collector.otlp_records import (
     BadOtlp,
     ExportLogsServiceRequest,
@@ -133,10 +133,7 @@ class OtlpReceiver:
                 try:
                     body = await read_body(request, max_body_bytes)
                     decode = decode_protobuf if content_type == PROTOBUF else decode_json
-                    identity = request.scope.get("state", {}).get("peer_auth")
-                    if identity is None and self.access.client_ca is not None:
-                        identity = "mtls"  # the handshake required a client certificate (name not exposed)
-                    response = await take(decode(message_type, body), identity)
+                    response = await take(decode(message_type, body), http_identity(request.scope))
                 except BodyTooLarge as exc:
                     metrics.rejected.labels(protocol, "too_large").inc()
                     return _status(content_type, 413, str(exc))

@@ -62,7 +62,7 @@ class Collector:
         # TLS (and mTLS), the token and the read timeouts as on the Zipkin receiver
         self.otlp_http = HttpListener(wrap(self.access.http_guard(self.otlp.http_app())), settings.host,
                                       settings.otlp_http_port, "OTLP/HTTP receiver",
-                                      options={**self.http_options, **self.access.uvicorn_ssl()})
+                                      options=self.access.uvicorn_options(self.http_options))
 
     @property
     def als_port(self) -> int:
@@ -96,8 +96,8 @@ class Collector:
                           f"{exc.strerror or exc}") from exc
         self._zipkin_port = sock.getsockname()[1]
         self._http = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                                   lifespan="off", **self.http_options,
-                                                   **self.access.uvicorn_ssl()))
+                                                   lifespan="off",
+                                                   **self.access.uvicorn_options(self.http_options)))
         self._http.install_signal_handlers = lambda: None  # the embedding program owns signals
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="collector-zipkin-http")
         while not self._http.started:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
+from meshscope.collector.access_control import http_identity
 from meshscope.collector.publisher import Backpressure, Publisher
 from meshscope.collector.zipkin_spans import BadSpans, spans_from_json, spans_from_proto
 from meshscope.pipelines.bus import SPANS
@@ -83,7 +84,7 @@ def make_app(publisher: Publisher, health: Callable[[], dict] | None = None,
         except BadSpans as exc:
             metrics.rejected.labels(protocol, "malformed").inc()
             return _error(400, str(exc))
-        identity = request.scope.get("state", {}).get("peer_auth")
+        identity = http_identity(request.scope)
         if identity:
             for span in spans:
                 span.tags["meshscope.auth"] = identity

@@ -165,5 +165,5 @@ def test_mtls_client_certificates(namespace, data_dir, tmp_path):  # noqa: F811
         time.sleep(0.2)
     finally:
         stop_process(proc)
-    # over HTTP uvicorn does not expose the certificate's name: the record says only "mtls"
-    assert _stored_auth(data_dir) == ["mtls:gateway.lab"] * 2 + ["mtls"]
+    # OTLP/HTTP names the client certificate as gRPC does
+    assert _stored_auth(data_dir) == ["mtls:gateway.lab"] * 3
