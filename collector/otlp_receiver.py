@@ -27,6 +27,7 @@ import grpc
 import uvicorn
 from google.rpc import status_pb2
 from meshscope.collector.access_control import ReceiverAccess, http_identity, peer_identity
+from meshscope.collector.als_server import anonymous_node_id
 from meshscope.collector.otlp_records import (
     BadOtlp,
     ExportLogsServiceRequest,
@@ -65,15 +66,19 @@ class OtlpReceiver:
         self.converter = LogConverter()
         self.arrived: Counter[str] = Counter()  # node id → log records made safe
 
-    async def take_logs(self, request,
-                        identity: str | None = None) -> logs_service_pb2.ExportLogsServiceResponse:
+    async def take_logs(self, request, identity: str | None = None,
+                        peer: str = "") -> logs_service_pb2.ExportLogsServiceResponse:
         """Publish a request's log records (``identity``: how the sender proved itself, kept on each
-        record as ``node_auth``); Backpressure when the collector is full."""
+        record as ``node_auth``; ``peer``: its address, naming a proxy that sent no node id as the
+        access-log service does); Backpressure when the collector is full."""
         skipped_before = self.converter.skipped
         records = self.converter.records(request)
-        if identity is not None:
-            for r in records:
+        for r in records:
+            if identity is not None:
                 r.node_auth = identity
+            if not r.node_id:  # Envoy without a node id sends an empty node_name
+                r.node_id = anonymous_node_id(peer, r.log_name)
+                r.id = r.compute_id()
         rejected = self.converter.skipped - skipped_before
         if rejected:
             self.publisher.metrics.rejected.labels("otlp_logs", "unreadable").inc(rejected)
@@ -85,8 +90,8 @@ class OtlpReceiver:
             response.partial_success.error_message = self.converter.last_error[:500]
         return response
 
-    async def take_traces(self, request,
-                          identity: str | None = None) -> trace_service_pb2.ExportTraceServiceResponse:
+    async def take_traces(self, request, identity: str | None = None,
+                          peer: str = "") -> trace_service_pb2.ExportTraceServiceResponse:
         out = spans(request)
         if identity is not None:
             for span in out:
@@ -99,7 +104,7 @@ class OtlpReceiver:
         async def export(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
                 request = decode_protobuf(message_type, raw)
-                response = await take(request, peer_identity(context, self.access))
+                response = await take(request, peer_identity(context, self.access), context.peer())
             except BadOtlp as exc:
                 self.publisher.metrics.rejected.labels(protocol, "malformed").inc()
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -133,7 +138,9 @@ class OtlpReceiver:
                 try:
                     body = await read_body(request, max_body_bytes)
                     decode = decode_protobuf if content_type == PROTOBUF else decode_json
-                    response = await take(decode(message_type, body), http_identity(request.scope))
+                    client = request.client
+                    response = await take(decode(message_type, body), http_identity(request.scope),
+                                          f"{client.host}:{client.port}" if client else "")
                 except BodyTooLarge as exc:
                     metrics.rejected.labels(protocol, "too_large").inc()
                     return _status(content_type, 413, str(exc))

@@ -287,3 +287,56 @@ async def test_otlp_http_closes_slow_clients(data_dir):
         async with httpx.AsyncClient() as client:
             answer = await client.post(f"http://127.0.0.1:{port}/v1/logs", content=body, headers=PROTOBUF_CT)
         assert answer.status_code == 200
+
+
+def _envoy_resource_logs(request, node_name: str) -> object:
+    """A resource as Envoy's OpenTelemetry access logger fills it (node_name empty without a node id)."""
+    rl = request.resource_logs.add()
+    for key, value in (("log_name", "otel_envoy_accesslog"), ("zone_name", ""), ("cluster_name", ""),
+                       ("node_name", node_name)):
+        rl.resource.attributes.add(key=key, value=common_pb2.AnyValue(string_value=value))
+    return rl.scope_logs.add().log_records.add()
+
+
+async def test_a_proxy_without_node_id_is_named_by_log_name_and_peer_address(running, access_reader):
+    """As on the access-log service: ``anonymous~PEER_IP~LOG_NAME`` over OTLP/gRPC and OTLP/HTTP, so
+    /api/proxies and the trace view show such a proxy by its log name and address."""
+    from meshscope.model import parse_node_id
+
+    collector, _ = running
+    request = logs_service_pb2.ExportLogsServiceRequest()
+    log = _envoy_resource_logs(request, node_name="")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(T0))  # inside the intake window
+    log.body.string_value = ISTIO_LINE.strip().replace("2024-05-01T12:00:00.123Z", stamp)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.otlp_grpc.port}") as channel:
+        await channel.unary_unary(f"/{LOGS_SERVICE}/Export")(request.SerializeToString(), timeout=10)
+    log.body.string_value = log.body.string_value.replace(RID, "rid-over-http")
+    async with httpx.AsyncClient() as client:
+        r = await client.post(f"http://127.0.0.1:{collector.otlp_http.port}/v1/logs",
+                              content=request.SerializeToString(), headers=PROTOBUF_CT)
+        assert r.status_code == 200
+    records = await access_reader.wait_for(2)
+    anonymous = "anonymous~127.0.0.1~otel_envoy_accesslog"
+    assert [(r.request_id, r.node_id) for r in records] == [(RID, anonymous), ("rid-over-http", anonymous)]
+    assert all(r.id == r.compute_id() and not r.notes for r in records)  # the id follows the new name
+    assert collector.otlp.arrived[anonymous] == 2
+    node = parse_node_id(anonymous)
+    assert (node.ip, node.name) == ("127.0.0.1", "otel_envoy_accesslog")
+
+
+async def test_an_attribute_of_a_type_not_known_yet_is_skipped(running, access_reader):
+    """An AnyValue carrying a field this collector's OTLP definitions do not have (a newer OTLP's type)
+    is skipped; the record and its other attributes are kept."""
+    collector, _ = running
+    request = logs_service_pb2.ExportLogsServiceRequest()
+    log = _envoy_resource_logs(request, node_name="gw-2")
+    log.body.string_value = ISTIO_LINE.strip()
+    log.attributes.add(key="future", value=common_pb2.AnyValue.FromString(b"\x98\x06\x01"))  # field 99
+    log.attributes.add(key="x-envoy-attempt-count", value=common_pb2.AnyValue(string_value="3"))
+    assert log.attributes[0].value.WhichOneof("value") is None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.otlp_grpc.port}") as channel:
+        raw = await channel.unary_unary(f"/{LOGS_SERVICE}/Export")(request.SerializeToString(), timeout=10)
+    response = logs_service_pb2.ExportLogsServiceResponse.FromString(raw)
+    assert response.partial_success.rejected_log_records == 0
+    (record,) = await access_reader.wait_for(1)
+    assert (record.node_id, record.request_id, record.attempt_count) == ("gw-2", RID, 3)
