@@ -111,7 +111,7 @@ def test_known_formats_compile_from_their_format_strings():
     assert set(ISTIO_JSON_FORMAT) >= {"start_time", "request_id", "response_flags", "upstream_cluster"}
 
 
-@pytest.mark.parametrize(("prefix", "node_id", "log_name"), [
+PREFIXES = [
     ("[pod/productpage-v1-6b7f6f8d5c-x2k9p/istio-proxy] ", "productpage-v1-6b7f6f8d5c-x2k9p", "istio-proxy"),
     ("[pod/productpage-v1-6b7f6f8d5c-x2k9p/istio-proxy] 2024-05-01T12:00:00.123456789Z ",
      "productpage-v1-6b7f6f8d5c-x2k9p", "istio-proxy"),
@@ -120,11 +120,50 @@ def test_known_formats_compile_from_their_format_strings():
      "istio-proxy"),
     ("\x1b[32mproductpage-v1-abc\x1b[0m \x1b[34mistio-proxy\x1b[0m ", "productpage-v1-abc", "istio-proxy"),
     ("2024-05-01T12:00:00.123456789Z ", "file.log", ""),
-])
+]
+
+
+@pytest.mark.parametrize(("prefix", "node_id", "log_name"), PREFIXES)
 def test_kubectl_and_stern_prefixes_name_the_proxy(prefix, node_id, log_name):
     (r,), report = parse(prefix + ISTIO_LINE, origin=Origin("file.log"))
     assert report.failed == 0
     assert (r.node_id, r.log_name, r.request_id) == (node_id, log_name, RID)
+
+
+def test_every_format_under_every_prefix_mixed_in_one_gzip_file():
+    """What ``kubectl logs --prefix`` or ``stern`` over several proxies gives: Istio text (HTTP and TCP),
+    Istio JSON and Envoy's default format, each under each prefix and bare, shuffled with unreadable
+    lines, gzip'ed and split at awkward places. Every line is read by its own format and names its proxy."""
+    import random
+
+    formats = {"istio": ISTIO_LINE, "istio-tcp": TCP_LINE, "envoy": ENVOY_LINE, "istio-json": JSON_LINE}
+    cases = [(fmt, prefix, node, log) for fmt in formats
+             for prefix, node, log in [*PREFIXES, ("", "file.log", "")]]
+    random.Random(15).shuffle(cases)
+    lines, expected = [], {}
+    for i, (fmt, prefix, node, log) in enumerate(cases):
+        rid = f"mixed-{i:03d}"
+        line = formats[fmt].replace(RID, rid) if fmt != "istio-tcp" else formats[fmt]
+        lines.append(prefix + line)
+        expected[len(lines)] = (fmt, node, log)
+        if i % 7 == 0:
+            lines.append("[pod/x/istio-proxy] this is no access-log line\n")
+    data = gzip.compress("".join(lines).encode())
+    splitter, report, parser = LineSplitter(), ImportReport(), LineParser(origin=Origin("file.log"))
+    records = []
+    for at in range(0, len(data), 997):  # chunks that cut lines and gzip blocks anywhere
+        records += [r for b in parse_lines(splitter.feed(data[at:at + 997]), parser, report) for r in b]
+    records += [r for b in parse_lines(splitter.close(), parser, report) for r in b]
+    assert report.failed == len(lines) - len(cases) and report.records == len(cases) == len(records)
+    assert report.by_format == {"istio": 2 * len(PREFIXES) + 2, "envoy": len(PREFIXES) + 1,
+                                "istio-json": len(PREFIXES) + 1}
+    bad_lines = {e.line for e in report.errors}
+    assert bad_lines.isdisjoint(expected) and len(bad_lines) == report.failed
+    for record, (fmt, node, log) in zip(records, [v for k, v in sorted(expected.items())], strict=True):
+        assert (record.node_id, record.log_name) == (node, log), fmt
+        assert record.protocol == ("TCP" if fmt == "istio-tcp" else "HTTP")
+        if fmt != "istio-tcp":
+            assert record.request_id.startswith("mixed-")
 
 
 def test_prefix_without_a_log_line_is_left_alone():
