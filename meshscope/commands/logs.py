@@ -19,6 +19,8 @@ from meshscope.settings import Settings, load_settings
 
 CHUNK = 256 * 1024
 SHOWN_ERRORS = 20
+DIRECT_NOT_EVALUATED = ("alerts were not evaluated: --direct writes to the store; import through the API "
+                        "(under `meshscope up`, or with bus: kafka) for the alert rules to see the records")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +113,7 @@ def _direct(settings: Settings, stream: IO[bytes], args: argparse.Namespace, nod
         raise UserError(f"store unavailable: {exc}") from exc
     except EOFError as exc:  # gzip ended early: what was read is stored
         raise UserError(f"gzip data ended early after {report.lines} lines: {exc}") from exc
-    return {**report.to_dict(), "stored": report.records}
+    return {**report.to_dict(), "stored": report.records, "alerts": DIRECT_NOT_EVALUATED}
 
 
 def _print_report(name: str, report: dict, as_json: bool) -> None:
@@ -123,6 +125,8 @@ def _print_report(name: str, report: dict, as_json: bool) -> None:
     formats = ", ".join(f"{k} {v}" for k, v in sorted(report.get("by_format", {}).items())) or "-"
     print(f"{name}: {report['lines']} lines, {report['records']} records ({formats}), "
           f"{report['failed']} unreadable, {report['blank']} blank")
+    if report.get("alerts"):
+        print(f"  {report['alerts']}")
     for e in report.get("errors", [])[:SHOWN_ERRORS]:
         print(f"  line {e['line']}: {e['reason']}: {e['text'][:120]}")
     if report["failed"] > SHOWN_ERRORS:

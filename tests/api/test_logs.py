@@ -98,6 +98,7 @@ def test_cli_import_through_the_api_and_direct(data_dir, tmp_path):
         assert report["errors"] == [{"line": 21, "reason": report["errors"][0]["reason"], "text": "broken"}]
         text = meshscope(env, "logs", "import", str(log), "--api", running.url)
         assert "20 records (istio 20), 1 unreadable" in text.stdout and "line 21:" in text.stdout
+        assert "alerts were not evaluated" in text.stdout  # this API has no bus to a pipeline
         wrong = meshscope(env | {"MESHSCOPE_API_TOKEN": "wrong"}, "logs", "import", str(log),
                           "--api", running.url)
         assert wrong.returncode == 2 and "refused the import (401)" in wrong.stderr
@@ -108,6 +109,7 @@ def test_cli_import_through_the_api_and_direct(data_dir, tmp_path):
                        stdin=lines(25))
     assert direct.returncode == 0, direct.stderr
     assert json.loads(direct.stdout)["stored"] == 25
+    assert json.loads(direct.stdout)["alerts"].startswith("alerts were not evaluated: --direct")
     records = meshscope(env, "records", "--limit", "1000", "--json")
     items = json.loads(records.stdout)["items"]
     assert len(items) == 25 and {i["node_id"] for i in items} == {"access.log.gz"}
