@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -152,3 +153,21 @@ def test_no_key_material_in_any_output(nodeport_tls, tmp_path, caplog):
     for text in outs:
         for s in secrets:
             assert s not in text and s[:16] not in text and s[-16:] not in text
+
+
+def test_graphs_mark_the_inferred_gateway_hops(nodeport_tls):
+    """SVG, Mermaid and text of the capture without keys: each gateway hop says "inferred (confidence)";
+    with the key log, none does."""
+    from meshscope.decoders.flow_text import render_text
+    from meshscope.decoders.graph_mermaid import diagram_mermaid
+    from meshscope.decoders.graph_svg import diagram_svg
+    from meshscope.decoders.graph_text import diagram_text
+    from meshscope.decoders.sequence import flow_diagram
+
+    _d, pcap, keys, _sent = nodeport_tls
+    for keylog, inferred in ((None, len(PLAN)), (KeyLog.from_files([keys]), 0)):
+        a = analyze([pcap], keylog=keylog)
+        diagram = flow_diagram(a.flows, a.by_id())
+        for drawn in (diagram_svg(diagram), diagram_mermaid(diagram), diagram_text(diagram)):
+            assert len(re.findall(r"l7-proxy inferred \(\d\.\d\d\)", drawn)) == inferred
+        assert render_text(a.flows, a.by_id()).count("inferred (confidence ") == inferred
