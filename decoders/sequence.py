@@ -8,6 +8,7 @@ rewrites and proxy hops (an inferred one with its confidence).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 
 from meshscope.decoders.diagram import Diagram, Message, Section
@@ -119,12 +120,19 @@ def _flow_messages(flow: Flow, exchanges: Mapping[str, Exchange], labels: dict[s
             syn = up.conn.syn_time if up is not None and up.index == 0 else None  # pooled: drawn before
             t = min(x for x in (hop.start, syn, float("inf")) if x is not None)
             msgs.append(Message(t - 1e-6 if t != float("inf") else 0.0, proxy, proxy, what, "note"))
+    hellos: set[tuple] = set()  # decrypted connections whose handshake is drawn
     for xid in dict.fromkeys(flow.exchange_ids):
         ex = exchanges.get(xid)
         if ex is None or (xid in ends and xid != _first_mirror(flow, xid)):
             continue
         src, dst = ends.get(xid, (ex.conn.src, ex.conn.dst))
         msgs += exchange_messages(ex, src, dst, xid in drawn_syn)
+        c = ex.conn
+        if ex.tls_decryption == "decrypted" and (c.src, c.sport, c.dst, c.dport) not in hellos:
+            # a request read through TLS: its leg's handshake (SNI, mesh mark, identities) just before it
+            hellos.add((c.src, c.sport, c.dst, c.dport))
+            t = (ex.request_time or 0.0) - 2e-6
+            msgs += [dataclasses.replace(m, t=t) for m in _tls_messages(ex, src, dst, t)]
     return msgs
 
 
