@@ -3,8 +3,10 @@ outbound cluster speaks mesh mTLS to catalog's inbound listener with Istio's SNI
 certificates from a test CA (tests/proxy/spiffe_ca.py) as SDS secrets, a DestinationRule-style one
 request per connection (so later connections are resumptions); catalog's sidecar hands each request
 to its app from 127.0.0.6. Both sidecars get their key logs from the EnvoyFilter of deploy/istio,
-its patches merged as istiod merges them (tests/deploy/envoyfilter.py). Real curl, real tcpdump on
-loopback (the pods share it here: 127.0.0.2 is webapp's pod, 127.0.0.3 catalog's).
+its patches merged as istiod merges them (tests/deploy/envoyfilter.py). Real curl and tcpdump: first
+with the pods sharing the host's loopback (127.0.0.2 is webapp's pod, 127.0.0.3 catalog's), then as
+pods in network namespaces (tests/decoders/mesh_lab.py: iptables REDIRECT to 15006, captures on the
+node and on each pod's loopback and eth0, joined into one flow per request).
 
 Asserted for every request: with either sidecar's key log the mTLS leg is read decrypted (fields equal
 tshark's with the same key log) and every hop is linked by request id — app → webapp's sidecar →
@@ -213,3 +215,74 @@ def test_no_key_material_in_any_output(mesh, tmp_path):
     for text in outs:
         for s in secrets:
             assert s not in text and s[:16] not in text
+
+
+# -- the same two sidecars as pods in network namespaces (tests/decoders/mesh_lab.py): inbound traffic
+# redirected to 15006 by iptables, tcpdump on the node and on each pod's loopback and eth0
+
+@pytest.fixture(scope="module")
+def pods(tmp_path_factory):
+    need_root()
+    for tool in ("ip", "iptables", "tcpdump", "curl"):
+        need_binary(tool)
+    from tests.decoders.mesh_lab import MeshLab
+
+    d = tmp_path_factory.mktemp("mesh-pods")
+    with MeshLab(d, yaml.safe_load(ENVOY_FILTER.read_text())) as lab:
+        points = (("node", "any"), ("webapp", "lo"), ("catalog", "lo"), ("catalog", "eth0"))
+        caps = [lab.capture(role, interface, d / f"{role}-{interface}.pcap") for role, interface in points]
+        for i in range(REQUESTS):
+            lab.call_catalog(f"/items?n={i}", RID.format(i))
+            time.sleep(0.3)
+        for cap in caps:
+            MeshLab.stop_capture(cap)
+    return d, lab.keys
+
+
+def test_pods_loopback_captures_join_the_mtls_leg_with_keys(pods):
+    """node `-i any` (the mTLS leg, seen on both veths) + each pod's loopback (app → its sidecar,
+    sidecar → app from 127.0.0.6): with catalog's key log, one flow per request, every hop by id."""
+    from tests.decoders.mesh_lab import APP_PORT, CATALOG, OUTBOUND_PORT, WEBAPP
+
+    d, keys = pods
+    a = analyze([d / "node-any.pcap", d / "webapp-lo.pcap", d / "catalog-lo.pcap"],
+                keylog=KeyLog.from_files([keys["inbound"]]))
+    mtls = [e for e in a.exchanges if e.exchange_type == "tls"]
+    assert len(mtls) == REQUESTS and {e.tls_decryption for e in mtls} == {"decrypted"}  # copies folded
+    by_id = a.by_id()
+    flows = sorted((f for f in a.flows if f.hops), key=lambda f: f.start)
+    assert len(flows) == REQUESTS
+    for i, flow in enumerate(flows):
+        root = by_id[flow.exchange_ids[0]]
+        assert (root.conn.capture, root.conn.dst) == ("webapp-lo.pcap", WEBAPP.ip)
+        assert root.conn.dport == OUTBOUND_PORT
+        assert root.uri == f"/items?n={i}" and flow.request_id == RID.format(i)
+        outbound, inbound = flow.hops
+        assert [h.kind for h in flow.hops] == ["l7-proxy", "l7-proxy"]
+        for hop in flow.hops:
+            assert "inferred" not in hop.evidence and "x-request-id" in hop.evidence["matched_by"]
+        mtls_request = by_id[outbound.exchange_ids[-1]]
+        assert (mtls_request.conn.capture, mtls_request.tls_decryption, mtls_request.sni) == \
+            ("node-any.pcap", "decrypted", SNI)
+        assert outbound.src.startswith(f"{WEBAPP.ip}:") and outbound.dst == f"{CATALOG.ip}:{APP_PORT}"
+        app = by_id[inbound.exchange_ids[-1]]
+        assert app.conn.capture == "catalog-lo.pcap" and inbound.src.startswith("127.0.0.6:")
+        assert inbound.dst == f"{CATALOG.ip}:{APP_PORT}"
+
+
+def test_a_pods_own_captures_join_without_keys_as_inferred(pods):
+    """catalog's eth0 (the mTLS leg, before the REDIRECT) and its loopback (127.0.0.6 → app), no keys:
+    each mTLS connection is linked to the request it carried, as an inferred hop."""
+    d, _keys = pods
+    a = analyze([d / "catalog-eth0.pcap", d / "catalog-lo.pcap"])
+    by_id = a.by_id()
+    flows = sorted((f for f in a.flows if f.hops), key=lambda f: f.start)
+    assert len(flows) == REQUESTS
+    for i, flow in enumerate(flows):
+        root = by_id[flow.exchange_ids[0]]
+        assert (root.exchange_type, root.sni, root.conn.capture) == ("tls", SNI, "catalog-eth0.pcap")
+        [hop] = flow.hops
+        assert hop.evidence["inferred"] is True and not hop.evidence.get("ambiguous")
+        assert "sidecar inbound: 127.0.0.6 to where the mTLS leg arrived" in hop.evidence["evidence"]
+        carried = by_id[hop.exchange_ids[-1]]
+        assert (carried.conn.capture, carried.uri) == ("catalog-lo.pcap", f"/items?n={i}")
