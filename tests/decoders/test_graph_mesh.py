@@ -16,7 +16,8 @@ from meshscope.decoders.graph_text import diagram_text
 from meshscope.decoders.sequence import flow_diagram
 
 from tests.decoders.made_exchanges import conn, http, tls
-from tests.decoders.test_capture_pictures import MERMAID_JS, svg_texts
+from tests.decoders.mermaid_parser import mermaid_parse
+from tests.decoders.test_capture_pictures import svg_texts
 
 SNI = "outbound_.8080_.v1_.catalog.shop.svc.cluster.local"
 WEBAPP_ID, CATALOG_ID = "spiffe://cluster.local/ns/shop/sa/webapp", "spiffe://cluster.local/ns/shop/sa/catalog"
@@ -101,22 +102,4 @@ def test_an_ambiguous_inferred_hop_says_so():
 
 @pytest.mark.chromium
 def test_mermaids_parser_reads_the_mesh_labels(mesh):
-    from playwright.sync_api import sync_playwright
-
-    from tests.conftest import need, need_binary
-
-    need_binary("/usr/bin/chromium")
-    need(bool(MERMAID_JS), "needs Mermaid's build in .venv/js (scripts/setup.sh test fetches it with npm)")
-    text = diagram_mermaid(mesh[2])
-    parse = ("async t => { try { await mermaid.parse(t); return 'ok'; } "
-             "catch (e) { return String(e.message || e); } }")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
-            page.set_content("<!doctype html><html><body></body></html>")
-            page.add_script_tag(path=str(MERMAID_JS[-1]))
-            assert page.evaluate(parse, text) == "ok"
-        finally:
-            browser.close()
+    assert mermaid_parse([diagram_mermaid(mesh[2])]) == ["ok"]
