@@ -286,3 +286,18 @@ def test_a_pods_own_captures_join_without_keys_as_inferred(pods):
         assert "sidecar inbound: 127.0.0.6 to where the mTLS leg arrived" in hop.evidence["evidence"]
         carried = by_id[hop.exchange_ids[-1]]
         assert (carried.conn.capture, carried.uri) == ("catalog-lo.pcap", f"/items?n={i}")
+
+
+@pytest.mark.chromium
+def test_mermaids_parser_reads_the_mesh_graphs(mesh, pods):
+    """The labelled graphs of both labs, with and without keys, as Mermaid's own parser reads them."""
+    from tests.decoders.mermaid_parser import mermaid_parse
+
+    texts = []
+    for pcaps, keys in (([mesh[1]], mesh[2]["inbound"]),
+                        ([pods[0] / "catalog-eth0.pcap", pods[0] / "catalog-lo.pcap"], pods[1]["inbound"])):
+        for keylog in (KeyLog.from_files([keys]), None):
+            a = analyze(pcaps, keylog=keylog)
+            texts.append(diagram_mermaid(flow_diagram(a.flows, a.by_id())))
+    assert all("mesh mTLS" in t for t in texts)
+    assert mermaid_parse(texts) == ["ok"] * len(texts)
