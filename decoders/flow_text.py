@@ -1,10 +1,12 @@
-"""Flows as plain text: one header line per flow, one line per hop with the evidence that links it."""
+"""Flows as plain text: one header line per flow, one line per hop with the evidence that links it
+(for a hop inferred without keys: "inferred", its confidence and evidence, any rival candidates)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from meshscope.decoders.sequence import request_label, response_label
+from meshscope.decoders.istio_mtls import exchange_leg, parse_istio_sni
+from meshscope.decoders.sequence import request_label, response_label, tls_label
 from meshscope.decoders.wording import counted
 
 from meshscope.model import Exchange, Flow, Hop
@@ -26,7 +28,8 @@ def hop_lines(n: int, hop: Hop) -> list[str]:
     if hop.nodeport:
         head.append(f"NodePort {hop.nodeport}")
     if hop.sni:
-        head.append(f"SNI {hop.sni}")
+        dest = parse_istio_sni(hop.sni)
+        head.append(f"SNI {hop.sni}" + (f" (→ {dest.label})" if dest is not None else ""))
     if hop.retries:
         head.append(f"retries {hop.retries}")
     if hop.start is not None and hop.end is not None:
@@ -42,6 +45,12 @@ def hop_lines(n: int, hop: Hop) -> list[str]:
             why.append("tried " + ", ".join(ev["tried"]))
         if ev.get("retries"):
             why.append(f"sent {ev['retries'] + 1} times")
+    elif ev.get("inferred"):  # a TLS-terminating gateway seen without keys: a judgement, said so
+        why.append(f"inferred (confidence {ev.get('confidence', 0):.2f}) from "
+                   + ", ".join(ev.get("evidence", [])))
+        if ev.get("ambiguous"):
+            why.append("ambiguous: one of " + ", ".join(
+                f"{c['client']} ({c['confidence']:.2f})" for c in ev.get("candidates", [])))
     else:
         why.append(f"matched by {', '.join(ev.get('matched_by', []))}")
         if hop.request_ids:
@@ -64,7 +73,9 @@ def flow_lines(flow: Flow, exchanges: Mapping[str, Exchange]) -> list[str]:
     if root is None:
         what = ""
     elif root.exchange_type == "tls":
-        what = f"TLS SNI {root.sni or '-'}"
+        leg = exchange_leg(root.sni, root.alpn, root.tls_client_identity, root.tls_server_identity)
+        ends = [f"{end} {i.label}" for end, i in (("client", leg.client), ("server", leg.server)) if i]
+        what = f"TLS {tls_label(root)}" + (f" ({'; '.join(ends)})" if ends else "")
     elif getattr(root, "stream_id", None) is not None:  # an HTTP/2 stream (a gRPC call)
         what = f"{request_label(root)} {root.host or ''} → {response_label(root) or '?'}"
     else:

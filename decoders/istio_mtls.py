@@ -41,6 +41,11 @@ class IstioSni:
         parts = self.host.split(".")
         return parts[1] if len(parts) >= 3 and parts[2] == "svc" else None
 
+    @property
+    def label(self) -> str:
+        """How graphs name the destination: ``catalog.shop:8080`` (`` v1`` for a subset)."""
+        return f"{self.service}:{self.port}" + (f" {self.subset}" if self.subset else "")
+
 
 def parse_istio_sni(sni: str | None) -> IstioSni | None:
     """``outbound_.8080_._.catalog.default.svc.cluster.local`` → IstioSni; None for any other name."""
@@ -78,6 +83,13 @@ class SpiffeId:
     namespace: str | None
     service_account: str | None
     uri: str
+
+    @property
+    def label(self) -> str:
+        """How graphs name an end: ``SPIFFE ns shop, sa webapp`` (the URI for other SPIFFE paths)."""
+        if self.namespace is None:
+            return f"SPIFFE {self.uri}"
+        return f"SPIFFE ns {self.namespace}, sa {self.service_account}"
 
 
 def parse_spiffe(uri: str) -> SpiffeId | None:
@@ -127,11 +139,20 @@ class MeshLeg:
 def label_leg(sni: str | None, alpn_offered: list[str], alpn_chosen: str | None,
               client_certificates: list[bytes], server_certificates: list[bytes]) -> MeshLeg:
     """Everything the handshake says about a leg (a TlsReport's fields go in)."""
-    dest = parse_istio_sni(sni)
     client, server = leaf_identity(client_certificates), leaf_identity(server_certificates)
-    mesh = is_mesh_alpn(alpn_offered) or is_mesh_alpn(alpn_chosen) or (
-        dest is not None and (client is not None or server is not None))
-    return MeshLeg(mesh, dest, client, server, inner_protocol(alpn_offered))
+    return exchange_leg(sni, [*alpn_offered, *([alpn_chosen] if alpn_chosen else [])],
+                        client and client.uri, server and server.uri)
+
+
+def exchange_leg(sni: str | None, alpn: list[str], client_identity: str | None,
+                 server_identity: str | None) -> MeshLeg:
+    """The labels of a leg from what an Exchange keeps of its handshake (the SPIFFE URIs, not the
+    certificates): what the flow graphs and listings draw."""
+    dest = parse_istio_sni(sni)
+    client = parse_spiffe(client_identity) if client_identity else None
+    server = parse_spiffe(server_identity) if server_identity else None
+    mesh = is_mesh_alpn(alpn) or (dest is not None and (client is not None or server is not None))
+    return MeshLeg(mesh, dest, client, server, inner_protocol(alpn))
 
 
 def sidecar_loopback_role(src: str, sport: int, dst: str, dport: int) -> str | None:

@@ -13,6 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from meshscope.decoders.istio_mtls import INBOUND_PASSTHROUGH_SOURCE
+
 from meshscope.model import Connection, Exchange
 
 
@@ -167,10 +169,14 @@ def is_loopback(ip: str) -> bool:
 def place_loopback(legs: list[Leg]) -> None:
     """Put loopback ends on the host they belong to. In a pod's capture the sidecar talks to its app
     over loopback (127.0.0.6 → pod IP, pod IP → 127.0.0.1:15001): when one capture shows exactly
-    one address at the other end of its loopback connections, that address is the capture's host."""
+    one address at the other end of its loopback connections, that address is the capture's host.
+    A connection from 127.0.0.6 is an Istio sidecar's inbound passthrough to its own pod's app: it is
+    sent by the host it goes to, whatever else the capture shows."""
     local: dict[str, set[str]] = defaultdict(set)
     for leg in legs:
         first = leg.sides[0].conn
+        if first.src == INBOUND_PASSTHROUGH_SOURCE and leg.sender_host is None:
+            leg.sender_host = leg.sides[-1].conn.dst
         src, dst = first.src, leg.sides[-1].conn.dst
         if is_loopback(src) != is_loopback(dst):
             local[first.capture].add(dst if is_loopback(src) else src)

@@ -1,14 +1,18 @@
 """Flows as a sequence diagram (``Diagram``, one section per flow): what the flow graphs draw.
 
 One column per host (workload name where known), and in time order: TCP handshakes, TLS
-ClientHellos (with SNI) and ServerHellos, HTTP requests and responses, NAT rewrites and proxy hops.
+ClientHellos (with SNI; on Istio mesh legs the destination service and the mTLS mark) and
+ServerHellos (with the SPIFFE identity of each end, where seen), HTTP requests and responses, NAT
+rewrites and proxy hops (an inferred one with its confidence).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 
 from meshscope.decoders.diagram import Diagram, Message, Section
+from meshscope.decoders.istio_mtls import exchange_leg, parse_istio_sni
 from meshscope.decoders.pod_labels import endpoint_names
 
 from meshscope.model import Exchange, Flow, Hop
@@ -46,10 +50,31 @@ def response_label(ex: Exchange) -> str | None:
     return f"{ex.status} {ex.reason or ''}".strip() + grpc
 
 
+def tls_label(ex: Exchange) -> str:
+    """A TLS leg in a few words: ``SNI shop.lab``; an Istio leg by its destination service and, when
+    its ALPN (or a SPIFFE certificate) says so, ``mesh mTLS``."""
+    leg = exchange_leg(ex.sni, ex.alpn, ex.tls_client_identity, ex.tls_server_identity)
+    what = f"→ {leg.destination.label}" if leg.destination is not None else f"SNI {ex.sni or '-'}"
+    return f"{what} mesh mTLS" if leg.mesh_mtls else what
+
+
+def hop_note(hop: Hop) -> str:
+    """What a proxy hop's note says: its kind, attempts, SNI (an Istio one as its service), and for a
+    hop inferred without keys "inferred (confidence)", "ambiguous" when two connections explain it."""
+    what = hop.kind + (f" ×{hop.retries + 1} attempts" if hop.retries else "")
+    if hop.sni:
+        dest = parse_istio_sni(hop.sni)
+        what += f" → {dest.label}" if dest is not None else f" SNI {hop.sni}"
+    ev = hop.evidence
+    if ev.get("inferred"):
+        what += (" ambiguous," if ev.get("ambiguous") else "") + f" inferred ({ev.get('confidence', 0):.2f})"
+    return what
+
+
 def flow_title(flow: Flow, root: Exchange | None) -> str:
     what = ""
     if root is not None:
-        what = request_label(root) if root.exchange_type == "http" else f"TLS {root.sni or ''}"
+        what = request_label(root) if root.exchange_type == "http" else f"TLS {tls_label(root)}"
     rid = f"  x-request-id {flow.request_id}" if flow.request_id else ""
     return f"{_short(what)}{rid}".strip()
 
@@ -89,20 +114,25 @@ def _flow_messages(flow: Flow, exchanges: Mapping[str, Exchange], labels: dict[s
                 ends[xid] = (_ip(hop.src), _ip(hop.dst))
         elif hop.kind != "dns-lookup":  # a lookup is drawn by its exchange's arrows
             proxy = _ip(hop.src)
-            what = hop.kind + (f" ×{hop.retries + 1} attempts" if hop.retries else "")
-            if hop.sni:
-                what += f" SNI {hop.sni}"
+            what = hop_note(hop)
             # the note goes before the upstream connection's handshake
             up = exchanges.get(hop.exchange_ids[1]) if len(hop.exchange_ids) > 1 else None
             syn = up.conn.syn_time if up is not None and up.index == 0 else None  # pooled: drawn before
             t = min(x for x in (hop.start, syn, float("inf")) if x is not None)
             msgs.append(Message(t - 1e-6 if t != float("inf") else 0.0, proxy, proxy, what, "note"))
+    hellos: set[tuple] = set()  # decrypted connections whose handshake is drawn
     for xid in dict.fromkeys(flow.exchange_ids):
         ex = exchanges.get(xid)
         if ex is None or (xid in ends and xid != _first_mirror(flow, xid)):
             continue
         src, dst = ends.get(xid, (ex.conn.src, ex.conn.dst))
         msgs += exchange_messages(ex, src, dst, xid in drawn_syn)
+        c = ex.conn
+        if ex.tls_decryption == "decrypted" and (c.src, c.sport, c.dst, c.dport) not in hellos:
+            # a request read through TLS: its leg's handshake (SNI, mesh mark, identities) just before it
+            hellos.add((c.src, c.sport, c.dst, c.dport))
+            t = (ex.request_time or 0.0) - 2e-6
+            msgs += [dataclasses.replace(m, t=t) for m in _tls_messages(ex, src, dst, t)]
     return msgs
 
 
@@ -161,13 +191,7 @@ def exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> list
             out.append(Message(ex.response_time, dst, src, answer, "response"))
         return out
     if ex.exchange_type == "tls":
-        alpn = f" ALPN {','.join(ex.alpn)}" if ex.alpn else ""
-        quic = getattr(ex, "quic", None)
-        what = f"QUIC v{quic.version} ClientHello" if quic is not None else "ClientHello"
-        out.append(Message(t0, src, dst, _short(f"{what} SNI {ex.sni or '-'}{alpn}"), "hello"))
-        if ex.tls_version:
-            out.append(Message(ex.response_time or t0, dst, src, f"ServerHello {ex.tls_version}", "response"))
-        return out
+        return out + _tls_messages(ex, src, dst, t0)
     rid = ex.request_id
     label = request_label(ex)
     if rid and len(rid) > 14:  # enough of the id to tell requests apart, and its sampling digit
@@ -176,4 +200,23 @@ def exchange_messages(ex: Exchange, src: str, dst: str, syn_drawn: bool) -> list
     status = response_label(ex)
     if status is not None:
         out.append(Message(ex.response_time or t0, dst, src, status, "response"))
+    return out
+
+
+def _tls_messages(ex: Exchange, src: str, dst: str, t0: float) -> list[Message]:
+    """A ClientHello (SNI or Istio destination, mesh mark, else the ALPN offered), the ServerHello, and
+    a note on each end with its SPIFFE identity where a certificate showed one."""
+    quic = getattr(ex, "quic", None)
+    what = f"QUIC v{quic.version} ClientHello" if quic is not None else "ClientHello"
+    label = tls_label(ex)
+    if ex.alpn and not label.endswith("mesh mTLS"):
+        label += f" ALPN {','.join(ex.alpn)}"
+    out = [Message(t0, src, dst, _short(f"{what} {label}"), "hello")]
+    t1 = ex.response_time or t0
+    if ex.tls_version:
+        out.append(Message(t1, dst, src, f"ServerHello {ex.tls_version}", "response"))
+    leg = exchange_leg(ex.sni, ex.alpn, ex.tls_client_identity, ex.tls_server_identity)
+    for who, identity in ((src, leg.client), (dst, leg.server)):
+        if identity is not None:
+            out.append(Message(t1, who, who, identity.label, "note"))
     return out

@@ -83,6 +83,8 @@ class ExchangeFacts:
     dns: DnsQuery | None = None  # a DNS lookup (its answers and attempts: the graphs draw them)
     quic: QuicInitial | None = None
     tunnel: str | None = None  # inside an HTTP CONNECT tunnel
+    tls_client_identity: str | None = None  # SPIFFE ids of a mesh leg's ends: the graphs label them
+    tls_server_identity: str | None = None
 
     @property
     def request_id(self) -> str | None:
@@ -106,7 +108,8 @@ class ExchangeFacts:
                             for name in STITCH_HEADERS if name in h},
                    alpn=ex.alpn or _NONE, tls_offered_versions=ex.tls_offered_versions or _NONE,
                    protocol=ex.protocol, stream_id=ex.stream_id, grpc=_slim_grpc(ex.grpc),
-                   tls_decryption=ex.tls_decryption, dns=ex.dns, quic=ex.quic, tunnel=ex.tunnel)
+                   tls_decryption=ex.tls_decryption, dns=ex.dns, quic=ex.quic, tunnel=ex.tunnel,
+                   tls_client_identity=ex.tls_client_identity, tls_server_identity=ex.tls_server_identity)
 
 
     @staticmethod
@@ -136,7 +139,8 @@ class ExchangeFacts:
                 {name: intern(h[name]) if name in _SHARED_VALUES else h[name]
                  for name in STITCH_HEADERS if name in h},
                 ex.alpn or _NONE, ex.tls_offered_versions or _NONE, ex.protocol, ex.stream_id,
-                _slim_grpc(ex.grpc), ex.tls_decryption, ex.dns, ex.quic, ex.tunnel)
+                _slim_grpc(ex.grpc), ex.tls_decryption, ex.dns, ex.quic, ex.tunnel, ex.tls_client_identity,
+                ex.tls_server_identity)
 
     @classmethod
     def from_tuple(cls, t: tuple, conns: list[Connection]) -> ExchangeFacts:

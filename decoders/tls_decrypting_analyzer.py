@@ -93,7 +93,7 @@ class _InnerHost:
 
 class DecryptingTlsAnalyzer(Analyzer):
     protocol = "tls"
-    __slots__ = ("session", "tls", "inner", "inner_host", "settled")
+    __slots__ = ("session", "tls", "inner", "inner_host", "settled", "identities")
 
     def __init__(self, host: Host, keylog: KeyLog, client_hello_seen: bool = True) -> None:
         super().__init__(host)
@@ -104,6 +104,7 @@ class DecryptingTlsAnalyzer(Analyzer):
         self.client = _Feed(self, True)
         self.server = _Feed(self, False)
         self.settled = False
+        self.identities: tuple[str | None, str | None] | None = None  # SPIFFE ids, read once
         if not client_hello_seen:
             self.damage(self.tls, True, "ClientHello not captured")
 
@@ -146,13 +147,26 @@ class DecryptingTlsAnalyzer(Analyzer):
 
     def _pass_inner(self) -> None:
         r = self.session.report
+        # the leg's marks go on every request read inside it: the graphs label a mesh leg from them
+        client, server = self._identities()
         for ex in self.inner_host.ready:
             ex.tls_version = r.version or None
             ex.tls_cipher_suite = r.cipher_suite or None
             ex.tls_decryption = "decrypted"
             ex.sni = ex.sni or r.sni
+            ex.alpn = self.tls.alpn
+            ex.tls_client_identity, ex.tls_server_identity = client, server
             self.emit(ex)
         self.inner_host.ready.clear()
+
+    def _identities(self) -> tuple[str | None, str | None]:
+        """The SPIFFE ids of both ends from the handshake's certificates, parsed once per connection
+        (application data follows the handshake: by then they have been read)."""
+        if self.identities is None:
+            r = self.session.report
+            client, server = leaf_identity(r.client_certificates), leaf_identity(r.server_certificates)
+            self.identities = (client.uri if client else None, server.uri if server else None)
+        return self.identities
 
     def _finish(self) -> None:
         if self.done:
@@ -162,9 +176,7 @@ class DecryptingTlsAnalyzer(Analyzer):
         ex = self.tls
         if ex.tls_version is None and ex.sni is None and not r.records:
             ex.tls_decryption = None
-        client, server = leaf_identity(r.client_certificates), leaf_identity(r.server_certificates)
-        ex.tls_client_identity = client.uri if client else None
-        ex.tls_server_identity = server.uri if server else None
+        ex.tls_client_identity, ex.tls_server_identity = self._identities()
         if r.lost_records:
             ex.damage.append(f"{r.lost_records} TLS records lost in gaps")
         for p in r.problems[:5]:

