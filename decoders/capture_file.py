@@ -20,6 +20,11 @@ from meshscope.decoders.wording import counted
 
 from meshscope.errors import CaptureError
 
+try:  # compiled by the package's install (scripts/setup.sh); without it the Python loop reads alone
+    from meshscope.decoders._record_scan import scan as _scan
+except ImportError:  # pragma: no cover - a checkout whose extension was not built
+    _scan = None
+
 PCAP_MAGICS = {  # magic as read little-endian -> (byte order, timestamp divisor)
     0xA1B2C3D4: ("<", 1e6), 0xD4C3B2A1: (">", 1e6),
     0xA1B23C4D: ("<", 1e9), 0x4D3CB2A1: (">", 1e9),
@@ -223,12 +228,34 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
     # progress there too: once per chunk)
     buf, pos, blen = c.buf, c.pos, len(c.buf)
     layout = FIXED_LAYOUTS.get(linktype) if cut is not None else None
+    scan = None
     if layout is not None:
         et_at, ip_at, ifindex_at = layout
         head, min_len = linked_head(et_at, ip_at), ip_at + IPV4_TCP_MIN
         index, count, cut_one, ifindex_name = cut.index, cut.count, cut.cut, cut.ifindex_name
+        scan, big = _scan, order == ">"
     try:
         while True:
+            if scan is not None:
+                # the records wholly in the window, in C: only those to read come back (the same test
+                # as below); the record it stops at (the window's end, damage) is left to this loop
+                found, pos, n, nb = scan(buf, pos, blen, big, et_at, ip_at, index, count)
+                packets += n
+                nbytes += nb
+                for at in found:
+                    start = at + 16 if at >= 0 else ~at + 16
+                    sec, frac, incl, orig = unpack(buf, start - 16)
+                    if at < 0:
+                        yield _record(CaptureRecord, (sec + frac / divisor, linktype, None,
+                                                      buf[start:start + incl], orig))
+                        continue
+                    ip = start + ip_at
+                    seg = cut_one(buf, ip, ip + 20, start + incl, (buf[ip + 2] << 8) | buf[ip + 3],
+                                  sec + frac / divisor, orig - incl if orig > incl else 0,
+                                  None if ifindex_at is None else ifindex_name(buf[start + ifindex_at:
+                                                                                   start + ifindex_at + 4]))
+                    if seg is not None:
+                        yield seg
             if pos + 16 > blen:
                 c.pos = pos
                 ok = c.need(16)
