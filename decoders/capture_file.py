@@ -234,28 +234,30 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
         head, min_len = linked_head(et_at, ip_at), ip_at + IPV4_TCP_MIN
         index, count, cut_one, ifindex_name = cut.index, cut.count, cut.cut, cut.ifindex_name
         scan, big = _scan, order == ">"
+        addr_texts: dict[int, str] = {}  # what the C cut makes, kept (by number) as TcpCut keeps its own
+        iface_texts: dict[int, str] = {}
     try:
         while True:
             if scan is not None:
-                # the records wholly in the window, in C: only those to read come back (the same test
-                # as below); the record it stops at (the window's end, damage) is left to this loop
-                found, pos, n, nb = scan(buf, pos, blen, big, et_at, ip_at, index, count)
+                # the records wholly in the window, in C: Segments cut, and the offsets of the records
+                # to yield whole (the same test and cut as below); the record it stops at (the
+                # window's end, damage) is left to this loop
+                items, pos, n, nb, bad, whole = scan(buf, pos, blen, big, et_at, ip_at,
+                                                     -1 if ifindex_at is None else ifindex_at, index, count,
+                                                     divisor, addr_texts, iface_texts)
                 packets += n
                 nbytes += nb
-                for at in found:
-                    start = at + 16 if at >= 0 else ~at + 16
-                    sec, frac, incl, orig = unpack(buf, start - 16)
-                    if at < 0:
+                cut.undecodable += bad
+                if not whole:
+                    yield from items
+                else:
+                    for item in items:
+                        if item.__class__ is not int:
+                            yield item
+                            continue
+                        sec, frac, incl, orig = unpack(buf, item)
                         yield _record(CaptureRecord, (sec + frac / divisor, linktype, None,
-                                                      buf[start:start + incl], orig))
-                        continue
-                    ip = start + ip_at
-                    seg = cut_one(buf, ip, ip + 20, start + incl, (buf[ip + 2] << 8) | buf[ip + 3],
-                                  sec + frac / divisor, orig - incl if orig > incl else 0,
-                                  None if ifindex_at is None else ifindex_name(buf[start + ifindex_at:
-                                                                                   start + ifindex_at + 4]))
-                    if seg is not None:
-                        yield seg
+                                                      buf[item + 16:item + 16 + incl], orig))
             if pos + 16 > blen:
                 c.pos = pos
                 ok = c.need(16)

@@ -25,12 +25,12 @@ def _read(path, shard, scan):
     saved = capture_file._scan
     capture_file._scan = scan
     try:
-        stats = ReadStats()
-        items = list(read_capture(path, stats, None, TcpCut(shard)))
+        stats, cut = ReadStats(), TcpCut(shard)
+        items = list(read_capture(path, stats, None, cut))
     finally:
         capture_file._scan = saved
     return items, (stats.packets, stats.bytes, stats.truncated, stats.damage, stats.damage_count,
-                   stats.offset)
+                   stats.offset, cut.undecodable)
 
 
 def _agree(path) -> int:
@@ -63,13 +63,16 @@ def test_corner_case_captures(tmp_path):
 def _frame(kind: str, sport: int, dport: int, flags: int, payload: bytes, link: int) -> bytes:
     """One frame of the kinds the skip test tells apart."""
     ihl = 6 if kind == "options" else 5
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000, 2000, 5 << 4, flags, 65535, 0, 0) + payload
+    doff = 4 if kind == "bad-tcp" else 5  # a data offset below 20 bytes: undecodable
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000, 2000, doff << 4, flags, 65535, 0, 0) + payload
     frag = 0x2000 if kind == "fragment" else 0x4000
     proto = 17 if kind == "udp" else 6
     ip = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(tcp), 0, frag, 64, proto, 0,
                      b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02") + bytes((ihl - 5) * 4) + tcp
     if kind == "short":
         ip = ip[:30]
+    elif kind == "short-total":  # the IP total length leaves no room for a TCP header
+        ip = ip[:2] + struct.pack("!H", 30) + ip[4:]
     if link == 1:
         head = bytes(12) + (b"\x86\xdd" if kind == "ipv6-ethertype" else b"\x08\x00")
     elif link == 113:
@@ -84,7 +87,8 @@ def _frame(kind: str, sport: int, dport: int, flags: int, payload: bytes, link: 
     link=st.sampled_from([1, 113, 276]),
     order=st.sampled_from(["<", ">"]),
     frames=st.lists(st.tuples(
-        st.sampled_from(["tcp", "tcp", "tcp", "options", "fragment", "udp", "short", "ipv6-ethertype"]),
+        st.sampled_from(["tcp", "tcp", "tcp", "options", "fragment", "udp", "short", "ipv6-ethertype",
+                         "bad-tcp", "short-total"]),
         st.integers(0, 65535), st.integers(0, 65535), st.sampled_from([0x10, 0x18, 0x02, 0x12, 0x11, 0x04]),
         st.binary(max_size=40)), max_size=40),
     cut=st.integers(0, 3000),
@@ -105,9 +109,14 @@ def test_crafted_records(tmp_path, link, order, frames, cut, absurd):
 
 @pytest.mark.parametrize("order", ["<", ">"])
 def test_scan_stops_where_the_window_ends(order):
-    """A record not wholly in the window is left to the Python loop (which refills it)."""
+    """A record not wholly in the window is left to the Python loop (which refills it); the Segments
+    before it are TcpCut's."""
     data = _frame("tcp", 1234, 80, 0x18, b"GET / HTTP/1.1\r\n\r\n", 1)
-    rec = struct.pack(order + "IIII", 1, 2, len(data), len(data)) + data
+    rec = struct.pack(order + "IIII", 1, 500_000, len(data), len(data) + 3) + data
     buf = rec * 3
-    records, pos, packets, nbytes = capture_file._scan(buf, 0, len(buf) - 1, order == ">", 12, 14, 0, 1)
-    assert records == [0, len(rec)] and pos == 2 * len(rec) and packets == 2 and nbytes == 2 * len(data)
+    big = order == ">"
+    items, pos, packets, nbytes, bad, whole = capture_file._scan(buf, 0, len(buf) - 1, big, 12, 14, -1, 0, 1,
+                                                                 1e6, {}, {})
+    expected = TcpCut().cut(data, 14, 34, len(data), len(data) - 14, 1.5, 3, None)
+    assert items == [expected, expected] and expected[8] == b"GET / HTTP/1.1\r\n\r\n"
+    assert (pos, packets, nbytes, bad, whole) == (2 * len(rec), 2, 2 * len(data), 0, 0)
