@@ -2,7 +2,10 @@
 
 Hand-written on struct (rather than dpkt.pcap / dpkt.pcapng) because meshscope needs, per packet,
 the pcapng interface it came from, and needs damage (truncation, absurd record lengths) reported
-instead of raised; it also reads in large chunks, which is the fastest way through a big file."""
+instead of raised; it also reads in large chunks, which is the fastest way through a big file. For a
+pcap of an Ethernet or Linux cooked link layer, the loop over the records of a chunk runs in C
+(decoders/_record_scan.c: most records are dropped from their headers, the rest cut into Segments),
+once per chunk instead of once per record; the Python loop below is its reference and fallback."""
 
 from __future__ import annotations
 
