@@ -2,7 +2,10 @@
 
 Hand-written on struct (rather than dpkt.pcap / dpkt.pcapng) because meshscope needs, per packet,
 the pcapng interface it came from, and needs damage (truncation, absurd record lengths) reported
-instead of raised; it also reads in large chunks, which is the fastest way through a big file."""
+instead of raised; it also reads in large chunks, which is the fastest way through a big file. For a
+pcap of an Ethernet or Linux cooked link layer, the loop over the records of a chunk runs in C
+(decoders/_record_scan.c: most records are dropped from their headers, the rest cut into Segments),
+once per chunk instead of once per record; the Python loop below is its reference and fallback."""
 
 from __future__ import annotations
 
@@ -19,6 +22,11 @@ from meshscope.decoders.tcp_flags import CONTROL, IP_FRAGMENTED
 from meshscope.decoders.wording import counted
 
 from meshscope.errors import CaptureError
+
+try:  # compiled by the package's install (scripts/setup.sh); without it the Python loop reads alone
+    from meshscope.decoders._record_scan import scan as _scan
+except ImportError:  # pragma: no cover - a checkout whose extension was not built
+    _scan = None
 
 PCAP_MAGICS = {  # magic as read little-endian -> (byte order, timestamp divisor)
     0xA1B2C3D4: ("<", 1e6), 0xD4C3B2A1: (">", 1e6),
@@ -223,12 +231,36 @@ def _read_pcap(path: Path, c: _Chunks, stats: ReadStats, progress,
     # progress there too: once per chunk)
     buf, pos, blen = c.buf, c.pos, len(c.buf)
     layout = FIXED_LAYOUTS.get(linktype) if cut is not None else None
+    scan = None
     if layout is not None:
         et_at, ip_at, ifindex_at = layout
         head, min_len = linked_head(et_at, ip_at), ip_at + IPV4_TCP_MIN
         index, count, cut_one, ifindex_name = cut.index, cut.count, cut.cut, cut.ifindex_name
+        scan, big = _scan, order == ">"
+        addr_texts: dict[int, str] = {}  # what the C cut makes, kept (by number) as TcpCut keeps its own
+        iface_texts: dict[int, str] = {}
     try:
         while True:
+            if scan is not None:
+                # the records wholly in the window, in C: Segments cut, and the offsets of the records
+                # to yield whole (the same test and cut as below); the record it stops at (the
+                # window's end, damage) is left to this loop
+                items, pos, n, nb, bad, whole = scan(buf, pos, blen, big, et_at, ip_at,
+                                                     -1 if ifindex_at is None else ifindex_at, index, count,
+                                                     divisor, addr_texts, iface_texts)
+                packets += n
+                nbytes += nb
+                cut.undecodable += bad
+                if not whole:
+                    yield from items
+                else:
+                    for item in items:
+                        if item.__class__ is not int:
+                            yield item
+                            continue
+                        sec, frac, incl, orig = unpack(buf, item)
+                        yield _record(CaptureRecord, (sec + frac / divisor, linktype, None,
+                                                      buf[item + 16:item + 16 + incl], orig))
             if pos + 16 > blen:
                 c.pos = pos
                 ok = c.need(16)

@@ -8,7 +8,9 @@ Not httptools (llhttp) either, measured in place: as the requests' parser (llhtt
 stream, this one taking over at damage) it was no faster on the 1 M-packet benchmark, where each
 head arrives whole in a segment: its per-header Python callbacks and the text decoding cost what
 this parser's one decode and split cost (its 3.2x in a micro-benchmark came from pipelined heads
-cut into 1460-byte chunks, which this parser must buffer)."""
+cut into 1460-byte chunks, which this parser must buffer). What is in C is narrower: a well-formed
+head's fields (decoders/_http1_head.c, 1.6x parse_head's loop on the benchmark's heads); the state
+machine, its damage tolerance and every other head stay here."""
 
 from __future__ import annotations
 
@@ -17,6 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshscope.decoders.wording import counted
+
+try:  # compiled by the package's install (scripts/setup.sh), like decoders/_record_scan.c
+    from meshscope.decoders._http1_head import fields as _fields
+except ImportError:  # pragma: no cover - a checkout whose extension was not built
+    _fields = None
 
 MAX_HEAD = 64 * 1024  # a head larger than this is garbage, not HTTP
 MAX_LINE = 4096  # chunk-size and trailer lines
@@ -59,18 +66,22 @@ def looks_like_response(data: bytes) -> bool:
 
 def parse_head(raw: bytes, is_request: bool, ts: float) -> HttpHead | None:
     """Parse a head (without the blank line); None when the start line is not HTTP/1.x."""
-    lines = raw.decode("latin-1").split("\n")  # decoded once: per-field decoding is the slow part
-    start = lines[0].rstrip("\r")
-    headers: dict[str, str] = {}
-    last = None
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep and name and name[-1] not in " \t":
-            last = name.lower()
-            value = value.strip()
-            headers[last] = f"{headers[last]}, {value}" if last in headers else value
-        elif last is not None and line[:1] in (" ", "\t"):  # obsolete line folding
-            headers[last] += " " + line.strip()
+    fields = _fields(raw) if _fields is not None else None  # a well-formed head, in C
+    if fields is not None:
+        start, headers = fields
+    else:  # the reference, for every head
+        lines = raw.decode("latin-1").split("\n")  # decoded once: per-field decoding is the slow part
+        start = lines[0].rstrip("\r")
+        headers = {}
+        last = None
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep and name and name[-1] not in " \t":
+                last = name.lower()
+                value = value.strip()
+                headers[last] = f"{headers[last]}, {value}" if last in headers else value
+            elif last is not None and line[:1] in (" ", "\t"):  # obsolete line folding
+                headers[last] += " " + line.strip()
     if is_request:
         parts = start.split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or parts[0].encode() not in METHODS:

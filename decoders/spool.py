@@ -121,9 +121,12 @@ class ExchangeFacts:
 
     @staticmethod
     def conn_of(t: tuple) -> Connection:
-        c = Connection(**dict(zip(_CONN_FIELDS, t, strict=True)))
-        c.labels = dict(c.labels)
-        return c
+        # named one by one, not zipped into a dict: one per connection received from a decode worker
+        (src, sport, dst, dport, capture, interface, client_isn, server_isn, syn_time, handshake_seen,
+         transport, labels) = t
+        return Connection(src=src, sport=sport, dst=dst, dport=dport, capture=capture, interface=interface,
+                          client_isn=client_isn, server_isn=server_isn, syn_time=syn_time,
+                          handshake_seen=handshake_seen, transport=transport, labels=dict(labels))
 
     @staticmethod
     def tuple_of(ex: Exchange, conn_key: int) -> tuple:
@@ -149,7 +152,6 @@ class ExchangeFacts:
         return cls(t[0], t[1], conns[t[2]], *t[3:])
 
 
-_CONN_FIELDS = Connection.__slots__
 _NONE: list[str] = []  # shared by every exchange without ALPN/versions; facts are never changed
 _SHARED_VALUES = frozenset(("x-forwarded-for", "x-b3-sampled", "x-envoy-attempt-count", "x-envoy-internal",
                             "x-envoy-expected-rq-timeout-ms", "x-envoy-decorator-operation"))

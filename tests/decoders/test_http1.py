@@ -164,3 +164,37 @@ def test_protocol_switch_stops_parsing(tmp_path):
     exs, report = exchanges(write(tmp_path / "ws.pcap", c.close().packets))
     assert [(e.uri, e.status, e.request_id) for e in exs] == [("/ws", 101, "ws-1")]
     assert not report.damage
+
+
+_LINE_BYTES = st.sampled_from([b"a", b"Z", b"-", b":", b" ", b"\t", b"\r", b"\xa0", b"\x85", b"\x1f", b"\xc4",
+                               b"\xff", b"x-request-id", b"Host", b"HOST", b"1.2.3.4", b"\n", b"\x0b"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(start=st.lists(_LINE_BYTES, max_size=6), lines=st.lists(st.lists(_LINE_BYTES, max_size=8), max_size=8))
+def test_parse_head_in_c_reads_as_the_python_loop(start, lines):
+    """decoders/_http1_head.c answers for well-formed heads only, and then as the Python loop does:
+    folded lines, blank-ended or repeated names, non-ASCII names and stray bytes all included."""
+    from meshscope.decoders import http1
+
+    assert http1._fields is not None  # built by scripts/setup.sh
+    raw = b"GET / HTTP/1.1" + b"".join(start) + b"".join(b"\r\n" + b"".join(line) for line in lines)
+    for is_request in (True, False):
+        for head in (raw, b"HTTP/1.1 200 OK" + raw[14:]):
+            with_c = parse_head(head, is_request, 1.0)
+            saved, http1._fields = http1._fields, None
+            try:
+                assert with_c == parse_head(head, is_request, 1.0)
+            finally:
+                http1._fields = saved
+
+
+def test_parse_head_in_c_takes_well_formed_heads():
+    from meshscope.decoders import http1
+
+    fields = http1._fields(b"GET /a HTTP/1.1\r\r\nHost: h:80 \r\nX-Request-Id:\t\xa0id\xa0\r\nEmpty:")
+    assert fields == ("GET /a HTTP/1.1", {"host": "h:80", "x-request-id": "id", "empty": ""})
+    for other in (b"GET / HTTP/1.1\r\nA: 1\r\n folded", b"GET / HTTP/1.1\r\nA: 1\r\nA: 2",
+                  b"GET / HTTP/1.1\r\nA : 1", b"GET / HTTP/1.1\r\n\xc4: 1", b"GET / HTTP/1.1\r\nno colon",
+                  b"GET / HTTP/1.1\r\n"):
+        assert http1._fields(other) is None, other
