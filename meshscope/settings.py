@@ -46,6 +46,9 @@ class Settings:
     sqlite_path: Path | None = None  # default: data_dir / "meshscope.db"
     elasticsearch_url: str = "http://127.0.0.1:9200"
     elasticsearch_index_prefix: str = "meshscope-"
+    # how long one Elasticsearch call retries an unreachable or busy server before the store gives up
+    # (the pipeline then waits and tries again; the API answers 503)
+    elasticsearch_retry_s: float = 30.0
     retention_days: int = 7
     # alerts
     alert_rules: Path | None = None  # default: the bundled pipelines/default_rules.yaml
