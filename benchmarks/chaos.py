@@ -364,10 +364,12 @@ async def report(ledger: Ledger, store, envoy: EnvoyProcess, shape: str,
 
 
 # ---- the shapes ---------------------------------------------------------------------------------
-def start_envoy(work: Path, als_port: int, zipkin_port: int) -> tuple[EnvoyProcess, int]:
+def start_envoy(work: Path, als_port: int, zipkin_port: int, admin_port: int) -> tuple[EnvoyProcess, int]:
     routes = lab_routes(free_port(), work / "certs")
     bootstrap = lab_bootstrap(routes, als_port, zipkin_port, node_id=ENVOY_NODE)
     add_direct_route(bootstrap)
+    # a fixed admin port: a restarted Envoy is the same proxy to meshscope's loss account
+    bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
     envoy = EnvoyProcess(bootstrap, workdir=work / "envoy")
     envoy.start()
     return envoy, listener_port(routes, "ingress")
@@ -375,7 +377,8 @@ def start_envoy(work: Path, als_port: int, zipkin_port: int) -> tuple[EnvoyProce
 
 async def rig(settings: Settings, p: dict, work: Path, args) -> tuple[EnvoyProcess, object, Ledger, Load]:
     """Envoy pointed at the collector, a reader on the store, and the load (not started yet)."""
-    envoy, proxy_port = await asyncio.to_thread(start_envoy, work, p["als_port"], p["zipkin_port"])
+    envoy, proxy_port = await asyncio.to_thread(start_envoy, work, p["als_port"], p["zipkin_port"],
+                                                p["chaos_envoy_admin"])
     store = make_store(settings)
     await store.start()
     ledger = Ledger(spans_per_post=args.spans_per_post)
@@ -387,6 +390,32 @@ async def rig(settings: Settings, p: dict, work: Path, args) -> tuple[EnvoyProce
 def ports() -> dict:
     return {k: free_port() for k in ("api_port", "zipkin_port", "als_port", "envoy_admin_port", "proxy_port",
                                      "demo_upstream_port", "otlp_grpc_port", "otlp_http_port")}
+
+
+def stack_config(p: dict) -> dict:
+    """The ports and the loss account of the chaos Envoy (polled every second, as a dashboard would)."""
+    ports_only = {k: v for k, v in p.items() if k != "chaos_envoy_admin"}
+    return {**ports_only, "proxy_admins": [f"127.0.0.1:{p['chaos_envoy_admin']}"], "proxy_poll_s": 1.0}
+
+
+def envoy_faults(envoy: EnvoyProcess) -> list[tuple[str, object, object]]:
+    """SIGKILL, then SIGTERM of the bundled Envoy, each undone by starting it again (its counters at 0)."""
+    def kill(sig: int):
+        def end() -> None:
+            assert envoy.process is not None
+            envoy.process.send_signal(sig)
+            envoy.process.wait(20)
+            envoy.stop()  # only tidies up: the process is gone
+
+        async def do() -> None:
+            await asyncio.to_thread(end)
+        return do
+
+    async def restart() -> None:
+        await asyncio.to_thread(envoy.start)
+
+    return [(f"{signal.Signals(sig).name} envoy", kill(sig), restart)
+            for sig in (signal.SIGKILL, signal.SIGTERM)]
 
 
 async def cycles(ledger: Ledger, faults: list[tuple[str, object, object]], args) -> None:
@@ -444,10 +473,10 @@ async def embedded(args, work: Path) -> bool:
     logs = work / "logs"
     logs.mkdir()
     with small_tmpfs(work / "disk", args.disk) as disk:
-        p = ports()
+        p = {**ports(), "chaos_envoy_admin": free_port()}
         data = disk / "data"
         config = work / "meshscope.yaml"
-        config.write_text(yaml.safe_dump({**p, "data_dir": str(data)}))
+        config.write_text(yaml.safe_dump({**stack_config(p), "data_dir": str(data)}))
         settings = Settings(data_dir=data)
         up = Part("up", ["up", "--no-proxy"], config, logs, f"http://127.0.0.1:{p['api_port']}/readyz")
         up.start()
@@ -461,7 +490,7 @@ async def embedded(args, work: Path) -> bool:
         async def free_disk() -> None:
             filler.pop().unlink()
 
-        faults = [*kill_faults(up), ("disk full", fill_disk, free_disk)]
+        faults = [*kill_faults(up), *envoy_faults(envoy), ("disk full", fill_disk, free_disk)]
         try:
             return await run_faults("embedded", ledger, load, store, envoy, faults, args)
         finally:
@@ -485,15 +514,17 @@ async def scale_out(args, work: Path) -> bool:
         broker.start()
         search.start()
         with small_tmpfs(work / "disk", args.disk) as disk:
-            p = ports()
+            p = {**ports(), "chaos_envoy_admin": free_port()}
             run = uuid.uuid4().hex[:8]
-            doc = {**p, "data_dir": str(disk / "data"), "bus": "kafka", "kafka_bootstrap": broker.bootstrap,
+            doc = {**stack_config(p), "data_dir": str(disk / "data"), "bus": "kafka",
+                   "kafka_bootstrap": broker.bootstrap,
                    "kafka_topic_prefix": f"chaos{run}.", "store": "elasticsearch",
-                   "elasticsearch_url": search.url, "elasticsearch_index_prefix": f"chaos{run}-"}
+                   "elasticsearch_url": search.url, "elasticsearch_index_prefix": f"chaos{run}-",
+                   "kafka_partitions": args.partitions}
             config = work / "meshscope.yaml"
             config.write_text(yaml.safe_dump(doc))
-            settings = Settings(**{k: v for k, v in doc.items() if k not in p and k != "data_dir"},
-                                data_dir=work / "reader")
+            settings = Settings(**{k: v for k, v in doc.items() if k not in p and k not in (
+                "data_dir", "proxy_admins", "proxy_poll_s")}, data_dir=work / "reader")
             collector = Part("collector", ["collector"], config, logs, f"http://127.0.0.1:{p['zipkin_port']}/readyz")
             pipeline = Part("pipeline", ["pipeline"], config, logs, None)
             api = Part("api", ["api"], config, logs, f"http://127.0.0.1:{p['api_port']}/healthz")
@@ -505,17 +536,23 @@ async def scale_out(args, work: Path) -> bool:
             envoy, store, ledger, load = await rig(settings, p, work, args)
             filler: list[Path] = []
 
-            # with S3 storage the broker is stopped and started; in memory it would forget everything, so
-            # it is frozen instead (SIGSTOP: connections stay open, nothing is answered: a hung broker)
-            async def broker_down() -> None:
-                await asyncio.to_thread(broker.stop if s3 is not None else broker.pause)
+            # with S3 storage the broker is stopped (SIGKILL, SIGTERM) and started again on the same port; in
+            # memory it would forget everything, so it is frozen instead (SIGSTOP: connections stay open,
+            # nothing is answered: a hung broker)
+            def broker_down(sig: int):
+                async def down() -> None:
+                    if s3 is None:
+                        await asyncio.to_thread(broker.pause)
+                    else:
+                        await asyncio.to_thread(broker.kill, sig)
+                return down
 
             async def broker_up() -> None:
                 await asyncio.to_thread(broker.start if s3 is not None else broker.resume)
 
             async def full_and_broker_down() -> None:
                 filler.append(await asyncio.to_thread(fill, disk))
-                await broker_down()
+                await broker_down(signal.SIGKILL)()
 
             async def free_and_broker_up() -> None:
                 filler.pop().unlink()
@@ -527,9 +564,14 @@ async def scale_out(args, work: Path) -> bool:
             async def search_back() -> None:
                 await asyncio.to_thread(search.resume)
 
-            faults = [fault for part in parts for fault in kill_faults(part)]
-            cut = "broker stopped" if s3 is not None else "broker hung"
-            faults += [(cut, broker_down, broker_up), ("search path cut", search_cut, search_back),
+            faults = [fault for part in parts for fault in kill_faults(part)] + envoy_faults(envoy)
+            if s3 is not None:
+                cuts = [(f"{signal.Signals(sig).name} broker", broker_down(sig), broker_up)
+                        for sig in (signal.SIGKILL, signal.SIGTERM)]
+                cut = "SIGKILL broker"
+            else:
+                cuts, cut = [("broker hung", broker_down(signal.SIGSTOP), broker_up)], "broker hung"
+            faults += [*cuts, ("search path cut", search_cut, search_back),
                        (f"{cut}, disk full", full_and_broker_down, free_and_broker_up)]
             try:
                 return await run_faults("scale-out", ledger, load, store, envoy, faults, args, settings)
@@ -566,6 +608,7 @@ def main() -> int:
     parser.add_argument("--broker-storage", choices=("memory", "s3"), default="memory",
                         help="Tansu's storage in the scale-out shape: memory (the broker is cut by freezing "
                         "it) or s3 on moto (stopped and restarted; its consumers are then very slow here)")
+    parser.add_argument("--partitions", type=int, default=3, help="partitions per topic (scale-out shape)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
     args = parser.parse_args()
     if os.geteuid() != 0:

@@ -3,6 +3,8 @@ in the lifespan through pipelines.wiring.make_store), the upload worker and the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -62,9 +64,16 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             app.state.store = store
         app.state.uploads = Uploads(settings, app.state.store)
         await app.state.uploads.start()
+        watch = None
+        if settings.proxy_admins and settings.proxy_poll_s > 0:
+            watch = asyncio.create_task(proxies.watch_proxies(settings, app.state.store), name="proxy-watch")
         try:
             yield
         finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             await app.state.uploads.stop()
             if owned:
                 await app.state.store.stop()

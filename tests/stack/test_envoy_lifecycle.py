@@ -89,7 +89,9 @@ def test_sigkill_of_up_takes_envoy_along_and_a_stale_one_is_stopped(tmp_path):
 
 
 async def test_loss_accounting_notices_a_restart(data_dir):
-    """The collector is down; Envoy writes 5 entries, restarts (counters at 0): the gap stays 5."""
+    """The collector is down; Envoy writes 5 entries, restarts (counters at 0): the gap stays 5, also for
+    an account that restarted itself in between (its memory file)."""
+    memory = data_dir / "proxy-loss.json"
     need_envoy()
     loss_module._RUNS.clear()
     async with DemoUpstream(port=free_port()) as upstream:
@@ -104,13 +106,14 @@ async def test_loss_accounting_notices_a_restart(data_dir):
                 assert (await client.get(f"http://127.0.0.1:{port}/status/200",
                                          headers={"host": APP_HOST})).status_code == 200
             deadline = time.monotonic() + 10
-            while (first := (await account([admin], arrived={}))[0]).written < 5:
+            while (first := (await account([admin], arrived={}, memory=memory))[0]).written < 5:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.2)
         assert (first.written, first.gap, first.restarts) == (5, 5, 0)
         await asyncio.sleep(1.0)
         async with EnvoyProcess(bootstrap):
-            (after,) = await account([admin], arrived={})
+            loss_module._RUNS.clear()  # the API restarted too: it recalls the first run from its memory
+            (after,) = await account([admin], arrived={}, memory=memory)
             assert after.restarts == 1 and after.written == 5 and after.gap == 5  # not 0
             loss_module._RUNS.clear()  # an account that never saw the first run
             (unseen,) = await account([admin], arrived={"restarting-proxy": 40})
