@@ -54,7 +54,7 @@ import httpx  # noqa: E402
 import orjson  # noqa: E402
 import yaml  # noqa: E402
 from meshscope.pipelines import AccessQuery, make_bus, make_store  # noqa: E402
-from meshscope.proxy import EnvoyProcess, account  # noqa: E402
+from meshscope.proxy import EnvoyProcess  # noqa: E402
 
 from benchmarks.bench_collector_envoy import add_direct_route  # noqa: E402
 from meshscope.settings import Settings  # noqa: E402
@@ -231,6 +231,70 @@ class Load:
             await self._paced(1.0 / self.args.envoy_rate, one)
 
 
+class Watch:
+    """What meshscope and Envoy show an operator, read every second through every fault: /api/proxies
+    (the loss account), the collector's counters on /metrics and Envoy's own stats on its admin port.
+    Counters are summed across restarts the way Prometheus' increase() does (a drop is a reset)."""
+
+    COUNTERS = {"rejected": ("meshscope_collector_rejected_total", {}),
+                "als_calls_failed": ("meshscope_collector_grpc_calls_total",
+                                     {"server": "als", "outcome": "failed"})}
+
+    def __init__(self, api: str, metrics: str, envoy: EnvoyProcess) -> None:
+        self.api, self.metrics, self.envoy = api, metrics, envoy
+        self.loss: dict | None = None  # the latest /api/proxies loss of the chaos Envoy
+        self.totals: collections.Counter = collections.Counter()
+        self._last: dict[str, float] = {}
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    def _add(self, key: str, value: float) -> None:
+        last = self._last.get(key)
+        self.totals[key] += value if last is None or value < last else value - last
+        self._last[key] = value
+
+    async def read(self, client: httpx.AsyncClient) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            for item in (await client.get(f"{self.api}/api/proxies")).json()["items"]:
+                if item["node_id"] == ENVOY_NODE and item.get("loss"):
+                    self.loss = item["loss"]
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            samples = [s for f in text_string_to_metric_families((await client.get(self.metrics)).text)
+                       for s in f.samples]
+            for key, (name, labels) in self.COUNTERS.items():
+                self._add(key, sum(s.value for s in samples if s.name == name
+                                   and labels.items() <= s.labels.items()))
+        admin = self.envoy.admin_address
+        if admin:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                text = (await client.get(f"http://{admin}/stats",
+                                         params={"filter": "access_logs|meshscope_als"})).text
+                stats = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+                for key in ("access_logs.grpc_access_log.logs_written",
+                            "access_logs.grpc_access_log.logs_dropped",
+                            "cluster.meshscope_als.upstream_cx_connect_fail"):
+                    with contextlib.suppress(KeyError, ValueError):
+                        self._add(key.rsplit(".", 1)[1], float(stats[key]))
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=2) as client:
+            while not self._stop.is_set():
+                await self.read(client)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 1.0)
+            await self.read(client)
+
+
 # ---- reading back what was stored ---------------------------------------------------------------
 async def settle(store, ledger: Ledger, quiet: float, timeout: float) -> None:
     """Wait until every acknowledged access entry is stored, or nothing new was stored for ``quiet`` s."""
@@ -298,7 +362,31 @@ async def broker_request_ids(settings: Settings, idle: float = 10.0, limit: floa
     return ids
 
 
-async def report(ledger: Ledger, store, envoy: EnvoyProcess, shape: str,
+def operator_view(watch: Watch, ledger: Ledger, total: collections.Counter) -> int:
+    """Print what meshscope and Envoy showed an operator beside the ground truth; return the Envoy
+    entries meshscope reported lost (/api/proxies: dropped + gap)."""
+    t, loss = watch.totals, watch.loss or {}
+    reported = int(loss.get("dropped", 0)) + int(loss.get("gap", 0))
+    envoy_lost = total["envoy:lost_unacked"]
+    print("  operator view vs ground truth (counters summed over restarts, read every second):")
+    error = f"; {loss['error']}" if loss.get("error") else ""
+    print(f"    Envoy: {envoy_lost} requests answered but not stored; /api/proxies reports {reported} lost "
+          f"(written {loss.get('written')} dropped {loss.get('dropped')} arrived {loss.get('arrived')} "
+          f"gap {loss.get('gap')} restarts {loss.get('restarts')}{error}) = "
+          f"{reported / envoy_lost if envoy_lost else 1:.2f} of it; Envoy's own stats over its runs: written "
+          f"{t['logs_written']:.0f} dropped {t['logs_dropped']:.0f} collector connect failures "
+          f"{t['upstream_cx_connect_fail']:.0f}")
+    failed_streams = sum(n for k, n in ledger.failures.items() if k.startswith("als "))
+    failed_posts = sum(n for k, n in ledger.failures.items() if k.startswith("zipkin "))
+    print(f"    generator: {total['als:lost_unacked']} entries in {failed_streams} failed streams, "
+          f"{total['spans:lost_unacked']} span batches in {failed_posts} failed posts (each sender was "
+          "told); "
+          f"the collector counted {t['als_calls_failed']:.0f} failed access-log calls and "
+          f"{t['rejected']:.0f} refusals on /metrics (a collector that is down counts nothing)")
+    return reported
+
+
+async def report(ledger: Ledger, store, envoy: EnvoyProcess, shape: str, watch: Watch,
                  broker_settings: Settings | None = None) -> bool:
     """Print the per-fault table; True when the goals hold."""
     access = await stored_request_ids(store)
@@ -326,8 +414,6 @@ async def report(ledger: Ledger, store, envoy: EnvoyProcess, shape: str,
             c["lost_acked"] += acked and not whole
             c["lost_unacked"] += (not acked) and not whole
             c["reported"] += (not acked) and kind != "envoy"
-    loss = (await account([envoy.admin_address], {ENVOY_NODE: sum(
-        1 for rid in ledger.sent["envoy"] if access.get(rid))}))[0]
     print(f"\n{shape}: per fault (access entries and Envoy requests one by one; span batches of "
           f"{ledger.spans_per_post} spans, one by one)")
     head = ("fault", "kind", "sent", "acked", "stored", "duplicated", "lost-acked", "lost-unacked",
@@ -338,14 +424,12 @@ async def report(ledger: Ledger, store, envoy: EnvoyProcess, shape: str,
                                                             for f, _ in book.values()))}
     for (fault, kind), c in sorted(rows.items(), key=lambda item: (order[item[0][0]], item[0][1])):
         total.update({f"{kind}:{k}": v for k, v in c.items()})
-        reported = f"{c['reported']}" if kind != "envoy" else "(account)"
+        reported = f"{c['reported']}" if kind != "envoy" else "(below)"
         print("  " + " | ".join(f"{v:>12}" for v in (fault, kind, c["sent"], c["acked"] if kind != "envoy"
                                                        else "-", c["stored"], c["dup"], c["lost_acked"],
                                                        c["lost_unacked"], reported)))
     envoy_lost = total["envoy:lost_unacked"]
-    print(f"  Envoy's loss account (/api/proxies): written {loss.written} dropped {loss.dropped} arrived "
-          f"{loss.arrived} gap {loss.gap} connect failures {loss.connect_failures} -> reported lost "
-          f"{loss.dropped + loss.gap} of {envoy_lost} requests not stored")
+    reported_envoy = operator_view(watch, ledger, total)
     print(f"  senders were told: {dict(ledger.failures)}")
     if broker_settings is not None:
         missing = {i for i, (_, acked) in ledger.sent["als"].items() if acked and not access.get(i)}
@@ -356,7 +440,7 @@ async def report(ledger: Ledger, store, envoy: EnvoyProcess, shape: str,
                   f"{len(missing - on_broker)} are not")
     lost_acked = total["als:lost_acked"] + total["spans:lost_acked"]
     dups = total["als:dup"] + total["spans:dup"] + total["envoy:dup"]
-    unreported = max(envoy_lost - (loss.dropped + loss.gap), 0)
+    unreported = max(envoy_lost - reported_envoy, 0)
     ok = lost_acked == 0 and dups == 0 and unreported == 0
     print(f"  {shape}: lost-acknowledged {lost_acked}, duplicated {dups}, unreported losses {unreported} "
           f"-> {'OK' if ok else 'GOAL MISSED'}")
@@ -452,21 +536,26 @@ def kill_faults(part: Part) -> list[tuple[str, object, object]]:
 
 
 async def run_faults(shape: str, ledger: Ledger, load: Load, store, envoy: EnvoyProcess, faults: list,
-                     args, broker_settings: Settings | None = None) -> bool:
+                     args, watch: Watch, broker_settings: Settings | None = None) -> bool:
     """Load on, the fault cycles, load off, wait for the store, print the table."""
     if args.faults:
         faults = [f for f in faults if any(word in f[0] for word in args.faults.split(","))]
         if not faults:
             raise SystemExit(f"--faults {args.faults!r} picks none of this shape's faults")
     try:
+        watch.start()
         load.start()
         await cycles(ledger, faults, args)
         await load.stop()
         await settle(store, ledger, args.quiet, args.settle)
-        return await report(ledger, store, envoy, shape, broker_settings)
+        await asyncio.sleep(3.0)  # the API's loss account reads the proxy every second
+        await watch.stop()
+        return await report(ledger, store, envoy, shape, watch, broker_settings)
     finally:
         with contextlib.suppress(Exception):
             await load.stop()
+        with contextlib.suppress(Exception):
+            await watch.stop()
 
 
 async def embedded(args, work: Path) -> bool:
@@ -492,7 +581,9 @@ async def embedded(args, work: Path) -> bool:
 
         faults = [*kill_faults(up), *envoy_faults(envoy), ("disk full", fill_disk, free_disk)]
         try:
-            return await run_faults("embedded", ledger, load, store, envoy, faults, args)
+            api = f"http://127.0.0.1:{p['api_port']}"
+            watch = Watch(api, f"{api}/metrics", envoy)  # `up` serves the collector's counters too
+            return await run_faults("embedded", ledger, load, store, envoy, faults, args, watch)
         finally:
             await store.stop()
             await asyncio.to_thread(envoy.stop)
@@ -574,7 +665,10 @@ async def scale_out(args, work: Path) -> bool:
             faults += [*cuts, ("search path cut", search_cut, search_back),
                        (f"{cut}, disk full", full_and_broker_down, free_and_broker_up)]
             try:
-                return await run_faults("scale-out", ledger, load, store, envoy, faults, args, settings)
+                watch = Watch(f"http://127.0.0.1:{p['api_port']}",
+                              f"http://127.0.0.1:{p['zipkin_port']}/metrics", envoy)
+                return await run_faults("scale-out", ledger, load, store, envoy, faults, args, watch,
+                                        settings)
             finally:
                 await store.stop()
                 if envoy is not None:
