@@ -5,6 +5,7 @@ replayed; every entry reaches the bus, and each record id is stored once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 import pytest
@@ -43,19 +44,31 @@ async def _send(port: int, messages) -> None:
         await als_pb2_grpc.AccessLogServiceStub(channel).StreamAccessLogs(gen(), timeout=60)
 
 
-async def test_broker_hangs_records_spool_and_replay(broker, data_dir):
+@contextlib.asynccontextmanager
+async def _collector_over(bootstrap: str, data_dir, group: str):
+    """A collector over a Kafka bus on ``bootstrap`` and a reader of its access topic; the first 20
+    entries sent and read back while the broker answers."""
     from meshscope.pipelines.bus.kafka import KafkaBus
 
-    bus = KafkaBus(broker.bootstrap, request_timeout_s=2)
+    bus = KafkaBus(bootstrap, request_timeout_s=2)
     await bus.start()
     settings = Settings(data_dir=data_dir, als_port=free_port(), zipkin_port=free_port(),
                         otlp_grpc_port=0, otlp_http_port=0)
     collector = Collector(settings, bus, publish_timeout=1.0)
     await collector.start()
-    reader = TopicReader(bus, "access", group="collector-outage-test")
+    reader = TopicReader(bus, "access", group=group)
     try:
         await _send(collector.als_port, [http_message(20, start=0)])  # broker up: straight to Kafka
         await reader.wait_for(20, timeout=30)
+        yield collector, reader
+    finally:
+        await reader.close()
+        await collector.stop()
+        await bus.stop()
+
+
+async def test_broker_hangs_records_spool_and_replay(broker, data_dir):
+    async with _collector_over(broker.bootstrap, data_dir, "collector-outage-test") as (collector, reader):
         assert collector.metrics.spooled.labels("http")._value.get() == 0
 
         broker.pause()  # a hung broker: connections open, nothing answered
@@ -70,10 +83,6 @@ async def test_broker_hangs_records_spool_and_replay(broker, data_dir):
         assert await collector.publisher.drain(60)
         records = await reader.wait_for(80, timeout=60)
         records = await reader.settle(quiet=1.0, timeout=30)
-    finally:
-        await reader.close()
-        await collector.stop()
-        await bus.stop()
     ids = [r.request_id for r in records]
     assert set(ids) == {f"req-{i}" for i in range(80)}  # nothing lost
     # a batch that timed out while the broker hung may still be delivered by the Kafka client when
@@ -89,18 +98,8 @@ async def test_broker_killed_and_restarted_nothing_acknowledged_lost(durable_tan
     acknowledged entry is on the broker afterwards."""
     import signal
 
-    from meshscope.pipelines.bus.kafka import KafkaBus
-
-    bus = KafkaBus(durable_tansu.bootstrap, request_timeout_s=2)
-    await bus.start()
-    settings = Settings(data_dir=data_dir, als_port=free_port(), zipkin_port=free_port(),
-                        otlp_grpc_port=0, otlp_http_port=0)
-    collector = Collector(settings, bus, publish_timeout=1.0)
-    await collector.start()
-    reader = TopicReader(bus, "access", group="collector-restart-test")
-    try:
-        await _send(collector.als_port, [http_message(20, start=0)])
-        await reader.wait_for(20, timeout=30)
+    restart = _collector_over(durable_tansu.bootstrap, data_dir, "collector-restart-test")
+    async with restart as (collector, reader):
         await asyncio.to_thread(durable_tansu.kill, signal.SIGKILL)
         await asyncio.wait_for(_send(collector.als_port, [
             http_message(20, start=20), http_message(20, first=False, start=40)]), 30)
@@ -110,9 +109,5 @@ async def test_broker_killed_and_restarted_nothing_acknowledged_lost(durable_tan
         assert await collector.publisher.drain(60)
         await reader.wait_for(80, timeout=60)
         records = await reader.settle(quiet=1.0, timeout=30)
-    finally:
-        await reader.close()
-        await collector.stop()
-        await bus.stop()
     assert {r.request_id for r in records} == {f"req-{i}" for i in range(80)}  # nothing acknowledged lost
     assert len({r.id for r in records}) == 80
