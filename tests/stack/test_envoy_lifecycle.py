@@ -19,6 +19,7 @@ from meshscope.proxy.demo_upstream import DemoUpstream
 from meshscope.proxy.launcher import EnvoyProcess, envoy_path
 from meshscope.proxy.loss import account
 
+from meshscope.settings import Settings
 from tests.collector.envoy_lab import APP_HOST, lab_bootstrap, lab_routes, listener_port, need_envoy
 from tests.conftest import free_port
 from tests.stack.test_up import _alive, _children, _wait_for
@@ -118,3 +119,37 @@ async def test_loss_accounting_notices_a_restart(data_dir):
             loss_module._RUNS.clear()  # an account that never saw the first run
             (unseen,) = await account([admin], arrived={"restarting-proxy": 40})
     assert unseen.gap == 0 and unseen.error and "counters reset" in unseen.error
+
+
+async def test_api_follows_a_proxy_restart_nobody_asked_about(data_dir):
+    """The API reads its proxies every proxy_poll_s: Envoy logs 5 entries (the collector is down) and
+    restarts before anyone asks /api/proxies; the first answer after the restart still says 5 lost."""
+    need_envoy()
+    from tests.api.conftest import serve
+
+    loss_module._RUNS.clear()
+    async with DemoUpstream(port=free_port()) as upstream:
+        routes = lab_routes(upstream.port, data_dir / "certs")
+        bootstrap = lab_bootstrap(routes, free_port(), free_port(), node_id="watched-proxy")
+        admin_port = free_port()
+        bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
+        settings = Settings(data_dir=data_dir, proxy_admins=[f"127.0.0.1:{admin_port}"], proxy_poll_s=0.2)
+        api = await asyncio.to_thread(serve, settings)
+        try:
+            port = listener_port(routes, "ingress")
+            async with EnvoyProcess(bootstrap) as envoy, httpx.AsyncClient(timeout=10) as client:
+                for _ in range(5):
+                    assert (await client.get(f"http://127.0.0.1:{port}/status/200",
+                                             headers={"host": APP_HOST})).status_code == 200
+                deadline = time.monotonic() + 10
+                while envoy.admin.access_log_counts()["logs_written"] < 5:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(1.0)  # a few of the API's own reads
+            async with EnvoyProcess(bootstrap), httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+                body = (await client.get("/api/proxies")).json()
+        finally:
+            await asyncio.to_thread(api.stop)
+    [loss] = body["unmatched_admins"]  # nothing of this proxy arrived: it is listed by its admin address
+    assert (loss["written"], loss["gap"], loss["restarts"]) == (5, 5, 1)
+    assert (data_dir / "proxy-loss.json").is_file()
