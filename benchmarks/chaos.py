@@ -239,9 +239,9 @@ class Load:
 
 
 class Watch:
-    """What meshscope and Envoy show an operator, read every second through every fault: /api/proxies
-    (the loss account), the collector's counters on /metrics and Envoy's own stats on its admin port.
-    Counters are summed across restarts the way Prometheus' increase() does (a drop is a reset)."""
+    """What meshscope and Envoy show an operator: the collector's counters on /metrics and Envoy's own
+    stats on its admin port, read every second through every fault and summed across restarts the way
+    Prometheus' increase() does (a drop is a reset); /api/proxies (the loss account) at the end."""
 
     COUNTERS = {"rejected": ("meshscope_collector_rejected_total", {}),
                 "als_calls_failed": ("meshscope_collector_grpc_calls_total",
@@ -268,13 +268,16 @@ class Watch:
         self.totals[key] += value if last is None or value < last else value - last
         self._last[key] = value
 
+    async def read_account(self, client: httpx.AsyncClient) -> None:
+        """/api/proxies once (the API follows the proxy by itself: proxy_poll_s)."""
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            for item in (await client.get(f"{self.api}/api/proxies", timeout=60)).json()["items"]:
+                if item["node_id"] == ENVOY_NODE and item.get("loss"):
+                    self.loss = item["loss"]
+
     async def read(self, client: httpx.AsyncClient) -> None:
         from prometheus_client.parser import text_string_to_metric_families
 
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            for item in (await client.get(f"{self.api}/api/proxies")).json()["items"]:
-                if item["node_id"] == ENVOY_NODE and item.get("loss"):
-                    self.loss = item["loss"]
         with contextlib.suppress(httpx.HTTPError, ValueError):
             samples = [s for f in text_string_to_metric_families((await client.get(self.metrics)).text)
                        for s in f.samples]
@@ -300,6 +303,7 @@ class Watch:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 1.0)
             await self.read(client)
+            await self.read_account(client)
 
 
 # ---- reading back what was stored ---------------------------------------------------------------

@@ -66,7 +66,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         await app.state.uploads.start()
         watch = None
         if settings.proxy_admins and settings.proxy_poll_s > 0:
-            watch = asyncio.create_task(proxies.watch_proxies(settings, app.state.store), name="proxy-watch")
+            watch = asyncio.create_task(proxies.watch_proxies(settings), name="proxy-watch")
         try:
             yield
         finally:

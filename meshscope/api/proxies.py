@@ -51,15 +51,15 @@ def loss_memory(settings: Settings) -> Path:
     return settings.data_dir / "proxy-loss.json"
 
 
-async def watch_proxies(settings: Settings, store: StoreReader) -> None:
+async def watch_proxies(settings: Settings) -> None:
     """Read the proxies' counters every ``proxy_poll_s`` until cancelled: a restart between two looks at
-    /api/proxies is then still seen (its run's counts carried), not only when someone asks."""
+    /api/proxies is then still seen (its run's counts carried), not only when someone asks. Following
+    the runs needs only the proxies' counters, so the store is not queried here."""
     while True:
         await asyncio.sleep(settings.proxy_poll_s)
         try:
-            arrived = {n["node_id"]: n["records"] for n in await store.node_ids()}
-            await account(settings.proxy_admins, arrived, memory=loss_memory(settings))
-        except Exception as exc:  # noqa: BLE001 - a store or proxy hiccup must not end the watch
+            await account(settings.proxy_admins, {}, memory=loss_memory(settings))
+        except Exception as exc:  # noqa: BLE001 - a proxy hiccup must not end the watch
             log.debug("proxy watch: %s", exc)
 
 
