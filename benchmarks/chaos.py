@@ -387,6 +387,9 @@ def operator_view(watch: Watch, ledger: Ledger, total: collections.Counter) -> i
           f"{reported / envoy_lost if envoy_lost else 1:.2f} of it; Envoy's own stats over its runs: written "
           f"{t['logs_written']:.0f} dropped {t['logs_dropped']:.0f} collector connect failures "
           f"{t['upstream_cx_connect_fail']:.0f}")
+    if loss.get("arrived") is not None:  # Envoy also logs requests whose answer the load never saw
+        print(f"    Envoy by its own counters: written {t['logs_written']:.0f} - stored {loss['arrived']} = "
+              f"{t['logs_written'] - loss['arrived']:.0f} lost; /api/proxies reported {reported}")
     failed_streams = sum(n for k, n in ledger.failures.items() if k.startswith("als "))
     failed_posts = sum(n for k, n in ledger.failures.items() if k.startswith("zipkin "))
     print(f"    generator: {total['als:lost_unacked']} entries in {failed_streams} failed streams, "
