@@ -61,7 +61,7 @@ import httpx  # noqa: E402
 import orjson  # noqa: E402
 import yaml  # noqa: E402
 from meshscope.pipelines import AccessQuery, make_bus, make_store  # noqa: E402
-from meshscope.proxy import EnvoyProcess  # noqa: E402
+from meshscope.proxy import EnvoyError, EnvoyProcess  # noqa: E402
 
 from benchmarks.bench_collector_envoy import add_direct_route  # noqa: E402
 from meshscope.settings import Settings  # noqa: E402
@@ -510,6 +510,13 @@ def envoy_faults(envoy: EnvoyProcess) -> list[tuple[str, object, object]]:
         return do
 
     async def restart() -> None:
+        for _ in range(3):  # a restart once died of SIGSEGV before it was ready (load 4, 2 cores)
+            try:
+                await asyncio.to_thread(envoy.start)
+                return
+            except EnvoyError as exc:
+                envoy.stop()
+                print(f"  Envoy restart failed ({exc!s:.120}); trying again", flush=True)
         await asyncio.to_thread(envoy.start)
 
     return [(f"{signal.Signals(sig).name} envoy", kill(sig), restart)
