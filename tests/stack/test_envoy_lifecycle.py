@@ -89,6 +89,16 @@ def test_sigkill_of_up_takes_envoy_along_and_a_stale_one_is_stopped(tmp_path):
             orphan.wait(5)
 
 
+def _restartable_proxy(upstream_port: int, data_dir: Path, node_id: str) -> tuple[dict, str, int]:
+    """A lab bootstrap whose collector is down, on a fixed admin port (a restart is the same proxy to
+    the loss account): (bootstrap, admin address, ingress port)."""
+    routes = lab_routes(upstream_port, data_dir / "certs")
+    bootstrap = lab_bootstrap(routes, free_port(), free_port(), node_id=node_id)
+    admin_port = free_port()
+    bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    return bootstrap, f"127.0.0.1:{admin_port}", listener_port(routes, "ingress")
+
+
 async def test_loss_accounting_notices_a_restart(data_dir):
     """The collector is down; Envoy writes 5 entries, restarts (counters at 0): the gap stays 5, also for
     an account that restarted itself in between (its memory file)."""
@@ -96,12 +106,7 @@ async def test_loss_accounting_notices_a_restart(data_dir):
     need_envoy()
     loss_module._RUNS.clear()
     async with DemoUpstream(port=free_port()) as upstream:
-        routes = lab_routes(upstream.port, data_dir / "certs")
-        bootstrap = lab_bootstrap(routes, free_port(), free_port(), node_id="restarting-proxy")
-        admin_port = free_port()
-        bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
-        admin = f"127.0.0.1:{admin_port}"
-        port = listener_port(routes, "ingress")
+        bootstrap, admin, port = _restartable_proxy(upstream.port, data_dir, "restarting-proxy")
         async with EnvoyProcess(bootstrap), httpx.AsyncClient(timeout=10) as client:
             for _ in range(5):
                 assert (await client.get(f"http://127.0.0.1:{port}/status/200",
@@ -129,14 +134,10 @@ async def test_api_follows_a_proxy_restart_nobody_asked_about(data_dir):
 
     loss_module._RUNS.clear()
     async with DemoUpstream(port=free_port()) as upstream:
-        routes = lab_routes(upstream.port, data_dir / "certs")
-        bootstrap = lab_bootstrap(routes, free_port(), free_port(), node_id="watched-proxy")
-        admin_port = free_port()
-        bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
-        settings = Settings(data_dir=data_dir, proxy_admins=[f"127.0.0.1:{admin_port}"], proxy_poll_s=0.2)
+        bootstrap, admin, port = _restartable_proxy(upstream.port, data_dir, "watched-proxy")
+        settings = Settings(data_dir=data_dir, proxy_admins=[admin], proxy_poll_s=0.2)
         api = await asyncio.to_thread(serve, settings)
         try:
-            port = listener_port(routes, "ingress")
             async with EnvoyProcess(bootstrap) as envoy, httpx.AsyncClient(timeout=10) as client:
                 for _ in range(5):
                     assert (await client.get(f"http://127.0.0.1:{port}/status/200",
