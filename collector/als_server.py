@@ -19,6 +19,7 @@ from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf.message import DecodeError
 from meshscope.collector.access_control import ReceiverAccess, peer_identity
 from meshscope.collector.access_entries import LogSource, message_records
+from meshscope.collector.grpc_calls import ServerCalls
 from meshscope.collector.publisher import Backpressure, Publisher
 from meshscope.pipelines.bus import ACCESS
 
@@ -47,6 +48,7 @@ class AccessLogServicer:
         self.arrived: Counter[str] = Counter()  # node id -> entries received and made safe
         self.streams_failed: Counter[str] = Counter()  # node id ("" before an identifier) -> streams
         self.too_large: Counter[str] = Counter()  # node id -> messages refused for their size
+        self.cut = 0  # streams gRPC ended under the handler (counted in streams_failed too)
         #: messages past this are refused and counted here; gRPC itself refuses past the server's ceiling
         self.max_message_bytes = 4 * 1024 * 1024
 
@@ -60,6 +62,7 @@ class AccessLogServicer:
             # gRPC ended the stream under us: a message past the server's ceiling, the sender's
             # deadline or cancel. What was published stays; say that the stream was cut.
             self.publisher.metrics.rejected.labels("als", "cut").inc()
+            self.cut += 1
             self.streams_failed[node[0]] += 1
             log.warning("access-log stream from %s cut by gRPC (a message over the size ceiling, or the "
                         "sender gave up)", context.peer())
@@ -200,10 +203,12 @@ class AccessLogServer:
         self.host = host
         self.port = port
         self._server: grpc.aio.Server | None = None
+        self.calls: ServerCalls | None = None  # gRPC's own count of this server's calls, once started
 
     async def start(self) -> int:
         # Envoy keeps one long-lived stream per logger; keepalive notices dead peers
-        self._server = grpc.aio.server(interceptors=self.access.grpc_interceptors(), options=[
+        interceptors = self.access.grpc_interceptors()
+        self.calls = ServerCalls(lambda: grpc.aio.server(interceptors=interceptors, options=[
             # Envoy flushes its buffer at 16 KiB (buffer_size_bytes): 4 MiB is generous, 64 MiB was a
             # way to make the process hold gigabytes
             ("grpc.max_receive_message_length", self.ceiling_bytes),
@@ -214,7 +219,8 @@ class AccessLogServer:
             ("grpc.http2.lookahead_bytes", 8 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ])
+        ]))
+        self._server = self.calls.server
         self._server.add_generic_rpc_handlers((self.servicer.handler(),))
         credentials = self.access.grpc_credentials()
         address = f"{self.host}:{self.port}"

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import uvicorn
 from meshscope.collector.access_control import receiver_access
 from meshscope.collector.als_server import AccessLogServer, AccessLogServicer
+from meshscope.collector.grpc_calls import CallsCollector
 from meshscope.collector.log_imports import LogImports, intake_limits
 from meshscope.collector.otlp_receiver import HttpListener, OtlpReceiver
 from meshscope.collector.publisher import Publisher, PublisherMetrics
@@ -60,6 +61,8 @@ class Collector:
                                          access=self.access,
                                          max_message_bytes=settings.collector_max_message_bytes)
         # TLS (and mTLS), the token and the read timeouts as on the Zipkin receiver
+        self.metrics.registry.register(CallsCollector({"als": lambda: self.als.calls,
+                                                       "otlp": lambda: self.otlp_grpc.calls}))
         self.otlp_http = HttpListener(wrap(self.access.http_guard(self.otlp.http_app())), settings.host,
                                       settings.otlp_http_port, "OTLP/HTTP receiver",
                                       options=self.access.uvicorn_options(self.http_options))
@@ -143,8 +146,19 @@ class Collector:
             "otlp_log_records_by_proxy": dict(self.otlp.arrived),
             "access_streams_failed": dict(self.servicer.streams_failed),
             "access_messages_too_large": dict(self.servicer.too_large),
+            "access_streams_cut_by_grpc": self.streams_cut_by_grpc(),
             "spool_lines_skipped": self.publisher.spool.skipped,
         }
+
+    def streams_cut_by_grpc(self) -> int:
+        """Access-log streams gRPC ended under the handler (a message past the ceiling, twice
+        collector_max_message_bytes; a sender that gave up): the core's failed calls minus the streams
+        the handler refused itself. The handler may see such a cut (a cancellation) or only an end of
+        stream; the core's count has it either way."""
+        if self.als.calls is None:
+            return self.servicer.cut
+        refused = sum(self.servicer.streams_failed.values()) - self.servicer.cut
+        return max(self.servicer.cut, self.als.calls.counts()["failed"] - refused)
 
     async def __aenter__(self) -> Collector:
         await self.start()

@@ -46,6 +46,9 @@ class Settings:
     sqlite_path: Path | None = None  # default: data_dir / "meshscope.db"
     elasticsearch_url: str = "http://127.0.0.1:9200"
     elasticsearch_index_prefix: str = "meshscope-"
+    # how long one Elasticsearch call retries an unreachable or busy server before the store gives up
+    # (the pipeline then waits and tries again; the API answers 503)
+    elasticsearch_retry_s: float = 30.0
     retention_days: int = 7
     # alerts
     alert_rules: Path | None = None  # default: the bundled pipelines/default_rules.yaml
@@ -83,6 +86,9 @@ class Settings:
     collector_client_ca: Path | None = None
     # proxies whose admin API the collector reads for loss accounting ("127.0.0.1:15000")
     proxy_admins: list[str] = field(default_factory=list)
+    # the API reads those proxies' counters this often (seconds; 0: only when /api/proxies is asked), so
+    # a proxy's restart is noticed and its earlier run's counts carried even when nobody is looking
+    proxy_poll_s: float = 5.0
 
     @property
     def db_path(self) -> Path:

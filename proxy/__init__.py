@@ -23,7 +23,7 @@ _EXPORTS = {
     "build_bootstrap": ".bootstrap", "dump_yaml": ".bootstrap",
     "CollectorTarget": ".telemetry",
     "inject_telemetry": ".inject", "load_envoy_config": ".inject",
-    "EnvoyProcess": ".launcher", "validate": ".launcher",
+    "EnvoyProcess": ".launcher", "EnvoyError": ".launcher", "validate": ".launcher",
     "AdminClient": ".admin", "AsyncAdminClient": ".admin",
     "ProxyLoss": ".loss", "account": ".loss",
     "DemoUpstream": ".demo_upstream", "run_demo_upstream": ".demo_upstream:main",

@@ -8,15 +8,21 @@ gap per proxy is ``written - dropped - arrived``, reported with the connect fail
 Envoy's counters start at 0 when it restarts. The account remembers each proxy's last counters and
 its start time (admin /server_info uptime): after a restart it keeps counting the earlier run's
 entries, and when the store holds more than the proxy's counters can explain (a restart it did not
-see) it says so in ``error`` instead of reporting the gap as zero.
+see) it says so in ``error`` instead of reporting the gap as zero. Given a ``memory`` file (the API
+keeps one in its data directory) the remembered runs outlive the process, so a restarted
+``meshscope up`` or API still carries what the proxy's earlier runs counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import httpx
 from meshscope.proxy.admin import AsyncAdminClient, access_log_counts, cluster_stat
@@ -57,6 +63,31 @@ class _Run:
 
 
 _RUNS: dict[str, _Run] = {}  # admin address -> last seen run
+log = logging.getLogger(__name__)
+
+
+def _recall(memory: Path, admins: list[str]) -> None:
+    """Load the remembered runs of ``admins`` this process has not seen yet (a restarted API)."""
+    if all(a in _RUNS for a in admins) or not memory.is_file():
+        return
+    try:
+        saved = json.loads(memory.read_text())
+        names = {f.name for f in fields(_Run)}
+        for admin, run in saved.items():
+            if admin in admins and admin not in _RUNS:
+                _RUNS[admin] = _Run(**{k: v for k, v in run.items() if k in names})
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.warning("proxy loss memory %s unreadable, starting afresh: %s", memory, exc)
+
+
+def _remember(memory: Path) -> None:
+    try:
+        memory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memory.with_name(memory.name + ".tmp")
+        tmp.write_text(json.dumps({admin: asdict(run) for admin, run in _RUNS.items()}))
+        os.replace(tmp, memory)
+    except OSError as exc:  # a full disk must not break the account itself
+        log.warning("cannot write the proxy loss memory %s: %s", memory, exc)
 
 
 def _follow(admin: str, started_at: float, written: int, dropped: int) -> _Run:
@@ -116,8 +147,13 @@ async def account_one(admin: str, arrived: Mapping[str, int], timeout: float = 2
 
 
 async def account(proxy_admins: list[str], arrived: Mapping[str, int],
-                  timeout: float = 2.0) -> list[ProxyLoss]:
+                  timeout: float = 2.0, memory: Path | None = None) -> list[ProxyLoss]:
     """Per-proxy loss for every admin address. ``arrived`` maps node id → access records stored for it
     (``StoreReader.node_ids()``: the one definition of "arrived"). Unreachable proxies are reported,
-    never raised."""
-    return list(await asyncio.gather(*(account_one(a, arrived, timeout) for a in proxy_admins)))
+    never raised. ``memory``: a file that keeps the proxies' runs across restarts of this process."""
+    if memory is not None:
+        _recall(memory, proxy_admins)
+    losses = list(await asyncio.gather(*(account_one(a, arrived, timeout) for a in proxy_admins)))
+    if memory is not None:
+        _remember(memory)
+    return losses

@@ -4,6 +4,8 @@ standing alone with a Kafka bus configured, the way imported logs reach the bus 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -63,6 +65,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             app.state.store = store
         app.state.uploads = Uploads(settings, app.state.store)
         await app.state.uploads.start()
+        watch = None
+        if settings.proxy_admins and settings.proxy_poll_s > 0:
+            watch = asyncio.create_task(proxies.watch_proxies(settings), name="proxy-watch")
         try:
             if not owned:  # embedded (`meshscope up`): the stack hands over the collector's way in
                 yield
@@ -73,6 +78,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                     app.state.metric_registries = [imports.metrics.registry]
                 yield
         finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             await app.state.uploads.stop()
             if owned:
                 await app.state.store.stop()

@@ -5,6 +5,9 @@ identity to the collector (a node id is only a claim unless the sender was authe
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -17,6 +20,7 @@ from meshscope.proxy import account
 from meshscope.settings import Settings
 
 router = APIRouter(prefix="/api/proxies", tags=["proxies"])
+log = logging.getLogger(__name__)
 
 
 @router.get("", response_model=ProxyList)
@@ -27,7 +31,8 @@ async def list_proxies(
     """Proxies by node id; ``loss`` is filled for those whose admin address is in settings.proxy_admins."""
     nodes = await store.node_ids()
     arrived = {n["node_id"]: n["records"] for n in nodes}
-    losses = await account(settings.proxy_admins, arrived) if settings.proxy_admins else []
+    losses = await account(settings.proxy_admins, arrived, memory=loss_memory(settings)) \
+        if settings.proxy_admins else []
     by_node = {loss.node_id: loss for loss in losses if loss.node_id in arrived}
     items = []
     for n in nodes:
@@ -39,6 +44,23 @@ async def list_proxies(
                                loss=ProxyLossInfo(**loss.to_dict()) if loss else None))
     unmatched = [ProxyLossInfo(**loss.to_dict()) for loss in losses if loss.node_id not in arrived]
     return ProxyList(items=items, unmatched_admins=unmatched)
+
+
+def loss_memory(settings: Settings) -> Path:
+    """Where the API remembers each proxy's runs, so its loss account survives an API restart."""
+    return settings.data_dir / "proxy-loss.json"
+
+
+async def watch_proxies(settings: Settings) -> None:
+    """Read the proxies' counters every ``proxy_poll_s`` until cancelled: a restart between two looks at
+    /api/proxies is then still seen (its run's counts carried), not only when someone asks. Following
+    the runs needs only the proxies' counters, so the store is not queried here."""
+    while True:
+        await asyncio.sleep(settings.proxy_poll_s)
+        try:
+            await account(settings.proxy_admins, {}, memory=loss_memory(settings))
+        except Exception as exc:  # noqa: BLE001 - a proxy hiccup must not end the watch
+            log.debug("proxy watch: %s", exc)
 
 
 async def _latest_auth(store: StoreReader, node_id: str) -> str | None:

@@ -91,6 +91,7 @@ class ProxyLossInfo(BaseModel):
     connect_failures: int
     arrived: int = Field(description="records of this proxy in meshscope's store")
     gap: int = Field(description="written - dropped - arrived: entries lost without a count")
+    restarts: int = Field(0, description="restarts of the proxy the account followed (their counts carried)")
     error: str | None = None
 
 

@@ -123,6 +123,10 @@ class ElasticsearchStore(Store):
         self._client = client
         self._own_client = client is None
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ElasticsearchStore:
+        return cls(settings, retry_for_s=settings.elasticsearch_retry_s)
+
     @property
     def es(self) -> AsyncElasticsearch:
         if self._client is None:

@@ -136,12 +136,33 @@ async def test_a_message_past_the_limit_fails_its_stream(running, access_reader)
 
 async def test_a_message_past_the_grpc_ceiling_fails_its_stream_before_it_is_held(running, access_reader):
     """Past twice the limit gRPC itself refuses the message before the collector holds it (the memory
-    bound); the stream's earlier messages still count. (Whether the collector sees the cut, to count it,
-    is a race with gRPC: not asserted.)"""
+    bound): the handler only sees the stream end, so the cut is counted from gRPC's own call counters
+    (channelz), on /metrics and in the health body; the stream's earlier messages still count."""
     collector, _ = running
+    assert collector.streams_cut_by_grpc() == 0
     failed = await _stream_with_a_big_message(collector, 9 * 1024 * 1024)
     assert failed.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(await access_reader.wait_for(3)) == 3
+    assert collector.health()["access_messages_too_large"] == {}  # the handler never saw the message
+    await _failed_calls(collector, 1)
+    assert collector.health()["access_streams_cut_by_grpc"] == 1
+    # a refusal the handler makes itself is counted once, not again as a cut
+    await _stream_with_a_big_message(collector, 5 * 1024 * 1024)
+    await _failed_calls(collector, 2)
+    assert collector.health()["access_messages_too_large"] == {"node-a": 1}
+    assert collector.health()["access_streams_cut_by_grpc"] == 1
+
+
+async def _failed_calls(collector, n: int) -> None:
+    """Until /metrics shows ``n`` failed access-log calls (the gRPC core counts a call as it is torn down)."""
+    line = f'meshscope_collector_grpc_calls_total{{outcome="failed",server="als"}} {float(n)}'
+    async with httpx.AsyncClient() as client:
+        for _ in range(50):
+            metrics = (await client.get(f"http://127.0.0.1:{collector.zipkin_port}/metrics")).text
+            if line in metrics:
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"no {line!r} in /metrics: {[m for m in metrics.splitlines() if 'grpc_calls' in m]}")
 
 
 def test_records_command_survives_a_year_287168_entry(tmp_path):

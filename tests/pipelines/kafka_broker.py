@@ -111,6 +111,21 @@ class TansuBroker:
         _end(self.proc)
         self.proc = None
 
+    def kill(self, sig: int = signal.SIGKILL) -> int | None:
+        """End the broker with ``sig`` (SIGTERM: its own shutdown, SIGKILL: none) and return its exit code;
+        ``start`` brings it back on the same port (with S3 storage, with its data)."""
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(5)
+        self.proc = None
+        return code
+
     def pause(self) -> None:
         """Freeze the broker: connections stay open, nothing is answered (a hung broker)."""
         assert self.proc is not None

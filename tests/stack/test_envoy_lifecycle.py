@@ -19,6 +19,7 @@ from meshscope.proxy.demo_upstream import DemoUpstream
 from meshscope.proxy.launcher import EnvoyProcess, envoy_path
 from meshscope.proxy.loss import account
 
+from meshscope.settings import Settings
 from tests.collector.envoy_lab import APP_HOST, lab_bootstrap, lab_routes, listener_port, need_envoy
 from tests.conftest import free_port
 from tests.stack.test_up import _alive, _children, _wait_for
@@ -88,30 +89,68 @@ def test_sigkill_of_up_takes_envoy_along_and_a_stale_one_is_stopped(tmp_path):
             orphan.wait(5)
 
 
+def _restartable_proxy(upstream_port: int, data_dir: Path, node_id: str) -> tuple[dict, str, int]:
+    """A lab bootstrap whose collector is down, on a fixed admin port (a restart is the same proxy to
+    the loss account): (bootstrap, admin address, ingress port)."""
+    routes = lab_routes(upstream_port, data_dir / "certs")
+    bootstrap = lab_bootstrap(routes, free_port(), free_port(), node_id=node_id)
+    admin_port = free_port()
+    bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    return bootstrap, f"127.0.0.1:{admin_port}", listener_port(routes, "ingress")
+
+
 async def test_loss_accounting_notices_a_restart(data_dir):
-    """The collector is down; Envoy writes 5 entries, restarts (counters at 0): the gap stays 5."""
+    """The collector is down; Envoy writes 5 entries, restarts (counters at 0): the gap stays 5, also for
+    an account that restarted itself in between (its memory file)."""
+    memory = data_dir / "proxy-loss.json"
     need_envoy()
     loss_module._RUNS.clear()
     async with DemoUpstream(port=free_port()) as upstream:
-        routes = lab_routes(upstream.port, data_dir / "certs")
-        bootstrap = lab_bootstrap(routes, free_port(), free_port(), node_id="restarting-proxy")
-        admin_port = free_port()
-        bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
-        admin = f"127.0.0.1:{admin_port}"
-        port = listener_port(routes, "ingress")
+        bootstrap, admin, port = _restartable_proxy(upstream.port, data_dir, "restarting-proxy")
         async with EnvoyProcess(bootstrap), httpx.AsyncClient(timeout=10) as client:
             for _ in range(5):
                 assert (await client.get(f"http://127.0.0.1:{port}/status/200",
                                          headers={"host": APP_HOST})).status_code == 200
             deadline = time.monotonic() + 10
-            while (first := (await account([admin], arrived={}))[0]).written < 5:
+            while (first := (await account([admin], arrived={}, memory=memory))[0]).written < 5:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.2)
         assert (first.written, first.gap, first.restarts) == (5, 5, 0)
         await asyncio.sleep(1.0)
         async with EnvoyProcess(bootstrap):
-            (after,) = await account([admin], arrived={})
+            loss_module._RUNS.clear()  # the API restarted too: it recalls the first run from its memory
+            (after,) = await account([admin], arrived={}, memory=memory)
             assert after.restarts == 1 and after.written == 5 and after.gap == 5  # not 0
             loss_module._RUNS.clear()  # an account that never saw the first run
             (unseen,) = await account([admin], arrived={"restarting-proxy": 40})
     assert unseen.gap == 0 and unseen.error and "counters reset" in unseen.error
+
+
+async def test_api_follows_a_proxy_restart_nobody_asked_about(data_dir):
+    """The API reads its proxies every proxy_poll_s: Envoy logs 5 entries (the collector is down) and
+    restarts before anyone asks /api/proxies; the first answer after the restart still says 5 lost."""
+    need_envoy()
+    from tests.api.conftest import serve
+
+    loss_module._RUNS.clear()
+    async with DemoUpstream(port=free_port()) as upstream:
+        bootstrap, admin, port = _restartable_proxy(upstream.port, data_dir, "watched-proxy")
+        settings = Settings(data_dir=data_dir, proxy_admins=[admin], proxy_poll_s=0.2)
+        api = await asyncio.to_thread(serve, settings)
+        try:
+            async with EnvoyProcess(bootstrap) as envoy, httpx.AsyncClient(timeout=10) as client:
+                for _ in range(5):
+                    assert (await client.get(f"http://127.0.0.1:{port}/status/200",
+                                             headers={"host": APP_HOST})).status_code == 200
+                deadline = time.monotonic() + 10
+                while envoy.admin.access_log_counts()["logs_written"] < 5:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(1.0)  # a few of the API's own reads
+            async with EnvoyProcess(bootstrap), httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+                body = (await client.get("/api/proxies")).json()
+        finally:
+            await asyncio.to_thread(api.stop)
+    [loss] = body["unmatched_admins"]  # nothing of this proxy arrived: it is listed by its admin address
+    assert (loss["written"], loss["gap"], loss["restarts"]) == (5, 5, 1)
+    assert (data_dir / "proxy-loss.json").is_file()
