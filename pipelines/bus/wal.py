@@ -1,14 +1,15 @@
 """The in-process bus's write-ahead log: a publish is acknowledged only once its records are on disk.
 
 One folder per topic holding segment files named by the offset of their first record, one line per
-published batch: its record count, a space, and the records as one JSON array (one orjson call per
-batch costs a third of one per record; lines of one JSON record each, as earlier versions wrote them,
-are still read). Appends are group-committed: batches that arrive while an fsync runs share the next
-one, so durability costs one fsync per burst, not per batch. A failed write (ENOSPC) is cut back to
-the last whole line and the segment is closed, so a torn line can never swallow the next record;
-recovery drops a torn tail the same way. Segments every consumer group has committed are deleted;
-the groups' committed offsets are kept beside them (not fsync'ed: losing them only redelivers).
-A lock file keeps a second process off the same log.
+published batch: its record count, a space, and the batch as one JSON document, ``{"columns": [field
+names], "rows": [[values], …]}`` (values by position: no key repeated per record, so less than half
+the bytes and of orjson's time than an object per record; lines of one JSON record each, as earlier
+versions wrote them, are still read). Appends are group-committed: batches that arrive while an
+fsync runs share the next one, so durability costs one fsync per burst, not per batch. A failed
+write (ENOSPC) is cut back to the last whole line and the segment is closed, so a torn line can never
+swallow the next record; recovery drops a torn tail the same way. Segments every consumer group has
+committed are deleted; the groups' committed offsets are kept beside them (not fsync'ed: losing them
+only redelivers). A lock file keeps a second process off the same log.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import fcntl
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from pathlib import Path
 
 import orjson
@@ -144,7 +146,7 @@ class WriteAheadLog:
         """Return once ``records`` are fsync'ed; WalWriteFailed if not. ``then(records)`` runs right
         after the fsync, in the order appends were called (the bus extends its memory copy there)."""
         files = self._files(topic)
-        data = b"%d %b\n" % (len(records), orjson.dumps(records))
+        data = _encode(records)
         done = asyncio.get_running_loop().create_future()
         files.pending.append((data, records, then, done))
         if files.flusher is None or files.flusher.done():
@@ -266,9 +268,29 @@ class _Damaged:
     why: str
 
 
+def _encode(records: Sequence[Record]) -> bytes:
+    """A batch as one log line: ``COUNT {"columns": […], "rows": […]}`` (records of other types mixed
+    in, or a record of a single field: ``COUNT [{record}, …]``)."""
+    kind = type(records[0])
+    columns = _COLUMNS.get(kind)
+    if columns is None:
+        names = [f.name for f in fields(kind)]
+        columns = _COLUMNS[kind] = (names, attrgetter(*names))
+    names, row = columns
+    if len(names) > 1 and all(type(r) is kind for r in records):
+        body = orjson.dumps({"columns": names, "rows": list(map(row, records))})
+    else:
+        body = orjson.dumps(list(records))
+    return b"%d %b\n" % (len(records), body)
+
+
+_COLUMNS: dict[type, tuple[list[str], Callable[[Record], tuple]]] = {}
+
+
 def _read_line(line: bytes, record_type: type[Record]) -> list[Record | None] | _Damaged:
-    """The records of one log line: ``COUNT [record, …]``, or one record object (older logs); a
-    record of the array that does not build is None (skipped, its offset kept)."""
+    """The records of one log line (``COUNT {columns, rows}``, ``COUNT [records]``, or one record
+    object as older logs have it); a record of the line that does not build is None (skipped, its
+    offset kept)."""
     if line[:1] == b"{":
         try:
             return [record_type.from_json(line)]
@@ -283,8 +305,14 @@ def _read_line(line: bytes, record_type: type[Record]) -> list[Record | None] | 
         docs = orjson.loads(body)
     except ValueError as exc:
         return _Damaged(count, repr(exc))
+    if isinstance(docs, dict):
+        columns, docs = docs.get("columns"), docs.get("rows")
+        if not isinstance(columns, list) or not isinstance(docs, list):
+            return _Damaged(count, "no columns or rows")
+        docs = [dict(zip(columns, row, strict=True)) if isinstance(row, list) and len(row) == len(columns)
+                else None for row in docs]
     if not isinstance(docs, list) or len(docs) != count:
-        return _Damaged(count, f"not a JSON array of {count} records")
+        return _Damaged(count, f"not {count} records")
     out: list[Record | None] = []
     for doc in docs:
         try:

@@ -9,7 +9,7 @@ import orjson
 from meshscope.pipelines.bus.memory import MemoryBus
 from meshscope.pipelines.bus.wal import TIDY_SECONDS
 
-from meshscope.model import AccessRecord
+from meshscope.model import AccessRecord, Span
 from tests.pipelines.traffic import access
 
 
@@ -47,14 +47,31 @@ async def test_a_published_batch_is_one_line_read_back_in_order(tmp_path):
     await again.stop()
 
 
-async def test_a_log_of_one_record_per_line_is_still_read(tmp_path):
+async def test_spans_with_their_tags_and_endpoints_come_back_equal(tmp_path):
+    spans = [Span(trace_id=f"{i:032x}", span_id=f"{i:016x}", name="ingress",
+                  timestamp=1_700_000_000_000_000 + i,
+                  local_endpoint={"serviceName": "gw", "ipv4": "10.0.0.1"},
+                  annotations=[{"timestamp": 1, "value": "cs"}],
+                  tags={"guid:x-request-id": f"r-{i}", "http.status_code": "200"}) for i in range(3)]
+    bus = MemoryBus(wal_dir=tmp_path)
+    await bus.publish("spans", spans)
+    await bus.stop()
+    again = MemoryBus(wal_dir=tmp_path)
+    consumer = again.consume("spans", "g")
+    assert (await anext(consumer)).records == spans
+    await consumer.aclose()
+    await again.stop()
+
+
+async def test_lines_of_record_objects_and_of_one_record_each_are_still_read(tmp_path):
     """What earlier versions wrote: a bus upgraded over an unconsumed log loses nothing."""
     (tmp_path / "access").mkdir()
     old = _records(0, 3)
-    (tmp_path / "access" / f"{0:020d}.log").write_bytes(b"".join(r.to_json() + b"\n" for r in old))
+    (tmp_path / "access" / f"{0:020d}.log").write_bytes(b"".join(r.to_json() + b"\n" for r in old)
+                                                         + b"2 " + orjson.dumps(_records(3, 2)) + b"\n")
     bus = MemoryBus(wal_dir=tmp_path)
-    await bus.publish("access", _records(3, 2))  # new lines follow in a segment of their own
-    assert await _all(bus) == _records(0, 5)
+    await bus.publish("access", _records(5, 2))  # new lines follow in a segment of their own
+    assert await _all(bus) == _records(0, 7)
     await bus.stop()
 
 
