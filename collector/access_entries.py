@@ -74,12 +74,10 @@ def response_flags(flags) -> list[str]:
 def _address(addr) -> str | None:
     """An envoy Address as "ip:port" (pipe path for unix sockets); None when unset."""
     sock = addr.socket_address
-    if sock.address:
-        host = sock.address
-        return f"[{host}]:{sock.port_value}" if ":" in host else f"{host}:{sock.port_value}"
-    if addr.pipe.path:
-        return addr.pipe.path
-    return None
+    host = sock.address
+    if host:
+        return f"{host}:{sock.port_value}" if ":" not in host else f"[{host}]:{sock.port_value}"
+    return addr.pipe.path or None
 
 
 def _ms(duration) -> float:
