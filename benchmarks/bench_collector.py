@@ -42,6 +42,7 @@ from meshscope.collector.server import Collector  # noqa: E402
 from meshscope.pipelines.bus.memory import MemoryBus  # noqa: E402
 
 from benchmarks import bench_collector_envoy  # noqa: E402
+from meshscope.serving import settle_heap  # noqa: E402
 from meshscope.settings import Settings  # noqa: E402
 from tests.collector.als_messages import ALS_METHOD, http_message  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
@@ -241,6 +242,7 @@ def main() -> int:
     print(f"input: {len(messages)} StreamAccessLogsMessages, {n_entries} entries, "
           f"{sum(map(len, messages)) / max(n_entries, 1):.0f} bytes/entry, {origin}")
 
+    settle_heap()  # as `meshscope up` and `meshscope collector` run, for every figure below
     # rates per CPU-second of the measuring thread/process: other helpers' load on this shared
     # machine then does not count against the collector (wall-clock end to end is printed too)
     naive = message_to_dict_rate(messages, min(args.entries, 50_000))
