@@ -111,8 +111,9 @@ class StoreCounter:
 
 
 async def measure(label: str, path: str, args, collector: Collector, sink, envoy: EnvoyProcess,
-                  port: int, before: dict) -> bool:
-    """One wrk run on `path`; wait until the sink stops growing; print and check the counts."""
+                  port: int, before: dict) -> tuple[bool, float]:
+    """One wrk run on `path`; wait until the sink stops growing; print and check the counts.
+    (nothing lost, wrk's requests/s)."""
     received_before = collector.metrics.received.labels("http")._value.get()
     sunk_before = await sink.count()
     done, rate = await asyncio.to_thread(run_wrk, f"http://127.0.0.1:{port}{path}", args.seconds,
@@ -140,10 +141,11 @@ async def measure(label: str, path: str, args, collector: Collector, sink, envoy
           f"written {written:>8,} dropped {dropped:>4} | collector received {received:>8,} | "
           f"{args.sink} {sunk:>8,} | {args.sink}/requests {sunk / max(requests, 1):.4f} "
           f"{'OK' if ok else 'LOSS'}")
-    return ok
+    return ok, rate
 
 
-async def run_sink(args) -> bool:
+async def run_sink(args) -> tuple[bool, float]:
+    """Both routes through one sink: (nothing lost, Envoy's rate on the direct-response route)."""
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), als_port=free_port(), zipkin_port=free_port(),
                         otlp_grpc_port=0, otlp_http_port=0)
@@ -171,10 +173,10 @@ async def run_sink(args) -> bool:
                     async with EnvoyProcess(bootstrap, concurrency=args.concurrency) as envoy:
                         port = listener_port(routes, "ingress")
                         before = {"requests": 0, "written": 0, "dropped": 0}
-                        ok = await measure("direct response (Envoy)", "/direct", args, collector, sink,
-                                           envoy, port, before)
-                        ok &= await measure("demo upstream (Python)", "/status/200", args, collector,
-                                            sink, envoy, port, before)
+                        ok, rate = await measure("direct response (Envoy)", "/direct", args, collector,
+                                                 sink, envoy, port, before)
+                        ok &= (await measure("demo upstream (Python)", "/status/200", args, collector,
+                                             sink, envoy, port, before))[0]
                         (loss,) = await account([envoy.admin_address], collector.servicer.arrived)
                         stats = await asyncio.to_thread(envoy.admin.stats, r"^tracing\.zipkin\.")
                 finally:
@@ -191,21 +193,26 @@ async def run_sink(args) -> bool:
             if store is not None:
                 await store.stop()
             await bus.stop()
-    return ok
+    return ok, rate
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """How Envoy is driven (shared with bench_collector.py, which runs the bus sink for its ratio)."""
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=1, help="Envoy worker threads")
-    parser.add_argument("--sinks", default="bus,store", help="comma-separated: bus, store")
     parser.add_argument("--trace-percent", type=float, default=100.0,
                         help="share of requests Envoy traces (spans load the collector and the store too)")
     parser.add_argument("--zipkin", choices=["proto", "json"], default="proto",
                         help="how Envoy posts spans (its JSON encoding is slow: it caps the request rate)")
     parser.add_argument("--spans-per-post", type=int, default=500,
                         help="Envoy's tracing.zipkin.min_flush_spans")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--sinks", default="bus,store", help="comma-separated: bus, store")
+    add_arguments(parser)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("needs wrk on PATH (scripts/setup.sh installs it)", file=sys.stderr)
@@ -216,7 +223,7 @@ def main() -> int:
         print(f"sink {sink}: Envoy --concurrency {args.concurrency}, wrk -t1 -c{args.connections} "
               f"-d{args.seconds}s, {args.trace_percent:g}% traced (Zipkin {args.zipkin}), all in one Python "
               f"process but Envoy and wrk")
-        ok &= asyncio.run(run_sink(args))
+        ok &= asyncio.run(run_sink(args))[0]
     return 0 if ok else 1
 
 

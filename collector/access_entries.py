@@ -74,12 +74,10 @@ def response_flags(flags) -> list[str]:
 def _address(addr) -> str | None:
     """An envoy Address as "ip:port" (pipe path for unix sockets); None when unset."""
     sock = addr.socket_address
-    if sock.address:
-        host = sock.address
-        return f"[{host}]:{sock.port_value}" if ":" in host else f"{host}:{sock.port_value}"
-    if addr.pipe.path:
-        return addr.pipe.path
-    return None
+    host = sock.address
+    if host:
+        return f"{host}:{sock.port_value}" if ":" not in host else f"[{host}]:{sock.port_value}"
+    return addr.pipe.path or None
 
 
 def _ms(duration) -> float:
@@ -134,14 +132,19 @@ def http_record(entry, source: LogSource) -> AccessRecord:
     req = entry.request
     resp = entry.response
     headers = req.request_headers
-    fields.update(
+    get = headers.get
+    attempt_count = fields.pop("attempt_count")
+    if attempt_count is None and "x-envoy-attempt-count" in headers:
+        attempt_count = _int_or_none(headers["x-envoy-attempt-count"])
+    return AccessRecord(
+        node_id=source.node_id, node_cluster=source.node_cluster, log_name=source.log_name,
         protocol="HTTP",
         protocol_version=_HTTP_VERSIONS.get(entry.protocol_version),
-        request_id=req.request_id or headers.get("x-request-id"),
-        trace_id=headers.get("x-b3-traceid"),
-        span_id=headers.get("x-b3-spanid"),
-        parent_span_id=headers.get("x-b3-parentspanid"),
-        sampled=headers.get("x-b3-sampled"),
+        request_id=req.request_id or get("x-request-id"),
+        trace_id=get("x-b3-traceid"),
+        span_id=get("x-b3-spanid"),
+        parent_span_id=get("x-b3-parentspanid"),
+        sampled=get("x-b3-sampled"),
         method=_METHODS.get(req.request_method),
         scheme=req.scheme or None,
         authority=req.authority or None,
@@ -152,11 +155,9 @@ def http_record(entry, source: LogSource) -> AccessRecord:
         response_code_details=resp.response_code_details or None,
         request_bytes=req.request_body_bytes,
         response_bytes=resp.response_body_bytes,
+        attempt_count=attempt_count,
+        **fields,
     )
-    if fields["attempt_count"] is None and "x-envoy-attempt-count" in headers:
-        fields["attempt_count"] = _int_or_none(headers["x-envoy-attempt-count"])
-    return AccessRecord(node_id=source.node_id, node_cluster=source.node_cluster,
-                        log_name=source.log_name, **fields)
 
 
 def tcp_record(entry, source: LogSource) -> AccessRecord:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from meshscope.model import AccessRecord, Record, Span
 from meshscope.model.ids import request_id_problem
@@ -22,6 +23,7 @@ from meshscope.model.ids import request_id_problem
 ACCESS_TEXT = ("path", "authority", "user_agent", "x_forwarded_for", "response_code_details",
                "upstream_failure_reason", "connection_termination_details", "route_name", "sni",
                "trace_id", "span_id", "parent_span_id", "upstream_cluster", "node_id", "node_cluster")
+_access_text = attrgetter(*ACCESS_TEXT)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -92,12 +94,7 @@ class IntakeCheck:
             _note(r, f"request id not kept ({problem}): {r.request_id[:200]!r}…"
                   if len(r.request_id) > 200 else f"request id not kept ({problem}): {r.request_id!r}")
             r.request_id = None
-        total = 0
-        for name in ACCESS_TEXT:
-            value = getattr(r, name)
-            if value is not None:
-                total += len(value)
-        if total > self.limits.max_field:  # only then look at each field
+        if sum(map(len, filter(None, _access_text(r)))) > self.limits.max_field:  # then look at each field
             total = 0
             for name in ACCESS_TEXT:
                 value = getattr(r, name)

@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
 async def _serve(settings) -> None:
     from meshscope.collector import Collector
     from meshscope.pipelines import make_bus
-    from meshscope.serving import guarded_http
+    from meshscope.serving import guarded_http, settle_heap
 
     bus = make_bus(settings)
     stop = asyncio.Event()
@@ -40,6 +40,7 @@ async def _serve(settings) -> None:
               f"spans on http://{settings.host}:{collector.zipkin_port}/api/v2/spans, OTLP on "
               f"{settings.host}:{collector.otlp_grpc.port} (gRPC) and :{collector.otlp_http.port} (HTTP)",
               flush=True)
+        settle_heap()
         await stop.wait()
         await collector.stop()
     finally:

@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _up(settings: Settings, args: argparse.Namespace) -> int:
+    from meshscope.serving import settle_heap
     from meshscope.stack import Stack
 
     stop = asyncio.Event()
@@ -77,6 +78,7 @@ async def _up(settings: Settings, args: argparse.Namespace) -> int:
             await _first_traffic(stack)
             demo = asyncio.create_task(_bursts(stack), name="demo-bursts")
         print("meshscope is up; Ctrl-C stops it.", flush=True)
+        settle_heap()
         try:
             await asyncio.wait_for(stop.wait(), args.duration)
         except TimeoutError:

@@ -1,12 +1,15 @@
 """The in-process bus's write-ahead log: a publish is acknowledged only once its records are on disk.
 
-One folder per topic holding segment files named by the offset of their first record, one JSON
-record per line. Appends are group-committed: batches that arrive while an fsync runs share the next
-one, so durability costs one fsync per burst, not per batch. A failed write (ENOSPC) is cut back to
-the last whole line and the segment is closed, so a torn line can never swallow the next record;
-recovery drops a torn tail the same way. Segments every consumer group has committed are deleted;
-the groups' committed offsets are kept beside them (not fsync'ed: losing them only redelivers).
-A lock file keeps a second process off the same log.
+One folder per topic holding segment files named by the offset of their first record, one line per
+published batch: its record count, a space, and the batch as one JSON document, ``{"columns": [field
+names], "rows": [[values], …]}`` (values by position: no key repeated per record, so less than half
+the bytes and of orjson's time than an object per record; lines of one JSON record each, as earlier
+versions wrote them, are still read). Appends are group-committed: batches that arrive while an
+fsync runs share the next one, so durability costs one fsync per burst, not per batch. A failed
+write (ENOSPC) is cut back to the last whole line and the segment is closed, so a torn line can never
+swallow the next record; recovery drops a torn tail the same way. Segments every consumer group has
+committed are deleted; the groups' committed offsets are kept beside them (not fsync'ed: losing them
+only redelivers). A lock file keeps a second process off the same log.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import fcntl
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from pathlib import Path
 
 import orjson
@@ -27,6 +31,7 @@ from meshscope.model import Record
 log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 16 * 1024 * 1024
+TIDY_SECONDS = 0.1  # committed offsets are written, and consumed segments deleted, this long after
 
 
 class WalLocked(Exception):
@@ -60,6 +65,8 @@ class _TopicFiles:
     writer: object = None  # open binary file of the last segment, or None (next append rolls)
     pending: list[tuple[bytes, Sequence[Record], Callable, asyncio.Future]] = field(default_factory=list)
     flusher: asyncio.Task | None = None
+    offsets: dict[str, int] | None = None  # groups' offsets committed since the last tidy-up
+    tidier: asyncio.Task | None = None
 
 
 class WriteAheadLog:
@@ -99,13 +106,17 @@ class WriteAheadLog:
                 with open(seg.path, "r+b") as f:
                     f.truncate(whole)
             for line in data[:whole].splitlines():
-                try:
-                    records.append(record_type.from_json(line))
-                except (ValueError, TypeError) as exc:
-                    self.skipped += 1
-                    log.error("write-ahead log %s offset %d: damaged line skipped: %r", seg.path, offset, exc)
-                    records.append(None)
-                offset += 1
+                got = _read_line(line, record_type)
+                if isinstance(got, _Damaged):
+                    log.error("write-ahead log %s offset %d: damaged line of %d records skipped: %s",
+                              seg.path, offset, got.count, got.why)
+                    got = [None] * got.count
+                elif None in got:
+                    log.error("write-ahead log %s offset %d: %d damaged records skipped", seg.path, offset,
+                              got.count(None))
+                self.skipped += got.count(None)
+                records.extend(got)
+                offset += len(got)
         files.end = offset
         start = min((v for v in committed.values() if base <= v <= offset), default=base)
         return Recovered(start, records[start - base:], {g: v for g, v in committed.items()
@@ -135,7 +146,7 @@ class WriteAheadLog:
         """Return once ``records`` are fsync'ed; WalWriteFailed if not. ``then(records)`` runs right
         after the fsync, in the order appends were called (the bus extends its memory copy there)."""
         files = self._files(topic)
-        data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+        data = _encode(records)
         done = asyncio.get_running_loop().create_future()
         files.pending.append((data, records, then, done))
         if files.flusher is None or files.flusher.done():
@@ -192,14 +203,27 @@ class WriteAheadLog:
 
     # ---- trimming ----------------------------------------------------------------------------
     def committed(self, topic: str, offsets: dict[str, int]) -> None:
-        """Record the groups' offsets and delete segments below every one of them."""
+        """Note the groups' offsets: within ``TIDY_SECONDS`` they are written beside the log and the
+        segments below every one of them deleted, in one thread hop off the event loop (a rename or
+        an unlink waits on the file system's journal while an fsync runs; a consumer that keeps up
+        commits many times a second)."""
         files = self._files(topic)
-        with contextlib.suppress(OSError):  # best effort: a lost offsets file only redelivers
-            tmp = files.dir / "offsets.json.tmp"
-            tmp.write_bytes(orjson.dumps(offsets))
-            os.replace(tmp, files.dir / "offsets.json")
+        files.offsets = dict(offsets)
+        if files.tidier is None or files.tidier.done():
+            files.tidier = asyncio.get_running_loop().create_task(self._tidy_soon(files),
+                                                                  name=f"wal-tidy-{topic}")
+
+    async def _tidy_soon(self, files: _TopicFiles) -> None:
+        while files.offsets is not None:
+            await asyncio.sleep(TIDY_SECONDS)
+            offsets, files.offsets = files.offsets, None
+            await asyncio.to_thread(_tidy, files.dir, offsets, self._consumed(files, offsets))
+
+    @staticmethod
+    def _consumed(files: _TopicFiles, offsets: dict[str, int]) -> list[Path]:
+        """Take the segments below every group's offset off the log (their files to delete)."""
         floor = min(offsets.values(), default=0)
-        segs = files.segments
+        segs, gone = files.segments, []
         while segs:
             last = len(segs) == 1
             if (files.end if last else segs[1].start) > floor:
@@ -210,12 +234,89 @@ class WriteAheadLog:
                 if files.writer is not None:
                     files.writer.close()  # everything in it is consumed: the next append starts afresh
                     files.writer = None
-            segs.pop(0).path.unlink(missing_ok=True)
+            gone.append(segs.pop(0).path)
+        return gone
 
     def close(self) -> None:
         for files in self._topics.values():
+            if files.tidier is not None:
+                files.tidier.cancel()
+            if files.offsets is not None:  # not tidied yet: now, before the log is let go
+                _tidy(files.dir, files.offsets, self._consumed(files, files.offsets))
+                files.offsets = None
             if files.writer is not None:
                 with contextlib.suppress(OSError):
                     files.writer.close()
                 files.writer = None
         self._lock.close()
+
+
+def _tidy(directory: Path, offsets: dict[str, int], consumed: list[Path]) -> None:
+    """Write the groups' offsets (best effort: a lost offsets file only redelivers) and delete the
+    consumed segments."""
+    with contextlib.suppress(OSError):
+        tmp = directory / "offsets.json.tmp"
+        tmp.write_bytes(orjson.dumps(offsets))
+        os.replace(tmp, directory / "offsets.json")
+    for path in consumed:
+        path.unlink(missing_ok=True)
+
+
+@dataclass(slots=True)
+class _Damaged:
+    count: int  # records the line held (1 when even its count cannot be read)
+    why: str
+
+
+def _encode(records: Sequence[Record]) -> bytes:
+    """A batch as one log line: ``COUNT {"columns": […], "rows": […]}`` (records of other types mixed
+    in, or a record of a single field: ``COUNT [{record}, …]``)."""
+    kind = type(records[0])
+    columns = _COLUMNS.get(kind)
+    if columns is None:
+        names = [f.name for f in fields(kind)]
+        columns = _COLUMNS[kind] = (names, attrgetter(*names))
+    names, row = columns
+    if len(names) > 1 and all(type(r) is kind for r in records):
+        body = orjson.dumps({"columns": names, "rows": list(map(row, records))})
+    else:
+        body = orjson.dumps(list(records))
+    return b"%d %b\n" % (len(records), body)
+
+
+_COLUMNS: dict[type, tuple[list[str], Callable[[Record], tuple]]] = {}
+
+
+def _read_line(line: bytes, record_type: type[Record]) -> list[Record | None] | _Damaged:
+    """The records of one log line (``COUNT {columns, rows}``, ``COUNT [records]``, or one record
+    object as older logs have it); a record of the line that does not build is None (skipped, its
+    offset kept)."""
+    if line[:1] == b"{":
+        try:
+            return [record_type.from_json(line)]
+        except (ValueError, TypeError) as exc:
+            return _Damaged(1, repr(exc))
+    head, _, body = line.partition(b" ")
+    try:
+        count = int(head)
+    except ValueError:
+        return _Damaged(1, f"no record count at the start of the line: {line[:40]!r}")
+    try:
+        docs = orjson.loads(body)
+    except ValueError as exc:
+        return _Damaged(count, repr(exc))
+    if isinstance(docs, dict):
+        columns, docs = docs.get("columns"), docs.get("rows")
+        if not isinstance(columns, list) or not isinstance(docs, list):
+            return _Damaged(count, "no columns or rows")
+        docs = [dict(zip(columns, row, strict=True)) if isinstance(row, list) and len(row) == len(columns)
+                else None for row in docs]
+    if not isinstance(docs, list) or len(docs) != count:
+        return _Damaged(count, f"not {count} records")
+    out: list[Record | None] = []
+    for doc in docs:
+        try:
+            out.append(record_type.from_dict(doc))
+        except (ValueError, TypeError, AttributeError):
+            out.append(None)
+    return out

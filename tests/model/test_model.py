@@ -65,3 +65,23 @@ def test_an_exchange_id_is_record_id_of_its_parts(capture, interface, sport, isn
     ex = Exchange(exchange_type=kind, conn=c, index=index, request_time=at)
     assert ex.id == record_id("exchange", capture, interface, "10.0.0.1", sport, "10.0.0.2", 80, isn, syn,
                               kind, index, at)
+
+
+_opt_text = st.none() | st.text(max_size=12)
+
+
+@given(node=st.text(max_size=8), log=st.text(max_size=8), protocol=st.sampled_from(["HTTP", "TCP"]),
+       start=st.floats(0, 4e9, allow_nan=False), remote=_opt_text, local=_opt_text, rid=_opt_text,
+       path=_opt_text, kind=st.sampled_from([None, "DownstreamEnd", "NotSet", "DownstreamPeriodic"]),
+       duration=st.none() | st.floats(0, 1e6))
+def test_an_access_id_is_record_id_of_its_parts(node, log, protocol, start, remote, local, rid, path, kind,
+                                                duration):
+    # AccessRecord.compute_id writes record_id's text out by hand for final entries (every collected
+    # entry gets an id): both must give the same id, and other entries keep their type and duration in it
+    r = AccessRecord(start_time=start, node_id=node, log_name=log, protocol=protocol,
+                     downstream_remote=remote, upstream_local=local, request_id=rid, path=path,
+                     access_log_type=kind, duration_ms=duration)
+    parts = ("access", node, log, protocol, f"{start:.6f}", remote, local, rid, path)
+    if kind == "DownstreamPeriodic":
+        parts += (kind, duration)
+    assert r.id == record_id(*parts)
