@@ -66,7 +66,8 @@ class S3Server:
                 stdout=out, stderr=subprocess.STDOUT,
             )
         _wait_listening(self.proc, self.port, self.log_path, 30.0)
-        httpx.put(f"{self.endpoint}/{self.bucket}").raise_for_status()
+        # moto loads its S3 backend on the first request: seconds on a busy machine (CI saw httpx's 5 s run out)
+        httpx.put(f"{self.endpoint}/{self.bucket}", timeout=60.0).raise_for_status()
 
     def stop(self) -> None:
         _end(self.proc)
