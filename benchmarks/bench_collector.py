@@ -290,8 +290,9 @@ def main() -> int:
     envoy_rate = stage.rate
     print(f"  what Envoy sent in the direct-response stage: {describe(stage.messages)}")
     print(f"  cross-check, the live run: collector received {stage.received:,} entries in "
-          f"{stage.cpu:.2f} CPU-seconds of its process (ALS, the Zipkin spans of every request, bus, "
-          f"counting consumer) = {stage.received / max(stage.cpu, 1e-9):,.0f} entries per CPU-second")
+          f"{stage.cpu:.2f} CPU-seconds of its process (ALS, the Zipkin spans of {args.trace_percent:g}% "
+          f"of requests, bus, counting consumer) = {stage.received / max(stage.cpu, 1e-9):,.0f} "
+          f"entries per CPU-second")
     envoy_input = replay_prefix(stage.messages, args.entries // max(args.streams, 1))
     print(f"input B: {describe(envoy_input)}, the first of those (recorded at Envoy's maximum rate)")
     e2e_b, e2e_cpu_b, consumed_b, spooled_b = asyncio.run(
