@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -110,12 +111,43 @@ class StoreCounter:
         await self.pipeline.stop()
 
 
+class MessageRecorder:
+    """Keeps the raw StreamAccessLogsMessages the collector's access-log service reads, as Envoy sent
+    them (what bench_collector.py replays). It wraps the stream handed to the unchanged servicer:
+    one list append per message, nothing per entry."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.messages: list[bytes] = []
+        servicer = collector.servicer
+        handle = servicer.stream_access_logs
+
+        async def recorded(requests, context):
+            async def tee():
+                async for raw in requests:
+                    self.messages.append(raw)
+                    yield raw
+            return await handle(tee(), context)
+
+        servicer.stream_access_logs = recorded  # before start(): handler() registers this one
+
+
+@dataclass
+class Stage:
+    """One wrk run as the collector's process saw it."""
+
+    ok: bool
+    rate: float  # wrk's requests/s
+    received: int  # access entries the collector received
+    cpu: float  # CPU-seconds of this whole Python process (collector, bus, sink) over the stage
+    messages: list[bytes] = field(default_factory=list)  # what Envoy sent in it (when recorded)
+
+
 async def measure(label: str, path: str, args, collector: Collector, sink, envoy: EnvoyProcess,
-                  port: int, before: dict) -> tuple[bool, float]:
-    """One wrk run on `path`; wait until the sink stops growing; print and check the counts.
-    (nothing lost, wrk's requests/s)."""
+                  port: int, before: dict) -> Stage:
+    """One wrk run on `path`; wait until the sink stops growing; print and check the counts."""
     received_before = collector.metrics.received.labels("http")._value.get()
     sunk_before = await sink.count()
+    cpu0 = time.process_time()
     done, rate = await asyncio.to_thread(run_wrk, f"http://127.0.0.1:{port}{path}", args.seconds,
                                          args.connections)
     requests = written = dropped = 0
@@ -135,17 +167,19 @@ async def measure(label: str, path: str, args, collector: Collector, sink, envoy
         sunk = now
     before.update(requests=before["requests"] + requests, written=before["written"] + written,
                   dropped=before["dropped"] + dropped)
+    cpu = time.process_time() - cpu0
     received = int(collector.metrics.received.labels("http")._value.get() - received_before)
     ok = sunk == requests and dropped == 0
     print(f"  {label:<24} wrk {done:>8,} req at {rate:>7,.0f} req/s | Envoy requests {requests:>8,} "
           f"written {written:>8,} dropped {dropped:>4} | collector received {received:>8,} | "
           f"{args.sink} {sunk:>8,} | {args.sink}/requests {sunk / max(requests, 1):.4f} "
           f"{'OK' if ok else 'LOSS'}")
-    return ok, rate
+    return Stage(ok, rate, received, cpu)
 
 
-async def run_sink(args) -> tuple[bool, float]:
-    """Both routes through one sink: (nothing lost, Envoy's rate on the direct-response route)."""
+async def run_sink(args, record: bool = False) -> tuple[bool, Stage]:
+    """Both routes through one sink: (nothing lost, the direct-response stage: Envoy's rate, and with
+    `record` the messages Envoy sent in it)."""
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), als_port=free_port(), zipkin_port=free_port(),
                         otlp_grpc_port=0, otlp_http_port=0)
@@ -155,7 +189,9 @@ async def run_sink(args) -> tuple[bool, float]:
         if store is not None:
             await store.start()
         try:
-            async with Collector(settings, bus) as collector, DemoUpstream(port=free_port()) as upstream:
+            collector = Collector(settings, bus)
+            recorder = MessageRecorder(collector) if record else None
+            async with collector, DemoUpstream(port=free_port()) as upstream:
                 sink = BusCounter(bus) if store is None else StoreCounter(settings, bus, store)
                 if isinstance(sink, StoreCounter):
                     await sink.pipeline.start()
@@ -173,10 +209,12 @@ async def run_sink(args) -> tuple[bool, float]:
                     async with EnvoyProcess(bootstrap, concurrency=args.concurrency) as envoy:
                         port = listener_port(routes, "ingress")
                         before = {"requests": 0, "written": 0, "dropped": 0}
-                        ok, rate = await measure("direct response (Envoy)", "/direct", args, collector,
-                                                 sink, envoy, port, before)
-                        ok &= (await measure("demo upstream (Python)", "/status/200", args, collector,
-                                             sink, envoy, port, before))[0]
+                        direct = await measure("direct response (Envoy)", "/direct", args, collector,
+                                               sink, envoy, port, before)
+                        if recorder is not None:
+                            direct.messages = recorder.messages[:]
+                        ok = direct.ok & (await measure("demo upstream (Python)", "/status/200", args,
+                                                        collector, sink, envoy, port, before)).ok
                         (loss,) = await account([envoy.admin_address], collector.servicer.arrived)
                         stats = await asyncio.to_thread(envoy.admin.stats, r"^tracing\.zipkin\.")
                 finally:
@@ -193,7 +231,7 @@ async def run_sink(args) -> tuple[bool, float]:
             if store is not None:
                 await store.stop()
             await bus.stop()
-    return ok, rate
+    return ok, direct
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
