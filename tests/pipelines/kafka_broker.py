@@ -66,7 +66,7 @@ class S3Server:
                 stdout=out, stderr=subprocess.STDOUT,
             )
         _wait_listening(self.proc, self.port, self.log_path, 30.0)
-        # moto loads its S3 backend on the first request: seconds on a busy machine (CI saw httpx's 5 s run out)
+        # moto loads its S3 backend on the first request: seconds on a busy machine (httpx 5 s ran out)
         httpx.put(f"{self.endpoint}/{self.bucket}", timeout=60.0).raise_for_status()
 
     def stop(self) -> None:
