@@ -6,10 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from hashlib import blake2b as _blake2b
 
-from meshscope.model.ids import normalize_request_id
+from meshscope.model.ids import NONE_PART, normalize_request_id
 from meshscope.model.record import Record
-
-_NONE = "\x1f"  # how record_id writes None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -175,7 +173,7 @@ class Exchange(Record):
 def connection_id_hash(c: Connection):
     """blake2b fed with a connection's part of its exchanges' ids: the decoders keep one per
     connection and finish a copy for each exchange (exchange_id), instead of hashing it all again."""
-    n = _NONE
+    n = NONE_PART
     return _blake2b(
         f"exchange\x1e{c.capture}\x1e{n if c.interface is None else c.interface}\x1e{c.src}\x1e{c.sport}"
         f"\x1e{c.dst}\x1e{c.dport}\x1e{n if c.client_isn is None else c.client_isn}"
@@ -185,5 +183,6 @@ def connection_id_hash(c: Connection):
 def exchange_id(conn_hash, exchange_type: str, index: int, request_time: float | None) -> str:
     """Exchange.compute_id from its connection's connection_id_hash()."""
     h = conn_hash.copy()
-    h.update(f"{exchange_type}\x1e{index}\x1e{_NONE if request_time is None else request_time}\x1e".encode())
+    t = NONE_PART if request_time is None else request_time
+    h.update(f"{exchange_type}\x1e{index}\x1e{t}\x1e".encode())
     return h.hexdigest()

@@ -6,14 +6,30 @@ from hashlib import blake2b as _blake2b
 
 _UUID_DASHES = (8, 13, 18, 23)
 _VERSION_NIBBLE = 14
+NONE_PART = "\x1f"  # how an id's text writes a None part (record_id, access_id, exchange ids alike)
 
 
 def record_id(*parts: object) -> str:
     """A stable 32-hex-digit id from the parts that identify a record (same parts, same id).
     Each part is followed by \\x1e (None written as \\x1f); one string, hashed in one call,
     because ids are made for every decoded exchange."""
-    text = "\x1e".join(["\x1f" if p is None else p if type(p) is str else str(p) for p in parts])
+    text = "\x1e".join([NONE_PART if p is None else p if type(p) is str else str(p) for p in parts])
     return _blake2b((text + "\x1e").encode(), digest_size=16).hexdigest()
+
+
+def access_id(node_id: str | None, log_name: str | None, protocol: str | None, start_time: float,
+              downstream_remote: str | None, upstream_local: str | None, request_id: str | None,
+              path: str | None) -> str:
+    """The id of a final access-log entry: ``record_id`` of the same parts, written as one f-string
+    (every collected entry gets one: half the cost of the generic join); the same text as record_id's."""
+    if node_id is None or log_name is None or protocol is None:  # never from a receiver; as record_id
+        return record_id("access", node_id, log_name, protocol, f"{start_time:.6f}", downstream_remote,
+                         upstream_local, request_id, path)
+    text = (f"access\x1e{node_id}\x1e{log_name}\x1e{protocol}\x1e{start_time:.6f}\x1e"
+            f"{NONE_PART if downstream_remote is None else downstream_remote}\x1e"
+            f"{NONE_PART if upstream_local is None else upstream_local}\x1e"
+            f"{NONE_PART if request_id is None else request_id}\x1e{NONE_PART if path is None else path}\x1e")
+    return _blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 REQUEST_ID_MAX = 200  # the lookup's limit (GET /api/traces/{request_id})
