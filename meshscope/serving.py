@@ -49,7 +49,7 @@ def guarded_http(settings: Settings) -> dict:
 
 
 def settle_heap() -> None:
-    """For a long-running server (``up``, ``collector``, ``pipeline``), once everything is imported:
+    """For a long-running server (``up``, ``collector``), once everything is imported:
     that heap lives as long as the process, so it leaves the garbage collector's generations
     (``gc.freeze``), and young collections run every 10,000 container allocations instead of 700.
     The collector builds several containers per record; at full rate the collections cost about a
