@@ -11,6 +11,7 @@ with its line number and skipped: one bad line never stops an import.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import gzip
 import io
 import re
@@ -24,6 +25,7 @@ from typing import IO, Any
 import orjson
 
 from meshscope.model import AccessRecord
+from meshscope.model.rows import row_shape
 
 # Istio's EnvoyTextLogFormat (pilot/pkg/model/telemetry_logging.go)
 ISTIO_TEXT_FORMAT = (
@@ -239,7 +241,8 @@ class TextFormat:
 
     def __post_init__(self) -> None:
         env: dict[str, Any] = {"AccessRecord": AccessRecord, "BadLine": BadLine, "SECONDS": _SECONDS,
-                               "R": parse_start_time, "blake2b": blake2b, "US": "\x1f"}
+                               "R": parse_start_time, "blake2b": blake2b, "US": "\x1f",
+                               "make": row_shape(AccessRecord).make}
         items: dict[str, str] = {}
         for i, reader in enumerate(self.readers):
             if reader is None:
@@ -258,7 +261,7 @@ class TextFormat:
         body = ", ".join(f"{name!r}: {expr}" for name, expr in items.items())
         exec(f"def read(g):\n{unpack}    return {{{body}}}\n", env)  # noqa: S102 - our own operator table
         self._read = env["read"]
-        exec(_builder(items, unpack), env)  # noqa: S102 - our own operator table
+        exec(_builder(items, unpack, env), env)  # noqa: S102 - our own operator table
         self._build = env["build"]
 
     def fields(self, line: str) -> dict[str, Any] | None:
@@ -294,10 +297,11 @@ class TextFormat:
                     raise BadLine(f"{self.name} format: {reader[0]} {value!r}: {exc}") from None
 
 
-def _builder(items: dict[str, str], unpack: str) -> str:
-    """Source of ``build(g, node_id, log_name)``: the fields as locals, then one AccessRecord call with
-    the id ``AccessRecord.compute_id`` would give (``record_id``'s text of the same parts, hashed here
-    in one f-string; make_record's protocol rule)."""
+def _builder(items: dict[str, str], unpack: str, env: dict[str, Any]) -> str:
+    """Source of ``build(g, node_id, log_name)``: the fields as locals, then the AccessRecord made from
+    its row (every field in order, defaults for the ones the format lacks; ``RowShape.make``, no
+    keyword ``__init__``) with the id ``AccessRecord.compute_id`` would give (``record_id``'s text of
+    the same parts, hashed here in one f-string; make_record's protocol rule)."""
     lines = ["def build(g, node_id, log_name):", unpack.rstrip("\n")]
     lines += [f"    {name} = {expr}" for name, expr in items.items()]
     if "start_time" not in items:
@@ -306,8 +310,7 @@ def _builder(items: dict[str, str], unpack: str) -> str:
     lines.append("    if start_time is None:\n        raise BadLine('no start time')")
     http = [n for n in ("method", "protocol_version") if n in items]
     lines.append(f"    protocol = 'HTTP' if ({' or '.join(http) or 'False'}) else 'TCP'")
-    kwargs = [f"{name}={name}" for name in items]
-    kwargs += ["protocol=protocol", "node_id=node_id", "log_name=log_name"]
+    given = set(items) | {"protocol", "node_id", "log_name"}
     if "access_log_type" not in items:  # else compute_id decides whether the type is part of the id
         # record_id("access", node_id, log_name, protocol, f"{start_time:.6f}", downstream_remote,
         # upstream_local, request_id, path): each part then \x1e, None as \x1f
@@ -315,9 +318,24 @@ def _builder(items: dict[str, str], unpack: str) -> str:
                         for n in ("downstream_remote", "upstream_local", "request_id", "path"))
         lines.append("    text = f'access\\x1e{node_id}\\x1e{log_name}\\x1e{protocol}\\x1e"
                      "{start_time:.6f}\\x1e" + parts + "'")
-        lines.append("    rid = blake2b(text.encode(), digest_size=16).hexdigest()")
-        kwargs.append("id=rid")
-    lines.append(f"    return AccessRecord({', '.join(kwargs)})")
+        lines.append("    id = blake2b(text.encode(), digest_size=16).hexdigest()")
+        given.add("id")
+    row = []
+    for i, f in enumerate(dataclasses.fields(AccessRecord)):
+        if f.name in given:
+            row.append(f.name)
+        elif f.default_factory is list:
+            row.append("[]")
+        elif f.default_factory is not dataclasses.MISSING:
+            env[f"F{i}"] = f.default_factory
+            row.append(f"F{i}()")
+        else:
+            env[f"D{i}"] = f.default  # "" for the id: compute_id below
+            row.append(f"D{i}")
+    lines.append(f"    r = make(({', '.join(row)},))")
+    if "id" not in given:
+        lines.append("    r.id = r.compute_id()")
+    lines.append("    return r")
     return "\n".join(lines) + "\n"
 
 

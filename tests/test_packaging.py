@@ -26,7 +26,8 @@ def test_the_wheel_installs_one_top_level_name(tmp_path):
                  "meshscope/pipelines/store/templates/access.json", "meshscope/api/static/app.js",
                  "meshscope/decoders/samples/nodeport-lab.pcap", "meshscope/decoders/analysis.py"):
         assert data in names
-    assert any(n.startswith("meshscope/decoders/_record_scan.") and n.endswith(".so") for n in names)
+    for ext in ("meshscope/decoders/_record_scan.", "meshscope/model/_record_slots."):
+        assert any(n.startswith(ext) and n.endswith(".so") for n in names), ext
 
 
 def test_the_installed_copy_imports_components_under_meshscope_only(tmp_path):

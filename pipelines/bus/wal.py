@@ -20,13 +20,13 @@ import fcntl
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
-from operator import attrgetter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
 from meshscope.model import Record
+from meshscope.model.rows import row_shape
 
 log = logging.getLogger(__name__)
 
@@ -272,19 +272,12 @@ def _encode(records: Sequence[Record]) -> bytes:
     """A batch as one log line: ``COUNT {"columns": […], "rows": […]}`` (records of other types mixed
     in, or a record of a single field: ``COUNT [{record}, …]``)."""
     kind = type(records[0])
-    columns = _COLUMNS.get(kind)
-    if columns is None:
-        names = [f.name for f in fields(kind)]
-        columns = _COLUMNS[kind] = (names, attrgetter(*names))
-    names, row = columns
-    if len(names) > 1 and all(type(r) is kind for r in records):
-        body = orjson.dumps({"columns": names, "rows": list(map(row, records))})
+    shape = row_shape(kind)
+    if len(shape.names) > 1 and all(type(r) is kind for r in records):
+        body = orjson.dumps({"columns": shape.names, "rows": shape.rows(records)})
     else:
         body = orjson.dumps(list(records))
     return b"%d %b\n" % (len(records), body)
-
-
-_COLUMNS: dict[type, tuple[list[str], Callable[[Record], tuple]]] = {}
 
 
 def _read_line(line: bytes, record_type: type[Record]) -> list[Record | None] | _Damaged:
