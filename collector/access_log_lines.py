@@ -27,6 +27,11 @@ import orjson
 from meshscope.model import AccessRecord
 from meshscope.model.rows import row_shape
 
+try:  # compiled by the package's install (scripts/setup.sh), like decoders/_record_scan.c
+    from meshscope.collector._line_split import Splitter as _Splitter
+except ImportError:  # pragma: no cover - a checkout whose extension was not built
+    _Splitter = None
+
 # Istio's EnvoyTextLogFormat (pilot/pkg/model/telemetry_logging.go)
 ISTIO_TEXT_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
@@ -112,10 +117,6 @@ def _flags(value: Any) -> list[str]:
     return str(value).split(",")
 
 
-def _protocol(value: Any) -> str | None:
-    return _text(value)
-
-
 _SECONDS: dict[str, int] = {}  # "2024-05-01T12:00:00" → epoch seconds (one entry per second seen)
 
 
@@ -165,7 +166,7 @@ OPERATORS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "REQ(:SCHEME)": ("scheme", _text),
     "REQ(:AUTHORITY)": ("authority", _text),
     "REQ(HOST)": ("authority", _text),
-    "PROTOCOL": ("protocol_version", _protocol),
+    "PROTOCOL": ("protocol_version", _text),
     "RESPONSE_CODE": ("response_code", _code),
     "RESPONSE_FLAGS": ("response_flags", _flags),
     "RESPONSE_CODE_DETAILS": ("response_code_details", _text),
@@ -212,30 +213,35 @@ def operator_key(operator: str) -> str:
 
 # ---- formats ------------------------------------------------------------------------------------
 # inline reading of the common value kinds, for the generated per-format functions (see TextFormat); ``{v}``
-# is a local holding the group. Envoy's "-" and "" are None: compared, not hashed (each group is a new string)
+# is a local holding the operator's value, already None where Envoy wrote "-" or "" (``blank_none``)
 _INLINE = {
-    "_text": "(None if {v} == '-' or not {v} else {v})",
-    "_int": "(None if {v} == '-' or not {v} else int({v}))",
-    "_float": "(None if {v} == '-' or not {v} else float({v}))",
-    "_code": "(None if {v} == '-' or not {v} else int({v}) or None)",
-    "_flags": "([] if {v} == '-' or not {v} else {v}.split(','))",
+    "_text": "{v}",
+    "_int": "(None if {v} is None else int({v}))",
+    "_float": "(None if {v} is None else float({v}))",
+    "_code": "(None if {v} is None else int({v}) or None)",
+    "_flags": "([] if {v} is None else {v}.split(','))",
     # a second already seen, with milliseconds (what Envoy writes): one dict lookup, else the full parser
     "parse_start_time": "(b + int({v}[20:23]) / 1000 if len({v}) == 24 and {v}[23] == 'Z' and {v}[19] == '.' "
                         "and (b := SECONDS.get({v}[:19])) is not None and {v}[20:23].isdigit() else R({v}))",
 }
+_BLANK_NONE = frozenset(("_text", "_int", "_float", "_code", "_flags"))  # readers that take "-" as None
 
 
 @dataclass(slots=True)
 class TextFormat:
-    """A compiled Envoy text format: a regex whose groups are the operators, each with its field.
-    The groups are read by generated functions (as dataclasses generates ``__init__``): ``_read``
-    gives the fields as a dict (OTLP bodies, merged with attributes), ``_build`` the AccessRecord
-    itself with its id, no dict between. A line is then one regex match and one call, which is what
-    100 k lines/s needs."""
+    """A compiled Envoy text format: literal text around operators, each with its field. A line is cut
+    into the operators' values by ``split`` (collector/_line_split.c; the Python reference: the
+    format's regex, whose groups are the operators), and read by generated functions (as dataclasses
+    generates ``__init__``): ``_read`` gives the fields as a dict (OTLP bodies, merged with
+    attributes), ``_build`` the AccessRecord itself with its id, no dict between. A line is then one
+    split and one call, which is what 100 k lines/s needs."""
 
     name: str
     pattern: re.Pattern[str]
+    literals: tuple[str, ...]  # the text before, between and after the operators
     readers: list[tuple[str, Callable[[Any], Any]] | None]
+    native: bool = True  # split in C when the extension was built
+    split: Callable[[str], tuple | None] = field(init=False)
     _read: Callable[[tuple], dict[str, Any]] = field(init=False)
     _build: Callable[[tuple, str, str], AccessRecord] = field(init=False)
 
@@ -243,6 +249,12 @@ class TextFormat:
         env: dict[str, Any] = {"AccessRecord": AccessRecord, "BadLine": BadLine, "SECONDS": _SECONDS,
                                "R": parse_start_time, "blake2b": blake2b, "US": "\x1f",
                                "make": row_shape(AccessRecord).make}
+        blank_none = tuple(r is None or r[1].__name__ in _BLANK_NONE for r in self.readers)
+        if self.native and _Splitter is not None:
+            self.split = _Splitter(self.literals, blank_none).split
+        else:
+            self.native = False
+            self.split = _regex_split(self.pattern, blank_none)
         items: dict[str, str] = {}
         for i, reader in enumerate(self.readers):
             if reader is None:
@@ -265,10 +277,9 @@ class TextFormat:
         self._build = env["build"]
 
     def fields(self, line: str) -> dict[str, Any] | None:
-        m = self.pattern.fullmatch(line)
-        if m is None:
+        g = self.split(line)
+        if g is None:
             return None
-        g = m.groups()
         try:
             return self._read(g)
         except (ValueError, TypeError, AttributeError):
@@ -277,10 +288,9 @@ class TextFormat:
 
     def record(self, line: str, node_id: str, log_name: str) -> AccessRecord | None:
         """The line's AccessRecord (None: the line is not in this format); BadLine for a bad value."""
-        m = self.pattern.fullmatch(line)
-        if m is None:
+        g = self.split(line)
+        if g is None:
             return None
-        g = m.groups()
         try:
             return self._build(g, node_id, log_name)
         except (ValueError, TypeError, AttributeError):
@@ -295,6 +305,17 @@ class TextFormat:
                     reader[1](value)
                 except (ValueError, TypeError, AttributeError) as exc:
                     raise BadLine(f"{self.name} format: {reader[0]} {value!r}: {exc}") from None
+
+
+def _regex_split(pattern: re.Pattern[str], blank_none: tuple[bool, ...]) -> Callable[[str], tuple | None]:
+    """The reference ``split``: the regex's groups, "-" and "" as None where ``blank_none`` says."""
+    def split(line: str) -> tuple | None:
+        m = pattern.fullmatch(line)
+        if m is None:
+            return None
+        return tuple(None if blank and (v == "-" or not v) else v for v, blank in zip(m.groups(), blank_none))
+
+    return split
 
 
 def _builder(items: dict[str, str], unpack: str, env: dict[str, Any]) -> str:
@@ -339,7 +360,7 @@ def _builder(items: dict[str, str], unpack: str, env: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compile_format(format_string: str, name: str = "custom") -> TextFormat:
+def compile_format(format_string: str, name: str = "custom", *, native: bool = True) -> TextFormat:
     """An Envoy text format string (``[%START_TIME%] "%REQ(:METHOD)% …"``) as a TextFormat. Each
     operator matches up to the first character of the literal text after it (to the end of line when
     nothing follows). Raises ValueError for a format without operators or two operators side by side."""
@@ -359,7 +380,7 @@ def compile_format(format_string: str, name: str = "custom") -> TextFormat:
                              "between them, so a line cannot be split")
         regex.append(f"([^{re.escape(after[0])}]*)" if after else "(.*?)")
         readers.append(OPERATORS.get(operator_key(part)))
-    return TextFormat(name, re.compile("".join(regex) + r"\s*"), readers)
+    return TextFormat(name, re.compile("".join(regex) + r"\s*"), tuple(parts[::2]), readers, native)
 
 
 @dataclass(slots=True)
