@@ -313,7 +313,8 @@ def _regex_split(pattern: re.Pattern[str], blank_none: tuple[bool, ...]) -> Call
         m = pattern.fullmatch(line)
         if m is None:
             return None
-        return tuple(None if blank and (v == "-" or not v) else v for v, blank in zip(m.groups(), blank_none))
+        return tuple(None if blank and (v == "-" or not v) else v
+                     for v, blank in zip(m.groups(), blank_none, strict=True))
 
     return split
 
