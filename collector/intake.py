@@ -15,10 +15,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from operator import attrgetter
 
 from meshscope.model import AccessRecord, Record, Span
-from meshscope.model.ids import request_id_problem
+from meshscope.model.ids import REQUEST_ID_MAX, request_id_problem
 
 ACCESS_TEXT = ("path", "authority", "user_agent", "x_forwarded_for", "response_code_details",
                "upstream_failure_reason", "connection_termination_details", "route_name", "sni",
@@ -55,6 +56,12 @@ class IntakeCheck:
         now = self.clock()
         lim = self.limits
         low, high = (float("-inf") if history else now - lim.max_behind), now + lim.max_ahead
+        if _access_batch_clean(records, low, high, lim.max_field):
+            return list(records)
+        return self.apply_each(records, protocol, low, high)
+
+    def apply_each(self, records: Sequence[Record], protocol: str, low: float, high: float) -> list[Record]:
+        """``apply`` record by record (the reference the batch test in ``apply`` must agree with)."""
         kept: list[Record] = []
         for r in records:
             if isinstance(r, AccessRecord):
@@ -138,6 +145,28 @@ class IntakeCheck:
                 self.count(protocol, "entry_too_large", 1)
                 return False
         return True
+
+
+_start_time, _request_id = attrgetter("start_time"), attrgetter("request_id")
+
+
+def _access_batch_clean(records: Sequence[Record], low: float, high: float, max_field: int) -> bool:
+    """True when a batch of AccessRecords needs nothing from intake, found with a few whole-batch
+    passes at C speed instead of a look at each record (the common case: about a third of the cost):
+    every time inside the window (their sum is NaN if one is), every request id one the lookup finds,
+    no text field so long that a record's text could pass ``max_field`` together."""
+    if not records or any(type(r) is not AccessRecord for r in records):
+        return False
+    times = list(map(_start_time, records))
+    total = sum(times)
+    if not (total == total and low <= min(times) and max(times) <= high):
+        return False
+    rids = [rid for rid in map(_request_id, records) if rid is not None]
+    if rids and (max(map(len, rids)) > REQUEST_ID_MAX or "/" in "".join(rids)
+                 or not all(map(str.strip, rids))):
+        return False
+    longest = max(map(len, filter(None, chain.from_iterable(map(_access_text, records)))), default=0)
+    return longest * len(ACCESS_TEXT) <= max_field
 
 
 def _note(r: Record, text: str) -> None:

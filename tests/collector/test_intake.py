@@ -12,8 +12,11 @@ from pathlib import Path
 
 import grpc
 import httpx
+import orjson
 import pytest
 from envoy.service.accesslog.v3 import als_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from meshscope.collector.access_entries import LogSource, message_records
 from meshscope.collector.intake import IntakeCheck, IntakeLimits
 from meshscope.collector.zipkin_spans import spans_from_json
@@ -76,6 +79,31 @@ def test_oversized_fields_are_cut_and_oversized_entries_rejected():
     big = _record(path="/" + "p" * 999, user_agent="u" * 999, x_forwarded_for="f" * 999)
     assert check.apply([big], "http") == []
     assert ("http", "entry_too_large", 1) in counted
+
+
+_TIMES = st.sampled_from([NOW, NOW - 60, NOW + 3600, NOW + 3601, NOW - 30 * 86400 - 1, float("nan"),
+                          float("inf"), float("-inf"), 0.0])
+_RIDS = st.sampled_from([None, "", " ", "a/b", "x" * 200, "x" * 201, "a8a0f1d2-1234-4567-8abc-1234567890ab"])
+_TEXTS = st.sampled_from([None, "", "/p", "p" * 66, "p" * 67, "p" * 1000, "p" * 1001])
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch=st.lists(st.tuples(_TIMES, _RIDS, _TEXTS, _TEXTS), min_size=1, max_size=6),
+       history=st.booleans(), policy=st.sampled_from(["clamp", "reject"]))
+def test_the_whole_batch_test_agrees_with_the_look_at_each_record(batch, history, policy):
+    """apply() passes a batch untouched after a few whole-batch tests, and looks at each record only
+    when one may need it: what it keeps, fixes, notes and counts is what the look at each gives."""
+    results = []
+    for each in (False, True):
+        check, counted = _check(max_field=1000, max_entry=2500, time_policy=policy)
+        records = [_record(t, request_id=rid, path=path, user_agent=agent) for t, rid, path, agent in batch]
+        if each:
+            low = float("-inf") if history else NOW - 30 * 86400
+            kept = check.apply_each(records, "http", low, NOW + 3600)
+        else:
+            kept = check.apply(records, "http", history=history)
+        results.append(([orjson.dumps(r) for r in kept], counted))
+    assert results[0] == results[1]
 
 
 def test_spans_get_the_same_rules():
