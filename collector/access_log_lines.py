@@ -354,7 +354,7 @@ def _builder(items: dict[str, str], unpack: str, env: dict[str, Any]) -> str:
         else:
             env[f"D{i}"] = f.default  # "" for the id: compute_id below
             row.append(f"D{i}")
-    lines.append(f"    r = make(({', '.join(row)},))")
+    lines.append(f"    r = make({', '.join(row)})")
     if "id" not in given:
         lines.append("    r.id = r.compute_id()")
     lines.append("    return r")

@@ -2,8 +2,8 @@
 
 The collector builds a record for every entry it takes, and the bus's write-ahead log reads each back
 as a row (``wal.py``): with an AccessRecord's 46 fields, keyword ``__init__`` and ``attrgetter`` cost
-about 3 µs each per record. ``RowShape(cls).make(row)`` builds a record from a row without running
-``__init__`` (the row must hold every field, the id included); ``rows(records)`` reads them. Both run in
+about 3 µs each per record. ``RowShape(cls).make(*row)`` builds a record from every field's value,
+in order, without running ``__init__`` (the id included); ``rows(records)`` reads them back. Both run in
 C (``_record_slots.c``) when it was built; the Python below is the reference and the fallback.
 """
 
@@ -32,7 +32,7 @@ class RowShape(Generic[R]):
         layout = _Layout(cls, self.names) if native and _Layout is not None else None
         self.native = layout is not None
         if layout is not None:
-            self.make: Callable[[tuple], R] = layout.make
+            self.make: Callable[..., R] = layout.make
             self.rows: Callable[[Sequence[R]], list[tuple]] = layout.rows
         else:
             self.make = _python_make(cls, self.names)
@@ -46,12 +46,12 @@ def row_shape(cls: type[R]) -> RowShape[R]:
     return RowShape(cls)
 
 
-def _python_make(cls: type, names: tuple[str, ...]) -> Callable[[tuple], Any]:
-    """``make(row)``: ``object.__new__`` and one tuple unpacking into the slots (generated, as
+def _python_make(cls: type, names: tuple[str, ...]) -> Callable[..., Any]:
+    """``make(*row)``: ``object.__new__`` and one tuple unpacking into the slots (generated, as
     dataclasses generates ``__init__``)."""
     env: dict[str, Any] = {"new": object.__new__, "cls": cls}
     targets = "".join(f"r.{n}, " for n in names)
-    exec(f"def make(row):\n    r = new(cls)\n    {targets}= row\n    return r\n", env)  # noqa: S102
+    exec(f"def make(*row):\n    r = new(cls)\n    {targets}= row\n    return r\n", env)  # noqa: S102
     return env["make"]
 
 

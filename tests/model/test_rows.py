@@ -31,8 +31,8 @@ def test_c_and_python_agree(cls, data):
     fast, slow = RowShape(cls), RowShape(cls, native=False)
     assert fast.native and not slow.native and fast.names == slow.names
     rows = [tuple(data.draw(_VALUE) for _ in fast.names) for _ in range(data.draw(st.integers(1, 4)))]
-    made = [fast.make(row) for row in rows]
-    assert made == [slow.make(row) for row in rows]
+    made = [fast.make(*row) for row in rows]
+    assert made == [slow.make(*row) for row in rows]
     assert fast.rows(made) == slow.rows(made) == rows
 
 
@@ -41,7 +41,7 @@ def test_a_made_record_is_a_whole_record():
     r = AccessRecord(start_time=1.5, node_id="n", request_id="r", response_flags=["UF"])
     shape = row_shape(AccessRecord)
     (row,) = shape.rows([r])
-    copy = shape.make(row)
+    copy = shape.make(*row)
     assert copy == r and copy is not r and type(copy) is AccessRecord
     assert copy.id == r.compute_id() and copy.retried is False
     copy.notes.append("x")  # the same list objects: a row is a view, not a deep copy
@@ -54,11 +54,11 @@ def test_wrong_input_is_refused_not_crashed():
     n = len(fast.names)
     for shape in (fast, slow):
         with pytest.raises((TypeError, ValueError)):
-            shape.make((None,) * (n - 1))
+            shape.make(*(None,) * (n - 1))
         with pytest.raises(TypeError):
             shape.rows([Span(trace_id="a", span_id="b")])
     with pytest.raises(TypeError):
-        fast.make([None] * n)  # a list is not a row
+        fast.make(*(None,) * n, row=None)  # fields by position only
     half = object.__new__(AccessRecord)  # a field never set: as attrgetter says
     for shape in (fast, slow):
         with pytest.raises(AttributeError):
