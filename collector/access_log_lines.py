@@ -564,6 +564,8 @@ class LineParser:
         raise BadLine("fits no known format (Istio text or JSON, Envoy default, --format)")
 
     def record(self, raw: str) -> tuple[str, AccessRecord]:
+        if raw[:1] == "[" and raw[1:5] != "pod/" and "\x1b" not in raw:  # no prefix (strip_prefix's test)
+            return self.line_record(raw.rstrip("\r\n"), self.origin)
         line, origin = strip_prefix(raw)
         try:
             return self.line_record(line.rstrip("\r\n"), origin or self.origin)

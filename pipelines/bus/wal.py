@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,8 @@ class _TopicFiles:
     pending: list[tuple[bytes, Sequence[Record], Callable, asyncio.Future]] = field(default_factory=list)
     flusher: asyncio.Task | None = None
     offsets: dict[str, int] | None = None  # groups' offsets committed since the last tidy-up
+    latest: dict[str, int] | None = None  # the groups' last committed offsets (written at close)
+    unlinking: list[Path] = field(default_factory=list)  # consumed segments handed to a tidy-up
     tidier: asyncio.Task | None = None
 
 
@@ -86,6 +89,9 @@ class WriteAheadLog:
         self._topics: dict[str, _TopicFiles] = {}
         self.failure: str | None = None  # why the last append failed, until one succeeds
         self.skipped = 0  # damaged lines found at recovery
+        # one tidy-up at a time: close() waits for one running in a thread, and none runs after it
+        self._tidying = threading.Lock()
+        self._closed = False
 
     # ---- open / recover ----------------------------------------------------------------------
     def recover(self, topic: str, record_type: type[Record]) -> Recovered:
@@ -208,7 +214,7 @@ class WriteAheadLog:
         an unlink waits on the file system's journal while an fsync runs; a consumer that keeps up
         commits many times a second)."""
         files = self._files(topic)
-        files.offsets = dict(offsets)
+        files.offsets = files.latest = dict(offsets)
         if files.tidier is None or files.tidier.done():
             files.tidier = asyncio.get_running_loop().create_task(self._tidy_soon(files),
                                                                   name=f"wal-tidy-{topic}")
@@ -217,7 +223,15 @@ class WriteAheadLog:
         while files.offsets is not None:
             await asyncio.sleep(TIDY_SECONDS)
             offsets, files.offsets = files.offsets, None
-            await asyncio.to_thread(_tidy, files.dir, offsets, self._consumed(files, offsets))
+            gone = self._consumed(files, offsets)
+            files.unlinking.extend(gone)
+            await asyncio.to_thread(self._tidy, files, offsets, gone)
+
+    def _tidy(self, files: _TopicFiles, offsets: dict[str, int], gone: list[Path]) -> None:
+        with self._tidying:
+            if not self._closed:  # else close() did it, with the latest offsets
+                _tidy(files.dir, offsets, gone)
+                del files.unlinking[: len(gone)]
 
     @staticmethod
     def _consumed(files: _TopicFiles, offsets: dict[str, int]) -> list[Path]:
@@ -238,16 +252,20 @@ class WriteAheadLog:
         return gone
 
     def close(self) -> None:
-        for files in self._topics.values():
-            if files.tidier is not None:
-                files.tidier.cancel()
-            if files.offsets is not None:  # not tidied yet: now, before the log is let go
-                _tidy(files.dir, files.offsets, self._consumed(files, files.offsets))
-                files.offsets = None
-            if files.writer is not None:
-                with contextlib.suppress(OSError):
-                    files.writer.close()
-                files.writer = None
+        """Let the log go: the groups' last offsets written and consumed segments deleted here,
+        after a tidy-up running in a thread ends (none runs after this)."""
+        with self._tidying:
+            self._closed = True
+            for files in self._topics.values():
+                if files.tidier is not None:
+                    files.tidier.cancel()
+                if files.latest is not None:
+                    _tidy(files.dir, files.latest, files.unlinking + self._consumed(files, files.latest))
+                    files.offsets, files.unlinking = None, []
+                if files.writer is not None:
+                    with contextlib.suppress(OSError):
+                        files.writer.close()
+                    files.writer = None
         self._lock.close()
 
 
