@@ -250,10 +250,17 @@ def _apply_attributes(record: AccessRecord, kvs) -> None:
         if reader is None:
             continue
         v = kv.value
-        value = v.string_value if v.WhichOneof("value") == "string_value" else any_value(v)
-        if value is None:
-            continue
-        name, got = _attribute_field(key, value, reader)
+        if v.WhichOneof("value") == "string_value":  # what Envoy sends: read here, no call per value
+            name, read = reader
+            try:
+                got = read(v.string_value)
+            except (ValueError, TypeError):
+                name, got = _attribute_field(key, v.string_value, reader)  # raises BadLine naming it
+        else:
+            value = any_value(v)
+            if value is None:
+                continue
+            name, got = _attribute_field(key, value, reader)
         if got is not None:
             setattr(record, name, got)
             again = again or name in _IDENTITY
