@@ -15,6 +15,9 @@ FINAL_LOG_TYPES = frozenset({None, "NotSet", "DownstreamEnd", "TcpConnectionEnd"
 class AccessRecord(Record):
     kind = "access"
     topic = "access"
+    # every field is an atom (str, number, None) or a list of str: a record is never part of a reference
+    # cycle, so records built from rows (model/rows.py) are left to reference counting alone
+    acyclic = True
 
     start_time: float  # epoch seconds
     protocol: str = "HTTP"  # "HTTP" or "TCP"

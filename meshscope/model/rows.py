@@ -29,7 +29,10 @@ class RowShape(Generic[R]):
     def __init__(self, cls: type[R], *, native: bool = True) -> None:
         self.cls = cls
         self.names: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
-        layout = _Layout(cls, self.names) if native and _Layout is not None else None
+        # a record type that can never be in a reference cycle says so (AccessRecord.acyclic): the
+        # records made here then stay out of the garbage collector's generations (C only)
+        acyclic = bool(getattr(cls, "acyclic", False))
+        layout = _Layout(cls, self.names, acyclic) if native and _Layout is not None else None
         self.native = layout is not None
         if layout is not None:
             self.make: Callable[..., R] = layout.make

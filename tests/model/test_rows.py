@@ -49,6 +49,23 @@ def test_a_made_record_is_a_whole_record():
     assert sys.getrefcount(copy) == sys.getrefcount(r)  # no leaked reference
 
 
+def test_acyclic_records_are_left_to_reference_counting():
+    """AccessRecord says it can never be in a reference cycle: what make() builds is not tracked by
+    the garbage collector, and is freed when its last reference goes; other records stay tracked."""
+    import gc
+
+    shape = row_shape(AccessRecord)
+    r = shape.make(*shape.rows([AccessRecord(start_time=1.0, node_id="n")])[0])
+    assert not gc.is_tracked(r) and gc.is_tracked(r.notes)
+    span_shape = row_shape(Span)
+    s = span_shape.make(*span_shape.rows([Span(trace_id="a", span_id="b")])[0])
+    assert gc.is_tracked(s)
+    notes = r.notes
+    held = sys.getrefcount(notes)
+    del r  # freed at once: its list lost the record's reference
+    assert sys.getrefcount(notes) == held - 1
+
+
 def test_wrong_input_is_refused_not_crashed():
     fast, slow = RowShape(AccessRecord), RowShape(AccessRecord, native=False)
     n = len(fast.names)
