@@ -192,15 +192,16 @@ class LogConverter:
         if body.WhichOneof("value") == "string_value":
             text = body.string_value.strip()
             if text:
+                attributes = log.attributes
                 try:
                     record = self.parser.line_record(text, origin)[1]
                 except BadLine:
-                    if not log.attributes:
+                    if not attributes:
                         raise
                 else:  # the common case: the body is a whole line, attributes add to it
                     record.node_cluster = cluster
-                    if log.attributes:
-                        _apply_attributes(record, log.attributes)
+                    if attributes:
+                        _apply_attributes(record, attributes)
                     if not record.trace_id and log.trace_id:
                         record.trace_id = log.trace_id.hex()
                         if log.span_id and record.span_id is None:
@@ -250,12 +251,13 @@ def _apply_attributes(record: AccessRecord, kvs) -> None:
         if reader is None:
             continue
         v = kv.value
-        if v.WhichOneof("value") == "string_value":  # what Envoy sends: read here, no call per value
+        text = v.string_value  # "" unless the value is a string (a oneof): then no WhichOneof needed
+        if text or v.WhichOneof("value") == "string_value":  # what Envoy sends: read here, no call
             name, read = reader
             try:
-                got = read(v.string_value)
+                got = read(text)
             except (ValueError, TypeError):
-                name, got = _attribute_field(key, v.string_value, reader)  # raises BadLine naming it
+                name, got = _attribute_field(key, text, reader)  # raises BadLine naming it
         else:
             value = any_value(v)
             if value is None:
