@@ -120,3 +120,24 @@ async def test_stop_writes_the_offsets_of_commits_not_yet_tidied(tmp_path):
     again = MemoryBus(wal_dir=tmp_path)
     assert [r.request_id for r in await _all(again, "indexer")] == [_rid(2), _rid(3)]
     await again.stop()
+
+
+async def test_no_tidy_up_runs_after_stop(tmp_path):
+    """A tidy-up handed to a thread before stop() but run after it (a thread is not cancelled) writes
+    nothing: stop() wrote the latest offsets and deleted the consumed segments itself."""
+    bus = MemoryBus(wal_dir=tmp_path)
+    await bus.publish("access", _records(0, 4))
+    consumer = bus.consume("access", "indexer", max_batch=4)
+    await (await anext(consumer)).commit()
+    await consumer.aclose()
+    wal = bus.wal
+    files = wal._files("access")
+    late = wal._consumed(files, {"indexer": 4})  # handed to a thread, as _tidy_soon does
+    files.unlinking.extend(late)
+    await bus.stop()
+    offsets = tmp_path / "access" / "offsets.json"
+    assert orjson.loads(offsets.read_bytes()) == {"indexer": 4}
+    assert not list((tmp_path / "access").glob("*.log"))
+    offsets.unlink()
+    wal._tidy(files, {"indexer": 0}, late)  # what that thread would run now
+    assert not offsets.exists() and not list((tmp_path / "access").glob("*.tmp"))
