@@ -91,6 +91,7 @@ class KafkaBus(Bus):
         ca_file: str | None = None,
         cert_file: str | None = None,
         key_file: str | None = None,
+        fetch_max_wait_ms: int = 500,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic_prefix = topic_prefix
@@ -115,6 +116,9 @@ class KafkaBus(Bus):
         self.compression = compression
         self._security = _security_kwargs(security_protocol, sasl_mechanism, sasl_username, sasl_password,
                                           ca_file, cert_file, key_file)
+        # Kafka's default. Tansu 0.6 on S3 served a consumer asking for 100 ms ~10x fewer records per
+        # second (benchmarks/tansu_fetch.py): the pipeline fell behind the collector for good under load
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self._producer: AIOKafkaProducer | None = None
         self._topics_ready: set[str] = set()
         self._lags: dict[tuple[str, str], int] = {}
@@ -258,7 +262,7 @@ class KafkaBus(Bus):
                     # so consumers keep aiokafka's default request timeout, not the publish timeout
                     max_poll_records=max_batch, session_timeout_ms=int(self.session_timeout_s * 1000),
                     heartbeat_interval_ms=int(self.session_timeout_s * 1000 / 3),
-                    fetch_max_wait_ms=100, **self._security,
+                    fetch_max_wait_ms=self.fetch_max_wait_ms, **self._security,
                 )
                 try:
                     await consumer.start()

@@ -1,0 +1,99 @@
+"""Issue 12's "lost" entries on an S3-backed broker, reduced: how fast a consumer reads Tansu 0.6 on S3.
+
+In the chaos run with ``--broker-storage s3`` every acknowledged access entry was in the broker's
+storage; the pipeline simply never read it: a consumer asking for fetches of at most 100 ms
+(``fetch_max_wait_ms``, what KafkaBus used) read Tansu-on-moto ~10x slower than one using Kafka's
+default 500 ms, below the rate the collector published, so its backlog grew until the run gave up
+waiting. The other half of the trigger is the number of batch objects (Tansu's S3 engine lists the
+partition and GETs one object per batch on every fetch), so small batches make it worse.
+
+This writes ``--batches`` batches of ``--records`` records to one partition of a Tansu broker on moto's
+S3 server (as the chaos run's storage), then reads from the start for ``--seconds`` with each fetch wait
+and prints the rates and their ratio, beside what Tansu in memory serves the same consumer.
+
+    .venv/bin/python benchmarks/tansu_fetch.py [--batches 600] [--records 10] [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+
+from tests.conftest import free_port  # noqa: E402
+from tests.pipelines.kafka_broker import S3Server, TansuBroker  # noqa: E402
+
+
+async def fill(bootstrap: str, topic: str, batches: int, records: int) -> float:
+    """One acknowledged batch (one object in Tansu's S3 engine) per round trip; the produce rate."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    start = time.monotonic()
+    try:
+        for _ in range(batches):
+            futures = [await producer.send(topic, value=b"x" * 200, partition=0) for _ in range(records)]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return batches * records / (time.monotonic() - start)
+
+
+async def read_rate(bootstrap: str, topic: str, wait_ms: int, seconds: float) -> float:
+    """Records per second a consumer reading from offset 0 gets, fetching with ``wait_ms``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=wait_ms)
+    await consumer.start()
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.seek(tp, 0)
+    n, start = 0, time.monotonic()
+    try:
+        while time.monotonic() - start < seconds:
+            got = await consumer.getmany(tp, timeout_ms=200)
+            n += sum(len(v) for v in got.values())
+    finally:
+        await consumer.stop()
+    return n / (time.monotonic() - start)
+
+
+async def run(args, work: Path) -> None:
+    s3 = S3Server(free_port(), work / "s3.log")
+    s3.start()
+    try:
+        for name, storage in (("S3 (moto)", s3), ("memory", None)):
+            broker = TansuBroker(free_port(), work / f"tansu-{name[:2]}.log", s3=storage)
+            broker.start()
+            try:
+                produced = await fill(broker.bootstrap, "t", args.batches, args.records)
+                rates = {w: await read_rate(broker.bootstrap, "t", w, args.seconds) for w in (100, 500)}
+            finally:
+                broker.stop()
+            print(f"Tansu on {name}: {args.batches} batches of {args.records} records, produced at "
+                  f"{produced:,.0f} records/s; a consumer reads {rates[100]:,.0f} records/s with 100 ms "
+                  f"fetches, {rates[500]:,.0f} with 500 ms: ratio {rates[500] / max(rates[100], 1e-9):.1f}x",
+                  flush=True)
+    finally:
+        s3.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=600)
+    parser.add_argument("--records", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tansu-fetch-") as work:
+        asyncio.run(run(args, Path(work)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
