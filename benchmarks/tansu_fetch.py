@@ -8,10 +8,10 @@ waiting. The other half of the trigger is the number of batch objects (Tansu's S
 partition and GETs one object per batch on every fetch), so small batches make it worse.
 
 This writes ``--batches`` batches of ``--records`` records to one partition of a Tansu broker on moto's
-S3 server (as the chaos run's storage), then reads from the start for ``--seconds`` with each fetch wait
-and prints the rates and their ratio, beside what Tansu in memory serves the same consumer.
+S3 server (as the chaos run's storage), then reads them all from the start (for at most ``--seconds``)
+with each fetch wait and prints the rates and their ratio, beside what Tansu in memory serves.
 
-    .venv/bin/python benchmarks/tansu_fetch.py [--batches 600] [--records 10] [--seconds 6]
+    .venv/bin/python benchmarks/tansu_fetch.py [--batches 600] [--records 10] [--seconds 30]
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ async def fill(bootstrap: str, topic: str, batches: int, records: int) -> float:
     return batches * records / (time.monotonic() - start)
 
 
-async def read_rate(bootstrap: str, topic: str, wait_ms: int, seconds: float) -> float:
-    """Records per second a consumer reading from offset 0 gets, fetching with ``wait_ms``."""
+async def read_rate(bootstrap: str, topic: str, total: int, wait_ms: int, seconds: float) -> float:
+    """Records per second a consumer reading ``total`` records from offset 0 gets, fetching with
+    ``wait_ms`` (it stops after ``seconds``)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 fetch_max_wait_ms=wait_ms)
     await consumer.start()
@@ -56,7 +57,7 @@ async def read_rate(bootstrap: str, topic: str, wait_ms: int, seconds: float) ->
     consumer.seek(tp, 0)
     n, start = 0, time.monotonic()
     try:
-        while time.monotonic() - start < seconds:
+        while n < total and time.monotonic() - start < seconds:
             got = await consumer.getmany(tp, timeout_ms=200)
             n += sum(len(v) for v in got.values())
     finally:
@@ -73,7 +74,9 @@ async def run(args, work: Path) -> None:
             broker.start()
             try:
                 produced = await fill(broker.bootstrap, "t", args.batches, args.records)
-                rates = {w: await read_rate(broker.bootstrap, "t", w, args.seconds) for w in (100, 500)}
+                total = args.batches * args.records
+                rates = {wait: await read_rate(broker.bootstrap, "t", total, wait, args.seconds)
+                         for wait in (100, 500)}
             finally:
                 broker.stop()
             print(f"Tansu on {name}: {args.batches} batches of {args.records} records, produced at "
@@ -88,7 +91,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=600)
     parser.add_argument("--records", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--seconds", type=float, default=30.0, help="give up reading after this long")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tansu-fetch-") as work:
         asyncio.run(run(args, Path(work)))
