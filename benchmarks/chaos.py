@@ -646,6 +646,8 @@ async def scale_out(args, work: Path) -> bool:
                    "kafka_topic_prefix": f"chaos{run}.", "store": "elasticsearch",
                    "elasticsearch_url": search.url, "elasticsearch_index_prefix": f"chaos{run}-",
                    "kafka_partitions": args.partitions}
+            if s3 is not None:  # Tansu on S3 answers a fetch with what it read within the wait (README)
+                doc["kafka_fetch_wait_ms"] = 2000
             config = work / "meshscope.yaml"
             config.write_text(yaml.safe_dump(doc))
             settings = Settings(**{k: v for k, v in doc.items() if k not in p and k not in (

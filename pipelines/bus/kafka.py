@@ -116,8 +116,8 @@ class KafkaBus(Bus):
         self.compression = compression
         self._security = _security_kwargs(security_protocol, sasl_mechanism, sasl_username, sasl_password,
                                           ca_file, cert_file, key_file)
-        # Kafka's default. Tansu 0.6 on S3 served a consumer asking for 100 ms ~10x fewer records per
-        # second (benchmarks/tansu_fetch.py): the pipeline fell behind the collector for good under load
+        # Kafka's default is 500 ms. Tansu 0.6 on S3 answers a fetch with about what it read within the wait
+        # (benchmarks/tansu_fetch.py): 100 ms read nothing on a loaded machine, 2000 ms ~8x more than 500
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self._producer: AIOKafkaProducer | None = None
         self._topics_ready: set[str] = set()
@@ -128,7 +128,8 @@ class KafkaBus(Bus):
     def from_settings(cls, settings: Settings) -> KafkaBus:
         return cls(settings.kafka_bootstrap, topic_prefix=settings.kafka_topic_prefix,
                    partitions=settings.kafka_partitions, replication=settings.kafka_replication_factor,
-                   compression=settings.kafka_compression, security_protocol=settings.kafka_security_protocol,
+                   compression=settings.kafka_compression, fetch_max_wait_ms=settings.kafka_fetch_wait_ms,
+                   security_protocol=settings.kafka_security_protocol,
                    sasl_mechanism=settings.kafka_sasl_mechanism, sasl_username=settings.kafka_sasl_username,
                    sasl_password=settings.kafka_sasl_password,
                    ca_file=_path(settings.kafka_ca_file), cert_file=_path(settings.kafka_cert_file),

@@ -3,9 +3,11 @@ collector` acknowledges many small access-log messages (each its own Kafka batch
 while no pipeline runs, then `meshscope pipeline` starts and must store every acknowledged entry soon.
 
 Nothing was lost in the chaos runs: the pipeline read the broker too slowly to ever catch up. Tansu's
-S3 engine lists the partition and reads one object per batch on every fetch, and with the 100 ms fetch
-wait KafkaBus used it served a backlog 10-20x slower than with Kafka's default 500 ms
-(benchmarks/tansu_fetch.py). With 100 ms this test stores ~900 of the 4,000 entries in its 15 s."""
+S3 engine lists the partition and reads one object per batch on every fetch, and answers a fetch with
+about what it read within the fetch's wait: with the 100 ms KafkaBus used, a backlog was read 10-20x
+slower than with 500 ms, and not at all on a loaded machine (benchmarks/tansu_fetch.py). With 100 ms
+this test stored ~900 of the 4,000 entries in 15 s on a quiet machine; it sets the 2000 ms README
+advises for Tansu on S3."""
 
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ MESSAGES, PER_MESSAGE = 400, 10  # 4,000 entries, each message its own stream: 4
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    names = ("data_dir", "bus", "kafka_bootstrap", "kafka_topic_prefix", "kafka_partitions", "als_port",
-             "zipkin_port", "otlp_grpc_port", "otlp_http_port")
+    names = ("data_dir", "bus", "kafka_bootstrap", "kafka_topic_prefix", "kafka_partitions",
+             "kafka_fetch_wait_ms", "als_port", "zipkin_port", "otlp_grpc_port", "otlp_http_port")
     return {**os.environ, **{f"MESHSCOPE_{n.upper()}": str(getattr(settings, n)) for n in names}}
 
 
@@ -67,6 +69,7 @@ def _stored(settings: Settings) -> int:
 def test_pipeline_reads_a_backlog_of_small_batches_on_an_s3_broker(tmp_path, durable_tansu):  # noqa: F811
     settings = Settings(data_dir=tmp_path / "data", bus="kafka", kafka_bootstrap=durable_tansu.bootstrap,
                         kafka_topic_prefix=f"s3load{uuid.uuid4().hex[:8]}.", kafka_partitions=1,
+                        kafka_fetch_wait_ms=2000,
                         als_port=free_port(), zipkin_port=free_port(), otlp_grpc_port=0, otlp_http_port=0)
     env = _env(settings)
     logs = {name: tmp_path / f"{name}.log" for name in ("collector", "pipeline-1")}
@@ -84,8 +87,9 @@ def test_pipeline_reads_a_backlog_of_small_batches_on_an_s3_broker(tmp_path, dur
         started = time.monotonic()
         total = MESSAGES * PER_MESSAGE
         try:
-            # group join ~5 s, then ~1-2 s of reading (with 100 ms fetches: over 30 s)
-            _wait_for(lambda: _stored(settings) >= total, 15, f"all {total} acknowledged entries stored")
+            # quiet: group join ~5 s, then seconds of reading (with 100 ms fetch waits over a minute, and
+            # on a loaded machine nothing at all); loaded (load 7), 2000 ms read ~85 entries/s
+            _wait_for(lambda: _stored(settings) >= total, 45, f"all {total} acknowledged entries stored")
         except AssertionError:
             raise AssertionError(f"{_stored(settings)} of {total} acknowledged entries stored "
                                  f"{time.monotonic() - started:.0f} s after the pipeline started; its log: "
