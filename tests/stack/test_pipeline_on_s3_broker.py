@@ -6,8 +6,8 @@ Nothing was lost in the chaos runs: the pipeline read the broker too slowly to e
 S3 engine lists the partition and reads one object per batch on every fetch, and answers a fetch with
 about what it read within the fetch's wait: with the 100 ms KafkaBus used, a backlog was read 10-20x
 slower than with 500 ms, and not at all on a loaded machine (benchmarks/tansu_fetch.py). With 100 ms
-this test stored ~900 of the 4,000 entries in 15 s on a quiet machine; it sets the 2000 ms README
-advises for Tansu on S3."""
+this test stored 340 of the 3,000 entries in its 30 s (load 4; with 2000 ms, the README's advice for
+Tansu on S3, all of them in a few seconds)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from tests.stack.test_up import MESHSCOPE, _wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-MESSAGES, PER_MESSAGE = 400, 10  # 4,000 entries, each message its own stream: 400 batch objects
+MESSAGES, PER_MESSAGE = 600, 5  # 3,000 entries, each message its own stream: 600 batch objects
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -87,9 +87,8 @@ def test_pipeline_reads_a_backlog_of_small_batches_on_an_s3_broker(tmp_path, dur
         started = time.monotonic()
         total = MESSAGES * PER_MESSAGE
         try:
-            # quiet: group join ~5 s, then seconds of reading (with 100 ms fetch waits over a minute, and
-            # on a loaded machine nothing at all); loaded (load 7), 2000 ms read ~85 entries/s
-            _wait_for(lambda: _stored(settings) >= total, 45, f"all {total} acknowledged entries stored")
+            # group join ~5 s, then seconds of reading (with 100 ms fetch waits minutes)
+            _wait_for(lambda: _stored(settings) >= total, 30, f"all {total} acknowledged entries stored")
         except AssertionError:
             raise AssertionError(f"{_stored(settings)} of {total} acknowledged entries stored "
                                  f"{time.monotonic() - started:.0f} s after the pipeline started; its log: "
