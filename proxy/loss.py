@@ -11,6 +11,13 @@ entries, and when the store holds more than the proxy's counters can explain (a 
 see) it says so in ``error`` instead of reporting the gap as zero. Given a ``memory`` file (the API
 keeps one in its data directory) the remembered runs outlive the process, so a restarted
 ``meshscope up`` or API still carries what the proxy's earlier runs counted.
+
+What a run logged after the account's last read of it is gone with its counters when the proxy dies:
+neither Envoy nor anything else counts it. The account says so instead of guessing low: every run
+that ended between two reads leaves an unseen window (its last read → the next run's start), and
+``unseen_at_most`` bounds what it can have held: the run's peak logging rate × the window. Reading
+often while the proxy logs (``watch_interval``) keeps those windows short; one read is a single
+filtered ``/stats`` call (the node id is asked once per run).
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import httpx
@@ -45,6 +53,10 @@ class ProxyLoss:
     error: str | None = None
     started_at: float | None = None  # when this run of the proxy started (its counters' zero)
     restarts: int = 0  # restarts this process saw (their counts are carried into written/dropped)
+    read_at: float | None = None  # the last successful read of the counters (epoch seconds)
+    unseen_since: list[float] = field(default_factory=list)  # last read before each run ended unseen
+    unseen_seconds: float = 0.0  # summed unseen windows (a down proxy's current one included)
+    unseen_at_most: int = 0  # entries those windows can have held: peak rate x window, rounded up
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,9 +72,21 @@ class _Run:
     carried_written: int = 0
     carried_dropped: int = 0
     restarts: int = 0
+    read_at: float = 0.0  # wall time of the last read
+    uptime: float = 0.0  # server.uptime at the last read
+    peak_rate: float = 0.0  # the most entries/s this run was seen writing between two reads
+    node_id: str | None = None
+    unseen: list = field(default_factory=list)  # [last read, window s, at most] per run ended unseen
+
+    def unseen_window(self, until: float) -> tuple[float, int]:
+        """Seconds since the last read until ``until``, and what this run can have written in them."""
+        seconds = max(until - self.read_at, 0.0)
+        return seconds, math.ceil(self.peak_rate * seconds)
 
 
+_START_SLACK_S = 8.0  # a stats flush interval (5 s) and some: how far a stale uptime moves the start
 _RUNS: dict[str, _Run] = {}  # admin address -> last seen run
+_LOCKS: dict[tuple[int, str], asyncio.Lock] = {}
 log = logging.getLogger(__name__)
 
 
@@ -90,28 +114,49 @@ def _remember(memory: Path) -> None:
         log.warning("cannot write the proxy loss memory %s: %s", memory, exc)
 
 
-def _follow(admin: str, started_at: float, written: int, dropped: int) -> _Run:
-    """Update the remembered run of a proxy, carrying the earlier run's counts over a restart."""
-    prev = _RUNS.get(admin)
-    run = _Run(started_at, written, dropped)
-    if prev is not None:
-        restarted = (abs(started_at - prev.started_at) > 5.0 or written < prev.written
-                     or dropped < prev.dropped)
-        run.carried_written, run.carried_dropped = prev.carried_written, prev.carried_dropped
-        run.restarts = prev.restarts
-        if restarted:
-            run.carried_written += prev.written
-            run.carried_dropped += prev.dropped
-            run.restarts += 1
-    _RUNS[admin] = run
+def _restarted(prev: _Run, uptime: float, written: int, dropped: int, now: float) -> bool:
+    """Whether these counters come from a new run of the proxy. ``uptime`` is Envoy's ``server.uptime``
+    gauge, which moves only at each stats flush (every 5 s by default), hence the slack on the start
+    time; a falling uptime or counter is a restart at once."""
+    return (abs(now - uptime - prev.started_at) > _START_SLACK_S or uptime < prev.uptime
+            or written < prev.written or dropped < prev.dropped)
+
+
+def _follow(prev: _Run | None, run: _Run, restarted: bool) -> _Run:
+    """The proxy's new state: earlier runs' counts carried over a restart, with the window after the
+    ended run's last read (nothing counted what it logged then); within a run, its peak rate."""
+    if prev is None:
+        return run
+    run.carried_written, run.carried_dropped = prev.carried_written, prev.carried_dropped
+    run.restarts, run.unseen = prev.restarts, list(prev.unseen)
+    if restarted:
+        run.carried_written += prev.written
+        run.carried_dropped += prev.dropped
+        run.restarts += 1
+        # the old run ended at the latest when this one started (whole seconds: 1 s of slack)
+        seconds, at_most = prev.unseen_window(min(run.read_at, run.started_at + 1.0))
+        run.unseen.append([prev.read_at, round(seconds, 3), at_most])
+    else:
+        run.node_id, run.started_at = run.node_id or prev.node_id, prev.started_at
+        elapsed = run.read_at - prev.read_at
+        rate = (run.written - prev.written) / elapsed if elapsed > 0 else 0.0
+        run.peak_rate = max(prev.peak_rate, rate)
     return run
 
 
-async def _proxy_stats(admin: str, timeout: float) -> tuple[str | None, dict[str, int | float], float | None]:
-    """The proxy's node id and start time (admin /server_info) and its counters (admin /stats)."""
+# one filtered /stats read: the access loggers' counters, the collector cluster's connect failures and
+# the uptime (a restart's tell); Envoy filters by regex, so the answer stays a few lines long
+_STATS_FILTER = (rf"^(access_logs\.grpc_access_log\.|cluster\.{ALS_CLUSTER}\.upstream_cx_connect_fail$"
+                 r"|server\.uptime$)")
+
+
+async def _proxy_stats(admin: str, timeout: float) -> dict[str, int | float]:
     async with AsyncAdminClient(admin, timeout=timeout) as client:
-        stats = await client.stats()
-    # AsyncAdminClient has no server_info(); the node id is one plain GET away
+        return await client.stats(filter=_STATS_FILTER)
+
+
+async def _server_info(admin: str, timeout: float) -> tuple[str | None, float | None]:
+    """The proxy's node id and exact start time (admin /server_info): asked once per run."""
     base = admin if "://" in admin else f"http://{admin}"
     async with httpx.AsyncClient(timeout=timeout) as http:
         info = (await http.get(f"{base}/server_info")).raise_for_status().json()
@@ -120,17 +165,52 @@ async def _proxy_stats(admin: str, timeout: float) -> tuple[str | None, dict[str
         started_at = time.time() - int(str(info.get("uptime_current_epoch", "")).rstrip("s"))
     except ValueError:
         started_at = None
-    return node_id, stats, started_at
+    return node_id, started_at
+
+
+def _unseen(run: _Run | None, now: float | None) -> dict:
+    """The unseen windows of ended runs, and (``now`` given: the proxy is unreachable) the current one."""
+    windows = list(run.unseen) if run else []
+    if run is not None and now is not None:
+        seconds, at_most = run.unseen_window(now)
+        windows.append([run.read_at, round(seconds, 3), at_most])
+    return {"unseen_since": [w[0] for w in windows], "unseen_seconds": round(sum(w[1] for w in windows), 3),
+            "unseen_at_most": sum(w[2] for w in windows)}
+
+
+def _lock(admin: str) -> asyncio.Lock:
+    """One read of a proxy at a time (the API's watch and /api/proxies both read): two reads finishing
+    out of order would look like counters falling, a restart that never happened."""
+    key = (id(asyncio.get_running_loop()), admin)
+    return _LOCKS.setdefault(key, asyncio.Lock())
 
 
 async def account_one(admin: str, arrived: Mapping[str, int], timeout: float = 2.0) -> ProxyLoss:
     """The account of one proxy reached through its admin address ("host:port")."""
+    async with _lock(admin):
+        return await _account_one(admin, arrived, timeout)
+
+
+async def _account_one(admin: str, arrived: Mapping[str, int], timeout: float) -> ProxyLoss:
     try:
-        node_id, counters, started_at = await _proxy_stats(admin, timeout)
+        counters = await _proxy_stats(admin, timeout)
+        now = time.time()
+        counts = access_log_counts(counters)
+        uptime = float(counters.get("server.uptime", 0))
+        prev = _RUNS.get(admin)
+        restarted = prev is not None and _restarted(prev, uptime, counts["logs_written"],
+                                                    counts["logs_dropped"], now)
+        run = _Run(now - uptime, counts["logs_written"], counts["logs_dropped"], read_at=now, uptime=uptime)
+        if prev is None or restarted or prev.node_id is None:
+            run.node_id, exact = await _server_info(admin, timeout)
+            run.started_at = exact or run.started_at
+        run = _RUNS[admin] = _follow(prev, run, restarted)
     except (httpx.HTTPError, ValueError, KeyError) as exc:
-        return ProxyLoss(admin=admin, node_id=None, reachable=False, error=f"admin unreachable: {exc}")
-    counts = access_log_counts(counters)
-    run = _follow(admin, started_at or 0.0, counts["logs_written"], counts["logs_dropped"])
+        prev = _RUNS.get(admin)
+        return ProxyLoss(admin=admin, node_id=prev.node_id if prev else None, reachable=False,
+                         error=f"admin unreachable: {exc}", read_at=prev.read_at if prev else None,
+                         **_unseen(prev, time.time()))
+    node_id, started_at = run.node_id, run.started_at
     written, dropped = run.carried_written + run.written, run.carried_dropped + run.dropped
     got = arrived.get(node_id or "", 0)
     error = None
@@ -142,7 +222,7 @@ async def account_one(admin: str, arrived: Mapping[str, int], timeout: float = 2
         admin=admin, node_id=node_id, reachable=True, written=written, dropped=dropped,
         connect_failures=cluster_stat(counters, ALS_CLUSTER, "upstream_cx_connect_fail"),
         arrived=got, gap=max(written - dropped - got, 0), error=error, started_at=started_at,
-        restarts=run.restarts,
+        restarts=run.restarts, read_at=now, **_unseen(run, None),
     )
 
 
