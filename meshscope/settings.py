@@ -91,6 +91,9 @@ class Settings:
     # every proxy_poll_busy_s while a proxy logs: what it logs after the last read dies uncounted with it
     proxy_poll_s: float = 1.0
     proxy_poll_busy_s: float = 0.25
+    # set by `meshscope up`, not by hand: the admin addresses among proxy_admins of the Envoy it launched,
+    # which dies with it (so a run that died with an earlier `up` ended within a poll of its last read)
+    proxy_admins_bundled: list[str] = field(default_factory=list)
 
     @property
     def db_path(self) -> Path:

@@ -77,6 +77,7 @@ class _Run:
     peak_rate: float = 0.0  # the most entries/s this run was seen writing between two reads
     node_id: str | None = None
     unseen: list = field(default_factory=list)  # [last read, window s, at most] per run ended unseen
+    down_at: float | None = None  # the first read that found the proxy unreachable (it ended before)
 
     def unseen_window(self, until: float) -> tuple[float, int]:
         """Seconds since the last read until ``until``, and what this run can have written in them."""
@@ -84,6 +85,7 @@ class _Run:
         return seconds, math.ceil(self.peak_rate * seconds)
 
 
+_RECALLED: set[str] = set()  # admins whose run came from the memory file: their watcher died since
 _START_SLACK_S = 8.0  # a stats flush interval (5 s) and some: how far a stale uptime moves the start
 _RUNS: dict[str, _Run] = {}  # admin address -> last seen run
 _LOCKS: dict[tuple[int, str], asyncio.Lock] = {}
@@ -100,6 +102,7 @@ def _recall(memory: Path, admins: list[str]) -> None:
         for admin, run in saved.items():
             if admin in admins and admin not in _RUNS:
                 _RUNS[admin] = _Run(**{k: v for k, v in run.items() if k in names})
+                _RECALLED.add(admin)
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         log.warning("proxy loss memory %s unreadable, starting afresh: %s", memory, exc)
 
@@ -122,9 +125,10 @@ def _restarted(prev: _Run, uptime: float, written: int, dropped: int, now: float
             or written < prev.written or dropped < prev.dropped)
 
 
-def _follow(prev: _Run | None, run: _Run, restarted: bool) -> _Run:
+def _follow(prev: _Run | None, run: _Run, restarted: bool, died_by: float | None = None) -> _Run:
     """The proxy's new state: earlier runs' counts carried over a restart, with the window after the
-    ended run's last read (nothing counted what it logged then); within a run, its peak rate."""
+    ended run's last read (nothing counted what it logged then; it ended at the latest at ``died_by``,
+    the first failed read, or the new run's start); within a run, its peak rate."""
     if prev is None:
         return run
     run.carried_written, run.carried_dropped = prev.carried_written, prev.carried_dropped
@@ -134,7 +138,8 @@ def _follow(prev: _Run | None, run: _Run, restarted: bool) -> _Run:
         run.carried_dropped += prev.dropped
         run.restarts += 1
         # the old run ended at the latest when this one started (whole seconds: 1 s of slack)
-        seconds, at_most = prev.unseen_window(min(run.read_at, run.started_at + 1.0))
+        ends = [run.read_at, run.started_at + 1.0, *(t for t in (prev.down_at, died_by) if t is not None)]
+        seconds, at_most = prev.unseen_window(min(ends))
         run.unseen.append([prev.read_at, round(seconds, 3), at_most])
     else:
         run.node_id, run.started_at = run.node_id or prev.node_id, prev.started_at
@@ -172,7 +177,7 @@ def _unseen(run: _Run | None, now: float | None) -> dict:
     """The unseen windows of ended runs, and (``now`` given: the proxy is unreachable) the current one."""
     windows = list(run.unseen) if run else []
     if run is not None and now is not None:
-        seconds, at_most = run.unseen_window(now)
+        seconds, at_most = run.unseen_window(min(now, run.down_at or now))
         windows.append([run.read_at, round(seconds, 3), at_most])
     return {"unseen_since": [w[0] for w in windows], "unseen_seconds": round(sum(w[1] for w in windows), 3),
             "unseen_at_most": sum(w[2] for w in windows)}
@@ -185,13 +190,18 @@ def _lock(admin: str) -> asyncio.Lock:
     return _LOCKS.setdefault(key, asyncio.Lock())
 
 
-async def account_one(admin: str, arrived: Mapping[str, int], timeout: float = 2.0) -> ProxyLoss:
-    """The account of one proxy reached through its admin address ("host:port")."""
+async def account_one(admin: str, arrived: Mapping[str, int], timeout: float = 2.0,
+                      dies_with_watcher_s: float | None = None) -> ProxyLoss:
+    """The account of one proxy reached through its admin address ("host:port"). ``dies_with_watcher_s``:
+    the proxy dies with the process that reads it (``meshscope up``'s own Envoy: parent-death signal),
+    which read it at least this often; a run recalled from the memory of a watcher that died since
+    ended then within that long of its last read."""
     async with _lock(admin):
-        return await _account_one(admin, arrived, timeout)
+        return await _account_one(admin, arrived, timeout, dies_with_watcher_s)
 
 
-async def _account_one(admin: str, arrived: Mapping[str, int], timeout: float) -> ProxyLoss:
+async def _account_one(admin: str, arrived: Mapping[str, int], timeout: float,
+                       dies_with_watcher_s: float | None) -> ProxyLoss:
     try:
         counters = await _proxy_stats(admin, timeout)
         now = time.time()
@@ -204,9 +214,15 @@ async def _account_one(admin: str, arrived: Mapping[str, int], timeout: float) -
         if prev is None or restarted or prev.node_id is None:
             run.node_id, exact = await _server_info(admin, timeout)
             run.started_at = exact or run.started_at
-        run = _RUNS[admin] = _follow(prev, run, restarted)
+        died_by = None
+        if prev is not None and admin in _RECALLED and dies_with_watcher_s is not None:
+            died_by = prev.read_at + dies_with_watcher_s
+        run = _RUNS[admin] = _follow(prev, run, restarted, died_by)
+        _RECALLED.discard(admin)
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         prev = _RUNS.get(admin)
+        if prev is not None and prev.down_at is None:
+            prev.down_at = time.time()
         return ProxyLoss(admin=admin, node_id=prev.node_id if prev else None, reachable=False,
                          error=f"admin unreachable: {exc}", read_at=prev.read_at if prev else None,
                          **_unseen(prev, time.time()))
@@ -227,13 +243,17 @@ async def _account_one(admin: str, arrived: Mapping[str, int], timeout: float) -
 
 
 async def account(proxy_admins: list[str], arrived: Mapping[str, int],
-                  timeout: float = 2.0, memory: Path | None = None) -> list[ProxyLoss]:
+                  timeout: float = 2.0, memory: Path | None = None,
+                  bundled: Mapping[str, float] | None = None) -> list[ProxyLoss]:
     """Per-proxy loss for every admin address. ``arrived`` maps node id → access records stored for it
     (``StoreReader.node_ids()``: the one definition of "arrived"). Unreachable proxies are reported,
-    never raised. ``memory``: a file that keeps the proxies' runs across restarts of this process."""
+    never raised. ``memory``: a file that keeps the proxies' runs across restarts of this process.
+    ``bundled``: admin → the longest gap between this process's reads of a proxy that dies with it."""
     if memory is not None:
         _recall(memory, proxy_admins)
-    losses = list(await asyncio.gather(*(account_one(a, arrived, timeout) for a in proxy_admins)))
+    bundled = bundled or {}
+    losses = list(await asyncio.gather(*(account_one(a, arrived, timeout, bundled.get(a))
+                                         for a in proxy_admins)))
     if memory is not None:
         _remember(memory)
     return losses

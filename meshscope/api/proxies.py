@@ -31,8 +31,8 @@ async def list_proxies(
     """Proxies by node id; ``loss`` is filled for those whose admin address is in settings.proxy_admins."""
     nodes = await store.node_ids()
     arrived = {n["node_id"]: n["records"] for n in nodes}
-    losses = await account(settings.proxy_admins, arrived, memory=loss_memory(settings)) \
-        if settings.proxy_admins else []
+    losses = await account(settings.proxy_admins, arrived, memory=loss_memory(settings),
+                           bundled=bundled(settings)) if settings.proxy_admins else []
     by_node = {loss.node_id: loss for loss in losses if loss.node_id in arrived}
     items = []
     for n in nodes:
@@ -46,9 +46,21 @@ async def list_proxies(
     return ProxyList(items=items, unmatched_admins=unmatched)
 
 
+def bundled(settings: Settings) -> dict[str, float]:
+    """The proxies that die with this process, and the longest gap between the watch's reads of them."""
+    if settings.proxy_poll_s <= 0:
+        return {}
+    return {admin: settings.proxy_poll_s + 0.5 for admin in settings.proxy_admins_bundled}
+
+
 def loss_memory(settings: Settings) -> Path:
     """Where the API remembers each proxy's runs, so its loss account survives an API restart."""
     return settings.data_dir / "proxy-loss.json"
+
+
+async def read_proxies(settings: Settings) -> list:
+    """One read of every proxy's counters into the account (and its memory file); nothing is stored."""
+    return await account(settings.proxy_admins, {}, memory=loss_memory(settings), bundled=bundled(settings))
 
 
 async def watch_proxies(settings: Settings) -> None:
@@ -61,7 +73,7 @@ async def watch_proxies(settings: Settings) -> None:
     while True:
         busy = False
         try:
-            for loss in await account(settings.proxy_admins, {}, memory=loss_memory(settings)):
+            for loss in await read_proxies(settings):
                 busy |= loss.reachable and loss.written != written.get(loss.admin, loss.written)
                 if loss.reachable:
                     written[loss.admin] = loss.written
