@@ -488,8 +488,8 @@ async def report(ledger: Ledger, store, shape: str, watch: Watch,
         if kind == "envoy":
             known, unseen = by_envoy[fault]
             # known can be below 0 in a fault whose run died: what arrived of its unseen window is stored
-            reported = f"<={known + unseen}" if unseen else f"{known}"
-            if known + unseen < c["lost_unacked"]:
+            reported = f"<={known + unseen}" if unseen else f"{max(known, 0)}"
+            if c["lost_unacked"] and known + unseen < c["lost_unacked"]:
                 short_rows.append(fault)
         else:
             reported = f"{c['reported']}"

@@ -23,6 +23,7 @@ filtered ``/stats`` call (the node id is asked once per run).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -33,14 +34,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import httpx
-from meshscope.proxy.admin import AsyncAdminClient, access_log_counts, cluster_stat
+from meshscope.proxy.admin import access_log_counts, cluster_stat, parse_stats
 from meshscope.proxy.telemetry import ALS_CLUSTER
 
 
 @dataclass(slots=True)
 class ProxyLoss:
     """One proxy's account. ``gap`` > 0: entries Envoy buffered that never arrived (nor were counted
-    as dropped); it is only meaningful once Envoy has flushed (its buffer flush interval)."""
+    as dropped); it is only meaningful once Envoy has flushed (its buffer flush interval). With unseen
+    windows the loss lies between written - dropped - arrived (what arrived of those windows is in
+    ``arrived`` but not in ``written``) and that plus ``unseen_at_most``."""
 
     admin: str
     node_id: str | None
@@ -141,6 +144,9 @@ def _follow(prev: _Run | None, run: _Run, restarted: bool, died_by: float | None
         ends = [run.read_at, run.started_at + 1.0, *(t for t in (prev.down_at, died_by) if t is not None)]
         seconds, at_most = prev.unseen_window(min(ends))
         run.unseen.append([prev.read_at, round(seconds, 3), at_most])
+        log.info("proxy run ended (restart %d): its counters %d written, %d dropped carried; unseen for "
+                 "%.2f s after its last read, at most %d entries", run.restarts, prev.written, prev.dropped,
+                 seconds, at_most)
     else:
         run.node_id, run.started_at = run.node_id or prev.node_id, prev.started_at
         elapsed = run.read_at - prev.read_at
@@ -155,16 +161,18 @@ _STATS_FILTER = (rf"^(access_logs\.grpc_access_log\.|cluster\.{ALS_CLUSTER}\.ups
                  r"|server\.uptime$)")
 
 
-async def _proxy_stats(admin: str, timeout: float) -> dict[str, int | float]:
-    async with AsyncAdminClient(admin, timeout=timeout) as client:
-        return await client.stats(filter=_STATS_FILTER)
+def _base(admin: str) -> str:
+    return admin if "://" in admin else f"http://{admin}"
 
 
-async def _server_info(admin: str, timeout: float) -> tuple[str | None, float | None]:
+async def _proxy_stats(http: httpx.AsyncClient, admin: str) -> dict[str, int | float]:
+    response = await http.get(f"{_base(admin)}/stats", params={"format": "json", "filter": _STATS_FILTER})
+    return parse_stats(response.raise_for_status().json())
+
+
+async def _server_info(http: httpx.AsyncClient, admin: str) -> tuple[str | None, float | None]:
     """The proxy's node id and exact start time (admin /server_info): asked once per run."""
-    base = admin if "://" in admin else f"http://{admin}"
-    async with httpx.AsyncClient(timeout=timeout) as http:
-        info = (await http.get(f"{base}/server_info")).raise_for_status().json()
+    info = (await http.get(f"{_base(admin)}/server_info")).raise_for_status().json()
     node_id = (info.get("node") or {}).get("id") or info.get("command_line_options", {}).get("service_node")
     try:
         started_at = time.time() - int(str(info.get("uptime_current_epoch", "")).rstrip("s"))
@@ -191,19 +199,22 @@ def _lock(admin: str) -> asyncio.Lock:
 
 
 async def account_one(admin: str, arrived: Mapping[str, int], timeout: float = 2.0,
-                      dies_with_watcher_s: float | None = None) -> ProxyLoss:
+                      dies_with_watcher_s: float | None = None, http: httpx.AsyncClient | None = None
+                      ) -> ProxyLoss:
     """The account of one proxy reached through its admin address ("host:port"). ``dies_with_watcher_s``:
     the proxy dies with the process that reads it (``meshscope up``'s own Envoy: parent-death signal),
     which read it at least this often; a run recalled from the memory of a watcher that died since
     ended then within that long of its last read."""
-    async with _lock(admin):
-        return await _account_one(admin, arrived, timeout, dies_with_watcher_s)
+    async with _lock(admin), contextlib.AsyncExitStack() as stack:
+        if http is None:
+            http = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout))
+        return await _account_one(http, admin, arrived, dies_with_watcher_s)
 
 
-async def _account_one(admin: str, arrived: Mapping[str, int], timeout: float,
+async def _account_one(http: httpx.AsyncClient, admin: str, arrived: Mapping[str, int],
                        dies_with_watcher_s: float | None) -> ProxyLoss:
     try:
-        counters = await _proxy_stats(admin, timeout)
+        counters = await _proxy_stats(http, admin)
         now = time.time()
         counts = access_log_counts(counters)
         uptime = float(counters.get("server.uptime", 0))
@@ -212,7 +223,7 @@ async def _account_one(admin: str, arrived: Mapping[str, int], timeout: float,
                                                     counts["logs_dropped"], now)
         run = _Run(now - uptime, counts["logs_written"], counts["logs_dropped"], read_at=now, uptime=uptime)
         if prev is None or restarted or prev.node_id is None:
-            run.node_id, exact = await _server_info(admin, timeout)
+            run.node_id, exact = await _server_info(http, admin)
             run.started_at = exact or run.started_at
         died_by = None
         if prev is not None and admin in _RECALLED and dies_with_watcher_s is not None:
@@ -229,8 +240,9 @@ async def _account_one(admin: str, arrived: Mapping[str, int], timeout: float,
     node_id, started_at = run.node_id, run.started_at
     written, dropped = run.carried_written + run.written, run.carried_dropped + run.dropped
     got = arrived.get(node_id or "", 0)
+    unseen = _unseen(run, None)
     error = None
-    if got > written - dropped:
+    if got > written - dropped + unseen["unseen_at_most"]:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started_at)) if started_at else "?"
         error = (f"counters reset: the proxy (re)started at {when} UTC and counts only since then, "
                  f"but {got} records arrived in all; entries lost before the restart cannot be counted")
@@ -238,21 +250,23 @@ async def _account_one(admin: str, arrived: Mapping[str, int], timeout: float,
         admin=admin, node_id=node_id, reachable=True, written=written, dropped=dropped,
         connect_failures=cluster_stat(counters, ALS_CLUSTER, "upstream_cx_connect_fail"),
         arrived=got, gap=max(written - dropped - got, 0), error=error, started_at=started_at,
-        restarts=run.restarts, read_at=now, **_unseen(run, None),
+        restarts=run.restarts, read_at=now, **unseen,
     )
 
 
 async def account(proxy_admins: list[str], arrived: Mapping[str, int],
                   timeout: float = 2.0, memory: Path | None = None,
-                  bundled: Mapping[str, float] | None = None) -> list[ProxyLoss]:
+                  bundled: Mapping[str, float] | None = None,
+                  http: httpx.AsyncClient | None = None) -> list[ProxyLoss]:
     """Per-proxy loss for every admin address. ``arrived`` maps node id → access records stored for it
     (``StoreReader.node_ids()``: the one definition of "arrived"). Unreachable proxies are reported,
     never raised. ``memory``: a file that keeps the proxies' runs across restarts of this process.
-    ``bundled``: admin → the longest gap between this process's reads of a proxy that dies with it."""
+    ``bundled``: admin → the longest gap between this process's reads of a proxy that dies with it.
+    ``http``: a client to reuse (a new one costs ~30 ms of CPU: its TLS context), else one per call."""
     if memory is not None:
         _recall(memory, proxy_admins)
     bundled = bundled or {}
-    losses = list(await asyncio.gather(*(account_one(a, arrived, timeout, bundled.get(a))
+    losses = list(await asyncio.gather(*(account_one(a, arrived, timeout, bundled.get(a), http)
                                          for a in proxy_admins)))
     if memory is not None:
         _remember(memory)
