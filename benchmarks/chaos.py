@@ -270,8 +270,9 @@ class Watch:
     def __init__(self, api: str, metrics: str, proxy: Proxy, ledger: Ledger) -> None:
         self.api, self.metrics, self.proxy, self.ledger = api, metrics, proxy, ledger
         self.loss: dict | None = None  # the latest /api/proxies loss of the chaos Envoy
-        # fault -> the account's (written - dropped, unseen_at_most) at the fault's last read
-        self.marks: dict[str, tuple[int, int]] = {}
+        # the account's (written - dropped, unseen_at_most): latest, and at each fault's end (fault, values)
+        self.latest: tuple[int, int] = (0, 0)
+        self.marks: list[tuple[str, tuple[int, int]]] = []
         self.totals: collections.Counter = collections.Counter()
         self._last: dict[str, float] = {}
         self._stop = asyncio.Event()
@@ -291,20 +292,20 @@ class Watch:
         self._last[key] = value
 
     async def read_account(self, client: httpx.AsyncClient) -> None:
-        """/api/proxies once (the API follows the proxy by itself: proxy_poll_s), marked with the fault."""
-        fault = self.ledger.fault
+        """/api/proxies once (the API follows the proxy by itself: proxy_poll_s)."""
         with contextlib.suppress(httpx.HTTPError, ValueError):
             body = (await client.get(f"{self.api}/api/proxies", timeout=60)).json()
             losses = [item["loss"] for item in body["items"] if item.get("loss")] + body["unmatched_admins"]
             for loss in losses:
                 if loss["admin"] == self.proxy.admin and loss["reachable"]:
                     self.loss = loss
-                    self.marks[fault] = (loss["written"] - loss["dropped"], loss.get("unseen_at_most", 0))
+                    self.latest = (loss["written"] - loss["dropped"], loss.get("unseen_at_most", 0))
 
     async def mark(self) -> None:
-        """The account at a fault's boundary (called before the fault's name changes)."""
+        """The account at a fault's end (called before the fault's name changes)."""
         async with httpx.AsyncClient(timeout=2) as client:
             await self.read_account(client)
+        self.marks.append((self.ledger.fault, self.latest))
 
     async def read(self, client: httpx.AsyncClient) -> None:
         from prometheus_client.parser import text_string_to_metric_families
@@ -336,6 +337,7 @@ class Watch:
                     await asyncio.wait_for(self._stop.wait(), 1.0)
             await self.read(client)
             await self.read_account(client)
+            self.marks.append((self.ledger.fault, self.latest))
 
 
 # ---- reading back what was stored ---------------------------------------------------------------
@@ -411,6 +413,8 @@ def operator_view(watch: Watch, ledger: Ledger, total: collections.Counter) -> i
     t, loss = watch.totals, watch.loss or {}
     known = int(loss.get("dropped", 0)) + int(loss.get("gap", 0))
     unseen = int(loss.get("unseen_at_most", 0))
+    # what arrived of the unseen windows is in arrived, not in written: the loss is at most this
+    bound = int(loss.get("written", 0)) - int(loss.get("arrived", 0)) + unseen
     envoy_lost = total["envoy:lost_unacked"]
     print("  operator view vs ground truth (counters summed over restarts, read every second):")
     error = f"; {loss['error']}" if loss.get("error") else ""
@@ -418,8 +422,8 @@ def operator_view(watch: Watch, ledger: Ledger, total: collections.Counter) -> i
           f"(written {loss.get('written')} dropped {loss.get('dropped')} arrived {loss.get('arrived')} "
           f"gap {loss.get('gap')} restarts {loss.get('restarts')}{error}) and at most {unseen} more in "
           f"{len(loss.get('unseen_since', []))} unseen windows ({loss.get('unseen_seconds', 0):.1f} s after "
-          f"the last counter read of a run that died): {known} + <={unseen} = "
-          f"{(known + unseen) / envoy_lost if envoy_lost else 1:.2f} of the truth; Envoy's own stats over "
+          f"the last counter read of a run that died): at most written - arrived + {unseen} = {bound}, "
+          f"{bound / envoy_lost if envoy_lost else 1:.2f} of the truth; Envoy's own stats over "
           f"its runs (read every second): written {t['logs_written']:.0f} dropped {t['logs_dropped']:.0f} "
           f"collector connect failures {t['upstream_cx_connect_fail']:.0f}")
     failed_streams = sum(n for k, n in ledger.failures.items() if k.startswith("als "))
@@ -429,20 +433,21 @@ def operator_view(watch: Watch, ledger: Ledger, total: collections.Counter) -> i
           "told); "
           f"the collector counted {t['als_calls_failed']:.0f} failed access-log calls and "
           f"{t['rejected']:.0f} refusals on /metrics (a collector that is down counts nothing)")
-    return known + unseen
+    return bound
 
 
-def envoy_reported(watch: Watch, rows: dict, order: dict) -> dict[str, tuple[int, int]]:
+def envoy_reported(watch: Watch, rows: dict) -> dict[str, tuple[int, int]]:
     """Per fault, the Envoy loss the account reported over it: (known, unseen bound). Known is the change
-    of written - dropped over the fault less what of the fault's Envoy requests was stored; the account's
-    boundary reads attribute each change to the fault it happened in."""
-    out, before = {}, (0, 0)
-    for fault in sorted(order, key=order.get):
-        mark = watch.marks.get(fault, before)
-        stored = rows[(fault, "envoy")]["stored"] if (fault, "envoy") in rows else 0
-        out[fault] = (mark[0] - before[0] - stored, mark[1] - before[1])
+    of written - dropped over the fault's cycles less what of the fault's Envoy requests was stored; the
+    account's reads at each fault's end attribute each change to the fault it happened in."""
+    change: dict = collections.defaultdict(lambda: [0, 0])
+    before = (0, 0)
+    for fault, mark in watch.marks:
+        change[fault][0] += mark[0] - before[0]
+        change[fault][1] += mark[1] - before[1]
         before = mark
-    return out
+    return {fault: (c[0] - (rows[(fault, "envoy")]["stored"] if (fault, "envoy") in rows else 0), c[1])
+            for fault, c in change.items()}
 
 
 async def report(ledger: Ledger, store, shape: str, watch: Watch,
@@ -481,12 +486,12 @@ async def report(ledger: Ledger, store, shape: str, watch: Watch,
     total = collections.Counter()
     order = {name: i for i, name in enumerate(dict.fromkeys(f for book in ledger.sent.values()
                                                             for f, _ in book.values()))}
-    by_envoy = envoy_reported(watch, rows, order)
+    by_envoy = envoy_reported(watch, rows)
     short_rows = []
     for (fault, kind), c in sorted(rows.items(), key=lambda item: (order[item[0][0]], item[0][1])):
         total.update({f"{kind}:{k}": v for k, v in c.items()})
         if kind == "envoy":
-            known, unseen = by_envoy[fault]
+            known, unseen = by_envoy.get(fault, (0, 0))
             # known can be below 0 in a fault whose run died: what arrived of its unseen window is stored
             reported = f"<={known + unseen}" if unseen else f"{max(known, 0)}"
             if c["lost_unacked"] and known + unseen < c["lost_unacked"]:

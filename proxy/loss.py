@@ -78,6 +78,7 @@ class _Run:
     read_at: float = 0.0  # wall time of the last read
     uptime: float = 0.0  # server.uptime at the last read
     peak_rate: float = 0.0  # the most entries/s this run was seen writing between two reads
+    moving: bool = False  # written moved between the last two reads (the watch then reads more often)
     node_id: str | None = None
     unseen: list = field(default_factory=list)  # [last read, window s, at most] per run ended unseen
     down_at: float | None = None  # the first read that found the proxy unreachable (it ended before)
@@ -151,7 +152,7 @@ def _follow(prev: _Run | None, run: _Run, restarted: bool, died_by: float | None
         run.node_id, run.started_at = run.node_id or prev.node_id, prev.started_at
         elapsed = run.read_at - prev.read_at
         rate = (run.written - prev.written) / elapsed if elapsed > 0 else 0.0
-        run.peak_rate = max(prev.peak_rate, rate)
+        run.peak_rate, run.moving = max(prev.peak_rate, rate), run.written != prev.written
     return run
 
 
@@ -199,12 +200,12 @@ def _lock(admin: str) -> asyncio.Lock:
 
 
 async def account_one(admin: str, arrived: Mapping[str, int], timeout: float = 2.0,
-                      dies_with_watcher_s: float | None = None, http: httpx.AsyncClient | None = None
-                      ) -> ProxyLoss:
+                      dies_with_watcher_s: tuple[float, float] | None = None,
+                      http: httpx.AsyncClient | None = None) -> ProxyLoss:
     """The account of one proxy reached through its admin address ("host:port"). ``dies_with_watcher_s``:
     the proxy dies with the process that reads it (``meshscope up``'s own Envoy: parent-death signal),
-    which read it at least this often; a run recalled from the memory of a watcher that died since
-    ended then within that long of its last read."""
+    which read it at least this often (while its counters move, otherwise); a run recalled from the
+    memory of a watcher that died since ended then within that long of its last read."""
     async with _lock(admin), contextlib.AsyncExitStack() as stack:
         if http is None:
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout))
@@ -212,7 +213,7 @@ async def account_one(admin: str, arrived: Mapping[str, int], timeout: float = 2
 
 
 async def _account_one(http: httpx.AsyncClient, admin: str, arrived: Mapping[str, int],
-                       dies_with_watcher_s: float | None) -> ProxyLoss:
+                       dies_with_watcher_s: tuple[float, float] | None) -> ProxyLoss:
     try:
         counters = await _proxy_stats(http, admin)
         now = time.time()
@@ -227,7 +228,8 @@ async def _account_one(http: httpx.AsyncClient, admin: str, arrived: Mapping[str
             run.started_at = exact or run.started_at
         died_by = None
         if prev is not None and admin in _RECALLED and dies_with_watcher_s is not None:
-            died_by = prev.read_at + dies_with_watcher_s
+            busy_s, idle_s = dies_with_watcher_s
+            died_by = prev.read_at + (busy_s if prev.moving else idle_s)
         run = _RUNS[admin] = _follow(prev, run, restarted, died_by)
         _RECALLED.discard(admin)
     except (httpx.HTTPError, ValueError, KeyError) as exc:
@@ -256,12 +258,13 @@ async def _account_one(http: httpx.AsyncClient, admin: str, arrived: Mapping[str
 
 async def account(proxy_admins: list[str], arrived: Mapping[str, int],
                   timeout: float = 2.0, memory: Path | None = None,
-                  bundled: Mapping[str, float] | None = None,
+                  bundled: Mapping[str, tuple[float, float]] | None = None,
                   http: httpx.AsyncClient | None = None) -> list[ProxyLoss]:
     """Per-proxy loss for every admin address. ``arrived`` maps node id → access records stored for it
     (``StoreReader.node_ids()``: the one definition of "arrived"). Unreachable proxies are reported,
     never raised. ``memory``: a file that keeps the proxies' runs across restarts of this process.
-    ``bundled``: admin → the longest gap between this process's reads of a proxy that dies with it.
+    ``bundled``: admin → the longest gaps between this process's reads of a proxy that dies with it
+    (while its counters move, and otherwise).
     ``http``: a client to reuse (a new one costs ~30 ms of CPU: its TLS context), else one per call."""
     if memory is not None:
         _recall(memory, proxy_admins)

@@ -47,11 +47,15 @@ async def list_proxies(
     return ProxyList(items=items, unmatched_admins=unmatched)
 
 
-def bundled(settings: Settings) -> dict[str, float]:
-    """The proxies that die with this process, and the longest gap between the watch's reads of them."""
+def bundled(settings: Settings) -> dict[str, tuple[float, float]]:
+    """The proxies that die with this process, and the longest gaps between the watch's reads of them
+    (while their counters move, otherwise) as the memory file shows them: two pauses (a kill can land
+    after a read but before its memory write) plus the reads' time on a loaded event loop."""
     if settings.proxy_poll_s <= 0:
         return {}
-    return {admin: settings.proxy_poll_s + 0.5 for admin in settings.proxy_admins_bundled}
+    busy = min(settings.proxy_poll_busy_s, settings.proxy_poll_s)
+    gaps = (2 * busy + 0.5, 2 * settings.proxy_poll_s + 0.5)
+    return dict.fromkeys(settings.proxy_admins_bundled, gaps)
 
 
 def loss_memory(settings: Settings) -> Path:
