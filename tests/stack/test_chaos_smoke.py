@@ -30,3 +30,4 @@ def test_two_chaos_cycles_lose_nothing_acknowledged():
     assert rows and all(int(row.split("|")[3]) > 0 for row in rows), out.stdout  # acknowledged some
     assert "'Envoy died with up (SIGKILL)': 1, 'Envoy died with up (SIGTERM)': 1" in out.stdout, out.stdout
     assert "below the truth" not in out.stdout, out.stdout  # every Envoy row's loss reported or bounded
+    assert "restarts 2)" in out.stdout and "in 2 unseen windows" in out.stdout, out.stdout  # both runs' ends
