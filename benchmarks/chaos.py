@@ -293,8 +293,11 @@ class Watch:
 
     async def read_account(self, client: httpx.AsyncClient) -> None:
         """/api/proxies once (the API follows the proxy by itself: proxy_poll_s)."""
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            body = (await client.get(f"{self.api}/api/proxies", timeout=60)).json()
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+            response = await client.get(f"{self.api}/api/proxies", timeout=60)
+            if response.status_code != 200:  # the store unreachable (503): the account is not in it
+                return
+            body = response.json()
             losses = [item["loss"] for item in body["items"] if item.get("loss")] + body["unmatched_admins"]
             for loss in losses:
                 if loss["admin"] == self.proxy.admin and loss["reachable"]:
