@@ -90,8 +90,13 @@ class Settings:
     # proxies whose admin API the collector reads for loss accounting ("127.0.0.1:15000")
     proxy_admins: list[str] = field(default_factory=list)
     # the API reads those proxies' counters this often (seconds; 0: only when /api/proxies is asked), so
-    # a proxy's restart is noticed and its earlier run's counts carried even when nobody is looking
-    proxy_poll_s: float = 5.0
+    # a proxy's restart is noticed and its earlier run's counts carried even when nobody is looking;
+    # every proxy_poll_busy_s while a proxy logs: what it logs after the last read dies uncounted with it
+    proxy_poll_s: float = 1.0
+    proxy_poll_busy_s: float = 0.25
+    # set by `meshscope up`, not by hand: the admin addresses among proxy_admins of the Envoy it launched,
+    # which dies with it (so a run that died with an earlier `up` ended within a poll of its last read)
+    proxy_admins_bundled: list[str] = field(default_factory=list)
 
     @property
     def db_path(self) -> Path:

@@ -57,8 +57,10 @@ class Stack:
     stopped even when another fails). Data lives in settings.data_dir, so a second run reuses it."""
 
     def __init__(self, settings: Settings, *, with_proxy: bool = True) -> None:
-        if with_proxy and not settings.proxy_admins:  # loss accounting reads the bundled Envoy's stats
-            settings = settings.replace(proxy_admins=[f"{settings.host}:{settings.envoy_admin_port}"])
+        if with_proxy:  # loss accounting reads the bundled Envoy's stats; it dies with this process
+            own = f"{settings.host}:{settings.envoy_admin_port}"
+            settings = settings.replace(proxy_admins=settings.proxy_admins or [own],
+                                        proxy_admins_bundled=[own])
         self.settings = settings
         self.with_proxy = with_proxy
         self._stops: list[tuple[str, object]] = []
@@ -126,7 +128,16 @@ class Stack:
                                     node_id="meshscope-gateway", node_cluster="lab-gateway")
         self.envoy = EnvoyProcess(bootstrap, workdir=s.data_dir / "envoy")
         await asyncio.to_thread(self.envoy.start)
-        self._stops.append(("envoy", lambda: asyncio.to_thread(self.envoy.stop)))
+        self._stops.append(("envoy", self._stop_proxy))
+
+    async def _stop_proxy(self) -> None:
+        """Stop Envoy between two reads of its counters: what it logged after the last read dies
+        uncounted, so the loss account's unseen window is then milliseconds, not a poll interval."""
+        from meshscope.api.proxies import read_proxies
+
+        await read_proxies(self.settings)
+        await asyncio.to_thread(self.envoy.stop)
+        await read_proxies(self.settings)  # finds it gone: the run ended by now
 
     async def stop(self) -> None:
         while self._stops:

@@ -92,6 +92,14 @@ class ProxyLossInfo(BaseModel):
     arrived: int = Field(description="records of this proxy in meshscope's store")
     gap: int = Field(description="written - dropped - arrived: entries lost without a count")
     restarts: int = Field(0, description="restarts of the proxy the account followed (their counts carried)")
+    read_at: float | None = Field(None, description="the last read of the proxy's counters (epoch s)")
+    unseen_since: list[float] = Field(default_factory=list, description=(
+        "unknown: for each run that ended (or is down) between two reads, its last read; what it logged "
+        "after that is counted by nobody"))
+    unseen_seconds: float = Field(0.0, description="those windows' length in all")
+    unseen_at_most: int = Field(0, description=(
+        "entries those windows can have held (each run's peak logging rate x its window): the loss "
+        "beyond written - dropped - arrived is at most this"))
     error: str | None = None
 
 

@@ -93,6 +93,10 @@ async def _serve(settings, rules, role: str, group: str | None, batch: int) -> i
             return 1
         return 0
     finally:
-        await pipeline.stop()
-        await bus.stop()
-        await store.stop()
+        # each part's stop timed: a stop that waits (a consumer group still joining) shows where
+        took = []
+        for name, part in (("pipeline", pipeline), ("bus", bus), ("store", store)):
+            t0 = loop.time()
+            await part.stop()
+            took.append(f"{name} {loop.time() - t0:.1f} s")
+        log.info("stopped: %s", ", ".join(took))

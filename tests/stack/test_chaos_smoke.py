@@ -1,5 +1,6 @@
 """benchmarks/chaos.py stays runnable: two short fault cycles of the embedded shape (SIGKILL, then SIGTERM of
-`meshscope up` under generator and Envoy load) lose nothing acknowledged and store nothing twice."""
+`meshscope up` and its own Envoy under generator and Envoy load) lose nothing acknowledged, store nothing
+twice, take the Envoy along each time and report every Envoy loss (or a bound that holds it)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,6 @@ def test_two_chaos_cycles_lose_nothing_acknowledged():
     assert "embedded: lost-acknowledged 0, duplicated 0, unreported losses 0 -> OK" in out.stdout
     rows = [line for line in out.stdout.splitlines() if "|" in line and " als " in f" {line} "]
     assert rows and all(int(row.split("|")[3]) > 0 for row in rows), out.stdout  # acknowledged some
+    assert "'Envoy died with up (SIGKILL)': 1, 'Envoy died with up (SIGTERM)': 1" in out.stdout, out.stdout
+    assert "below the truth" not in out.stdout, out.stdout  # every Envoy row's loss reported or bounded
+    assert "restarts 2)" in out.stdout and "in 2 unseen windows" in out.stdout, out.stdout  # both runs' ends

@@ -154,3 +154,42 @@ async def test_api_follows_a_proxy_restart_nobody_asked_about(data_dir):
     [loss] = body["unmatched_admins"]  # nothing of this proxy arrived: it is listed by its admin address
     assert (loss["written"], loss["gap"], loss["restarts"]) == (5, 5, 1)
     assert (data_dir / "proxy-loss.json").is_file()
+
+
+async def test_what_a_killed_run_logged_after_the_last_read_is_bounded(data_dir):
+    """The collector is down, so every entry Envoy logs is lost. The account reads Envoy while 20 req/s
+    flow, then stops reading; 10 more requests, SIGKILL, restart. Envoy's counters never showed those
+    10: the account names the window after its last read and bounds what it held (peak rate x window),
+    so written - dropped - arrived + unseen_at_most covers every lost entry."""
+    need_envoy()
+    loss_module._RUNS.clear()
+    async with DemoUpstream(port=free_port()) as upstream:
+        bootstrap, admin, port = _restartable_proxy(upstream.port, data_dir, "killed-proxy")
+        sent = 0
+        async with httpx.AsyncClient(timeout=10, headers={"host": APP_HOST}) as client:
+            async def paced(n: int, read: bool) -> None:
+                nonlocal sent
+                for k in range(n):
+                    assert (await client.get(f"http://127.0.0.1:{port}/status/200")).status_code == 200
+                    sent += 1
+                    if read and k % 5 == 4:
+                        await account([admin], arrived={})
+                    await asyncio.sleep(0.05)
+
+            envoy = EnvoyProcess(bootstrap)
+            await asyncio.to_thread(envoy.start)
+            try:
+                await paced(30, read=True)
+                (last,) = await account([admin], arrived={})
+                await paced(10, read=False)  # unseen by the account
+                await asyncio.sleep(0.3)  # in Envoy's counters (and buffer), then gone with it
+                envoy.process.send_signal(signal.SIGKILL)
+                envoy.process.wait(10)
+            finally:
+                envoy.stop()
+            async with EnvoyProcess(bootstrap):
+                (after,) = await account([admin], arrived={})
+    assert last.written == 30 and after.restarts == 1 and after.written == 30
+    assert after.unseen_since == [pytest.approx(last.read_at)]
+    assert 10 <= after.unseen_at_most <= 80, after  # ~20/s over the 0.8 s unseen and the restart
+    assert after.gap + after.unseen_at_most >= sent == 40
