@@ -35,8 +35,8 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=".venv/.installed${extras}"
-# the C extensions (decoders/*.c) are built by the install: a changed source installs again
-newer_c=$( { [ -f "$stamp" ] && find decoders -name '*.c' -newer "$stamp"; } | head -1 || true )
+# the C extensions (decoders/, collector/, meshscope/model/ *.c) are built by the install: a changed source installs again
+newer_c=$( { [ -f "$stamp" ] && find decoders collector meshscope -name '*.c' -newer "$stamp"; } | head -1 || true )
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ -n "$newer_c" ]; then
   echo "setup: pip install -e .${extras} into .venv (log: .venv/pip.log)" >&2
   # xds-protos ships an old copy of opentelemetry/proto (instrumentation_library_logs, no scope_logs) at the

@@ -12,7 +12,11 @@
  * Layout.make(*row) -> a new cls whose fields are the arguments, in names' order (no __init__ run;
  *   positional, so a caller with the values at hand builds no tuple for them).
  * Layout.rows(records) -> [tuple of fields, ...]; TypeError for a record that is not exactly cls,
- *   AttributeError for a field never set (as operator.attrgetter). */
+ *   AttributeError for a field never set (as operator.attrgetter).
+ * Layout.widest(records, fields) -> the largest total length of the fields (indexes into names) in
+ *   one record, each a str or None (0); TypeError for another value or a record not exactly cls (the
+ *   collector's intake asks it of every batch: in Python, 15 loads and lengths per record cost
+ *   about 1.5 µs). */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -129,10 +133,73 @@ fail:
     return NULL;
 }
 
+static PyObject *layout_widest(Layout *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (self->cls == NULL) return PyErr_Format(PyExc_TypeError, "Layout not initialised");
+    if (nargs != 2) return PyErr_Format(PyExc_TypeError, "widest() takes records and field indexes");
+    PyObject *seq = PySequence_Fast(args[0], "widest() takes a sequence of records");
+    if (seq == NULL) return NULL;
+    PyObject *fields = PySequence_Fast(args[1], "widest() takes a sequence of field indexes");
+    if (fields == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    Py_ssize_t nf = PySequence_Fast_GET_SIZE(fields), widest = 0;
+    Py_ssize_t *offsets = PyMem_Calloc(nf ? nf : 1, sizeof(Py_ssize_t));
+    if (offsets == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t k = 0; k < nf; k++) {
+        Py_ssize_t i = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(fields, k), PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred()) goto fail;
+        if (i < 0 || i >= self->n) {
+            PyErr_Format(PyExc_IndexError, "field index %zd out of range", i);
+            goto fail;
+        }
+        offsets[k] = self->offsets[i];
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t j = 0; j < count; j++) {
+        PyObject *obj = items[j];
+        if (!Py_IS_TYPE(obj, self->cls)) {
+            PyErr_Format(PyExc_TypeError, "widest() of %s records got a %s", self->cls->tp_name,
+                         Py_TYPE(obj)->tp_name);
+            goto fail;
+        }
+        Py_ssize_t total = 0;
+        for (Py_ssize_t k = 0; k < nf; k++) {
+            PyObject *v = SLOT(obj, offsets[k]);
+            if (v == NULL) {
+                PyErr_Format(PyExc_AttributeError, "%s record has a field never set", self->cls->tp_name);
+                goto fail;
+            }
+            if (v == Py_None) continue;
+            if (!PyUnicode_Check(v)) {
+                PyErr_Format(PyExc_TypeError, "widest() found a %s, not a str", Py_TYPE(v)->tp_name);
+                goto fail;
+            }
+            total += PyUnicode_GET_LENGTH(v);
+        }
+        if (total > widest) widest = total;
+    }
+    PyMem_Free(offsets);
+    Py_DECREF(fields);
+    Py_DECREF(seq);
+    return PyLong_FromSsize_t(widest);
+fail:
+    PyMem_Free(offsets);
+    Py_DECREF(fields);
+    Py_DECREF(seq);
+    return NULL;
+}
+
 static PyMethodDef layout_methods[] = {
     {"make", (PyCFunction)(void (*)(void))layout_make, METH_FASTCALL,
      "make(*row): a new record of the fields given in the names' order"},
     {"rows", (PyCFunction)layout_rows, METH_O, "the records' fields as tuples, in the names' order"},
+    {"widest", (PyCFunction)(void (*)(void))layout_widest, METH_FASTCALL,
+     "widest(records, fields): the largest total length of the str fields (indexes) in one record"},
     {NULL, NULL, 0, NULL},
 };
 

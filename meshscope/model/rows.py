@@ -3,7 +3,8 @@
 The collector builds a record for every entry it takes, and the bus's write-ahead log reads each back
 as a row (``wal.py``): with an AccessRecord's 46 fields, keyword ``__init__`` and ``attrgetter`` cost
 about 3 µs each per record. ``RowShape(cls).make(*row)`` builds a record from every field's value,
-in order, without running ``__init__`` (the id included); ``rows(records)`` reads them back. Both run in
+in order, without running ``__init__`` (the id included); ``rows(records)`` reads them back;
+``widest(names)`` measures the longest text a batch's records hold (the collector's intake). All run in
 C (``_record_slots.c``) when it was built; the Python below is the reference and the fallback.
 """
 
@@ -33,6 +34,7 @@ class RowShape(Generic[R]):
         # records made here then stay out of the garbage collector's generations (C only)
         acyclic = bool(getattr(cls, "acyclic", False))
         layout = _Layout(cls, self.names, acyclic) if native and _Layout is not None else None
+        self._layout = layout
         self.native = layout is not None
         if layout is not None:
             self.make: Callable[..., R] = layout.make
@@ -41,6 +43,23 @@ class RowShape(Generic[R]):
             self.make = _python_make(cls, self.names)
             read = attrgetter(*self.names)
             self.rows = lambda records: [read(r) for r in _exactly(cls, records)]
+
+    def widest(self, names: Sequence[str]) -> Callable[[Sequence[R]], int]:
+        """A function of records: the largest total length of the ``names`` fields (str or None) in one
+        record, 0 for none; TypeError for a record not exactly this type or a value not a str."""
+        layout = self._layout
+        if layout is not None:
+            fields = tuple(map(self.names.index, names))
+            return lambda records: layout.widest(records, fields)
+        read = attrgetter(*names) if len(names) > 1 else lambda r: (getattr(r, names[0]),)
+
+        def width(r: Any) -> int:
+            values = [v for v in read(r) if v is not None]
+            if not all(type(v) is str for v in values):
+                raise TypeError(f"widest() found a {type(values[0]).__name__}, not a str")
+            return sum(map(len, values))
+
+        return lambda records: max(map(width, _exactly(self.cls, records)), default=0)
 
 
 @cache

@@ -86,3 +86,31 @@ def test_wrong_input_is_refused_not_crashed():
         Layout(AccessRecord, ["kind"])  # a class attribute, not a slot
     with pytest.raises(AttributeError):
         Layout(AccessRecord, ["no_such_field"])
+
+
+_TEXT_OR_NONE = st.one_of(st.none(), st.text(max_size=30))
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_widest_c_and_python_agree(data):
+    """widest(names): the longest total text of the named fields in one record (intake's batch test)."""
+    names = tuple(data.draw(st.lists(st.sampled_from(("path", "authority", "node_id", "route_name", "sni")),
+                                     min_size=1, max_size=5, unique=True)))
+    records = [AccessRecord(start_time=1.0, node_id=data.draw(st.text(max_size=10)),
+                            **{n: data.draw(_TEXT_OR_NONE) for n in names if n != "node_id"})
+               for _ in range(data.draw(st.integers(0, 5)))]
+    fast, slow = RowShape(AccessRecord).widest(names), RowShape(AccessRecord, native=False).widest(names)
+    expected = max((sum(len(getattr(r, n) or "") for n in names) for r in records), default=0)
+    assert fast(records) == slow(records) == expected
+
+
+def test_widest_refuses_what_is_not_text():
+    """A value that is not a str, or a record of another type, is a TypeError (intake then looks at
+    each record), from C and Python alike."""
+    for shape in (RowShape(AccessRecord), RowShape(AccessRecord, native=False)):
+        widest = shape.widest(("path", "authority"))
+        with pytest.raises(TypeError):
+            widest([AccessRecord(start_time=1.0, node_id="n", path=["/a"])])
+        with pytest.raises(TypeError):
+            widest([Span(trace_id="t", span_id="s", name="x")])
