@@ -139,7 +139,8 @@ class Publisher:
         try:
             if not self.spool:
                 try:
-                    await asyncio.wait_for(self.bus.publish(topic, records), self.publish_timeout)
+                    async with asyncio.timeout(self.publish_timeout):  # no task per batch, as wait_for
+                        await self.bus.publish(topic, records)
                     self.metrics.published.labels(protocol).inc(n)
                     self.bus_error = self.refusing = None
                     return

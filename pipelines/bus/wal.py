@@ -289,12 +289,12 @@ class _Damaged:
 def _encode(records: Sequence[Record]) -> bytes:
     """A batch as one log line: ``COUNT {"columns": […], "rows": […]}`` (records of other types mixed
     in, or a record of a single field: ``COUNT [{record}, …]``)."""
-    kind = type(records[0])
-    shape = row_shape(kind)
-    if len(shape.names) > 1 and all(type(r) is kind for r in records):
-        body = orjson.dumps({"columns": shape.names, "rows": shape.rows(records)})
-    else:
-        body = orjson.dumps(list(records))
+    shape = row_shape(type(records[0]))
+    try:  # rows() refuses a record of another type
+        rows = shape.rows(records) if len(shape.names) > 1 else None
+    except TypeError:
+        rows = None
+    body = orjson.dumps(list(records) if rows is None else {"columns": shape.names, "rows": rows})
     return b"%d %b\n" % (len(records), body)
 
 

@@ -141,3 +141,17 @@ async def test_no_tidy_up_runs_after_stop(tmp_path):
     offsets.unlink()
     wal._tidy(files, {"indexer": 0}, late)  # what that thread would run now
     assert not offsets.exists() and not list((tmp_path / "access").glob("*.tmp"))
+
+
+def test_a_batch_of_one_type_is_columns_and_rows_a_mixed_one_a_list():
+    """The line's two forms: columns + rows for records of one type (read back through the record
+    type), a list of record objects when another type is mixed in (RowShape.rows refuses it)."""
+    from meshscope.pipelines.bus.wal import _encode, _read_line
+
+    records = _records(0, 3)
+    count, _, body = _encode(records).rstrip(b"\n").partition(b" ")
+    assert count == b"3" and set(orjson.loads(body)) == {"columns", "rows"}
+    assert _read_line(_encode(records).rstrip(b"\n"), AccessRecord) == records
+    span = Span(trace_id="0" * 32, span_id="0" * 16, name="x")
+    count, _, body = _encode([records[0], span]).rstrip(b"\n").partition(b" ")
+    assert count == b"2" and isinstance(orjson.loads(body), list) and len(orjson.loads(body)) == 2
