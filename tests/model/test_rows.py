@@ -51,12 +51,17 @@ def test_a_made_record_is_a_whole_record():
 
 def test_acyclic_records_are_left_to_reference_counting():
     """AccessRecord says it can never be in a reference cycle: what make() builds is not tracked by
-    the garbage collector, and is freed when its last reference goes; other records stay tracked."""
+    the garbage collector, nor are its lists of str, and it is freed when its last reference goes;
+    other records stay tracked."""
     import gc
 
     shape = row_shape(AccessRecord)
     r = shape.make(*shape.rows([AccessRecord(start_time=1.0, node_id="n")])[0])
-    assert not gc.is_tracked(r) and gc.is_tracked(r.notes)
+    assert not gc.is_tracked(r) and not gc.is_tracked(r.notes) and not gc.is_tracked(r.response_flags)
+    # a list of str only is left out too (it cannot be in a cycle); one holding anything else is kept
+    mixed = shape.make(*shape.rows([AccessRecord(start_time=1.0, node_id="n", notes=["a", ["b"]],
+                                                 response_flags=["UF", "URX"])])[0])
+    assert gc.is_tracked(mixed.notes) and not gc.is_tracked(mixed.response_flags)
     span_shape = row_shape(Span)
     s = span_shape.make(*span_shape.rows([Span(trace_id="a", span_id="b")])[0])
     assert gc.is_tracked(s)
