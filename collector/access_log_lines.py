@@ -459,10 +459,13 @@ class Origin:
 
 def strip_prefix(line: str) -> tuple[str, Origin | None]:
     """The line without kubectl/stern prefixes, and the pod/container they named (None: no prefix)."""
+    first = line[:1]
+    if first == "[" and line[1:5] != "pod/" and "\x1b" not in line:  # Envoy's own line: the common case
+        return line, None
     if "\x1b" in line:
         line = _ANSI.sub("", line)
+        first = line[:1]
     origin = None
-    first = line[:1]
     if first == "[" and line.startswith("[pod/"):
         m = _KUBECTL_PREFIX.match(line)
         if m:
@@ -564,9 +567,9 @@ class LineParser:
         raise BadLine("fits no known format (Istio text or JSON, Envoy default, --format)")
 
     def record(self, raw: str) -> tuple[str, AccessRecord]:
-        if raw[:1] == "[" and raw[1:5] != "pod/" and "\x1b" not in raw:  # no prefix (strip_prefix's test)
-            return self.line_record(raw.rstrip("\r\n"), self.origin)
         line, origin = strip_prefix(raw)
+        if origin is None and line is raw:  # no prefix: nothing to retry without one
+            return self.line_record(raw.rstrip("\r\n"), self.origin)
         try:
             return self.line_record(line.rstrip("\r\n"), origin or self.origin)
         except BadLine:

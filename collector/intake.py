@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from meshscope.model import AccessRecord, Record, Span
-from meshscope.model.ids import REQUEST_ID_MAX, request_id_problem
+from meshscope.model.ids import request_id_problem, request_ids_all_fine
 from meshscope.model.rows import row_shape
 
 ACCESS_TEXT = ("path", "authority", "user_agent", "x_forwarded_for", "response_code_details",
@@ -163,9 +163,7 @@ def _access_batch_clean(records: Sequence[Record], low: float, high: float, max_
     total = sum(times)
     if not (total == total and low <= min(times) and max(times) <= high):
         return False
-    rids = [rid for rid in map(_request_id, records) if rid is not None]
-    if rids and (max(map(len, rids)) > REQUEST_ID_MAX or "/" in "".join(rids)
-                 or not all(map(str.strip, rids))):
+    if not request_ids_all_fine([rid for rid in map(_request_id, records) if rid is not None]):
         return False
     try:
         return _access_widest(records) <= max_field
