@@ -85,3 +85,10 @@ def test_an_access_id_is_record_id_of_its_parts(node, log, protocol, start, remo
     if kind == "DownstreamPeriodic":
         parts += (kind, duration)
     assert r.id == record_id(*parts)
+
+
+@given(st.lists(st.one_of(st.text(max_size=8), st.sampled_from(["", " ", "a/b", "x" * 201, "x" * 200]))))
+def test_request_ids_all_fine_is_request_id_problem_over_a_list(ids):
+    from meshscope.model.ids import request_id_problem, request_ids_all_fine
+
+    assert request_ids_all_fine(ids) == all(request_id_problem(i) is None for i in ids)
