@@ -18,6 +18,11 @@ that ended between two reads leaves an unseen window (its last read → the next
 ``unseen_at_most`` bounds what it can have held: the run's peak logging rate × the window. Reading
 often while the proxy logs (``watch_interval``) keeps those windows short; one read is a single
 filtered ``/stats`` call (the node id is asked once per run).
+
+While a proxy logs, ``gap`` also holds what is merely in flight (Envoy's buffer flush, the collector,
+the pipeline's batch). ``gap_settled`` is the gap among the entries written at least ``settle_s``
+before: the counters of a read that old against what has arrived since. That is the figure that says
+a proxy is losing entries; it is None until the account has a read that old.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class ProxyLoss:
     unseen_since: list[float] = field(default_factory=list)  # last read before each run ended unseen
     unseen_seconds: float = 0.0  # summed unseen windows (a down proxy's current one included)
     unseen_at_most: int = 0  # entries those windows can have held: peak rate x window, rounded up
+    gap_settled: int | None = None  # the gap among entries written >= settle_s ago (None: no read so old)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +88,15 @@ class _Run:
     node_id: str | None = None
     unseen: list = field(default_factory=list)  # [last read, window s, at most] per run ended unseen
     down_at: float | None = None  # the first read that found the proxy unreachable (it ended before)
+    samples: list = field(default_factory=list)  # [read at, written, dropped] (runs' totals): recent reads
+
+    def settled(self, now: float, settle_s: float) -> list | None:
+        """The newest sample at least ``settle_s`` old (None: no read so old); older ones are dropped."""
+        old = [i for i, (at, _, _) in enumerate(self.samples) if at <= now - settle_s]
+        if not old:
+            return None
+        del self.samples[: old[-1]]
+        return self.samples[0]
 
     def unseen_window(self, until: float) -> tuple[float, int]:
         """Seconds since the last read until ``until``, and what this run can have written in them."""
@@ -93,6 +108,9 @@ _RECALLED: set[str] = set()  # admins whose run came from the memory file: their
 _START_SLACK_S = 8.0  # a stats flush interval (5 s) and some: how far a stale uptime moves the start
 _RUNS: dict[str, _Run] = {}  # admin address -> last seen run
 _LOCKS: dict[tuple[int, str], asyncio.Lock] = {}
+# Envoy's buffer flush (1 s by default), the collector and the pipeline's batch to the store take a few
+# seconds on a loaded machine: entries written more recently may still be on their way
+SETTLE_S = 10.0
 log = logging.getLogger(__name__)
 
 
@@ -136,7 +154,7 @@ def _follow(prev: _Run | None, run: _Run, restarted: bool, died_by: float | None
     if prev is None:
         return run
     run.carried_written, run.carried_dropped = prev.carried_written, prev.carried_dropped
-    run.restarts, run.unseen = prev.restarts, list(prev.unseen)
+    run.restarts, run.unseen, run.samples = prev.restarts, list(prev.unseen), prev.samples
     if restarted:
         run.carried_written += prev.written
         run.carried_dropped += prev.dropped
@@ -201,7 +219,7 @@ def _lock(admin: str) -> asyncio.Lock:
 
 async def account_one(admin: str, arrived: Mapping[str, int], timeout: float = 2.0,
                       dies_with_watcher_s: tuple[float, float] | None = None,
-                      http: httpx.AsyncClient | None = None) -> ProxyLoss:
+                      http: httpx.AsyncClient | None = None, settle_s: float = SETTLE_S) -> ProxyLoss:
     """The account of one proxy reached through its admin address ("host:port"). ``dies_with_watcher_s``:
     the proxy dies with the process that reads it (``meshscope up``'s own Envoy: parent-death signal),
     which read it at least this often (while its counters move, otherwise); a run recalled from the
@@ -209,11 +227,11 @@ async def account_one(admin: str, arrived: Mapping[str, int], timeout: float = 2
     async with _lock(admin), contextlib.AsyncExitStack() as stack:
         if http is None:
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout))
-        return await _account_one(http, admin, arrived, dies_with_watcher_s)
+        return await _account_one(http, admin, arrived, dies_with_watcher_s, settle_s)
 
 
 async def _account_one(http: httpx.AsyncClient, admin: str, arrived: Mapping[str, int],
-                       dies_with_watcher_s: tuple[float, float] | None) -> ProxyLoss:
+                       dies_with_watcher_s: tuple[float, float] | None, settle_s: float) -> ProxyLoss:
     try:
         counters = await _proxy_stats(http, admin)
         now = time.time()
@@ -241,7 +259,9 @@ async def _account_one(http: httpx.AsyncClient, admin: str, arrived: Mapping[str
                          **_unseen(prev, time.time()))
     node_id, started_at = run.node_id, run.started_at
     written, dropped = run.carried_written + run.written, run.carried_dropped + run.dropped
+    run.samples.append([now, written, dropped])
     got = arrived.get(node_id or "", 0)
+    settled = run.settled(now, settle_s)
     unseen = _unseen(run, None)
     error = None
     if got > written - dropped + unseen["unseen_at_most"]:
@@ -253,23 +273,25 @@ async def _account_one(http: httpx.AsyncClient, admin: str, arrived: Mapping[str
         connect_failures=cluster_stat(counters, ALS_CLUSTER, "upstream_cx_connect_fail"),
         arrived=got, gap=max(written - dropped - got, 0), error=error, started_at=started_at,
         restarts=run.restarts, read_at=now, **unseen,
+        gap_settled=None if settled is None else max(settled[1] - settled[2] - got, 0),
     )
 
 
 async def account(proxy_admins: list[str], arrived: Mapping[str, int],
                   timeout: float = 2.0, memory: Path | None = None,
                   bundled: Mapping[str, tuple[float, float]] | None = None,
-                  http: httpx.AsyncClient | None = None) -> list[ProxyLoss]:
+                  http: httpx.AsyncClient | None = None, settle_s: float = SETTLE_S) -> list[ProxyLoss]:
     """Per-proxy loss for every admin address. ``arrived`` maps node id → access records stored for it
     (``StoreReader.node_ids()``: the one definition of "arrived"). Unreachable proxies are reported,
     never raised. ``memory``: a file that keeps the proxies' runs across restarts of this process.
     ``bundled``: admin → the longest gaps between this process's reads of a proxy that dies with it
     (while its counters move, and otherwise).
-    ``http``: a client to reuse (a new one costs ~30 ms of CPU: its TLS context), else one per call."""
+    ``http``: a client to reuse (a new one costs ~30 ms of CPU: its TLS context), else one per call.
+    ``settle_s``: how old a read must be for ``gap_settled`` (entries younger may still be in flight)."""
     if memory is not None:
         _recall(memory, proxy_admins)
     bundled = bundled or {}
-    losses = list(await asyncio.gather(*(account_one(a, arrived, timeout, bundled.get(a), http)
+    losses = list(await asyncio.gather(*(account_one(a, arrived, timeout, bundled.get(a), http, settle_s)
                                          for a in proxy_admins)))
     if memory is not None:
         _remember(memory)

@@ -90,7 +90,10 @@ class ProxyLossInfo(BaseModel):
     dropped: int = Field(description="entries the proxy says it dropped (logs_dropped)")
     connect_failures: int
     arrived: int = Field(description="records of this proxy in meshscope's store")
-    gap: int = Field(description="written - dropped - arrived: entries lost without a count")
+    gap: int = Field(description="written - dropped - arrived: entries lost uncounted, or in flight")
+    gap_settled: int | None = Field(None, description=(
+        "the gap among entries written at least 10 s ago (by the counters of a read that old): what is "
+        "lost, not in flight; null until the account has such a read"))
     restarts: int = Field(0, description="restarts of the proxy the account followed (their counts carried)")
     read_at: float | None = Field(None, description="the last read of the proxy's counters (epoch s)")
     unseen_since: list[float] = Field(default_factory=list, description=(

@@ -30,14 +30,25 @@ async def test_gap_when_the_collector_is_down(data_dir):
                 assert r.status_code == 200
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10
+            (first,) = await account([envoy.admin_address], arrived={})
             while True:
                 (loss,) = await account([envoy.admin_address], arrived={})
                 if loss.connect_failures > 0 or loop.time() > deadline:
                     break
                 await asyncio.sleep(0.2)
+            # three more entries, read 0.5 s after the last read: only the five before it have settled
+            await asyncio.sleep(0.5)
+            for _ in range(3):
+                await client.get(f"http://127.0.0.1:{port}/status/200", headers={"host": APP_HOST})
+            while envoy.admin.access_log_counts()["logs_written"] != 8:
+                assert loop.time() < deadline + 10, "Envoy did not count the three entries"
+                await asyncio.sleep(0.05)
+            (later,) = await account([envoy.admin_address], arrived={"lonely-proxy": 4}, settle_s=0.4)
+    assert first.gap_settled is None  # no read old enough yet: the gap may be entries in flight
     assert loss.reachable and loss.node_id == "lonely-proxy"
     assert (loss.written, loss.dropped, loss.arrived, loss.gap) == (5, 0, 0, 5)
     assert loss.connect_failures > 0
+    assert (later.written, later.gap, later.gap_settled) == (8, 4, 1)  # 5 settled, 4 of them arrived
 
 
 async def test_unreachable_admin_is_reported_not_raised():

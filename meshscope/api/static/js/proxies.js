@@ -24,7 +24,9 @@ export async function render(main, route, isCurrent) {
   }
   if (!isCurrent()) return;
   const quiet = new Set(quietProxies(body.items, Date.now() / 1000).map((p) => p.node_id));
-  const lossy = body.items.filter((p) => p.loss && (p.loss.gap > 0 || p.loss.dropped > 0 || !p.loss.reachable));
+  // a gap counts once it has settled: entries written in the last seconds may still be on their way
+  const losing = (loss) => loss.gap_settled > 0 || loss.dropped > 0;
+  const lossy = body.items.filter((p) => p.loss && (losing(p.loss) || !p.loss.reachable));
   status(line, `${body.items.length} proxies · ${quiet.size} quiet · ${lossy.length} losing access-log entries`);
   for (const id of quiet) {
     main.append(el("p", { class: "warnbox", role: "alert" }, el("b", null, "Stopped sending? "),
@@ -36,7 +38,7 @@ export async function render(main, route, isCurrent) {
   }
   const rows = body.items.map((p) => {
     const loss = p.loss;
-    const state = quiet.has(p.node_id) ? ["warn", "quiet"] : loss && (loss.gap > 0 || loss.dropped > 0) ? ["warn", "losing"] : ["healthy", "sending"];
+    const state = quiet.has(p.node_id) ? ["warn", "quiet"] : loss && losing(loss) ? ["warn", "losing"] : ["healthy", "sending"];
     const tr = el("tr", { "data-node": p.node_id },
       el("td", null, el("span", { class: "pill " + state[0] }, state[1])),
       el("td", { class: "mono" }, link("#/find?" + new URLSearchParams({ proxy: p.node_id, range: "24h" }), p.node_id)),
@@ -47,7 +49,7 @@ export async function render(main, route, isCurrent) {
       el("td", { class: "num" }, loss ? loss.written : "-"),
       el("td", { class: "num" + (loss && loss.dropped ? " error" : "") }, loss ? loss.dropped : "-"),
       el("td", { class: "num" }, loss ? loss.arrived : "-"),
-      el("td", { class: "num" + (loss && loss.gap ? " error" : "") }, loss ? loss.gap : "-"),
+      el("td", { class: "num" + (loss && loss.gap_settled ? " error" : "") }, loss ? dash(loss.gap_settled) : "-"),
       el("td", { class: "num" }, loss ? loss.connect_failures : "-"),
       el("td", { class: "muted" }, loss ? (loss.reachable ? loss.admin : `${loss.admin} unreachable`) : "not configured"));
     return tr;
@@ -58,5 +60,6 @@ export async function render(main, route, isCurrent) {
       { h: "lost uncounted", num: true }, { h: "connect failures", num: true }, { h: "admin" }], rows, { id: "proxies" })
       : el("p", { class: "empty" }, "no proxy has sent records yet"),
     el("p", { class: "muted" }, "written, dropped and connect failures come from each proxy's admin stats (settings.proxy_admins); " +
-      "lost uncounted = written − dropped − arrived.")));
+      "lost uncounted = written − dropped − arrived, by the written and dropped counts of at least 10 s ago " +
+      "(newer entries may still be on their way; - until the account has a read that old).")));
 }
