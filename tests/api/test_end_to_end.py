@@ -6,7 +6,6 @@ hop, the spans and the packet exchanges of that one request."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 import time
 
@@ -26,6 +25,7 @@ from meshscope.settings import Settings
 from tests.api.conftest import serve
 from tests.collector.envoy_lab import need_envoy
 from tests.conftest import free_port, need_binary, need_root
+from tests.tcpdump import stop_tcpdump
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.root]
 
@@ -153,10 +153,8 @@ async def test_trace_joins_gateway_sidecar_spans_and_packets(data_dir, tmp_path)
                             await client.get(
                                 f"http://{GATEWAY_IP}:{gw_port}/headers", headers={"host": "shop.local"}
                             )
-                    await asyncio.sleep(1.0)
                 finally:
-                    dump.send_signal(signal.SIGINT)
-                    dump.wait(10)
+                    await asyncio.to_thread(stop_tcpdump, dump)
                 # the live path: 2 access records (gateway, sidecar) for our request reach the store
                 records = await poll(lambda: store.access_by_request_id(RID), lambda rs: len(rs) >= 2)
                 assert {r.node_id for r in records} == {GATEWAY_NODE, SIDECAR_NODE}

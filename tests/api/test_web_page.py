@@ -32,6 +32,7 @@ from meshscope.model import AccessRecord, normalize_request_id
 from tests.api.conftest import write_records
 from tests.conftest import free_port, need, need_binary, need_root
 from tests.stack.test_up import _wait_for as wait_for
+from tests.tcpdump import stop_tcpdump
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -146,11 +147,9 @@ def stack(tmp_path_factory):
                     client.get(
                         running.proxy + path, headers={"x-request-id": CAPTURED_RID, "host": "shop.local"}
                     )
-            time.sleep(1.0)
         finally:
-            dump.send_signal(signal.SIGINT)
-            dump.wait(10)
-        assert CAPTURED_RID.encode() in running.pcap.read_bytes(), dump.stderr.read()
+            counts = stop_tcpdump(dump)
+        assert CAPTURED_RID.encode() in running.pcap.read_bytes(), counts
         with running.api() as api:
             wait_for(
                 lambda: len(api.get(f"/api/traces/{CAPTURED_RID}").json().get("hops", [])) >= 2,

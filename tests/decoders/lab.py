@@ -26,6 +26,8 @@ from pathlib import Path
 
 from meshscope.decoders.peer_metadata import encode_peer_metadata
 
+from tests.tcpdump import stop_tcpdump
+
 CLIENT, NODE, GW, WEBAPP, CATALOG = "172.18.0.1", "172.18.0.2", "10.10.0.6", "10.10.0.9", "10.10.0.8"
 NODEPORT, TLS_NODEPORT, TERMINATE_NODEPORT = 30000, 30443, 31443
 SNI, TERMINATE_SNI = "secure.lab", "shop.lab"
@@ -203,11 +205,8 @@ class Lab(LabLifecycle):
 
     @staticmethod
     def stop_capture(p: subprocess.Popen) -> str:
-        """SIGINT (tcpdump flushes and writes its counts), then wait."""
-        time.sleep(0.3)  # let the last FIN/ACKs cross the node
-        os.killpg(p.pid, signal.SIGINT)
-        _, err = p.communicate(timeout=10)
-        return err.decode(errors="replace")
+        """Once tcpdump has caught up (the last FIN/ACKs crossed the node), SIGINT; its counts."""
+        return stop_tcpdump(p)
 
     def traffic(self) -> list[dict]:
         """Run the bounded client script in the client namespace; one dict per request."""

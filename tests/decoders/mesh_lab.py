@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import time
 from itertools import count
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from tests.decoders.lab import APPS, LabLifecycle, _sh, _veth, start_capture, st
 from tests.deploy.envoyfilter import apply_envoy_filter, selects
 from tests.proxy.istio_sidecar import Outbound, Pod, sidecar_bootstrap
 from tests.proxy.spiffe_ca import TestCa
+from tests.tcpdump import stop_tcpdump
 
 DEBUG = {"meshscope.io/tls-key-log": "true"}
 WEBAPP = Pod("webapp-1", "shop", "10.10.0.9", "webapp", {"app": "webapp", **DEBUG})
@@ -114,9 +113,7 @@ class MeshLab(LabLifecycle):
 
     @staticmethod
     def stop_capture(p) -> None:
-        time.sleep(0.3)
-        os.killpg(p.pid, signal.SIGINT)
-        p.communicate(timeout=10)
+        stop_tcpdump(p)
 
     def call_catalog(self, path: str, request_id: str) -> None:
         """webapp's app (curl in its pod) calls catalog through its sidecar's outbound listener."""

@@ -105,7 +105,7 @@ def _traffic(http_port: int, tls_port: int, tmp_path) -> list[str]:
 
 
 def _capture(tcpdump: str, path, http_port: int, tls_port: int, d) -> list[str]:
-    with tcpdump_lo(path, [http_port, tls_port], drain=1.0):
+    with tcpdump_lo(path, [http_port, tls_port]):
         return _traffic(http_port, tls_port, d)
 
 

@@ -75,7 +75,7 @@ def field_captures(tmp_path_factory):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     whole, cut = d / "whole.pcap", d / "cut96.pcap"
     try:
-        with tcpdump_lo(whole, [port], drain=1.0), tcpdump_lo(cut, [port], drain=1.0, snaplen=SNAPLEN):
+        with tcpdump_lo(whole, [port]), tcpdump_lo(cut, [port], snaplen=SNAPLEN):
             _traffic(port)
     finally:
         server.shutdown()

@@ -18,6 +18,7 @@ from meshscope.decoders.tls_keylog import KeyLog
 from meshscope.proxy.certs import self_signed_pair
 
 from tests.conftest import stop_process
+from tests.tcpdump import stop_tcpdump
 
 
 class Collect:
@@ -133,9 +134,9 @@ def tls_connections(pcap: Path, keylog: KeyLog | None, server_ports: set[int],
 
 
 @contextlib.contextmanager
-def tcpdump_lo(path: Path, ports: list[int], drain: float = 0.5, snaplen: int = 0):
-    """Real tcpdump on loopback for these ports, stopped on exit after ``drain`` seconds (to write what
-    the kernel already handed it); ``snaplen``: bytes kept per packet (0: all)."""
+def tcpdump_lo(path: Path, ports: list[int], snaplen: int = 0):
+    """Real tcpdump on loopback for these ports, stopped on exit once it has written what the kernel
+    handed it (tests/tcpdump.py); ``snaplen``: bytes kept per packet (0: all)."""
     filt = " or ".join(f"tcp port {p}" for p in ports)
     dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-s", str(snaplen),
                              "-w", str(path), filt],
@@ -146,10 +147,8 @@ def tcpdump_lo(path: Path, ports: list[int], drain: float = 0.5, snaplen: int = 
         while b"listening" not in line and time.time() < deadline:
             line = dump.stderr.readline()
         yield
-        time.sleep(drain)
     finally:
-        dump.terminate()
-        dump.wait(timeout=10)
+        stop_tcpdump(dump)
 
 
 @contextlib.contextmanager
