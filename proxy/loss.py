@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -107,7 +108,8 @@ class _Run:
 _RECALLED: set[str] = set()  # admins whose run came from the memory file: their watcher died since
 _START_SLACK_S = 8.0  # a stats flush interval (5 s) and some: how far a stale uptime moves the start
 _RUNS: dict[str, _Run] = {}  # admin address -> last seen run
-_LOCKS: dict[tuple[int, str], asyncio.Lock] = {}
+_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary())  # per event loop: gone with it (tests run many loops)
 # Envoy's buffer flush (1 s by default), the collector and the pipeline's batch to the store take a few
 # seconds on a loaded machine: entries written more recently may still be on their way
 SETTLE_S = 10.0
@@ -213,8 +215,7 @@ def _unseen(run: _Run | None, now: float | None) -> dict:
 def _lock(admin: str) -> asyncio.Lock:
     """One read of a proxy at a time (the API's watch and /api/proxies both read): two reads finishing
     out of order would look like counters falling, a restart that never happened."""
-    key = (id(asyncio.get_running_loop()), admin)
-    return _LOCKS.setdefault(key, asyncio.Lock())
+    return _LOCKS.setdefault(asyncio.get_running_loop(), {}).setdefault(admin, asyncio.Lock())
 
 
 async def account_one(admin: str, arrived: Mapping[str, int], timeout: float = 2.0,
