@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from hashlib import blake2b
+from itertools import islice
 from typing import IO, Any
 
 import orjson
@@ -28,9 +29,10 @@ from meshscope.model import AccessRecord
 from meshscope.model.rows import row_shape
 
 try:  # compiled by the package's install (scripts/setup.sh), like decoders/_record_scan.c
+    from meshscope.collector._line_split import Builder as _Builder
     from meshscope.collector._line_split import Splitter as _Splitter
 except ImportError:  # pragma: no cover - a checkout whose extension was not built
-    _Splitter = None
+    _Builder = _Splitter = None
 
 # Istio's EnvoyTextLogFormat (pilot/pkg/model/telemetry_logging.go)
 ISTIO_TEXT_FORMAT = (
@@ -240,10 +242,15 @@ class TextFormat:
     pattern: re.Pattern[str]
     literals: tuple[str, ...]  # the text before, between and after the operators
     readers: list[tuple[str, Callable[[Any], Any]] | None]
-    native: bool = True  # split in C when the extension was built
+    native: bool = True  # split (and build, where the readers allow) in C when the extension was built
     split: Callable[[str], tuple | None] = field(init=False)
     _read: Callable[[tuple], dict[str, Any]] = field(init=False)
     _build: Callable[[tuple, str, str], AccessRecord] = field(init=False)
+    # the C builder (_line_split.Builder): a line straight to its record, or NotImplemented for what only
+    # the Python builder reads (then it decides, and names the error); None: every line goes to Python
+    _fast: Callable[[str, str, str], Any] | None = field(init=False, default=None)
+    # build_many(lines, start, node_id, log_name, out) → the index of the first line it left to Python
+    build_many: Callable[[list[str], int, str, str, list], int] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         env: dict[str, Any] = {"AccessRecord": AccessRecord, "BadLine": BadLine, "SECONDS": _SECONDS,
@@ -275,6 +282,12 @@ class TextFormat:
         self._read = env["read"]
         exec(_builder(items, unpack, env), env)  # noqa: S102 - our own operator table
         self._build = env["build"]
+        if self.native and _Builder is not None:
+            plan = _native_plan(self.readers, items)
+            if plan is not None:
+                built = _Builder(self.literals, blank_none, *plan, row_shape(AccessRecord).make,
+                                 parse_start_time, _SECONDS)
+                self._fast, self.build_many = built.build, built.build_many
 
     def fields(self, line: str) -> dict[str, Any] | None:
         g = self.split(line)
@@ -288,6 +301,10 @@ class TextFormat:
 
     def record(self, line: str, node_id: str, log_name: str) -> AccessRecord | None:
         """The line's AccessRecord (None: the line is not in this format); BadLine for a bad value."""
+        if self._fast is not None:
+            got = self._fast(line, node_id, log_name)
+            if got is not NotImplemented:
+                return got
         g = self.split(line)
         if g is None:
             return None
@@ -359,6 +376,46 @@ def _builder(items: dict[str, str], unpack: str, env: dict[str, Any]) -> str:
         lines.append("    r.id = r.compute_id()")
     lines.append("    return r")
     return "\n".join(lines) + "\n"
+
+
+# the readers the C builder has (_line_split.c's K_TEXT … K_START), by the Python reader they reproduce
+_NATIVE_KINDS = {_text: 1, _int: 2, _float: 3, _code: 4, _flags: 5, parse_start_time: 6}
+_PLACES = ("id", "start_time", "protocol", "node_id", "log_name", "method", "protocol_version",
+           "downstream_remote", "upstream_local", "request_id", "path")  # _line_split.c's P_ID … P_PATH
+
+
+def _native_plan(readers: list[tuple[str, Callable[[Any], Any]] | None],
+                 items: dict[str, str]) -> tuple | None:
+    """The C builder's arguments after literals and blank_none (kinds, slots, defaults, lists, places), or
+    None when the format needs the Python builder for every line: a reader C lacks, no start time, or an
+    ``ACCESS_LOG_TYPE`` (then compute_id decides what the id is made of)."""
+    if "start_time" not in items or "access_log_type" in items:
+        return None
+    fields = dataclasses.fields(AccessRecord)
+    index = {f.name: i for i, f in enumerate(fields)}
+    kinds, slots = [], []
+    for reader in readers:
+        if reader is None:
+            kinds.append(0)
+            slots.append(-1)
+            continue
+        kind = _NATIVE_KINDS.get(reader[1])  # type: ignore[call-overload]
+        if kind is None:
+            return None
+        kinds.append(kind)
+        slots.append(index[reader[0]])
+    defaults, lists = [], []
+    for i, f in enumerate(fields):
+        if f.default_factory is list:
+            lists.append(i)
+            defaults.append(None)
+        elif f.default_factory is not dataclasses.MISSING:
+            return None
+        else:
+            defaults.append(None if f.default is dataclasses.MISSING else f.default)
+    places = tuple(index[n] if n in items or n in ("id", "start_time", "protocol", "node_id", "log_name")
+                   else -1 for n in _PLACES)
+    return tuple(kinds), tuple(slots), tuple(defaults), tuple(lists), places
 
 
 def compile_format(format_string: str, name: str = "custom", *, native: bool = True) -> TextFormat:
@@ -582,6 +639,40 @@ class LineParser:
             raise
 
 
+    def take(self, lines: list[str], report: ImportReport, out: list[AccessRecord]) -> None:
+        """The records of ``lines`` (the report's next lines) appended to ``out``; blank and bad lines
+        counted in ``report``. Runs of lines in the first format without a prefix are built in one C
+        call (``TextFormat.build_many``); each line it leaves goes through ``record`` as before."""
+        by_format = report.by_format
+        n, end, i = report.lines, len(lines), 0
+        node_id, log_name = self.origin.node_id, self.origin.log_name
+        while i < end:
+            fmt = self.texts[0]
+            if fmt.build_many is not None:
+                j = fmt.build_many(lines, i, node_id, log_name, out)
+                if j > i:
+                    by_format[fmt.name] = by_format.get(fmt.name, 0) + j - i
+                    i = j
+                    if i == end:
+                        break
+            raw = lines[i]
+            i += 1
+            if not raw or raw.isspace():
+                report.blank += 1
+                continue
+            try:
+                name, record = self.record(raw)
+            except BadLine as exc:
+                report.fail(n + i, str(exc), raw.rstrip("\r\n"))
+                continue
+            except (TypeError, ValueError) as exc:  # a value the record refuses: the line, not the import
+                report.fail(n + i, f"bad value: {exc}", raw.rstrip("\r\n"))
+                continue
+            by_format[name] = by_format.get(name, 0) + 1
+            out.append(record)
+        report.lines = n + end
+
+
 def make_record(fields: dict[str, Any], origin: Origin, node_cluster: str = "") -> AccessRecord:
     """An AccessRecord from parsed fields; BadLine without a start time (the record's identity)."""
     if fields.get("start_time") is None:
@@ -606,31 +697,16 @@ def read_lines(stream: IO[bytes]) -> Iterator[str]:
 
 def parse_lines(lines: Iterable[str], parser: LineParser, report: ImportReport,
                 batch: int = 5000) -> Iterator[list[AccessRecord]]:
-    """Batches of AccessRecords from lines; what does not parse goes into ``report`` by line number."""
+    """Batches of AccessRecords from lines; what does not parse goes into ``report`` by line number.
+    Lines are taken in slices that can at most fill the batch (``LineParser.take``)."""
     out: list[AccessRecord] = []
-    by_format = report.by_format
-    n = report.lines
-    for raw in lines:
-        n += 1
-        if not raw or raw.isspace():
-            report.blank += 1
-            continue
-        try:
-            name, record = parser.record(raw)
-        except BadLine as exc:
-            report.fail(n, str(exc), raw.rstrip("\r\n"))
-            continue
-        except (TypeError, ValueError) as exc:  # a value the record refuses: the line, not the import
-            report.fail(n, f"bad value: {exc}", raw.rstrip("\r\n"))
-            continue
-        by_format[name] = by_format.get(name, 0) + 1
-        out.append(record)
+    it = iter(lines)
+    while chunk := list(islice(it, batch - len(out))):
+        parser.take(chunk, report, out)
         if len(out) >= batch:
-            report.lines = n
             report.records += len(out)
             yield out
             out = []
-    report.lines = n
     if out:
         report.records += len(out)
         yield out
