@@ -80,6 +80,7 @@ ISTIO_JSON_FORMAT: dict[str, str] = {
 }
 
 MAX_REPORTED_ERRORS = 100
+_MISSING = object()  # a JSON key the line does not have
 
 
 
@@ -253,9 +254,7 @@ class TextFormat:
     build_many: Callable[[list[str], int, str, str, list], int] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        env: dict[str, Any] = {"AccessRecord": AccessRecord, "BadLine": BadLine, "SECONDS": _SECONDS,
-                               "R": parse_start_time, "blake2b": blake2b, "US": "\x1f",
-                               "make": row_shape(AccessRecord).make}
+        env = _builder_env()
         blank_none = tuple(r is None or r[1].__name__ in _BLANK_NONE for r in self.readers)
         if self.native and _Splitter is not None:
             self.split = _Splitter(self.literals, blank_none).split
@@ -334,6 +333,12 @@ def _regex_split(pattern: re.Pattern[str], blank_none: tuple[bool, ...]) -> Call
                      for v, blank in zip(m.groups(), blank_none, strict=True))
 
     return split
+
+
+def _builder_env() -> dict[str, Any]:
+    """The names a generated builder (``_builder``) uses, beside its readers."""
+    return {"AccessRecord": AccessRecord, "BadLine": BadLine, "SECONDS": _SECONDS, "R": parse_start_time,
+            "blake2b": blake2b, "US": "\x1f", "make": row_shape(AccessRecord).make}
 
 
 def _builder(items: dict[str, str], unpack: str, env: dict[str, Any]) -> str:
@@ -441,21 +446,72 @@ def compile_format(format_string: str, name: str = "custom", *, native: bool = T
     return TextFormat(name, re.compile("".join(regex) + r"\s*"), tuple(parts[::2]), readers, native)
 
 
+# inline reading of a JSON value (any JSON type) for JsonFormat's generated builder: the reader's answer
+# for None, a str and the number types it takes as they are; the reader itself (R{i}) for anything else
+_JSON_INLINE = {
+    "_text": "(None if {v} is None else ({v} if {v} and {v} != '-' else None) if type({v}) is str "
+             "else {r}({v}))",
+    "_int": "(None if {v} is None else {v} if type({v}) is int else {r}({v}))",
+    "_code": "(None if {v} is None else ({v} or None) if type({v}) is int else {r}({v}))",
+    "_float": "(None if {v} is None else float({v}) if type({v}) is int or type({v}) is float else {r}({v}))",
+    "parse_start_time": _INLINE["parse_start_time"].replace("R({v})", "{r}({v})")
+                        .replace("if len({v})", "if type({v}) is str and len({v})", 1),
+}
+
+
 @dataclass(slots=True)
 class JsonFormat:
-    """A JSON access-log format: key → field (keys of Istio's JSON format, plus any given operators)."""
+    """A JSON access-log format: key → field (keys of Istio's JSON format, plus any given operators).
+    ``record`` builds the AccessRecord with a generated function (as TextFormat's ``_build``: the keys'
+    values read inline, the row made in one call); any error, and any format where two keys name one
+    field, goes the reference way (``from_mapping`` then ``make_record``), which names the key."""
 
     name: str
     keys: dict[str, tuple[str, Callable[[Any], Any]]]
+    _build: Callable[[dict, str, str], AccessRecord] | None = field(init=False, default=None)
 
-    def fields(self, line: str) -> dict[str, Any] | None:
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.keys.values()]
+        if len(set(names)) != len(names) or "start_time" not in names:
+            return
+        env = _builder_env()
+        env["M"] = _MISSING
+        none, fresh = (None, dataclasses.MISSING), (list, dataclasses.MISSING)
+        defaults = {f.name: "[]" if f.default_factory is list else "None"
+                    for f in dataclasses.fields(AccessRecord)
+                    if f.default in none and f.default_factory in fresh}
+        unpack, items = [], {}
+        for i, (key, (name, read)) in enumerate(self.keys.items()):
+            if name not in defaults:
+                return  # a field whose default is not None or []: the reference way
+            env[f"R{i}"] = read
+            template = _JSON_INLINE.get(read.__name__, "{r}({v})")
+            unpack.append(f"    g{i} = g.get({key!r}, M)")
+            items[name] = f"({defaults[name]} if g{i} is M else {template.format(v=f'g{i}', r=f'R{i}')})"
+        exec(_builder(items, "\n".join(unpack) + "\n", env), env)  # noqa: S102 - our own operator table
+        self._build = env["build"]
+
+    def _doc(self, line: str) -> dict[str, Any]:
         try:
             doc = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise BadLine(f"JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise BadLine("JSON: not an object")
-        return self.from_mapping(doc)
+        return doc
+
+    def fields(self, line: str) -> dict[str, Any] | None:
+        return self.from_mapping(self._doc(line))
+
+    def record(self, line: str, origin: Origin) -> AccessRecord:
+        """The line's AccessRecord; BadLine for a line that is not a JSON object, or a bad value."""
+        doc = self._doc(line)
+        if self._build is not None:
+            try:
+                return self._build(doc, origin.node_id, origin.log_name)
+            except (ValueError, TypeError, AttributeError):
+                pass  # the reference way below says which key, or (rarely) takes what the inline refused
+        return make_record(self.from_mapping(doc), origin)
 
     def from_mapping(self, doc: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -613,7 +669,7 @@ class LineParser:
         formats build the record straight from the regex groups (no field dict)."""
         if line[:1] == "{":
             fmt = self.custom_json or ISTIO_JSON
-            return fmt.name, make_record(fmt.fields(line), origin)
+            return fmt.name, fmt.record(line, origin)
         texts = self.texts
         for i, fmt in enumerate(texts):
             got = fmt.record(line, origin.node_id, origin.log_name)
