@@ -570,6 +570,22 @@ class Origin:
     log_name: str = ""
 
 
+_KUBECTL_ORIGINS: dict[str, Origin | None] = {}  # "[pod/NAME/CONTAINER] " → its Origin (None: not a prefix)
+
+
+def _kubectl_origin(head: str) -> Origin | None:
+    """The proxy a ``kubectl logs --prefix`` prefix names (head: the line up to its first "]" and one more
+    character; the prefix regex's groups hold no "]", so it matches a line just when it matches the head
+    whole), one Origin per pod and container seen."""
+    if head in _KUBECTL_ORIGINS:
+        return _KUBECTL_ORIGINS[head]
+    m = _KUBECTL_PREFIX.fullmatch(head)
+    if len(_KUBECTL_ORIGINS) > 10_000:
+        _KUBECTL_ORIGINS.clear()
+    origin = _KUBECTL_ORIGINS[head] = Origin(m.group(1), m.group(2)) if m else None
+    return origin
+
+
 def strip_prefix(line: str) -> tuple[str, Origin | None]:
     """The line without kubectl/stern prefixes, and the pod/container they named (None: no prefix)."""
     first = line[:1]
@@ -580,10 +596,10 @@ def strip_prefix(line: str) -> tuple[str, Origin | None]:
         first = line[:1]
     origin = None
     if first == "[" and line.startswith("[pod/"):
-        m = _KUBECTL_PREFIX.match(line)
-        if m:
-            origin = Origin(m.group(1), m.group(2))
-            line = line[m.end():]
+        end = line.find("]", 5) + 2
+        origin = _kubectl_origin(line[:end])
+        if origin is not None:
+            line = line[end:]
             first = line[:1]
     if first.isdigit():
         m = _KUBECTL_TS.match(line)
