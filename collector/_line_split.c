@@ -13,6 +13,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -433,27 +434,51 @@ static int text_part(Text *t, PyObject *part) {
     return text_add(t, s, (size_t)n);
 }
 
+/* f"{when:.6f}" into buf (64 bytes), or -1. Written directly when `when` is within 4e-7 of a whole
+ * millisecond (Envoy's times): that millisecond with three zeros is then the correctly rounded form, as
+ * any other multiple of 1e-6 is at least 6e-7 away (when - floor(when) is exact, the product's error
+ * ~1e-13); else Python's own formatting (dtoa, the costly part of the id's text). */
+static int format_time(double when, char *buf) {
+    if (when >= 1 && when < 9.0e15) {
+        double whole = floor(when), frac = (when - whole) * 1000, ms = floor(frac + 0.5);
+        if (fabs(frac - ms) < 4e-4)
+            return snprintf(buf, 64, "%lld.%03d000", (long long)whole + (ms == 1000), (int)ms % 1000);
+    }
+    char *s = PyOS_double_to_string(when, 'f', 6, 0, NULL);
+    if (s == NULL) return -1;
+    size_t n = strlen(s);
+    if (n >= 64) { /* a time past any calendar (1e300): the Python builder writes its text */
+        PyMem_Free(s);
+        PyErr_SetString(PyExc_ValueError, "start time out of range");
+        return -1;
+    }
+    memcpy(buf, s, n + 1);
+    PyMem_Free(s);
+    return (int)n;
+}
+
 static PyObject *record_id(Builder *self, PyObject **row, int *status) {
     Text t = {.buf = NULL, .len = 0, .cap = sizeof t.small};
     t.buf = t.small;
     PyObject *id = NULL;
     const int *pl = self->places;
     double when = PyFloat_AsDouble(row[pl[P_START]]);
-    int r = 0;
-    char *formatted = NULL;
+    int r = 0, flen;
+    char formatted[64];
     if (when == -1.0 && PyErr_Occurred()) goto done;
-    formatted = PyOS_double_to_string(when, 'f', 6, 0, NULL); /* f"{start_time:.6f}" */
-    if (formatted == NULL) goto done;
+    if ((flen = format_time(when, formatted)) < 0) {
+        r = defer_or_fail();
+        goto done;
+    }
     if (text_add(&t, "access", 6) < 0) goto done;
     int parts[] = {pl[P_NODE], pl[P_LOG], pl[P_PROTOCOL], -1, pl[P_REMOTE], pl[P_UPLOCAL], pl[P_RID], pl[P_PATH]};
     for (int k = 0; k < 8; k++) {
-        r = parts[k] < 0 ? (k == 3 ? text_add(&t, formatted, strlen(formatted)) : text_add(&t, "\x1f", 1))
+        r = parts[k] < 0 ? (k == 3 ? text_add(&t, formatted, (size_t)flen) : text_add(&t, "\x1f", 1))
                          : text_part(&t, row[parts[k]]);
         if (r) goto done;
     }
     id = blake2b_16_hex((const unsigned char *)t.buf, t.len);
 done:
-    PyMem_Free(formatted);
     if (t.buf != t.small) PyMem_Free(t.buf);
     *status = id != NULL ? BUILT : r == DEFER ? DEFER : -1;
     return id;

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 
 import pytest
 from hypothesis import given, settings
@@ -159,6 +160,23 @@ def test_an_import_built_in_runs_is_the_import_built_line_by_line(data):
     pairs = (pair for fb, sb in zip(fast[0], slow[0], strict=True) for pair in zip(fb, sb, strict=True))
     assert all(_same(a, b) for a, b in pairs)
     assert all(len(b) == batch for b in fast[0][:-1])
+
+
+_TIMES = compile_format("%START_TIME% %REQ(X-REQUEST-ID)%", native=True), compile_format(
+    "%START_TIME% %REQ(X-REQUEST-ID)%", native=False)
+
+
+@settings(max_examples=500, deadline=None)
+@given(seconds=st.integers(0, 2**40), ms=st.integers(0, 999), ulps=st.integers(-600, 600),
+       other=st.floats(allow_nan=True, allow_infinity=True))
+def test_the_id_writes_any_start_time_as_python_does(seconds, ms, ulps, other):
+    """The C id's time text (written directly near a whole millisecond, else by Python's formatter)
+    against f"{start_time:.6f}": times a few ulps around each millisecond, and any float."""
+    near = seconds + ms / 1000
+    for _ in range(abs(ulps)):
+        near = math.nextafter(near, math.inf if ulps > 0 else -math.inf)
+    for when in (near, other, seconds + 0.9999995, 0.5, 1.0):
+        _agree(*_TIMES, f"{when!r} rid")
 
 
 _JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), _PIECE,
