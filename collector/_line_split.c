@@ -70,67 +70,64 @@ static int splitter_init(Splitter *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-/* line[start:end] as a value: None for "-" and "" when the operator says so */
-static PyObject *value(char blank_none, PyObject *line, Py_ssize_t start, Py_ssize_t end) {
-    if (blank_none
-        && (end == start || (end == start + 1 && PyUnicode_READ_CHAR(line, start) == '-')))
-        Py_RETURN_NONE;
-    return PyUnicode_Substring(line, start, end);
-}
-
-/* Cut line[0:len] at the literals into n values (new references in vals), as the regex would: 1 cut, 0 not
- * this format (vals left empty), -1 error */
-static int cut(PyObject *literals, Py_ssize_t n, const char *blank_none, PyObject *line, Py_ssize_t len,
-               PyObject **vals) {
+/* Cut line[0:len] at the literals, as the regex would: the i-th value is line[spans[2i]:spans[2i + 1]].
+ * 1 cut, 0 not this format, -1 error. Nothing is allocated: the caller makes the values it needs. */
+static int cut(PyObject *literals, Py_ssize_t n, PyObject *line, Py_ssize_t len, Py_ssize_t *spans) {
     PyObject *first = PyTuple_GET_ITEM(literals, 0);
-    Py_ssize_t r = PyUnicode_Tailmatch(line, first, 0, len, -1), i = 0;
+    Py_ssize_t r = PyUnicode_Tailmatch(line, first, 0, len, -1);
     if (r <= 0) return (int)r;
     Py_ssize_t pos = PyUnicode_GET_LENGTH(first);
-    for (; i < n; i++) {
+    for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *after = PyTuple_GET_ITEM(literals, i + 1);
         Py_ssize_t alen = PyUnicode_GET_LENGTH(after), stop;
         if (alen == 0) { /* the last operator: to the end, without trailing whitespace or a newline in it */
             stop = len;
             while (stop > pos && Py_UNICODE_ISSPACE(PyUnicode_READ_CHAR(line, stop - 1))) stop--;
             Py_ssize_t nl = stop > pos ? PyUnicode_FindChar(line, '\n', pos, stop, 1) : -1;
-            if (nl == -2) goto fail;
-            if (nl >= 0) goto other;
-            vals[i] = value(blank_none[i], line, pos, stop);
-            if (vals[i] == NULL) goto fail;
+            if (nl == -2) return -1;
+            if (nl >= 0) return 0;
+            spans[2 * i] = pos, spans[2 * i + 1] = stop;
             return 1;
         }
         stop = PyUnicode_FindChar(line, PyUnicode_READ_CHAR(after, 0), pos, len, 1);
-        if (stop == -2) goto fail;
-        if (stop < 0) goto other;
+        if (stop == -2) return -1;
+        if (stop < 0) return 0;
         r = PyUnicode_Tailmatch(line, after, stop, len, -1);
-        if (r < 0) goto fail;
-        if (!r) goto other;
-        vals[i] = value(blank_none[i], line, pos, stop);
-        if (vals[i] == NULL) goto fail;
+        if (r <= 0) return (int)r;
+        spans[2 * i] = pos, spans[2 * i + 1] = stop;
         pos = stop + alen;
     }
     for (; pos < len; pos++) /* whitespace may follow the last literal */
-        if (!Py_UNICODE_ISSPACE(PyUnicode_READ_CHAR(line, pos))) goto other;
+        if (!Py_UNICODE_ISSPACE(PyUnicode_READ_CHAR(line, pos))) return 0;
     return 1;
-other:
-    for (; i > 0; i--) Py_CLEAR(vals[i - 1]); /* Py_CLEAR reads its argument twice */
-    return 0;
-fail:
-    for (; i > 0; i--) Py_CLEAR(vals[i - 1]); /* Py_CLEAR reads its argument twice */
-    return -1;
+}
+
+/* "-" or "": what Envoy writes for a value it does not have */
+static int blank(PyObject *line, Py_ssize_t start, Py_ssize_t end) {
+    return end == start || (end == start + 1 && PyUnicode_READ_CHAR(line, start) == '-');
 }
 
 static PyObject *splitter_split(Splitter *self, PyObject *line) {
     if (self->literals == NULL) return PyErr_Format(PyExc_TypeError, "Splitter not initialised");
     if (!PyUnicode_Check(line)) return PyErr_Format(PyExc_TypeError, "split() takes a str");
-    PyObject *out = PyTuple_New(self->n);
-    if (out == NULL) return NULL;
-    int r = cut(self->literals, self->n, self->blank_none, line, PyUnicode_GET_LENGTH(line),
-                ((PyTupleObject *)out)->ob_item);
-    if (r == 1) return out;
-    Py_DECREF(out);
+    Py_ssize_t n = self->n, small[128], *spans = n <= 64 ? small : PyMem_Malloc(sizeof(Py_ssize_t) * 2 * (size_t)n);
+    PyObject *out = NULL;
+    if (spans == NULL) return PyErr_NoMemory();
+    int r = cut(self->literals, n, line, PyUnicode_GET_LENGTH(line), spans);
+    if (r == 1 && (out = PyTuple_New(n)) != NULL) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *v = self->blank_none[i] && blank(line, spans[2 * i], spans[2 * i + 1])
+                              ? Py_NewRef(Py_None) : PyUnicode_Substring(line, spans[2 * i], spans[2 * i + 1]);
+            if (v == NULL) {
+                Py_CLEAR(out);
+                break;
+            }
+            PyTuple_SET_ITEM(out, i, v);
+        }
+    }
+    if (spans != small) PyMem_Free(spans);
     if (r == 0) Py_RETURN_NONE;
-    return NULL;
+    return out;
 }
 
 static PyMethodDef splitter_methods[] = {
@@ -321,11 +318,9 @@ static int defer_or_fail(void) {
     return -1;
 }
 
-/* "123" (1 to 18 ASCII digits) → 123 in *out; 0: another form, left to int()/float() */
-static int ascii_digits(PyObject *v, long long *out) {
-    Py_ssize_t len = PyUnicode_GET_LENGTH(v);
-    if (len < 1 || len > 18 || !PyUnicode_IS_ASCII(v)) return 0;
-    const Py_UCS1 *p = PyUnicode_1BYTE_DATA(v);
+/* p[0:len] as 1 to 18 ASCII digits → their number in *out; 0: another form, left to int()/float() */
+static int ascii_digits(const Py_UCS1 *p, Py_ssize_t len, long long *out) {
+    if (len < 1 || len > 18) return 0;
     long long x = 0;
     for (Py_ssize_t k = 0; k < len; k++) {
         if (p[k] < '0' || p[k] > '9') return 0;
@@ -335,71 +330,90 @@ static int ascii_digits(PyObject *v, long long *out) {
     return 1;
 }
 
-/* START_TIME as parse_start_time reads it: a second already in `seconds` with milliseconds
- * ("2024-05-01T12:00:00.123Z": base + ms / 1000), else parse_time(v) itself */
-static PyObject *start_time(Builder *self, PyObject *v) {
-    if (PyUnicode_IS_ASCII(v) && PyUnicode_GET_LENGTH(v) == 24) {
-        const Py_UCS1 *p = PyUnicode_1BYTE_DATA(v);
-        if (p[23] == 'Z' && p[19] == '.' && p[20] >= '0' && p[20] <= '9' && p[21] >= '0' && p[21] <= '9'
-            && p[22] >= '0' && p[22] <= '9') {
-            double ms = (double)((p[20] - '0') * 100 + (p[21] - '0') * 10 + (p[22] - '0'));
-            if (!self->head_set || memcmp(self->head, p, 19) != 0) {
-                PyObject *head = PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, p, 19);
-                if (head == NULL) return NULL;
-                PyObject *base = PyDict_GetItemWithError(self->seconds, head); /* borrowed */
-                Py_DECREF(head);
-                if (base == NULL && PyErr_Occurred()) return NULL;
-                if (base == NULL || !PyLong_CheckExact(base)) goto python;
-                double b = PyLong_AsDouble(base);
-                if (b == -1.0 && PyErr_Occurred()) return NULL;
-                memcpy(self->head, p, 19);
-                self->head_base = b;
-                self->head_set = 1;
-            }
-            return PyFloat_FromDouble(self->head_base + ms / 1000);
-        }
+/* START_TIME in Envoy's form ("2024-05-01T12:00:00.123Z": the 24 one-byte characters at p) whose second
+ * is already in `seconds`: base + ms / 1000, as parse_start_time's first branch. 1 (in *out), 0 (another
+ * form, or a second not seen yet: parse_time reads it and fills `seconds`), -1 */
+static int start_fast(Builder *self, const Py_UCS1 *p, double *out) {
+    if (p[23] != 'Z' || p[19] != '.' || p[20] < '0' || p[20] > '9' || p[21] < '0' || p[21] > '9' || p[22] < '0'
+        || p[22] > '9')
+        return 0;
+    double ms = (double)((p[20] - '0') * 100 + (p[21] - '0') * 10 + (p[22] - '0'));
+    if (!self->head_set || memcmp(self->head, p, 19) != 0) {
+        PyObject *head = PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, p, 19);
+        if (head == NULL) return -1;
+        PyObject *base = PyDict_GetItemWithError(self->seconds, head); /* borrowed */
+        Py_DECREF(head);
+        if (base == NULL) return PyErr_Occurred() ? -1 : 0;
+        if (!PyLong_CheckExact(base)) return 0;
+        double b = PyLong_AsDouble(base);
+        if (b == -1.0 && PyErr_Occurred()) return -1;
+        memcpy(self->head, p, 19);
+        self->head_base = b;
+        self->head_set = 1;
     }
-python:
-    return PyObject_CallOneArg(self->parse_time, v);
+    *out = self->head_base + ms / 1000;
+    return 1;
 }
 
-/* the value of operator i (a new reference; v is stolen) in *out: 0, DEFER, or -1 */
-static int read_value(Builder *self, int kind, PyObject *v, PyObject **out) {
-    long long x;
+/* a value the fast readers did not take, read as its Python reader does (a new reference, or NULL) */
+static PyObject *read_slowly(Builder *self, int kind, PyObject *v) {
+    double t;
     PyObject *got = NULL;
-    if (kind == K_TEXT) {
-        *out = v;
-        return 0;
-    }
-    if (v == Py_None && kind != K_START) {
-        Py_DECREF(v);
-        *out = kind == K_FLAGS ? PyList_New(0) : Py_NewRef(Py_None);
-        return *out == NULL ? -1 : 0;
-    }
+    int r;
     switch (kind) {
     case K_INT:
     case K_CODE:
-        got = ascii_digits(v, &x) ? PyLong_FromLongLong(x) : PyLong_FromUnicodeObject(v, 10);
-        if (got != NULL && kind == K_CODE) {
-            int zero = PyObject_Not(got);
-            if (zero) Py_SETREF(got, Py_NewRef(Py_None));
-        }
-        break;
+        got = PyLong_FromUnicodeObject(v, 10);
+        if (got != NULL && kind == K_CODE && (r = PyObject_Not(got)) != 0)
+            Py_SETREF(got, r < 0 ? NULL : Py_NewRef(Py_None));
+        return got;
     case K_FLOAT:
-        got = ascii_digits(v, &x) && x < (1LL << 53) ? PyFloat_FromDouble((double)x) : PyFloat_FromString(v);
-        break;
+        return PyFloat_FromString(v);
     case K_FLAGS:
-        got = PyUnicode_Split(v, self->comma, -1);
-        break;
-    case K_START:
-        got = v == Py_None ? NULL : start_time(self, v);
-        if (v == Py_None) PyErr_SetString(PyExc_TypeError, "no start time");
-        break;
+        return PyUnicode_Split(v, self->comma, -1);
+    default: /* K_START */
+        if (PyUnicode_IS_ASCII(v) && PyUnicode_GET_LENGTH(v) == 24) {
+            r = start_fast(self, PyUnicode_1BYTE_DATA(v), &t);
+            if (r) return r < 0 ? NULL : PyFloat_FromDouble(t);
+        }
+        return PyObject_CallOneArg(self->parse_time, v);
     }
+}
+
+/* the value line[a:b] of an operator of this kind in *out (a new reference): 0, DEFER, or -1. Numbers
+ * and Envoy's start times are read in place in a one-byte line, without a str for the value. */
+static int read_value(Builder *self, int kind, char blank_none, PyObject *line, Py_ssize_t a, Py_ssize_t b,
+                      PyObject **out) {
+    long long x;
+    double t;
+    if (blank_none && blank(line, a, b)) {
+        if (kind == K_START) return DEFER; /* None: the Python builder's error */
+        *out = kind == K_FLAGS ? PyList_New(0) : Py_NewRef(Py_None);
+        return *out == NULL ? -1 : 0;
+    }
+    if (PyUnicode_KIND(line) == PyUnicode_1BYTE_KIND && kind != K_TEXT && kind != K_FLAGS) {
+        const Py_UCS1 *p = PyUnicode_1BYTE_DATA(line) + a;
+        *out = NULL;
+        if (kind == K_START) {
+            int r = b - a == 24 ? start_fast(self, p, &t) : 0;
+            if (r < 0) return -1;
+            if (r) *out = PyFloat_FromDouble(t);
+        } else if (ascii_digits(p, b - a, &x)) {
+            if (kind == K_FLOAT && x < (1LL << 53)) *out = PyFloat_FromDouble((double)x);
+            else if (kind == K_INT || (kind == K_CODE && x)) *out = PyLong_FromLongLong(x);
+            else if (kind == K_CODE) *out = Py_NewRef(Py_None); /* 0: no response */
+        }
+        if (*out != NULL) return 0;
+        if (PyErr_Occurred()) return -1;
+    }
+    PyObject *v = PyUnicode_Substring(line, a, b);
+    if (v == NULL || kind == K_TEXT) {
+        *out = v;
+        return v == NULL ? -1 : 0;
+    }
+    *out = read_slowly(self, kind, v);
     Py_DECREF(v);
-    if (got == NULL) return defer_or_fail();
-    *out = got;
-    return 0;
+    return *out == NULL ? defer_or_fail() : 0;
 }
 
 /* the id text's parts, UTF-8, each followed by \x1e (None as \x1f): record_id("access", …) */
@@ -487,25 +501,21 @@ done:
 /* line[0:len] → a new record in *out: BUILT, OTHER, DEFER or -1 */
 static int build_one(Builder *self, PyObject *line, Py_ssize_t len, PyObject *node_id, PyObject *log_name,
                      PyObject **out) {
-    PyObject *vals[256], *row[256];
+    PyObject *row[256];
+    Py_ssize_t spans[512];
     char set[256];
     Py_ssize_t n = self->n, nf = self->nf, i;
-    int status = OTHER;
+    int status;
     if (n > 256) return DEFER;
-    memset(vals, 0, sizeof(PyObject *) * (size_t)n);
-    int r = cut(self->literals, n, self->blank_none, line, len, vals);
+    int r = cut(self->literals, n, line, len, spans);
     if (r <= 0) return r;
     memset(set, 0, (size_t)nf);
     for (i = 0; i < nf; i++) row[i] = Py_NewRef(PyTuple_GET_ITEM(self->defaults, i));
     for (i = 0; i < n; i++) {
         int s = self->slots[i], kind = self->kinds[i];
-        PyObject *v = vals[i], *got;
-        vals[i] = NULL;
-        if (kind == K_SKIP || s < 0 || (set[s] && row[s] != Py_None)) { /* the first operator set wins */
-            Py_DECREF(v);
-            continue;
-        }
-        status = read_value(self, kind, v, &got);
+        PyObject *got;
+        if (kind == K_SKIP || s < 0 || (set[s] && row[s] != Py_None)) continue; /* the first operator set wins */
+        status = read_value(self, kind, self->blank_none[i], line, spans[2 * i], spans[2 * i + 1], &got);
         if (status) goto end;
         Py_SETREF(row[s], got);
         set[s] = 1;
@@ -532,7 +542,6 @@ static int build_one(Builder *self, PyObject *line, Py_ssize_t len, PyObject *no
     *out = PyObject_Vectorcall(self->make, row, (size_t)nf, NULL);
     status = *out == NULL ? -1 : BUILT;
 end:
-    for (i = 0; i < n; i++) Py_XDECREF(vals[i]);
     for (i = 0; i < nf; i++) Py_DECREF(row[i]);
     return status;
 }
