@@ -1,7 +1,9 @@
-/* An access-log line cut into its operators' values, in C (collector.access_log_lines.TextFormat): what
- * the format's regular expression and its groups give, without a match object, a groups tuple and a
- * Python test per value. The Python split in access_log_lines.py (fullmatch, then "-" and "" read as
- * None) is the reference and the fallback; tests/collector/test_line_split.py compares them.
+/* An access-log line cut into its operators' values, and built into its AccessRecord, in C
+ * (collector.access_log_lines.TextFormat): what the format's regular expression and its groups give,
+ * without a match object, a groups tuple and a Python test per value; then what the generated Python
+ * builder does with them, without a str per number, a call per reader, or the id's f-string and hashlib
+ * object. The Python split (fullmatch, then "-" and "" read as None) and builder in access_log_lines.py
+ * are the reference and the fallback; tests/collector/test_line_split.py compares them (hypothesis).
  *
  * A format is literal text around operators: literals[0] OP literals[1] OP … literals[n]. Each
  * operator's value runs to the first character of the literal after it (the regex's ([^c]*)), the last

@@ -236,8 +236,10 @@ class TextFormat:
     into the operators' values by ``split`` (collector/_line_split.c; the Python reference: the
     format's regex, whose groups are the operators), and read by generated functions (as dataclasses
     generates ``__init__``): ``_read`` gives the fields as a dict (OTLP bodies, merged with
-    attributes), ``_build`` the AccessRecord itself with its id, no dict between. A line is then one
-    split and one call, which is what 100 k lines/s needs."""
+    attributes), ``_build`` the AccessRecord itself with its id, no dict between. Where the C
+    extension has every reader the format uses, ``_fast`` (``_line_split.Builder``) does split and build
+    in one call, and ``build_many`` a run of lines; ``_build`` stays the reference and does each line
+    the C builder leaves (a rare value form, or an error: it names the field)."""
 
     name: str
     pattern: re.Pattern[str]
