@@ -80,7 +80,7 @@ ISTIO_JSON_FORMAT: dict[str, str] = {
 }
 
 MAX_REPORTED_ERRORS = 100
-_MISSING = object()  # a JSON key the line does not have
+_MISSING = object()  # a JSON key the line does not have; a head not seen yet
 
 
 
@@ -579,8 +579,9 @@ def _kubectl_origin(head: str) -> Origin | None:
     """The proxy a ``kubectl logs --prefix`` prefix names (head: the line up to its first "]" and one more
     character; the prefix regex's groups hold no "]", so it matches a line just when it matches the head
     whole), one Origin per pod and container seen."""
-    if head in _KUBECTL_ORIGINS:
-        return _KUBECTL_ORIGINS[head]
+    known = _KUBECTL_ORIGINS.get(head, _MISSING)
+    if known is not _MISSING:
+        return known  # type: ignore[return-value]
     m = _KUBECTL_PREFIX.fullmatch(head)
     if len(_KUBECTL_ORIGINS) > 10_000:
         _KUBECTL_ORIGINS.clear()
