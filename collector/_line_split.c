@@ -72,13 +72,14 @@ static int splitter_init(Splitter *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-/* Cut line[0:len] at the literals, as the regex would: the i-th value is line[spans[2i]:spans[2i + 1]].
+/* Cut line[from:len] at the literals, as the regex would: the i-th value is line[spans[2i]:spans[2i + 1]].
  * 1 cut, 0 not this format, -1 error. Nothing is allocated: the caller makes the values it needs. */
-static int cut(PyObject *literals, Py_ssize_t n, PyObject *line, Py_ssize_t len, Py_ssize_t *spans) {
+static int cut(PyObject *literals, Py_ssize_t n, PyObject *line, Py_ssize_t from, Py_ssize_t len,
+               Py_ssize_t *spans) {
     PyObject *first = PyTuple_GET_ITEM(literals, 0);
-    Py_ssize_t r = PyUnicode_Tailmatch(line, first, 0, len, -1);
+    Py_ssize_t r = PyUnicode_Tailmatch(line, first, from, len, -1);
     if (r <= 0) return (int)r;
-    Py_ssize_t pos = PyUnicode_GET_LENGTH(first);
+    Py_ssize_t pos = from + PyUnicode_GET_LENGTH(first);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *after = PyTuple_GET_ITEM(literals, i + 1);
         Py_ssize_t alen = PyUnicode_GET_LENGTH(after), stop;
@@ -115,7 +116,7 @@ static PyObject *splitter_split(Splitter *self, PyObject *line) {
     Py_ssize_t n = self->n, small[128], *spans = n <= 64 ? small : PyMem_Malloc(sizeof(Py_ssize_t) * 2 * (size_t)n);
     PyObject *out = NULL;
     if (spans == NULL) return PyErr_NoMemory();
-    int r = cut(self->literals, n, line, PyUnicode_GET_LENGTH(line), spans);
+    int r = cut(self->literals, n, line, 0, PyUnicode_GET_LENGTH(line), spans);
     if (r == 1 && (out = PyTuple_New(n)) != NULL) {
         for (Py_ssize_t i = 0; i < n; i++) {
             PyObject *v = self->blank_none[i] && blank(line, spans[2 * i], spans[2 * i + 1])
@@ -228,6 +229,7 @@ typedef struct {
     char *blank_none;
     int *kinds, *slots, *lists, nlists;
     int places[P_N];
+    PyObject *kube_head, *kube_node, *kube_log; /* the last "[pod/NAME/CONTAINER] " seen and its proxy */
     Py_UCS1 head[19]; /* the last second seen ("2024-05-01T12:00:00") and its epoch seconds */
     double head_base;
     int head_set;
@@ -237,6 +239,7 @@ static void builder_dealloc(Builder *self) {
     Py_XDECREF(self->literals); Py_XDECREF(self->defaults); Py_XDECREF(self->make);
     Py_XDECREF(self->parse_time); Py_XDECREF(self->seconds); Py_XDECREF(self->http);
     Py_XDECREF(self->tcp); Py_XDECREF(self->comma);
+    Py_XDECREF(self->kube_head); Py_XDECREF(self->kube_node); Py_XDECREF(self->kube_log);
     PyMem_Free(self->blank_none); PyMem_Free(self->kinds); PyMem_Free(self->slots); PyMem_Free(self->lists);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -500,16 +503,16 @@ done:
     return id;
 }
 
-/* line[0:len] → a new record in *out: BUILT, OTHER, DEFER or -1 */
-static int build_one(Builder *self, PyObject *line, Py_ssize_t len, PyObject *node_id, PyObject *log_name,
-                     PyObject **out) {
+/* line[from:len] → a new record in *out: BUILT, OTHER, DEFER or -1 */
+static int build_one(Builder *self, PyObject *line, Py_ssize_t from, Py_ssize_t len, PyObject *node_id,
+                     PyObject *log_name, PyObject **out) {
     PyObject *row[256];
     Py_ssize_t spans[512];
     char set[256];
     Py_ssize_t n = self->n, nf = self->nf, i;
     int status;
     if (n > 256) return DEFER;
-    int r = cut(self->literals, n, line, len, spans);
+    int r = cut(self->literals, n, line, from, len, spans);
     if (r <= 0) return r;
     memset(set, 0, (size_t)nf);
     for (i = 0; i < nf; i++) row[i] = Py_NewRef(PyTuple_GET_ITEM(self->defaults, i));
@@ -563,20 +566,62 @@ static PyObject *builder_build(Builder *self, PyObject *const *args, Py_ssize_t 
     int ready = builder_ready(self, args[1], args[2]);
     if (ready <= 0) return ready < 0 ? NULL : Py_NewRef(Py_NotImplemented);
     PyObject *record = NULL;
-    int r = build_one(self, args[0], PyUnicode_GET_LENGTH(args[0]), args[1], args[2], &record);
+    int r = build_one(self, args[0], 0, PyUnicode_GET_LENGTH(args[0]), args[1], args[2], &record);
     if (r == BUILT) return record;
     if (r == OTHER) Py_RETURN_NONE;
     if (r == DEFER) Py_RETURN_NOTIMPLEMENTED;
     return NULL;
 }
 
-/* build_many(lines, start, node_id, log_name, out): records of lines[start:] appended to out, up to the
- * first line it leaves to Python (a kubectl/stern prefix or not starting with "[", as strip_prefix says;
- * blank; not this format; DEFER); returns that line's index (len(lines) when none). A line's trailing
- * "\r\n" is not part of it, as LineParser.record's rstrip. */
+/* The proxy a "[pod/NAME/CONTAINER] " prefix of line names, as origin_of(head) says (head: the line up to
+ * its first "]" and the space after it, start of the rest at *from); the last one kept. 1 (borrowed
+ * *node, *log), 0 (not a prefix of that form, or the rest not a "[" line: Python's strip_prefix decides),
+ * -1 */
+static int kubectl_origin(Builder *self, PyObject *origin_of, PyObject *line, Py_ssize_t len, Py_ssize_t *from,
+                          PyObject **node, PyObject **log) {
+    Py_ssize_t end = PyUnicode_FindChar(line, ']', 5, len, 1);
+    if (end == -2) return -1;
+    if (end < 0 || end + 2 >= len || PyUnicode_READ_CHAR(line, end + 1) != ' '
+        || PyUnicode_READ_CHAR(line, end + 2) != '[')
+        return 0;
+    *from = end + 2;
+    if (self->kube_head == NULL || PyUnicode_GET_LENGTH(self->kube_head) != *from
+        || PyUnicode_Tailmatch(line, self->kube_head, 0, *from, -1) != 1) {
+        if (PyErr_Occurred()) return -1;
+        PyObject *head = PyUnicode_Substring(line, 0, *from);
+        if (head == NULL) return -1;
+        PyObject *origin = PyObject_CallOneArg(origin_of, head);
+        if (origin == NULL || origin == Py_None) {
+            Py_DECREF(head);
+            Py_XDECREF(origin);
+            return origin == NULL ? -1 : 0;
+        }
+        PyObject *n = PyObject_GetAttrString(origin, "node_id"), *l = PyObject_GetAttrString(origin, "log_name");
+        Py_DECREF(origin);
+        if (n == NULL || l == NULL || !PyUnicode_CheckExact(n) || !PyUnicode_CheckExact(l)) {
+            Py_DECREF(head);
+            Py_XDECREF(n);
+            Py_XDECREF(l);
+            return PyErr_Occurred() ? -1 : 0;
+        }
+        Py_XSETREF(self->kube_head, head);
+        Py_XSETREF(self->kube_node, n);
+        Py_XSETREF(self->kube_log, l);
+    }
+    *node = self->kube_node, *log = self->kube_log;
+    return 1;
+}
+
+/* build_many(lines, start, node_id, log_name, out, origin_of=None): records of lines[start:] appended to
+ * out, up to the first line it leaves to Python (not starting with "[", an ANSI colour, a prefix other
+ * than kubectl's "[pod/NAME/CONTAINER] " that origin_of reads, as strip_prefix says; blank; not this
+ * format; DEFER); returns that line's index (len(lines) when none). A line's trailing "\r\n" is not part
+ * of it, as LineParser.record's rstrip. */
 static PyObject *builder_build_many(Builder *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[4]))
-        return PyErr_Format(PyExc_TypeError, "build_many(lines: list, start, node_id, log_name, out: list)");
+    if (nargs < 5 || nargs > 6 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[4]))
+        return PyErr_Format(PyExc_TypeError,
+                            "build_many(lines: list, start, node_id, log_name, out: list, origin_of=None)");
+    PyObject *origin_of = nargs > 5 && args[5] != Py_None ? args[5] : NULL;
     Py_ssize_t i = PyLong_AsSsize_t(args[1]);
     if (i == -1 && PyErr_Occurred()) return NULL;
     int ready = builder_ready(self, args[2], args[3]);
@@ -584,13 +629,10 @@ static PyObject *builder_build_many(Builder *self, PyObject *const *args, Py_ssi
     PyObject *lines = args[0];
     if (!ready) return PyLong_FromSsize_t(i);
     for (; i >= 0 && i < PyList_GET_SIZE(lines); i++) {
-        PyObject *line = PyList_GET_ITEM(lines, i), *record = NULL;
+        PyObject *line = PyList_GET_ITEM(lines, i), *record = NULL, *node = args[2], *log = args[3];
         if (!PyUnicode_CheckExact(line)) break;
-        Py_ssize_t len = PyUnicode_GET_LENGTH(line);
+        Py_ssize_t len = PyUnicode_GET_LENGTH(line), from = 0;
         if (len < 5 || PyUnicode_READ_CHAR(line, 0) != '[') break;
-        if (PyUnicode_READ_CHAR(line, 1) == 'p' && PyUnicode_READ_CHAR(line, 2) == 'o'
-            && PyUnicode_READ_CHAR(line, 3) == 'd' && PyUnicode_READ_CHAR(line, 4) == '/')
-            break;
         Py_ssize_t esc = PyUnicode_FindChar(line, 0x1b, 0, len, 1);
         if (esc == -2) return NULL;
         if (esc >= 0) break;
@@ -599,8 +641,16 @@ static PyObject *builder_build_many(Builder *self, PyObject *const *args, Py_ssi
             if (c != '\n' && c != '\r') break;
             len--;
         }
-        Py_INCREF(line); /* the list may change under a call into Python (parse_time) */
-        int r = build_one(self, line, len, args[2], args[3], &record);
+        Py_INCREF(line); /* the list may change under a call into Python (parse_time, origin_of) */
+        int r = 1;
+        if (PyUnicode_READ_CHAR(line, 1) == 'p' && PyUnicode_READ_CHAR(line, 2) == 'o'
+            && PyUnicode_READ_CHAR(line, 3) == 'd' && PyUnicode_READ_CHAR(line, 4) == '/')
+            r = origin_of == NULL ? 0 : kubectl_origin(self, origin_of, line, len, &from, &node, &log);
+        if (r > 0) {
+            Py_INCREF(node), Py_INCREF(log);
+            r = build_one(self, line, from, len, node, log, &record);
+            Py_DECREF(node), Py_DECREF(log);
+        }
         Py_DECREF(line);
         if (r < 0) return NULL;
         if (r != BUILT) break;
@@ -615,7 +665,7 @@ static PyMethodDef builder_methods[] = {
     {"build", (PyCFunction)(void (*)(void))builder_build, METH_FASTCALL,
      "build(line, node_id, log_name): the record, None (not this format), NotImplemented (ask Python)"},
     {"build_many", (PyCFunction)(void (*)(void))builder_build_many, METH_FASTCALL,
-     "build_many(lines, start, node_id, log_name, out) -> index of the first line left to Python"},
+     "build_many(lines, start, node_id, log_name, out, origin_of=None) -> the first line left to Python"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -252,8 +252,8 @@ class TextFormat:
     # the C builder (_line_split.Builder): a line straight to its record, or NotImplemented for what only
     # the Python builder reads (then it decides, and names the error); None: every line goes to Python
     _fast: Callable[[str, str, str], Any] | None = field(init=False, default=None)
-    # build_many(lines, start, node_id, log_name, out) → the index of the first line it left to Python
-    build_many: Callable[[list[str], int, str, str, list], int] | None = field(init=False, default=None)
+    # build_many(lines, start, node_id, log_name, out, origin_of) → the first line it left to Python
+    build_many: Callable[..., int] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         env = _builder_env()
@@ -716,15 +716,16 @@ class LineParser:
 
     def take(self, lines: list[str], report: ImportReport, out: list[AccessRecord]) -> None:
         """The records of ``lines`` (the report's next lines) appended to ``out``; blank and bad lines
-        counted in ``report``. Runs of lines in the first format without a prefix are built in one C
-        call (``TextFormat.build_many``); each line it leaves goes through ``record`` as before."""
+        counted in ``report``. Runs of lines in the first format, bare or under a ``kubectl logs --prefix``
+        prefix, are built in one C call (``TextFormat.build_many``); each line it leaves goes through
+        ``record`` as before."""
         by_format = report.by_format
         n, end, i = report.lines, len(lines), 0
         node_id, log_name = self.origin.node_id, self.origin.log_name
         while i < end:
             fmt = self.texts[0]
             if fmt.build_many is not None:
-                j = fmt.build_many(lines, i, node_id, log_name, out)
+                j = fmt.build_many(lines, i, node_id, log_name, out, _kubectl_origin)
                 if j > i:
                     by_format[fmt.name] = by_format.get(fmt.name, 0) + j - i
                     i = j

@@ -138,10 +138,32 @@ def _parse(lines: list[str], native: bool, batch: int, custom: str | None):
 
 _LINES = [ISTIO_LINE, TCP_LINE, ENVOY_LINE, JSON_LINE, "\n", "", "  \r\n", "garbage\n",
           "[pod/productpage-v1-abc/istio-proxy] " + ISTIO_LINE,
+          "[pod/reviews-v2-xyz/istio-proxy] " + ENVOY_LINE, "[pod/reviews-v2-xyz/istio-proxy] " + TCP_LINE,
+          "[pod/reviews-v1-xyz/istio-proxy] " + ISTIO_LINE,  # as long as the one before: another proxy
+          "[pod/p/c]" + ISTIO_LINE, "[pod/a b/c] " + ISTIO_LINE,
+          "[pod/productpage-v1-abc/istio-proxy] 2024-05-01T12:00:00.123456789Z " + ISTIO_LINE,
+          "[pod/p/c] [garbage\n", "[pod/p/c] " + ISTIO_LINE.replace("200", "2x0", 1),
           "bookinfo reviews-v2-xyz istio-proxy " + ENVOY_LINE,
           ISTIO_LINE.rstrip("\n") + "\r\n", ISTIO_LINE.rstrip("\n"), "\x1b[32m" + ISTIO_LINE,
           ISTIO_LINE.replace("200", "2x0", 1), ISTIO_LINE.replace("2024-05-01T12:00:00.123Z", "yesterday"),
           ENVOY_LINE.replace(' 12 ', ' 1_2 '), "[2024-05-01T12:00:00.123Z] x " + FORMATS[2][-30:] + "\n"]
+
+
+def _agree_on_import(lines: list[str], batch: int, custom: str | None) -> None:
+    fast = _parse(lines, True, batch, custom)
+    slow = _parse(lines, False, batch, custom)
+    assert fast[1] == slow[1]
+    assert [len(b) for b in fast[0]] == [len(b) for b in slow[0]]
+    pairs = (pair for fb, sb in zip(fast[0], slow[0], strict=True) for pair in zip(fb, sb, strict=True))
+    assert all(_same(a, b) for a, b in pairs)
+    assert all(len(b) == batch for b in fast[0][:-1])
+
+
+@pytest.mark.parametrize("custom", [None, FORMATS[2]])
+def test_an_import_of_every_kind_of_line_built_in_runs(custom):
+    """The whole pool in order, reversed and twice over: each kind of line after each other kind (two
+    kubectl prefixes of one length in a row: the C builder's last prefix is not taken for another)."""
+    _agree_on_import(_LINES + _LINES[::-1] + _LINES, 7, custom)
 
 
 @settings(max_examples=150, deadline=None)
@@ -153,14 +175,7 @@ def test_an_import_built_in_runs_is_the_import_built_line_by_line(data):
     pool = _LINES + [line[:i] + line[i + 1:] for line in _LINES[:3] for i in (0, 1, 5, 30, -2)]
     lines = data.draw(st.lists(st.sampled_from(pool), max_size=60))
     batch = data.draw(st.integers(1, 8))
-    custom = data.draw(st.sampled_from([None, FORMATS[2], FORMATS[5]]))
-    fast = _parse(lines, True, batch, custom)
-    slow = _parse(lines, False, batch, custom)
-    assert fast[1] == slow[1]
-    assert [len(b) for b in fast[0]] == [len(b) for b in slow[0]]
-    pairs = (pair for fb, sb in zip(fast[0], slow[0], strict=True) for pair in zip(fb, sb, strict=True))
-    assert all(_same(a, b) for a, b in pairs)
-    assert all(len(b) == batch for b in fast[0][:-1])
+    _agree_on_import(lines, batch, data.draw(st.sampled_from([None, FORMATS[2], FORMATS[5]])))
 
 
 _TIMES = compile_format("%START_TIME% %REQ(X-REQUEST-ID)%", native=True), compile_format(
