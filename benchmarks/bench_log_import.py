@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import gzip
 import io
+import os
 import resource
 import sys
 import tempfile
@@ -185,7 +186,8 @@ def main() -> None:
     print(f"import → publisher → bus + WAL (acked):      {bus_cpu:>10,.0f} lines/CPU-s  "
           f"(target {TARGET:,}: {bus_cpu / TARGET:.2f}x); wall {bus_wall:,.0f}/s")
     print(f"peer, gRPC ALS protobuf entries → records:   {peer:>10,.0f} entries/CPU-s")
-    print(f"ratio text line / protobuf entry:            {text_rate / peer:.2f}x")
+    print(f"ratio text line / protobuf entry:            {text_rate / peer:.2f}x; "
+          f"acknowledged import / protobuf entry {bus_cpu / peer:.2f}x; load {os.getloadavg()[0]:.2f}")
     if args.gigabyte:
         rate, n, grown = gigabyte_run()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from hashlib import blake2b
+from itertools import islice
 from typing import IO, Any
 
 import orjson
@@ -28,9 +29,10 @@ from meshscope.model import AccessRecord
 from meshscope.model.rows import row_shape
 
 try:  # compiled by the package's install (scripts/setup.sh), like decoders/_record_scan.c
+    from meshscope.collector._line_split import Builder as _Builder
     from meshscope.collector._line_split import Splitter as _Splitter
 except ImportError:  # pragma: no cover - a checkout whose extension was not built
-    _Splitter = None
+    _Builder = _Splitter = None
 
 # Istio's EnvoyTextLogFormat (pilot/pkg/model/telemetry_logging.go)
 ISTIO_TEXT_FORMAT = (
@@ -78,6 +80,7 @@ ISTIO_JSON_FORMAT: dict[str, str] = {
 }
 
 MAX_REPORTED_ERRORS = 100
+_MISSING = object()  # a JSON key the line does not have; a head not seen yet
 
 
 
@@ -233,22 +236,27 @@ class TextFormat:
     into the operators' values by ``split`` (collector/_line_split.c; the Python reference: the
     format's regex, whose groups are the operators), and read by generated functions (as dataclasses
     generates ``__init__``): ``_read`` gives the fields as a dict (OTLP bodies, merged with
-    attributes), ``_build`` the AccessRecord itself with its id, no dict between. A line is then one
-    split and one call, which is what 100 k lines/s needs."""
+    attributes), ``_build`` the AccessRecord itself with its id, no dict between. Where the C
+    extension has every reader the format uses, ``_fast`` (``_line_split.Builder``) does split and build
+    in one call, and ``build_many`` a run of lines; ``_build`` stays the reference and does each line
+    the C builder leaves (a rare value form, or an error: it names the field)."""
 
     name: str
     pattern: re.Pattern[str]
     literals: tuple[str, ...]  # the text before, between and after the operators
     readers: list[tuple[str, Callable[[Any], Any]] | None]
-    native: bool = True  # split in C when the extension was built
+    native: bool = True  # split (and build, where the readers allow) in C when the extension was built
     split: Callable[[str], tuple | None] = field(init=False)
     _read: Callable[[tuple], dict[str, Any]] = field(init=False)
     _build: Callable[[tuple, str, str], AccessRecord] = field(init=False)
+    # the C builder (_line_split.Builder): a line straight to its record, or NotImplemented for what only
+    # the Python builder reads (then it decides, and names the error); None: every line goes to Python
+    _fast: Callable[[str, str, str], Any] | None = field(init=False, default=None)
+    # build_many(lines, start, node_id, log_name, out, origin_of) → the first line it left to Python
+    build_many: Callable[..., int] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        env: dict[str, Any] = {"AccessRecord": AccessRecord, "BadLine": BadLine, "SECONDS": _SECONDS,
-                               "R": parse_start_time, "blake2b": blake2b, "US": "\x1f",
-                               "make": row_shape(AccessRecord).make}
+        env = _builder_env()
         blank_none = tuple(r is None or r[1].__name__ in _BLANK_NONE for r in self.readers)
         if self.native and _Splitter is not None:
             self.split = _Splitter(self.literals, blank_none).split
@@ -275,6 +283,12 @@ class TextFormat:
         self._read = env["read"]
         exec(_builder(items, unpack, env), env)  # noqa: S102 - our own operator table
         self._build = env["build"]
+        if self.native and _Builder is not None:
+            plan = _native_plan(self.readers, items)
+            if plan is not None:
+                built = _Builder(self.literals, blank_none, *plan, row_shape(AccessRecord).make,
+                                 parse_start_time, _SECONDS)
+                self._fast, self.build_many = built.build, built.build_many
 
     def fields(self, line: str) -> dict[str, Any] | None:
         g = self.split(line)
@@ -288,6 +302,10 @@ class TextFormat:
 
     def record(self, line: str, node_id: str, log_name: str) -> AccessRecord | None:
         """The line's AccessRecord (None: the line is not in this format); BadLine for a bad value."""
+        if self._fast is not None:
+            got = self._fast(line, node_id, log_name)
+            if got is not NotImplemented:
+                return got
         g = self.split(line)
         if g is None:
             return None
@@ -317,6 +335,12 @@ def _regex_split(pattern: re.Pattern[str], blank_none: tuple[bool, ...]) -> Call
                      for v, blank in zip(m.groups(), blank_none, strict=True))
 
     return split
+
+
+def _builder_env() -> dict[str, Any]:
+    """The names a generated builder (``_builder``) uses, beside its readers."""
+    return {"AccessRecord": AccessRecord, "BadLine": BadLine, "SECONDS": _SECONDS, "R": parse_start_time,
+            "blake2b": blake2b, "US": "\x1f", "make": row_shape(AccessRecord).make}
 
 
 def _builder(items: dict[str, str], unpack: str, env: dict[str, Any]) -> str:
@@ -361,6 +385,46 @@ def _builder(items: dict[str, str], unpack: str, env: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# the readers the C builder has (_line_split.c's K_TEXT … K_START), by the Python reader they reproduce
+_NATIVE_KINDS = {_text: 1, _int: 2, _float: 3, _code: 4, _flags: 5, parse_start_time: 6}
+_PLACES = ("id", "start_time", "protocol", "node_id", "log_name", "method", "protocol_version",
+           "downstream_remote", "upstream_local", "request_id", "path")  # _line_split.c's P_ID … P_PATH
+
+
+def _native_plan(readers: list[tuple[str, Callable[[Any], Any]] | None],
+                 items: dict[str, str]) -> tuple | None:
+    """The C builder's arguments after literals and blank_none (kinds, slots, defaults, lists, places), or
+    None when the format needs the Python builder for every line: a reader C lacks, no start time, or an
+    ``ACCESS_LOG_TYPE`` (then compute_id decides what the id is made of)."""
+    if "start_time" not in items or "access_log_type" in items:
+        return None
+    fields = dataclasses.fields(AccessRecord)
+    index = {f.name: i for i, f in enumerate(fields)}
+    kinds, slots = [], []
+    for reader in readers:
+        if reader is None:
+            kinds.append(0)
+            slots.append(-1)
+            continue
+        kind = _NATIVE_KINDS.get(reader[1])  # type: ignore[call-overload]
+        if kind is None:
+            return None
+        kinds.append(kind)
+        slots.append(index[reader[0]])
+    defaults, lists = [], []
+    for i, f in enumerate(fields):
+        if f.default_factory is list:
+            lists.append(i)
+            defaults.append(None)
+        elif f.default_factory is not dataclasses.MISSING:
+            return None
+        else:
+            defaults.append(None if f.default is dataclasses.MISSING else f.default)
+    places = tuple(index[n] if n in items or n in ("id", "start_time", "protocol", "node_id", "log_name")
+                   else -1 for n in _PLACES)
+    return tuple(kinds), tuple(slots), tuple(defaults), tuple(lists), places
+
+
 def compile_format(format_string: str, name: str = "custom", *, native: bool = True) -> TextFormat:
     """An Envoy text format string (``[%START_TIME%] "%REQ(:METHOD)% …"``) as a TextFormat. Each
     operator matches up to the first character of the literal text after it (to the end of line when
@@ -384,21 +448,72 @@ def compile_format(format_string: str, name: str = "custom", *, native: bool = T
     return TextFormat(name, re.compile("".join(regex) + r"\s*"), tuple(parts[::2]), readers, native)
 
 
+# inline reading of a JSON value (any JSON type) for JsonFormat's generated builder: the reader's answer
+# for None, a str and the number types it takes as they are; the reader itself (R{i}) for anything else
+_JSON_INLINE = {
+    "_text": "(None if {v} is None else ({v} if {v} and {v} != '-' else None) if type({v}) is str "
+             "else {r}({v}))",
+    "_int": "(None if {v} is None else {v} if type({v}) is int else {r}({v}))",
+    "_code": "(None if {v} is None else ({v} or None) if type({v}) is int else {r}({v}))",
+    "_float": "(None if {v} is None else float({v}) if type({v}) is int or type({v}) is float else {r}({v}))",
+    "parse_start_time": _INLINE["parse_start_time"].replace("R({v})", "{r}({v})")
+                        .replace("if len({v})", "if type({v}) is str and len({v})", 1),
+}
+
+
 @dataclass(slots=True)
 class JsonFormat:
-    """A JSON access-log format: key → field (keys of Istio's JSON format, plus any given operators)."""
+    """A JSON access-log format: key → field (keys of Istio's JSON format, plus any given operators).
+    ``record`` builds the AccessRecord with a generated function (as TextFormat's ``_build``: the keys'
+    values read inline, the row made in one call); any error, and any format where two keys name one
+    field, goes the reference way (``from_mapping`` then ``make_record``), which names the key."""
 
     name: str
     keys: dict[str, tuple[str, Callable[[Any], Any]]]
+    _build: Callable[[dict, str, str], AccessRecord] | None = field(init=False, default=None)
 
-    def fields(self, line: str) -> dict[str, Any] | None:
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.keys.values()]
+        if len(set(names)) != len(names) or "start_time" not in names:
+            return
+        env = _builder_env()
+        env["M"] = _MISSING
+        none, fresh = (None, dataclasses.MISSING), (list, dataclasses.MISSING)
+        defaults = {f.name: "[]" if f.default_factory is list else "None"
+                    for f in dataclasses.fields(AccessRecord)
+                    if f.default in none and f.default_factory in fresh}
+        unpack, items = [], {}
+        for i, (key, (name, read)) in enumerate(self.keys.items()):
+            if name not in defaults:
+                return  # a field whose default is not None or []: the reference way
+            env[f"R{i}"] = read
+            template = _JSON_INLINE.get(read.__name__, "{r}({v})")
+            unpack.append(f"    g{i} = g.get({key!r}, M)")
+            items[name] = f"({defaults[name]} if g{i} is M else {template.format(v=f'g{i}', r=f'R{i}')})"
+        exec(_builder(items, "\n".join(unpack) + "\n", env), env)  # noqa: S102 - our own operator table
+        self._build = env["build"]
+
+    def _doc(self, line: str) -> dict[str, Any]:
         try:
             doc = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise BadLine(f"JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise BadLine("JSON: not an object")
-        return self.from_mapping(doc)
+        return doc
+
+    def fields(self, line: str) -> dict[str, Any] | None:
+        return self.from_mapping(self._doc(line))
+
+    def record(self, line: str, origin: Origin) -> AccessRecord:
+        """The line's AccessRecord; BadLine for a line that is not a JSON object, or a bad value."""
+        doc = self._doc(line)
+        if self._build is not None:
+            try:
+                return self._build(doc, origin.node_id, origin.log_name)
+            except (ValueError, TypeError, AttributeError):
+                pass  # the reference way below says which key, or (rarely) takes what the inline refused
+        return make_record(self.from_mapping(doc), origin)
 
     def from_mapping(self, doc: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -457,6 +572,23 @@ class Origin:
     log_name: str = ""
 
 
+_KUBECTL_ORIGINS: dict[str, Origin | None] = {}  # "[pod/NAME/CONTAINER] " → its Origin (None: not a prefix)
+
+
+def _kubectl_origin(head: str) -> Origin | None:
+    """The proxy a ``kubectl logs --prefix`` prefix names (head: the line up to its first "]" and one more
+    character; the prefix regex's groups hold no "]", so it matches a line just when it matches the head
+    whole), one Origin per pod and container seen."""
+    known = _KUBECTL_ORIGINS.get(head, _MISSING)
+    if known is not _MISSING:
+        return known  # type: ignore[return-value]
+    m = _KUBECTL_PREFIX.fullmatch(head)
+    if len(_KUBECTL_ORIGINS) > 10_000:
+        _KUBECTL_ORIGINS.clear()
+    origin = _KUBECTL_ORIGINS[head] = Origin(m.group(1), m.group(2)) if m else None
+    return origin
+
+
 def strip_prefix(line: str) -> tuple[str, Origin | None]:
     """The line without kubectl/stern prefixes, and the pod/container they named (None: no prefix)."""
     first = line[:1]
@@ -467,10 +599,10 @@ def strip_prefix(line: str) -> tuple[str, Origin | None]:
         first = line[:1]
     origin = None
     if first == "[" and line.startswith("[pod/"):
-        m = _KUBECTL_PREFIX.match(line)
-        if m:
-            origin = Origin(m.group(1), m.group(2))
-            line = line[m.end():]
+        end = line.find("]", 5) + 2
+        origin = _kubectl_origin(line[:end])
+        if origin is not None:
+            line = line[end:]
             first = line[:1]
     if first.isdigit():
         m = _KUBECTL_TS.match(line)
@@ -556,7 +688,7 @@ class LineParser:
         formats build the record straight from the regex groups (no field dict)."""
         if line[:1] == "{":
             fmt = self.custom_json or ISTIO_JSON
-            return fmt.name, make_record(fmt.fields(line), origin)
+            return fmt.name, fmt.record(line, origin)
         texts = self.texts
         for i, fmt in enumerate(texts):
             got = fmt.record(line, origin.node_id, origin.log_name)
@@ -580,6 +712,41 @@ class LineParser:
             except BadLine:
                 pass
             raise
+
+
+    def take(self, lines: list[str], report: ImportReport, out: list[AccessRecord]) -> None:
+        """The records of ``lines`` (the report's next lines) appended to ``out``; blank and bad lines
+        counted in ``report``. Runs of lines in the first format, bare or under a ``kubectl logs --prefix``
+        prefix, are built in one C call (``TextFormat.build_many``); each line it leaves goes through
+        ``record`` as before."""
+        by_format = report.by_format
+        n, end, i = report.lines, len(lines), 0
+        node_id, log_name = self.origin.node_id, self.origin.log_name
+        while i < end:
+            fmt = self.texts[0]
+            if fmt.build_many is not None:
+                j = fmt.build_many(lines, i, node_id, log_name, out, _kubectl_origin)
+                if j > i:
+                    by_format[fmt.name] = by_format.get(fmt.name, 0) + j - i
+                    i = j
+                    if i == end:
+                        break
+            raw = lines[i]
+            i += 1
+            if not raw or raw.isspace():
+                report.blank += 1
+                continue
+            try:
+                name, record = self.record(raw)
+            except BadLine as exc:
+                report.fail(n + i, str(exc), raw.rstrip("\r\n"))
+                continue
+            except (TypeError, ValueError) as exc:  # a value the record refuses: the line, not the import
+                report.fail(n + i, f"bad value: {exc}", raw.rstrip("\r\n"))
+                continue
+            by_format[name] = by_format.get(name, 0) + 1
+            out.append(record)
+        report.lines = n + end
 
 
 def make_record(fields: dict[str, Any], origin: Origin, node_cluster: str = "") -> AccessRecord:
@@ -606,31 +773,16 @@ def read_lines(stream: IO[bytes]) -> Iterator[str]:
 
 def parse_lines(lines: Iterable[str], parser: LineParser, report: ImportReport,
                 batch: int = 5000) -> Iterator[list[AccessRecord]]:
-    """Batches of AccessRecords from lines; what does not parse goes into ``report`` by line number."""
+    """Batches of AccessRecords from lines; what does not parse goes into ``report`` by line number.
+    Lines are taken in slices that can at most fill the batch (``LineParser.take``)."""
     out: list[AccessRecord] = []
-    by_format = report.by_format
-    n = report.lines
-    for raw in lines:
-        n += 1
-        if not raw or raw.isspace():
-            report.blank += 1
-            continue
-        try:
-            name, record = parser.record(raw)
-        except BadLine as exc:
-            report.fail(n, str(exc), raw.rstrip("\r\n"))
-            continue
-        except (TypeError, ValueError) as exc:  # a value the record refuses: the line, not the import
-            report.fail(n, f"bad value: {exc}", raw.rstrip("\r\n"))
-            continue
-        by_format[name] = by_format.get(name, 0) + 1
-        out.append(record)
+    it = iter(lines)
+    while chunk := list(islice(it, batch - len(out))):
+        parser.take(chunk, report, out)
         if len(out) >= batch:
-            report.lines = n
             report.records += len(out)
             yield out
             out = []
-    report.lines = n
     if out:
         report.records += len(out)
         yield out

@@ -10,7 +10,10 @@ import zlib
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from meshscope.collector.access_log_lines import (
+    _KUBECTL_PREFIX,
     ENVOY_DEFAULT_FORMAT,
     ISTIO_JSON_FORMAT,
     ISTIO_TEXT_FORMAT,
@@ -19,6 +22,7 @@ from meshscope.collector.access_log_lines import (
     LineParser,
     LineSplitter,
     Origin,
+    _kubectl_origin,
     compile_format,
     custom_format,
     make_record,
@@ -128,6 +132,20 @@ def test_kubectl_and_stern_prefixes_name_the_proxy(prefix, node_id, log_name):
     (r,), report = parse(prefix + ISTIO_LINE, origin=Origin("file.log"))
     assert report.failed == 0
     assert (r.node_id, r.log_name, r.request_id) == (node_id, log_name, RID)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.sampled_from(["[pod/", "a", "/", "]", " ", "\t", "\u2028", "ä", "["]), max_size=12))
+def test_a_kubectl_prefix_is_read_from_the_line_up_to_its_first_bracket(pieces):
+    """strip_prefix reads a ``[pod/…] `` prefix from the line's head up to its first "]" (one Origin per
+    head, cached): the same as the prefix regex matched on the whole line."""
+    line = "[pod/" + "".join(pieces) + ISTIO_LINE
+    m = _KUBECTL_PREFIX.match(line)
+    end = line.find("]", 5) + 2
+    assert _kubectl_origin(line[:end]) == (Origin(m.group(1), m.group(2)) if m else None)
+    assert m is None or m.end() == end
+    if m:
+        assert strip_prefix(line)[0] == line[end:]
 
 
 def test_every_format_under_every_prefix_mixed_in_one_gzip_file():
