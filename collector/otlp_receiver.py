@@ -34,6 +34,7 @@ from meshscope.collector.otlp_records import (
     ExportTraceServiceRequest,
     LogConverter,
     decode_json,
+    decode_logs,
     decode_protobuf,
     logs_service_pb2,
     spans,
@@ -100,10 +101,10 @@ class OtlpReceiver:
         return trace_service_pb2.ExportTraceServiceResponse()
 
     # ---- gRPC --------------------------------------------------------------------------------
-    def _grpc_method(self, message_type, take, protocol: str):
+    def _grpc_method(self, decode, take, protocol: str):
         async def export(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
-                request = decode_protobuf(message_type, raw)
+                request = decode(raw)
                 response = await take(request, peer_identity(context, self.access), context.peer())
             except BadOtlp as exc:
                 self.publisher.metrics.rejected.labels(protocol, "malformed").inc()
@@ -117,18 +118,16 @@ class OtlpReceiver:
     def handler(self) -> grpc.GenericRpcHandler:
         """Both OTLP services, for a grpc.aio server (one generic handler per service)."""
         logs = grpc.method_handlers_generic_handler(
-            LOGS_SERVICE, {"Export": self._grpc_method(ExportLogsServiceRequest, self.take_logs,
-                                                       "otlp_logs")})
+            LOGS_SERVICE, {"Export": self._grpc_method(decode_logs, self.take_logs, "otlp_logs")})
         traces = grpc.method_handlers_generic_handler(
-            TRACE_SERVICE, {"Export": self._grpc_method(ExportTraceServiceRequest, self.take_traces,
-                                                        "otlp_traces")})
+            TRACE_SERVICE, {"Export": self._grpc_method(_decode_traces, self.take_traces, "otlp_traces")})
         return _Both(logs, traces)
 
     # ---- HTTP --------------------------------------------------------------------------------
     def http_app(self, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
         metrics = self.publisher.metrics
 
-        def endpoint(message_type, take, protocol: str):
+        def endpoint(message_type, decode, take, protocol: str):
             async def post(request: Request) -> Response:
                 content_type = request.headers.get("content-type", PROTOBUF).split(";")[0].strip().lower()
                 if content_type not in (PROTOBUF, JSON):
@@ -137,9 +136,9 @@ class OtlpReceiver:
                                               f"or {JSON}")
                 try:
                     body = await read_body(request, max_body_bytes)
-                    decode = decode_protobuf if content_type == PROTOBUF else decode_json
+                    message = decode(body) if content_type == PROTOBUF else decode_json(message_type, body)
                     client = request.client
-                    response = await take(decode(message_type, body), http_identity(request.scope),
+                    response = await take(message, http_identity(request.scope),
                                           f"{client.host}:{client.port}" if client else "")
                 except BodyTooLarge as exc:
                     metrics.rejected.labels(protocol, "too_large").inc()
@@ -162,11 +161,15 @@ class OtlpReceiver:
             return post
 
         return Starlette(routes=[
-            Route("/v1/logs", endpoint(ExportLogsServiceRequest, self.take_logs, "otlp_logs"),
+            Route("/v1/logs", endpoint(ExportLogsServiceRequest, decode_logs, self.take_logs, "otlp_logs"),
                   methods=["POST"]),
-            Route("/v1/traces", endpoint(ExportTraceServiceRequest, self.take_traces, "otlp_traces"),
-                  methods=["POST"]),
+            Route("/v1/traces", endpoint(ExportTraceServiceRequest, _decode_traces, self.take_traces,
+                                         "otlp_traces"), methods=["POST"]),
         ])
+
+
+def _decode_traces(body: bytes):
+    return decode_protobuf(ExportTraceServiceRequest, body)
 
 
 class _Both(grpc.GenericRpcHandler):
