@@ -59,6 +59,9 @@ static int span(Cur *c, Cur *inner) {
     return 0;
 }
 
+/* a length-delimited field (wire type 2: a string, bytes or a message) */
+static int delimited(Cur *c, int wt, Cur *inner) { return wt == 2 ? span(c, inner) : GIVE_UP; }
+
 static int fixed64(Cur *c, uint64_t *out) {
     if (c->end - c->p < 8) return GIVE_UP;
     uint64_t v;
@@ -101,7 +104,7 @@ static PyObject *text(Cur s, int *rc) {
 static int check_text(Cur *c, int wt) {
     Cur s;
     int rc = 0;
-    if (wt != 2 || span(c, &s) < 0) return GIVE_UP;
+    if (delimited(c, wt, &s) < 0) return GIVE_UP;
     PyObject *o = text(s, &rc);
     Py_XDECREF(o);
     return rc;
@@ -146,7 +149,7 @@ static int any_value(Cur c, PyObject **out, int *kind) {
         PyObject *got = NULL;
         switch (field) {
         case 1: /* string_value */
-            if (wt != 2 || span(&c, &s) < 0) goto give_up;
+            if (delimited(&c, wt, &s) < 0) goto give_up;
             if ((got = text(s, &rc)) == NULL) goto fail;
             break;
         case 2: /* bool_value */
@@ -165,7 +168,7 @@ static int any_value(Cur c, PyObject **out, int *kind) {
             break;
         }
         case 5: case 6: case 7: /* array_value, kvlist_value, bytes_value */
-            if (wt != 2 || skip(&c, wt) < 0) goto give_up;
+            if (delimited(&c, wt, &s) < 0) goto give_up;
             *kind = COMPLEX;
             continue;
         default:
@@ -200,7 +203,7 @@ static int key_value(Cur c, Keys *keys, PyObject **pair, int *kind) {
         Cur s;
         if (tag(&c, &field, &wt) < 0) goto out;
         if (field == 1) {
-            if (wt != 2 || span(&c, &s) < 0) goto out;
+            if (delimited(&c, wt, &s) < 0) goto out;
             Py_CLEAR(key);
             int r = 0;
             if ((key = key_text(keys, s, &r)) == NULL) {
@@ -208,7 +211,7 @@ static int key_value(Cur c, Keys *keys, PyObject **pair, int *kind) {
                 goto out;
             }
         } else if (field == 2) {
-            if (wt != 2 || span(&c, &s) < 0 || seen_value) goto out; /* a repeated message merges */
+            if (delimited(&c, wt, &s) < 0 || seen_value) goto out; /* a repeated message merges */
             seen_value = 1;
             int r = any_value(s, &value, kind);
             if (r < 0) {
@@ -258,7 +261,7 @@ static int log_record(Cur c, const uint8_t *base, Keys *keys, PyObject **entry) 
             break;
         case 5: { /* body */
             PyObject *value;
-            if (wt != 2 || span(&c, &s) < 0 || body_seen) goto out;
+            if (delimited(&c, wt, &s) < 0 || body_seen) goto out;
             body_seen = 1;
             if ((r = any_value(s, &value, &kind)) < 0) {
                 rc = r;
@@ -274,7 +277,7 @@ static int log_record(Cur c, const uint8_t *base, Keys *keys, PyObject **entry) 
         }
         case 6: { /* attributes */
             PyObject *pair = NULL;
-            if (wt != 2 || span(&c, &s) < 0) goto out;
+            if (delimited(&c, wt, &s) < 0) goto out;
             if ((r = key_value(s, keys, &pair, &kind)) < 0) {
                 rc = r;
                 goto out;
@@ -289,10 +292,10 @@ static int log_record(Cur c, const uint8_t *base, Keys *keys, PyObject **entry) 
             break;
         }
         case 9: /* trace_id */
-            if (wt != 2 || span(&c, &trace) < 0) goto out;
+            if (delimited(&c, wt, &trace) < 0) goto out;
             break;
         case 10: /* span_id */
-            if (wt != 2 || span(&c, &span_id) < 0) goto out;
+            if (delimited(&c, wt, &span_id) < 0) goto out;
             break;
         default:
             if (skip(&c, wt) < 0) goto out;
@@ -340,12 +343,12 @@ static int scope_logs(Cur c, const uint8_t *base, Keys *keys, PyObject *entries)
         Cur s;
         if (tag(&c, &field, &wt) < 0) return GIVE_UP;
         if (field == 1) {
-            if (wt != 2 || span(&c, &s) < 0 || scope_seen) return GIVE_UP;
+            if (delimited(&c, wt, &s) < 0 || scope_seen) return GIVE_UP;
             scope_seen = 1;
             if ((r = scope(s)) < 0) return r;
         } else if (field == 2) {
             PyObject *entry;
-            if (wt != 2 || span(&c, &s) < 0) return GIVE_UP;
+            if (delimited(&c, wt, &s) < 0) return GIVE_UP;
             if ((r = log_record(s, base, keys, &entry)) < 0) return r;
             r = PyList_Append(entries, entry);
             Py_DECREF(entry);
@@ -363,6 +366,7 @@ static int resource_logs(Cur c, const uint8_t *base, Keys *keys, PyObject **out)
     Cur resource = {NULL, NULL};
     PyObject *entries = PyList_New(0);
     int rc = 0;
+    *out = NULL;
     if (entries == NULL) return FAILED;
     while (c.p < c.end && rc == 0) {
         uint32_t field;
@@ -371,10 +375,10 @@ static int resource_logs(Cur c, const uint8_t *base, Keys *keys, PyObject **out)
         if (tag(&c, &field, &wt) < 0) {
             rc = GIVE_UP;
         } else if (field == 1) {
-            if (wt != 2 || span(&c, &s) < 0 || resource.p != NULL) rc = GIVE_UP;
+            if (delimited(&c, wt, &s) < 0 || resource.p != NULL) rc = GIVE_UP;
             else resource = s;
         } else if (field == 2) {
-            if (wt != 2 || span(&c, &s) < 0) rc = GIVE_UP;
+            if (delimited(&c, wt, &s) < 0) rc = GIVE_UP;
             else rc = scope_logs(s, base, keys, entries);
         } else if (field == 3) {
             rc = check_text(&c, wt);
@@ -394,33 +398,35 @@ static int resource_logs(Cur c, const uint8_t *base, Keys *keys, PyObject **out)
     return rc;
 }
 
+/* the request: every ResourceLogs (field 1) appended to ``out`` */
+static int request(Cur c, const uint8_t *base, Keys *keys, PyObject *out) {
+    while (c.p < c.end) {
+        uint32_t field;
+        int wt, r;
+        Cur s;
+        PyObject *one = NULL;
+        if (tag(&c, &field, &wt) < 0) return GIVE_UP;
+        if (field != 1) {
+            if (skip(&c, wt) < 0) return GIVE_UP;
+            continue;
+        }
+        if (delimited(&c, wt, &s) < 0) return GIVE_UP;
+        if ((r = resource_logs(s, base, keys, &one)) < 0) return r;
+        r = PyList_Append(out, one);
+        Py_DECREF(one);
+        if (r < 0) return FAILED;
+    }
+    return 0;
+}
+
 static PyObject *scan_logs(PyObject *module, PyObject *arg) {
     (void)module;
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
     Cur c = {(const uint8_t *)view.buf, (const uint8_t *)view.buf + view.len};
-    const uint8_t *base = c.p;
     Keys keys = {.n = 0};
     PyObject *out = PyList_New(0);
-    int rc = out == NULL ? FAILED : 0;
-    while (rc == 0 && c.p < c.end) {
-        uint32_t field;
-        int wt;
-        Cur s;
-        if (tag(&c, &field, &wt) < 0) {
-            rc = GIVE_UP;
-        } else if (field == 1) {
-            PyObject *one;
-            if (wt != 2 || span(&c, &s) < 0) {
-                rc = GIVE_UP;
-            } else if ((rc = resource_logs(s, base, &keys, &one)) == 0) {
-                rc = PyList_Append(out, one) < 0 ? FAILED : 0;
-                Py_DECREF(one);
-            }
-        } else if (skip(&c, wt) < 0) {
-            rc = GIVE_UP;
-        }
-    }
+    int rc = out == NULL ? FAILED : request(c, c.p, &keys, out);
     for (int i = 0; i < keys.n; i++) Py_DECREF(keys.keys[i]);
     PyBuffer_Release(&view);
     if (rc == 0) return out;
