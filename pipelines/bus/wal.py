@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -298,15 +299,17 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
         while i < len(chunks) and done >= len(chunks[i]):
             done -= len(chunks[i])
             i += 1
+        if i == 0 and done == 0:  # nothing written, no error: never loop on it
+            raise OSError(errno.EIO, "writev wrote nothing")
         chunks = chunks[i:]
         if done:  # a short write ended inside a chunk
             chunks[0] = memoryview(chunks[0])[done:]
 
 
 def _encode(records: Sequence[Record]) -> tuple[bytes, bytes]:
-    """A batch as one log line, ``COUNT {"columns": […], "rows": […]}\n`` (records of other types mixed
-    in, or a record of a single field: ``COUNT [{record}, …]``), as its head and body (written together
-    by ``_write_all``, not copied into one bytes)."""
+    """A batch as one log line, ``COUNT {"columns": […], "rows": […]}`` and a newline (records of other
+    types mixed in, or a record of a single field: ``COUNT [{record}, …]``), as its head and body
+    (written together by ``_write_all``, not copied into one bytes)."""
     shape = row_shape(type(records[0]))
     try:  # rows() refuses a record of another type
         rows = shape.rows(records) if len(shape.names) > 1 else None
