@@ -156,19 +156,18 @@ def _access_batch_clean(records: Sequence[Record], low: float, high: float, max_
     passes at C speed instead of a look at each record (the common case: about a third of the cost):
     every time inside the window (their sum is NaN if one is), every request id one the lookup finds,
     no record whose text fields pass ``max_field`` together (the test ``_access`` makes, in one C
-    call: RowShape.widest; a value that is not a str sends the batch record by record)."""
-    if not records or any(type(r) is not AccessRecord for r in records):
+    call: RowShape.widest, which also refuses a record that is not exactly an AccessRecord; that, or a
+    value that is not a str, sends the batch record by record)."""
+    try:
+        if not records or _access_widest(records) > max_field:
+            return False
+    except TypeError:
         return False
     times = list(map(_start_time, records))
     total = sum(times)
     if not (total == total and low <= min(times) and max(times) <= high):
         return False
-    if not request_ids_all_fine([rid for rid in map(_request_id, records) if rid is not None]):
-        return False
-    try:
-        return _access_widest(records) <= max_field
-    except TypeError:
-        return False
+    return request_ids_all_fine([rid for rid in map(_request_id, records) if rid is not None])
 
 
 def _note(r: Record, text: str) -> None:

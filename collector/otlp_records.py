@@ -10,6 +10,10 @@ HTTP attributes mapped to the tags the trace view and the Zipkin API read.
 
 Fields are read straight off the upb messages (``json_format`` is far too slow for a hot path); OTLP/JSON
 is first parsed into the same messages (its hex trace and span ids turned into protobuf's base64).
+OTLP/protobuf logs are read in one pass over their bytes by a C scanner when it was built
+(``decode_logs``, ``_otlp_scan.c``): each record's body and scalar attributes without a upb object per
+value; a record holding more (a map body, an array attribute) is read with upb, and the upb path stays
+the reference (tests/collector/test_otlp_scan.py).
 """
 
 from __future__ import annotations
@@ -32,8 +36,15 @@ from meshscope.collector.access_log_lines import (
 from meshscope.collector.access_log_lines import OPERATORS as _OPERATORS
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
 
 from meshscope.model import AccessRecord, Span
+
+try:  # compiled by the package's install (scripts/setup.sh), like _line_split.c
+    from meshscope.collector._otlp_scan import scan_logs as _scan_logs
+except ImportError:  # pragma: no cover - a checkout whose extension was not built
+    _scan_logs = None
 
 _RESOURCE_LOGS = logs_service_pb2.ExportLogsServiceRequest.DESCRIPTOR.fields_by_name["resource_logs"]
 _RESOURCE_LOGS = _RESOURCE_LOGS.message_type
@@ -45,6 +56,8 @@ if "scope_logs" not in _RESOURCE_LOGS.fields_by_name:
 
 ExportLogsServiceRequest = logs_service_pb2.ExportLogsServiceRequest
 ExportTraceServiceRequest = trace_service_pb2.ExportTraceServiceRequest
+_LogRecord, _Resource = logs_pb2.LogRecord, resource_pb2.Resource
+_NO_RESOURCE = _Resource()
 LOGS_RESPONSE = logs_service_pb2.ExportLogsServiceResponse().SerializeToString()
 TRACE_RESPONSE = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
 
@@ -147,7 +160,7 @@ def _attribute_field(key: str, value: Any, reader: tuple[str, Callable[[Any], An
         if isinstance(value, list):
             value = ",".join(map(str, value)) if name == "response_flags" else _first(value)
         return name, read(value)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:  # int(inf): OverflowError
         raise BadLine(f"attribute {key}={value!r}: {exc}") from None
 
 
@@ -162,6 +175,34 @@ def _fields_from_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _origin(resource) -> tuple[Origin, str]:
+    """(the proxy, its cluster) named by a Resource's attributes."""
+    attrs = _attributes(resource.attributes)
+    origin = Origin(str(attrs.get("node_name") or attrs.get("service.instance.id")
+                        or attrs.get("service.name") or ""), str(attrs.get("log_name") or ""))
+    return origin, str(attrs.get("cluster_name") or attrs.get("service.name") or "")
+
+
+class ScannedLogs:
+    """An ExportLogsServiceRequest as the C scanner read it (``decode_logs``): its bytes, and per
+    ResourceLogs the Resource's bytes (or None) and the log entries (see ``_otlp_scan.c``)."""
+
+    __slots__ = ("data", "resource_logs")
+
+    def __init__(self, data: bytes, resource_logs: list) -> None:
+        self.data, self.resource_logs = data, resource_logs
+
+
+def decode_logs(body: bytes, *, scan: bool = True):
+    """OTLP/protobuf logs bytes → what ``LogConverter.records`` reads (ScannedLogs, or the upb message
+    when the scanner is not built or leaves the request to upb); BadOtlp when malformed."""
+    if scan and _scan_logs is not None:
+        found = _scan_logs(body)
+        if found is not None:
+            return ScannedLogs(body, found)
+    return decode_protobuf(ExportLogsServiceRequest, body)
+
+
 class LogConverter:
     """OTLP log records → AccessRecords; a record that cannot be read is counted, never fatal."""
 
@@ -171,13 +212,12 @@ class LogConverter:
         self.last_error = ""
 
     def records(self, request) -> list[AccessRecord]:
+        """The records of an ExportLogsServiceRequest (a upb message, or ScannedLogs)."""
+        if type(request) is ScannedLogs:
+            return self._scanned(request)
         out: list[AccessRecord] = []
         for resource_logs in request.resource_logs:
-            resource = _attributes(resource_logs.resource.attributes)
-            origin = Origin(str(resource.get("node_name") or resource.get("service.instance.id")
-                                or resource.get("service.name") or ""),
-                            str(resource.get("log_name") or ""))
-            cluster = str(resource.get("cluster_name") or resource.get("service.name") or "")
+            origin, cluster = _origin(resource_logs.resource)
             for scope_logs in resource_logs.scope_logs:
                 for log in scope_logs.log_records:
                     try:
@@ -185,6 +225,54 @@ class LogConverter:
                     except (BadLine, TypeError, ValueError) as exc:
                         self.skipped += 1
                         self.last_error = str(exc)
+        return out
+
+    def _scanned(self, request: ScannedLogs) -> list[AccessRecord]:
+        """``records`` of what the C scanner read: as the upb path does per record, from the body text
+        and attribute values it handed over; a record it left as bytes goes through upb and
+        ``record``. A record or resource upb refuses makes the whole request malformed (BadOtlp), as
+        decoding it with upb would have."""
+        skipped, last_error = self.skipped, self.last_error
+        try:
+            return self._scanned_records(request)
+        except DecodeError:
+            self.skipped, self.last_error = skipped, last_error
+            return self.records(decode_protobuf(ExportLogsServiceRequest, request.data))
+
+    def _scanned_records(self, request: ScannedLogs) -> list[AccessRecord]:
+        out: list[AccessRecord] = []
+        parse = self.parser.line_record
+        for resource, entries in request.resource_logs:
+            origin, cluster = _origin(_NO_RESOURCE if resource is None else _Resource.FromString(resource))
+            for entry in entries:
+                try:
+                    if type(entry) is bytes:  # a map body, an array attribute…: upb reads it
+                        out.append(self.record(_LogRecord.FromString(entry), origin, cluster))
+                        continue
+                    body, attrs, trace_id, span_id, start, end = entry
+                    text = body.strip()
+                    record = None
+                    if text:
+                        try:
+                            record = parse(text, origin)[1]
+                        except BadLine:
+                            if not attrs:
+                                raise
+                    if record is None:  # not a whole line: the fields merged as upb's path does
+                        log = _LogRecord.FromString(request.data[start:end])
+                        out.append(self.record(log, origin, cluster))
+                        continue
+                    record.node_cluster = cluster
+                    if attrs:
+                        _apply_pairs(record, attrs)
+                    if not record.trace_id and trace_id:
+                        record.trace_id = trace_id.hex()
+                        if span_id and record.span_id is None:
+                            record.span_id = span_id.hex()
+                    out.append(record)
+                except (BadLine, TypeError, ValueError) as exc:
+                    self.skipped += 1
+                    self.last_error = str(exc)
         return out
 
     def record(self, log, origin: Origin, cluster: str) -> AccessRecord:
@@ -240,28 +328,27 @@ _IDENTITY = frozenset({"start_time", "downstream_remote", "upstream_local", "req
 
 
 def _apply_attributes(record: AccessRecord, kvs) -> None:
-    """Attributes win over the body (as ``_fields_from_attributes``, read straight off the key-values
-    and set on the record); the protocol and id are worked out again when an attribute changed what
-    they are made of."""
+    """``_apply_pairs`` of upb KeyValues."""
+    _apply_pairs(record, [(kv.key, any_value(kv.value)) for kv in kvs])
+
+
+def _apply_pairs(record: AccessRecord, pairs) -> None:
+    """Attributes, as (key, value: ``any_value``'s result), win over the body (as
+    ``_fields_from_attributes``, set on the record); the protocol and id are worked out again when an
+    attribute changed what they are made of."""
     again = False
     resolved = _RESOLVED
-    for kv in kvs:
-        key = kv.key
+    for key, value in pairs:
         reader = resolved[key] if key in resolved else _resolve(key)
-        if reader is None:
+        if reader is None or value is None:
             continue
-        v = kv.value
-        text = v.string_value  # "" unless the value is a string (a oneof): then no WhichOneof needed
-        if text or v.WhichOneof("value") == "string_value":  # what Envoy sends: read here, no call
+        if type(value) is str:  # what Envoy sends: read here, no call
             name, read = reader
             try:
-                got = read(text)
-            except (ValueError, TypeError):
-                name, got = _attribute_field(key, text, reader)  # raises BadLine naming it
+                got = read(value)
+            except (ValueError, TypeError, OverflowError):
+                name, got = _attribute_field(key, value, reader)  # raises BadLine naming it
         else:
-            value = any_value(v)
-            if value is None:
-                continue
             name, got = _attribute_field(key, value, reader)
         if got is not None:
             setattr(record, name, got)

@@ -214,3 +214,13 @@ def test_records_command_survives_a_year_287168_entry(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "far-future" in out.stdout and "out of range" in out.stdout
     assert "Traceback" not in out.stderr
+
+
+def test_a_batch_mixing_kinds_is_looked_at_record_by_record():
+    """The whole-batch test takes only batches of exactly AccessRecords (RowShape.widest refuses any
+    other type): a Span among them still gets its own rules."""
+    check, counted = _check()
+    body = f'[{{"traceId": "{1:016x}", "id": "{1:016x}", "timestamp": {int((NOW + 86400) * 1e6)}}}]'.encode()
+    [span] = spans_from_json(body)
+    kept = check.apply([_record(NOW), span], "mixed")
+    assert kept[1].timestamp == int((NOW + 3600) * 1e6) and counted == [("mixed", "time_ahead_clamped", 1)]

@@ -149,9 +149,41 @@ def test_a_batch_of_one_type_is_columns_and_rows_a_mixed_one_a_list():
     from meshscope.pipelines.bus.wal import _encode, _read_line
 
     records = _records(0, 3)
-    count, _, body = _encode(records).rstrip(b"\n").partition(b" ")
+    count, _, body = b"".join(_encode(records)).rstrip(b"\n").partition(b" ")
     assert count == b"3" and set(orjson.loads(body)) == {"columns", "rows"}
-    assert _read_line(_encode(records).rstrip(b"\n"), AccessRecord) == records
+    assert _read_line(b"".join(_encode(records)).rstrip(b"\n"), AccessRecord) == records
     span = Span(trace_id="0" * 32, span_id="0" * 16, name="x")
-    count, _, body = _encode([records[0], span]).rstrip(b"\n").partition(b" ")
+    count, _, body = b"".join(_encode([records[0], span])).rstrip(b"\n").partition(b" ")
     assert count == b"2" and isinstance(orjson.loads(body), list) and len(orjson.loads(body)) == 2
+
+
+def test_a_group_is_written_whole_through_short_writes_and_more_chunks_than_one_writev_takes(
+        tmp_path, monkeypatch):
+    """``_write_all`` writes a group's chunks without joining them: more chunks than one writev call
+    takes (IOV_MAX), and a kernel that writes fewer bytes than asked (a short write ending inside a
+    chunk, as a signal or a nearly full disk gives) still leave exactly the chunks' bytes, in order."""
+    import os
+
+    from meshscope.pipelines.bus import wal
+
+    chunks = [b"%d " % i + bytes([65 + i % 26]) * (i % 300) + b"\n" for i in range(wal._IOV_MAX * 2 + 7)]
+    path = tmp_path / "seg"
+    with open(path, "wb", buffering=0) as f:
+        wal._write_all(f.fileno(), list(chunks))
+    assert path.read_bytes() == b"".join(chunks)
+    real, calls = os.writev, []
+
+    def short_writev(fd, buffers):  # the real call, asked for at most 1,000 bytes at a time
+        calls.append(len(buffers))
+        out, left = [], 1000
+        for b in buffers:
+            if left <= 0:
+                break
+            out.append(memoryview(b)[:left])
+            left -= len(out[-1])
+        return real(fd, out)
+
+    monkeypatch.setattr(wal.os, "writev", short_writev)
+    with open(path, "wb", buffering=0) as f:
+        wal._write_all(f.fileno(), list(chunks))
+    assert path.read_bytes() == b"".join(chunks) and len(calls) > len(b"".join(chunks)) // 1000
