@@ -713,7 +713,6 @@ class LineParser:
                 pass
             raise
 
-
     def take(self, lines: list[str], report: ImportReport, out: list[AccessRecord]) -> None:
         """The records of ``lines`` (the report's next lines) appended to ``out``; blank and bad lines
         counted in ``report``. Runs of lines in the first format, bare or under a ``kubectl logs --prefix``
