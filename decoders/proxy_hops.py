@@ -26,6 +26,7 @@ SLACK_S = 0.005  # clock tolerance between two captures' timestamps
 MAX_REQUEST_S = 300.0  # how long a downstream request may stay open while its upstream call runs
 MAX_CANDIDATES = 512  # bound the scan of concurrent requests when no id narrows it down
 TLS_FORWARD_S = 10.0  # a passthrough proxy forwards the ClientHello this soon after receiving it
+IDENTIFYING = 30  # an _http_score from here up has an id, B3 or x-forwarded-for agreeing, not only timing
 PROXY_HEADERS = ("x-envoy-attempt-count", "x-envoy-expected-rq-timeout-ms", "x-envoy-decorator-operation",
                  "x-envoy-internal")
 
@@ -130,10 +131,15 @@ def _end(ex: Exchange, start: float) -> float:
     return ex.response_time if ex.response_time is not None else start + MAX_REQUEST_S
 
 
-def _open_during(parent: Exchange, t: float) -> bool:
+def _open_during(parent: Exchange, t: float, child: Exchange) -> bool:
+    """Whether parent was open when child (at t) was sent. Two captures' clocks differ by up to
+    SLACK_S; one capture's are exact, so there a request that started after child cannot have caused
+    it (on one host's loopback, the proxy's upstream request would otherwise look like the cause of
+    the request it forwards, a cycle no flow survives)."""
+    slack = 0.0 if parent.conn.capture == child.conn.capture else SLACK_S
     start = exchange_time(parent)
     end = parent.response_time
-    return start <= t + SLACK_S and (end is None or t <= end + SLACK_S)
+    return start <= t + slack and (end is None or t <= end + slack)
 
 
 def _http_score(parent: _Ident, parent_leg: Leg, child: _Ident) -> tuple[int, list[str]]:
@@ -229,23 +235,26 @@ def _find_parent(inbound: _Inbound, leg: Leg, child: Exchange, t: float, open_no
         return best[1], ["sni", "client-hello", "timing"]
     me = _Ident.of(child)
     pool = inbound.by_rid.get((leg.sender, me.rid), []) if me.rid else []
-    pool = [p for p in pool if _open_during(p, t)] or open_now
+    pool = [p for p in pool if _open_during(p, t, child)] or open_now
     if me.xff and len(pool) > 1:  # a proxy appended the address it saw: only those requests qualify
         pool = [p for p in pool if me.xff[-1] in _seen_from(inbound.leg_of[p.id])] or pool
     best = None
-    plausible = 0
+    ties = 0
     for cand in pool:
         cand_leg = inbound.leg_of[cand.id]
-        if cand_leg is leg or cand.exchange_type != "http" or not _open_during(cand, t):
+        if cand_leg is leg or cand.exchange_type != "http" or not _open_during(cand, t, child):
             continue
         score, why = _http_score(inbound.ident(cand), cand_leg, me)
         if score == 1 and cand_leg.sender == leg.receiver:
             continue  # timing alone, and a call straight back to the caller: not evidence of a cause
-        plausible += score > 0
+        if score < IDENTIFYING and (cand.conn.dst, cand.conn.dport) == (child.conn.dst, child.conn.dport):
+            continue  # alike and to the same server: two clients of it (a load generator), not a forward
         if score and (best is None or score > best[0]):
-            best = (score, cand, why)
-    if best is None or (best[0] == 1 and plausible > 1):
-        return None  # timing alone links a call only when one request was open on that host
+            best, ties = (score, cand, why), 1
+        elif score and score == best[0]:
+            ties += 1
+    if best is None or (best[0] < IDENTIFYING and ties > 1):
+        return None  # method+uri and timing alone link a call only when no other open request fits as well
     return best[1], best[2]
 
 

@@ -373,7 +373,9 @@ def test_upload_a_real_capture_and_watch_progress_to_the_flow_graph(page, stack)
     assert seen and max(s[0] for s in seen) == 1  # the transfer bar reached the end
     p.page.wait_for_selector("#upload-graph")
     flows = p.rows("#flows")
-    assert flows and all(r[5] != "-" for r in flows)  # each flow names its request (the trickle's, here)
+    assert flows and all(r[5] != "-" for r in flows)  # each flow names its request
+    # the two captured requests, client → proxy → upstream all on one loopback, each its own flow
+    assert [r[3] for r in flows if r[5] == normalize_request_id(CAPTURED_RID)] == ["200", "503"]
     assert p.rows("#captures")[0][1] in ("pcap", "pcapng")
     assert p.svg_problems("#upload-graph") == []
     p.shot("capture")
@@ -396,8 +398,8 @@ def test_upload_a_real_capture_and_watch_progress_to_the_flow_graph(page, stack)
     p.page.wait_for_selector(f"#upload-graph[data-flow='{flow_id}'] text")
     p.go(upload_view.split("?")[0])
     # the flow filters
-    p.page.fill("#flow-rid", flows[-1][5][:8])
-    assert [r[5] for r in p.rows("#flows")] == [flows[-1][5]]
+    p.page.fill("#flow-rid", CAPTURED_RID[:8])
+    assert [r[3] for r in p.rows("#flows")] == ["200", "503"]  # the captured request's two flows only
     p.page.fill("#flow-rid", "")
     p.page.fill("#flow-nodeport", "1")
     assert p.rows("#flows") == []

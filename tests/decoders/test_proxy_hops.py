@@ -282,6 +282,31 @@ def test_istio_sidecar_in_a_pod_capture_talks_to_its_app_over_loopback(tmp_path)
     ]
 
 
+def test_a_proxy_on_one_loopback_is_a_hop_from_the_request_to_its_forward(tmp_path):
+    # client, Envoy and upstream all on 127.0.0.1 (``meshscope up`` and its demo upstream), one capture:
+    # Envoy forwards each request within a millisecond over a pooled connection, the id's sampling digit
+    # changed. The forward starts after the request (one clock), so it is never taken for its cause.
+    client = Conversation(10, 510, T)
+    client.exchange(http_request("GET", "/headers", {"x-request-id": RID_A}), http_response(200), took=0.003)
+    client.exchange(http_request("GET", "/status/503", {"x-request-id": RID_A}), http_response(503),
+                    took=0.003, after=0.001)
+    client.close()
+    pooled = Conversation(20, 520, T + 0.0005)
+    pooled.exchange(http_request("GET", "/headers", up_headers(sampled(RID_A, "9"), "192.0.2.2")),
+                    http_response(200), took=0.001)
+    pooled.close()
+    fresh = one_request(30, T + 0.0045, up_headers(sampled(RID_A, "9"), "192.0.2.2"), uri="/status/503",
+                        took=0.001, status=503)
+    a = analyze([write(tmp_path / "lo.pcap", view(client, "127.0.0.1:40350", "127.0.0.1:10000"),
+                       view(pooled, "127.0.0.1:58740", "127.0.0.1:34329", handshake=False),
+                       view(fresh, "127.0.0.1:58832", "127.0.0.1:34329"))])
+    ex = a.by_id()
+    assert [(ex[f.exchange_ids[0]].uri, [(h.kind, h.src) for h in f.hops]) for f in a.flows] == [
+        ("/headers", [("l7-proxy", "127.0.0.1:58740")]),
+        ("/status/503", [("l7-proxy", "127.0.0.1:58832")]),
+    ]
+
+
 def test_concurrent_requests_on_loopback_without_ids_are_not_chained(tmp_path):
     # a load generator and a server on one host, no ids: requests overlap but none caused another
     convs = [
