@@ -49,6 +49,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening(port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts connections on this loopback port (a probe that sends nothing)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def data_dir(tmp_path):
     d = tmp_path / "data"

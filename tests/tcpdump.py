@@ -55,3 +55,10 @@ def stop_tcpdump(p: subprocess.Popen, quiet_s: float = 0.3) -> str:
         p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=10)
     return (err or b"").decode(errors="replace")
+
+
+def kernel_drops(counts: str) -> int:
+    """Packets the kernel dropped because tcpdump's ring was full (from its final counts): a capture
+    with drops misses packets anywhere, a connection's start included, where no tool sees a gap."""
+    found = re.findall(r"(\d+) packets? dropped by kernel", counts)
+    return int(found[-1]) if found else 0

