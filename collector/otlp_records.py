@@ -241,7 +241,6 @@ class LogConverter:
 
     def _scanned_records(self, request: ScannedLogs) -> list[AccessRecord]:
         out: list[AccessRecord] = []
-        parse = self.parser.line_record
         for resource, entries in request.resource_logs:
             origin, cluster = _origin(_NO_RESOURCE if resource is None else _Resource.FromString(resource))
             for entry in entries:
@@ -250,25 +249,10 @@ class LogConverter:
                         out.append(self.record(_LogRecord.FromString(entry), origin, cluster))
                         continue
                     body, attrs, trace_id, span_id, start, end = entry
-                    text = body.strip()
-                    record = None
-                    if text:
-                        try:
-                            record = parse(text, origin)[1]
-                        except BadLine:
-                            if not attrs:
-                                raise
+                    record = self._whole_line(body, attrs, _apply_pairs, trace_id, span_id, origin, cluster)
                     if record is None:  # not a whole line: the fields merged as upb's path does
                         log = _LogRecord.FromString(request.data[start:end])
-                        out.append(self.record(log, origin, cluster))
-                        continue
-                    record.node_cluster = cluster
-                    if attrs:
-                        _apply_pairs(record, attrs)
-                    if not record.trace_id and trace_id:
-                        record.trace_id = trace_id.hex()
-                        if span_id and record.span_id is None:
-                            record.span_id = span_id.hex()
+                        record = self._record_from_fields(log, origin, cluster)
                     out.append(record)
                 except (BadLine, TypeError, ValueError) as exc:
                     self.skipped += 1
@@ -278,24 +262,34 @@ class LogConverter:
     def record(self, log, origin: Origin, cluster: str) -> AccessRecord:
         body = log.body
         if body.WhichOneof("value") == "string_value":
-            text = body.string_value.strip()
-            if text:
-                attributes = log.attributes
-                try:
-                    record = self.parser.line_record(text, origin)[1]
-                except BadLine:
-                    if not attributes:
-                        raise
-                else:  # the common case: the body is a whole line, attributes add to it
-                    record.node_cluster = cluster
-                    if attributes:
-                        _apply_attributes(record, attributes)
-                    if not record.trace_id and log.trace_id:
-                        record.trace_id = log.trace_id.hex()
-                        if log.span_id and record.span_id is None:
-                            record.span_id = log.span_id.hex()
-                    return record
+            record = self._whole_line(body.string_value, log.attributes, _apply_attributes, log.trace_id,
+                                      log.span_id, origin, cluster)
+            if record is not None:
+                return record
         return self._record_from_fields(log, origin, cluster)
+
+    def _whole_line(self, body: str, attributes, apply: Callable[[AccessRecord, Any], None],
+                    trace_id: bytes, span_id: bytes, origin: Origin, cluster: str) -> AccessRecord | None:
+        """The common case, for both paths: the body is a whole access-log line, the attributes
+        (``apply``'d: upb KeyValues or the scanner's pairs) add to it. None: the body is not a line
+        (then the fields are merged); BadLine when it is not and no attribute could make up for it."""
+        text = body.strip()
+        if not text:
+            return None
+        try:
+            record = self.parser.line_record(text, origin)[1]
+        except BadLine:
+            if not attributes:
+                raise
+            return None
+        record.node_cluster = cluster
+        if attributes:
+            apply(record, attributes)
+        if not record.trace_id and trace_id:
+            record.trace_id = trace_id.hex()
+            if span_id and record.span_id is None:
+                record.span_id = span_id.hex()
+        return record
 
     def _record_from_fields(self, log, origin: Origin, cluster: str) -> AccessRecord:
         """A body that is not a whole line (a map, a custom text, nothing): fields merged, then built."""
